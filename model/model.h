@@ -1,0 +1,129 @@
+/* model/model.h — the transformer policy: configuration, parameters, forward,
+ * backward and KV-cache decoding.
+ *
+ * The model knows nothing of RL. It maps a [B,T] batch of tokens to per-token
+ * log-probabilities of the targets and per-token entropies (and, with a scalar
+ * head, per-token values), and back-propagates per-token gradients of those.
+ * Parameters and gradients each live in one contiguous float buffer carved into
+ * views named as Hugging Face names them, so import, export, checkpoints and
+ * inspection need no mapping tables. Compute goes through a backend ops table
+ * (model/ops.h); today the CPU backend. */
+#ifndef PONDER_MODEL_MODEL_H
+#define PONDER_MODEL_MODEL_H
+
+#include <stdbool.h> /* bool */
+#include <stddef.h>  /* size_t */
+#include <stdint.h>  /* int64_t, int32_t, uint64_t */
+
+#include "util/error.h" /* PonderError */
+
+typedef enum { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_GPT2 = 1 } ModelArch;
+
+typedef struct ModelConfig {
+    ModelArch arch;
+    int64_t vocab_size;
+    int64_t d_model;     /* C */
+    int64_t n_layer;     /* L */
+    int64_t n_head;      /* NH: query heads */
+    int64_t n_kv_head;   /* key/value heads (grouped-query attention), divides n_head */
+    int64_t d_ff;        /* hidden size of the MLP */
+    int64_t max_seq_len; /* positions (gpt2: learned table size; llama: RoPE limit) */
+    float norm_eps;      /* RMSNorm / LayerNorm epsilon */
+    float rope_theta;    /* llama only */
+    float init_std;      /* normal init std for weights */
+    bool tie_embeddings; /* lm_head shares the token embedding */
+    bool qkv_bias;       /* llama: biases on q/k/v projections (Qwen2); gpt2 always has biases */
+    bool scalar_head;    /* a [C] -> 1 head on the final hidden state (value / reward) */
+} ModelConfig;
+
+/* Returns 0 when the configuration is consistent, else an error naming the field. */
+int model_config_validate(const ModelConfig *cfg, PonderError *err);
+/* Sensible defaults for a tiny llama; callers overwrite fields. */
+ModelConfig model_config_default(void);
+
+typedef enum {
+    MODEL_TENSOR_WEIGHT = 0, /* matmul weights: decayed by AdamW by default */
+    MODEL_TENSOR_BIAS = 1,
+    MODEL_TENSOR_NORM = 2,
+    MODEL_TENSOR_EMBEDDING = 3,
+} ModelTensorKind;
+
+#define MODEL_TENSOR_NAME_MAX 96
+typedef struct ModelTensor {
+    char name[MODEL_TENSOR_NAME_MAX]; /* Hugging Face name */
+    int ndim;
+    int64_t shape[2];
+    size_t offset; /* in floats, into the parameter (and gradient) buffer */
+    size_t numel;
+    ModelTensorKind kind;
+} ModelTensor;
+
+/* One training/scoring batch. tokens[b,t] is the input at position t and
+ * targets[b,t] the token to predict there. mask[b,t] (0/1) marks positions whose
+ * outputs matter; masked-out positions produce logp = entropy = 0 and receive
+ * no gradient. Right padding needs nothing more. start[b] (may be NULL) is the
+ * index of sequence b's first real token for left-padded batches: positions
+ * before it are never attended to, and position ids count from it. */
+typedef struct ModelBatch {
+    int64_t B, T;
+    const int32_t *tokens;  /* [B,T] */
+    const int32_t *targets; /* [B,T] */
+    const float *mask;      /* [B,T] */
+    const int32_t *start;   /* [B] or NULL */
+} ModelBatch;
+
+typedef struct Model Model;
+
+int model_create(Model **out, const ModelConfig *cfg, PonderError *err);
+void model_free(Model *m);
+
+const ModelConfig *model_config(const Model *m);
+size_t model_num_params(const Model *m);
+float *model_params(Model *m); /* [num_params], contiguous */
+float *model_grads(Model *m);  /* [num_params], same layout */
+const ModelTensor *model_tensors(const Model *m, size_t *count);
+const ModelTensor *model_find_tensor(const Model *m, const char *name);
+
+/* Normal(0, init_std) weights (output projections scaled by 1/sqrt(2L) as GPT-2
+ * does), zero biases, unit norms; deterministic in seed. */
+void model_init_weights(Model *m, uint64_t seed);
+void model_zero_grad(Model *m);
+
+/* Forward over a batch. logp and entropy are [B,T] (entropy may be NULL when not
+ * needed); values is [B,T] and required iff the config has a scalar head.
+ * Activations needed by model_backward are kept until the next forward. */
+int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy,
+                  float *values, PonderError *err);
+
+/* Accumulates into model_grads() the gradient of sum_bt (dlogp*logp +
+ * dentropy*entropy + dvalues*values) for the batch of the last forward.
+ * dentropy and dvalues may be NULL (treated as zero). */
+int model_backward(Model *m, const float *dlogp, const float *dentropy,
+                   const float *dvalues, PonderError *err);
+
+/* Full logits [B,T,V] for the batch (tests and tools only: allocates B*T*V). */
+int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, PonderError *err);
+
+/* ---------------------------------------------------------------- KV cache --
+ * A cache has n_slots independent sequences of at most max_len positions. A
+ * sequence is prefilled in a slot, may be copied to other slots (a group's
+ * samples share their prompt), then extended one token per slot per step. */
+typedef struct ModelKVCache ModelKVCache;
+
+int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t max_len,
+                    PonderError *err);
+void model_kv_free(ModelKVCache *kv);
+int64_t model_kv_length(const ModelKVCache *kv, int64_t slot);
+void model_kv_reset(ModelKVCache *kv, int64_t slot);
+void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src);
+
+/* Runs tokens[0..n) through slot `slot` (appending to what it holds) and writes
+ * the logits [V] after the last token. */
+int model_prefill(Model *m, ModelKVCache *kv, int64_t slot, const int32_t *tokens, int64_t n,
+                  float *logits, PonderError *err);
+
+/* Appends tokens[i] to slot slots[i] for i < n and writes logits [n,V]. */
+int model_decode(Model *m, ModelKVCache *kv, const int64_t *slots, const int32_t *tokens,
+                 int64_t n, float *logits, PonderError *err);
+
+#endif
