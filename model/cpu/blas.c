@@ -14,6 +14,12 @@ typedef void (*SgemmFn)(int, int, int, int, int, int, float, const float *, int,
 typedef char *(*CorenameFn)(void);
 typedef void (*SetThreadsFn)(int);
 typedef int (*GetThreadsFn)(void);
+/* BLIS's thread calls take and return dim_t, which is int64_t in Debian's build
+ * (and BLIS's default); calling them through an int prototype is undefined. */
+typedef void (*BliSetThreadsFn)(int64_t);
+typedef int64_t (*BliGetThreadsFn)(void);
+typedef int (*BliArchIdFn)(void);
+typedef const char *(*BliArchStringFn)(int);
 
 static struct {
     pthread_mutex_t lock;
@@ -21,6 +27,8 @@ static struct {
     SgemmFn sgemm;
     SetThreadsFn set_threads;
     GetThreadsFn get_threads;
+    BliSetThreadsFn bli_set_threads;
+    BliGetThreadsFn bli_get_threads;
     BlasInfo info;
 } g_blas = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -37,7 +45,8 @@ static const char *const OPENBLAS_OPENMP[] = {
     "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", NULL};
 static const char *const BLIS_OPENMP[] = {"/usr/lib/x86_64-linux-gnu/blis-openmp/libblis.so.4",
                                           "libblis.so.4", NULL};
-static const char *const BLIS_ANY[] = {"libblis.so.4", NULL};
+static const char *const BLIS_PTHREAD[] = {"/usr/lib/x86_64-linux-gnu/blis-pthread/libblis.so.4",
+                                           "libblis.so.4", NULL};
 
 static void *open_first(const char *const *paths, const char **opened) {
     for (int i = 0; paths[i]; i++) {
@@ -48,6 +57,16 @@ static void *open_first(const char *const *paths, const char **opened) {
         }
     }
     return NULL;
+}
+
+/* Threads the library will use; BLIS reports -1 (unset) when it runs on one. */
+static int query_threads(void) {
+    if (g_blas.get_threads) return g_blas.get_threads();
+    if (g_blas.bli_get_threads) {
+        int64_t n = g_blas.bli_get_threads();
+        return n < 1 ? 1 : (int)n;
+    }
+    return 0;
 }
 
 static int load_locked(const char *choice, PonderError *err) {
@@ -64,7 +83,7 @@ static int load_locked(const char *choice, PonderError *err) {
         paths = OPENBLAS_PTHREAD;
     else if (strcmp(choice, "openblas-openmp") == 0) paths = OPENBLAS_OPENMP;
     else if (strcmp(choice, "blis") == 0) paths = BLIS_OPENMP;
-    else if (strcmp(choice, "blis-pthread") == 0) paths = BLIS_ANY;
+    else if (strcmp(choice, "blis-pthread") == 0) paths = BLIS_PTHREAD;
     else if (choice[0] == '/') paths = single;
     else
         return ponder_error(err, PONDER_ERR_CONFIG,
@@ -82,13 +101,19 @@ static int load_locked(const char *choice, PonderError *err) {
         return ponder_error(err, PONDER_ERR_RUNTIME, "BLAS library %s has no cblas_sgemm",
                             opened);
     g_blas.set_threads = (SetThreadsFn)dlsym(h, "openblas_set_num_threads");
-    if (!g_blas.set_threads) g_blas.set_threads = (SetThreadsFn)dlsym(h, "bli_thread_set_num_threads");
     g_blas.get_threads = (GetThreadsFn)dlsym(h, "openblas_get_num_threads");
+    g_blas.bli_set_threads = (BliSetThreadsFn)dlsym(h, "bli_thread_set_num_threads");
+    g_blas.bli_get_threads = (BliGetThreadsFn)dlsym(h, "bli_thread_get_num_threads");
     CorenameFn corename = (CorenameFn)dlsym(h, "openblas_get_corename");
+    BliArchIdFn bli_arch = (BliArchIdFn)dlsym(h, "bli_arch_query_id");
+    BliArchStringFn bli_arch_str = (BliArchStringFn)dlsym(h, "bli_arch_string");
     snprintf(g_blas.info.library, sizeof g_blas.info.library, "%s", opened);
-    snprintf(g_blas.info.core, sizeof g_blas.info.core, "%s",
-             corename ? corename() : "blis");
-    g_blas.info.threads = g_blas.get_threads ? g_blas.get_threads() : 0;
+    if (corename) snprintf(g_blas.info.core, sizeof g_blas.info.core, "%s", corename());
+    else if (bli_arch && bli_arch_str) /* the BLIS sub-configuration, e.g. "blis zen3" */
+        snprintf(g_blas.info.core, sizeof g_blas.info.core, "blis %s",
+                 bli_arch_str(bli_arch()));
+    else snprintf(g_blas.info.core, sizeof g_blas.info.core, "unknown");
+    g_blas.info.threads = query_threads();
     g_blas.loaded = 1;
     return PONDER_OK;
 }
@@ -105,7 +130,8 @@ const BlasInfo *blas_info(void) { return g_blas.loaded ? &g_blas.info : NULL; }
 void blas_set_threads(int n) {
     if (blas_load(NULL, NULL) != PONDER_OK) return;
     if (g_blas.set_threads) g_blas.set_threads(n);
-    g_blas.info.threads = n;
+    else if (g_blas.bli_set_threads) g_blas.bli_set_threads(n);
+    g_blas.info.threads = query_threads();
 }
 
 void blas_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -16,7 +16,7 @@
 
 typedef struct BlasInfo {
     char library[256]; /* path that was loaded */
-    char core[64];     /* OpenBLAS core name, or "blis" */
+    char core[64];     /* OpenBLAS core name, or "blis <config>" (e.g. "blis zen3") */
     int threads;
 } BlasInfo;
 

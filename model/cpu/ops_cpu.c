@@ -1,0 +1,646 @@
+/* model/cpu/ops_cpu.c — the CPU backend: BLAS for matmuls, OpenMP for the rest.
+ *
+ * Every parallel loop splits work so that each output element is written by
+ * exactly one thread and reductions run in a fixed order: results do not depend
+ * on the thread count or on timing (ponder's runs are bit-reproducible on CPU).
+ * Hot per-row kernels are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * chosen at run time (PONDER_HOT), so the binary runs on any x86-64 CPU. */
+#include "model/ops.h"
+
+#include <math.h>   /* sqrtf, tanhf, logf, expf */
+#include <omp.h>    /* omp_get_thread_num */
+#include <stdlib.h> /* calloc, free, malloc */
+#include <string.h> /* memset, memcpy */
+
+#include "model/cpu/blas.h"    /* blas_sgemm */
+#include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
+
+/* ------------------------------------------------------------- memory ---- */
+
+static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+static void cpu_free(void *p) { free(p); }
+static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+
+/* ------------------------------------------------------------- linear ---- */
+
+static void cpu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                               int64_t N, int64_t C, int64_t OC) {
+    // out[N,OC], inp[N,C], w[OC,C], bias[OC]
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
+        beta = 1.0f;
+    }
+    blas_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, beta, out, OC);
+}
+
+PONDER_HOT static void column_sums_range(float *dbias, const float *dout, int64_t N, int64_t OC,
+                                         int64_t o0, int64_t o1) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *row = dout + n * OC;
+        for (int64_t o = o0; o < o1; o++) dbias[o] += row[o];
+    }
+}
+
+/* dst[j] += sum_n src[n, j] for j < cols, parallel over column ranges so the
+ * sum over n runs in row order whatever the thread count. */
+static void accumulate_column_sums(float *dst, const float *src, int64_t N, int64_t cols) {
+    const int64_t block = 256;
+    int64_t nblocks = (cols + block - 1) / block;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t o0 = b * block, o1 = o0 + block < cols ? o0 + block : cols;
+        column_sums_range(dst, src, N, cols, o0, o1);
+    }
+}
+
+static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                                const float *inp, const float *w, int64_t N, int64_t C,
+                                int64_t OC) {
+    // dinp[N,C] += dout[N,OC] w[OC,C];  dw[OC,C] += dout^T inp;  dbias[OC] += colsum(dout)
+    if (dinp) blas_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
+    if (dw) blas_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+}
+
+/* --------------------------------------------------------- embeddings ---- */
+
+static void cpu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos,
+                                  const float *wte, const float *wpe, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *o = out + n * C;
+        const float *e = wte + (int64_t)tokens[n] * C;
+        if (wpe) {
+            const float *p = wpe + (int64_t)pos[n] * C;
+            for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
+        } else {
+            memcpy(o, e, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+static void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
+                                   const int32_t *tokens, const int32_t *pos, int64_t N,
+                                   int64_t C) {
+    /* Serial over rows: the same token may appear many times and the sum must
+     * run in row order. Cheap next to any matmul. */
+    for (int64_t n = 0; n < N; n++) {
+        const float *d = dout + n * C;
+        float *e = dwte + (int64_t)tokens[n] * C;
+        for (int64_t c = 0; c < C; c++) e[c] += d[c];
+        if (dwpe) {
+            float *p = dwpe + (int64_t)pos[n] * C;
+            for (int64_t c = 0; c < C; c++) p[c] += d[c];
+        }
+    }
+}
+
+/* -------------------------------------------------------------- norms ---- */
+
+PONDER_HOT static void rmsnorm_row(float *out, float *rstd, const float *x, const float *w,
+                                   int64_t C, float eps) {
+    float ss = 0.0f;
+    for (int64_t c = 0; c < C; c++) ss += x[c] * x[c];
+    float r = 1.0f / sqrtf(ss / (float)C + eps);
+    for (int64_t c = 0; c < C; c++) out[c] = x[c] * r * w[c];
+    *rstd = r;
+}
+
+static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
+                                int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) rmsnorm_row(out + n * C, rstd + n, inp + n * C, w, C, eps);
+}
+
+PONDER_HOT static void rmsnorm_backward_row(float *dinp, const float *dout, const float *x,
+                                            const float *w, float r, int64_t C) {
+    // xhat = x r ; y = xhat w ; dx = r (g - xhat mean(g xhat)) with g = dout w
+    float dot = 0.0f;
+    for (int64_t c = 0; c < C; c++) dot += dout[c] * w[c] * x[c] * r;
+    dot /= (float)C;
+    for (int64_t c = 0; c < C; c++) dinp[c] += r * (dout[c] * w[c] - x[c] * r * dot);
+}
+
+PONDER_HOT static void rmsnorm_dw_range(float *dw, const float *dout, const float *inp,
+                                        const float *rstd, int64_t N, int64_t C, int64_t c0,
+                                        int64_t c1) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *d = dout + n * C, *x = inp + n * C;
+        float r = rstd[n];
+        for (int64_t c = c0; c < c1; c++) dw[c] += d[c] * x[c] * r;
+    }
+}
+
+static int64_t column_blocks(int64_t C, int64_t block) { return (C + block - 1) / block; }
+
+static void cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                                 const float *w, const float *rstd, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        rmsnorm_backward_row(dinp + n * C, dout + n * C, inp + n * C, w, rstd[n], C);
+    const int64_t block = 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < column_blocks(C, block); b++) {
+        int64_t c1 = (b + 1) * block < C ? (b + 1) * block : C;
+        rmsnorm_dw_range(dw, dout, inp, rstd, N, C, b * block, c1);
+    }
+}
+
+PONDER_HOT static void layernorm_row(float *out, float *mean, float *rstd, const float *x,
+                                     const float *w, const float *b, int64_t C, float eps) {
+    float m = 0.0f;
+    for (int64_t c = 0; c < C; c++) m += x[c];
+    m /= (float)C;
+    float var = 0.0f;
+    for (int64_t c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m);
+    var /= (float)C;
+    float r = 1.0f / sqrtf(var + eps);
+    for (int64_t c = 0; c < C; c++) out[c] = (x[c] - m) * r * w[c] + b[c];
+    *mean = m;
+    *rstd = r;
+}
+
+static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                  const float *w, const float *b, int64_t N, int64_t C,
+                                  float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        layernorm_row(out + n * C, mean + n, rstd + n, inp + n * C, w, b, C, eps);
+}
+
+PONDER_HOT static void layernorm_backward_row(float *dinp, const float *dout, const float *x,
+                                              const float *w, float m, float r, int64_t C) {
+    float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+    for (int64_t c = 0; c < C; c++) {
+        float xhat = (x[c] - m) * r, g = dout[c] * w[c];
+        dnorm_mean += g;
+        dnorm_norm_mean += g * xhat;
+    }
+    dnorm_mean /= (float)C;
+    dnorm_norm_mean /= (float)C;
+    for (int64_t c = 0; c < C; c++) {
+        float xhat = (x[c] - m) * r, g = dout[c] * w[c];
+        dinp[c] += r * (g - dnorm_mean - xhat * dnorm_norm_mean);
+    }
+}
+
+PONDER_HOT static void layernorm_dwdb_range(float *dw, float *db, const float *dout,
+                                            const float *inp, const float *mean,
+                                            const float *rstd, int64_t N, int64_t C, int64_t c0,
+                                            int64_t c1) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *d = dout + n * C, *x = inp + n * C;
+        float m = mean[n], r = rstd[n];
+        for (int64_t c = c0; c < c1; c++) {
+            dw[c] += d[c] * (x[c] - m) * r;
+            db[c] += d[c];
+        }
+    }
+}
+
+static void cpu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                                   const float *inp, const float *w, const float *mean,
+                                   const float *rstd, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        layernorm_backward_row(dinp + n * C, dout + n * C, inp + n * C, w, mean[n], rstd[n], C);
+    const int64_t block = 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < column_blocks(C, block); b++) {
+        int64_t c1 = (b + 1) * block < C ? (b + 1) * block : C;
+        layernorm_dwdb_range(dw, db, dout, inp, mean, rstd, N, C, b * block, c1);
+    }
+}
+
+/* --------------------------------------------------------------- RoPE ---- */
+
+static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64_t N, int64_t H,
+                     int64_t hd, int inverse) {
+    const int64_t half = hd / 2;
+    const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *cs = cos_sin + (int64_t)pos[n] * half * 2;
+        for (int64_t h = 0; h < H; h++) {
+            float *v = x.base + n * x.row_stride + h * hd;
+            for (int64_t i = 0; i < half; i++) {
+                float c = cs[2 * i], s = sign * cs[2 * i + 1];
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c - x2 * s;
+                v[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------- attention ---- */
+
+PONDER_HOT static float dot_hd(const float *a, const float *b, int64_t hd) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < hd; d++) s += a[d] * b[d];
+    return s;
+}
+
+PONDER_HOT static void axpy_hd(float *y, float a, const float *x, int64_t hd) {
+    for (int64_t d = 0; d < hd; d++) y[d] += a * x[d];
+}
+
+/* Softmax of row[0..n) in place; returns nothing, row sums to 1. */
+PONDER_HOT static void softmax_inplace(float *row, int64_t n) {
+    float mx = row[0];
+    for (int64_t j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        row[j] = exp_fast(row[j] - mx);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+}
+
+/* One (batch, head) of causal attention: queries and keys [s, T). */
+static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
+                                   int64_t qs, const float *k, int64_t ks, const float *v,
+                                   int64_t vs, int64_t s, int64_t T, int64_t hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t i = 0; i < T; i++) {
+        float *arow = att + i * T, *o = out + i * out_stride;
+        memset(arow, 0, (size_t)T * sizeof(float));
+        memset(o, 0, (size_t)hd * sizeof(float));
+        if (i < s) continue; // padding before the sequence starts: no output
+        const float *qi = q + i * qs;
+        for (int64_t j = s; j <= i; j++) arow[j] = dot_hd(qi, k + j * ks, hd) * scale;
+        softmax_inplace(arow + s, i - s + 1);
+        for (int64_t j = s; j <= i; j++) axpy_hd(o, arow[j], v + j * vs, hd);
+    }
+}
+
+static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                  const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                  int64_t KV, int64_t hd) {
+    const int64_t group = NH / KV, C = NH * hd;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < B * NH; bh++) {
+        int64_t b = bh / NH, h = bh % NH, kvh = h / group;
+        int64_t s = start ? start[b] : 0;
+        attention_head_forward(out + b * T * C + h * hd, C, att + bh * T * T,
+                               q.base + b * T * q.row_stride + h * hd, q.row_stride,
+                               k.base + b * T * k.row_stride + kvh * hd, k.row_stride,
+                               v.base + b * T * v.row_stride + kvh * hd, v.row_stride, s, T, hd);
+    }
+}
+
+/* Backward of one query head; dk/dv belong to its kv head and are shared by
+ * the heads of the group, which the caller runs in order on one thread. */
+static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
+                                    int64_t dout_stride, const float *att, const float *q,
+                                    const float *k, const float *v, int64_t stride_q,
+                                    int64_t stride_kv, int64_t dstride_q, int64_t dstride_kv,
+                                    float *drow, int64_t s, int64_t T, int64_t hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t i = s; i < T; i++) {
+        const float *arow = att + i * T, *go = dout + i * dout_stride;
+        float dsum = 0.0f;
+        for (int64_t j = s; j <= i; j++) {
+            drow[j] = dot_hd(go, v + j * stride_kv, hd); // d(att_ij)
+            dsum += drow[j] * arow[j];
+            axpy_hd(dv + j * dstride_kv, arow[j], go, hd);
+        }
+        float *dqi = dq + i * dstride_q;
+        const float *qi = q + i * stride_q;
+        for (int64_t j = s; j <= i; j++) {
+            float dpre = arow[j] * (drow[j] - dsum) * scale;
+            axpy_hd(dqi, dpre, k + j * stride_kv, hd);
+            axpy_hd(dk + j * dstride_kv, dpre, qi, hd);
+        }
+    }
+}
+
+static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+                                   const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                   const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                   int64_t KV, int64_t hd) {
+    const int64_t group = NH / KV, C = NH * hd;
+#pragma omp parallel
+    {
+        float *drow = malloc((size_t)T * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bk = 0; bk < B * KV; bk++) {
+            int64_t b = bk / KV, kvh = bk % KV, s = start ? start[b] : 0;
+            int64_t kofs = b * T * k.row_stride + kvh * hd;
+            int64_t dkofs = b * T * dk.row_stride + kvh * hd;
+            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+                attention_head_backward(
+                    dq.base + b * T * dq.row_stride + h * hd, dk.base + dkofs,
+                    dv.base + b * T * dv.row_stride + kvh * hd, dout + b * T * C + h * hd, C,
+                    att + (b * NH + h) * T * T, q.base + b * T * q.row_stride + h * hd,
+                    k.base + kofs, v.base + b * T * v.row_stride + kvh * hd, q.row_stride,
+                    k.row_stride, dq.row_stride, dk.row_stride, drow, s, T, hd);
+            }
+        }
+        free(drow);
+    }
+}
+
+static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
+                                 float *const *v_cache, const int64_t *len, int64_t N,
+                                 int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
+    const int64_t group = NH / KV;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        float *row = malloc((size_t)max_len * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t nh = 0; nh < N * NH; nh++) {
+            int64_t n = nh / NH, h = nh % NH, kvh = h / group, L = len[n];
+            const float *qi = q.base + n * q.row_stride + h * hd;
+            const float *kc = k_cache[n] + kvh * max_len * hd;
+            const float *vc = v_cache[n] + kvh * max_len * hd;
+            float *o = out + n * NH * hd + h * hd;
+            for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, kc + j * hd, hd) * scale;
+            softmax_inplace(row, L);
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
+        }
+        free(row);
+    }
+}
+
+/* -------------------------------------------------------- activations ---- */
+
+PONDER_HOT static void swiglu_row(float *out, const float *gu, int64_t F) {
+    const float *g = gu, *u = gu + F;
+    for (int64_t f = 0; f < F; f++) out[f] = g[f] / (1.0f + exp_fast(-g[f])) * u[f];
+}
+
+static void cpu_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) swiglu_row(out + n * F, gate_up + n * 2 * F, F);
+}
+
+PONDER_HOT static void swiglu_backward_row(float *dgu, const float *dout, const float *gu,
+                                           int64_t F) {
+    const float *g = gu, *u = gu + F;
+    for (int64_t f = 0; f < F; f++) {
+        float sig = 1.0f / (1.0f + exp_fast(-g[f]));
+        float silu = g[f] * sig;
+        dgu[f] += dout[f] * u[f] * sig * (1.0f + g[f] * (1.0f - sig));
+        dgu[F + f] += dout[f] * silu;
+    }
+}
+
+static void cpu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up,
+                                int64_t N, int64_t F) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        swiglu_backward_row(dgate_up + n * 2 * F, dout + n * F, gate_up + n * 2 * F, F);
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+
+PONDER_HOT static void gelu_block(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float u = GELU_SCALE * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
+        out[i] = 0.5f * x[i] * (1.0f + tanh_fast(u));
+    }
+}
+
+PONDER_HOT static void gelu_backward_block(float *dinp, const float *x, const float *dout,
+                                           int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float xi = x[i], u = GELU_SCALE * (xi + 0.044715f * xi * xi * xi);
+        float t = tanh_fast(u), sech2 = 1.0f - t * t;
+        float local = 0.5f * (1.0f + t) + 0.5f * xi * sech2 * GELU_SCALE *
+                                               (1.0f + 3.0f * 0.044715f * xi * xi);
+        dinp[i] += local * dout[i];
+    }
+}
+
+#define ELEMENTWISE_BLOCK 4096
+
+static void cpu_gelu_forward(float *out, const float *inp, int64_t n) {
+    int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
+        gelu_block(out + i0, inp + i0, len);
+    }
+}
+
+static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
+    int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
+        gelu_backward_block(dinp + i0, inp + i0, dout + i0, len);
+    }
+}
+
+static void cpu_add(float *out, const float *a, const float *b, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void cpu_accumulate(float *acc, const float *a, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) acc[i] += a[i];
+}
+
+/* ------------------------------------------------------------ LM head ---- */
+
+/* Rows per chunk so that a chunk's logits stay near 8 MB whatever V is. */
+static int64_t lm_head_chunk_rows(int64_t V) {
+    int64_t r = (int64_t)(2 * 1024 * 1024) / V;
+    return r < 8 ? 8 : (r > 1024 ? 1024 : r);
+}
+
+/* Indices of rows with mask != 0; padding never reaches the vocabulary GEMM. */
+static int64_t active_rows(int64_t *idx, const float *mask, int64_t N) {
+    int64_t a = 0;
+    for (int64_t n = 0; n < N; n++)
+        if (!mask || mask[n] != 0.0f) idx[a++] = n;
+    return a;
+}
+
+static void gather_rows(float *dst, const float *src, const int64_t *idx, int64_t R, int64_t C) {
+    for (int64_t r = 0; r < R; r++) memcpy(dst + r * C, src + idx[r] * C, (size_t)C * sizeof(float));
+}
+
+/* log-sum-exp of z[0..V) and, from it, sum_j p_j z_j. */
+PONDER_HOT static void lse_and_mean_logit(const float *z, int64_t V, float *lse_out,
+                                          float *mean_z_out) {
+    float mx = z[0];
+    for (int64_t j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    float sum = 0.0f, sum_pz = 0.0f;
+    for (int64_t j = 0; j < V; j++) {
+        float e = exp_fast(z[j] - mx);
+        sum += e;
+        sum_pz += e * z[j];
+    }
+    *lse_out = mx + logf(sum);
+    *mean_z_out = sum_pz / sum;
+}
+
+static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
+                                const float *w, const int32_t *targets, const float *mask,
+                                int64_t N, int64_t C, int64_t V) {
+    memset(logp, 0, (size_t)N * sizeof(float));
+    memset(lse, 0, (size_t)N * sizeof(float));
+    if (entropy) memset(entropy, 0, (size_t)N * sizeof(float));
+    const int64_t R = lm_head_chunk_rows(V);
+    int64_t *idx = malloc((size_t)N * sizeof(int64_t));
+    float *hc = malloc((size_t)(R * C) * sizeof(float));
+    float *z = malloc((size_t)(R * V) * sizeof(float));
+    int64_t A = active_rows(idx, mask, N);
+    for (int64_t r0 = 0; r0 < A; r0 += R) {
+        int64_t rows = A - r0 < R ? A - r0 : R;
+        gather_rows(hc, h, idx + r0, rows, C);
+        blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t n = idx[r0 + r];
+            float l, mz;
+            lse_and_mean_logit(z + r * V, V, &l, &mz);
+            lse[n] = l;
+            logp[n] = z[r * V + targets[n]] - l;
+            if (entropy) entropy[n] = l - mz;
+        }
+    }
+    free(z);
+    free(hc);
+    free(idx);
+}
+
+/* z: logits in, d(logits) out. dz_j = dlogp (onehot_j - p_j) - dent p_j (log p_j + H),
+ * with H the row's entropy. */
+PONDER_HOT static void dlogits_row(float *z, int64_t V, float lse, float dlogp, float dent,
+                                   int32_t target) {
+    float H = 0.0f;
+    if (dent != 0.0f) {
+        float mz = 0.0f;
+        for (int64_t j = 0; j < V; j++) mz += exp_fast(z[j] - lse) * z[j];
+        H = lse - mz;
+    }
+    for (int64_t j = 0; j < V; j++) {
+        float lp = z[j] - lse, p = exp_fast(lp);
+        z[j] = -dlogp * p - dent * p * (lp + H);
+    }
+    z[target] += dlogp;
+}
+
+static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
+                                 const float *h, const float *w, const int32_t *targets,
+                                 const float *lse, const float *mask, int64_t N, int64_t C,
+                                 int64_t V) {
+    const int64_t R = lm_head_chunk_rows(V);
+    int64_t *idx = malloc((size_t)N * sizeof(int64_t));
+    float *hc = malloc((size_t)(R * C) * sizeof(float));
+    float *dhc = malloc((size_t)(R * C) * sizeof(float));
+    float *z = malloc((size_t)(R * V) * sizeof(float));
+    int64_t A = active_rows(idx, mask, N);
+    for (int64_t r0 = 0; r0 < A; r0 += R) {
+        int64_t rows = A - r0 < R ? A - r0 : R;
+        gather_rows(hc, h, idx + r0, rows, C);
+        blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t n = idx[r0 + r];
+            dlogits_row(z + r * V, V, lse[n], dlogp ? dlogp[n] : 0.0f,
+                        dentropy ? dentropy[n] : 0.0f, targets[n]);
+        }
+        blas_sgemm(0, 0, rows, C, V, 1.0f, z, V, w, C, 0.0f, dhc, C);
+        for (int64_t r = 0; r < rows; r++) {
+            float *d = dh + idx[r0 + r] * C;
+            for (int64_t c = 0; c < C; c++) d[c] += dhc[r * C + c];
+        }
+        blas_sgemm(1, 0, V, C, rows, 1.0f, z, V, hc, C, 1.0f, dw, C);
+    }
+    free(z);
+    free(dhc);
+    free(hc);
+    free(idx);
+}
+
+/* ---------------------------------------------------------- optimizer ---- */
+
+PONDER_HOT static double sum_squares_block(const float *x, int64_t n) {
+    float s = 0.0f; /* float lanes within a block vectorise; blocks sum in double */
+    for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
+    return (double)s;
+}
+
+static double cpu_sum_squares(const float *x, int64_t n) {
+    int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
+    double *part = malloc((size_t)(nb ? nb : 1) * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
+        part[b] = sum_squares_block(x + i0, len);
+    }
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; b++) total += part[b];
+    free(part);
+    return total;
+}
+
+PONDER_HOT static void adamw_block(float *p, const float *g, float *m, float *v, int64_t n,
+                                   float lr, float b1, float b2, float eps, float wd,
+                                   float grad_scale, float bc1, float bc2) {
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] * grad_scale;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        float mhat = m[i] / bc1, vhat = v[i] / bc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    }
+}
+
+static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                      float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                      int64_t t) {
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
+        adamw_block(param + i0, grad + i0, m + i0, v + i0, len, lr, beta1, beta2, eps,
+                    weight_decay, grad_scale, bc1, bc2);
+    }
+}
+
+/* ------------------------------------------------------------- table ----- */
+
+static const ModelOps CPU_OPS = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .matmul_forward = cpu_matmul_forward,
+    .matmul_backward = cpu_matmul_backward,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .rope = cpu_rope,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .attention_cached = cpu_attention_cached,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .add = cpu_add,
+    .accumulate = cpu_accumulate,
+    .lm_head_forward = cpu_lm_head_forward,
+    .lm_head_backward = cpu_lm_head_backward,
+    .sum_squares = cpu_sum_squares,
+    .adamw = cpu_adamw,
+};
+
+const ModelOps *ops_cpu(void) { return &CPU_OPS; }

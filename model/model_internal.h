@@ -1,0 +1,65 @@
+/* model/model_internal.h — the Model struct, shared by model.c (parameters),
+ * model_train.c (forward/backward) and model_infer.c (KV-cache decoding).
+ * Not part of the public contract. */
+#ifndef PONDER_MODEL_MODEL_INTERNAL_H
+#define PONDER_MODEL_MODEL_INTERNAL_H
+
+#include "model/model.h" /* public types */
+#include "model/ops.h"   /* ModelOps */
+
+/* Offsets (in floats) of each stacked block in the parameter buffer. */
+typedef struct ParamLayout {
+    size_t wte, wpe, ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc_w, fc_b, proj_w,
+        proj_b, lnf_w, lnf_b, lm, score_w, score_b;
+} ParamLayout;
+
+/* One layer's tensors inside a buffer; NULL where the architecture has none.
+ * llama: fc_w is [gate; up] (2F x C), proj_w is down_proj. gpt2: fc_w is
+ * c_fc, proj_w is mlp.c_proj. */
+typedef struct LayerView {
+    float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *o_w, *o_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *proj_w,
+        *proj_b;
+} LayerView;
+
+/* Activations of the last training forward, sized for capacity_n rows and
+ * capacity_att attention entries per layer. */
+typedef struct Activations {
+    int64_t B, T, capacity_n, capacity_att;
+    float *resid;  /* [L+1, N, C]: input of each layer, then the final residual */
+    float *ln1;    /* [L, N, C] */
+    float *ln1_mean, *ln1_rstd; /* [L, N] */
+    float *qkv;    /* [L, N, QKV], q and k after RoPE */
+    float *att;    /* [L, B, NH, T, T] */
+    float *atty;   /* [L, N, NH*hd] */
+    float *resid2; /* [L, N, C]: after attention */
+    float *ln2;    /* [L, N, C] */
+    float *ln2_mean, *ln2_rstd;
+    float *fc;     /* [L, N, FC] */
+    float *act;    /* [L, N, F] */
+    float *lnf;    /* [N, C] */
+    float *lnf_mean, *lnf_rstd, *lse; /* [N] */
+    int32_t *tokens, *targets, *pos, *start; /* copies of the batch */
+    float *mask;
+    /* gradient scratch, reused layer by layer */
+    float *dresid, *dln, *datty, *dqkv, *dfc, *dact, *dlnf; /* dln, dlnf: [N,C] */
+    float *dvalues; /* [N] masked */
+    int has_forward;
+} Activations;
+
+struct Model {
+    ModelConfig cfg;
+    const ModelOps *ops;
+    int64_t head_dim, attn_dim, qkv_dim, fc_dim;
+    ModelTensor *tensors;
+    size_t n_tensors;
+    ParamLayout lay;
+    size_t num_params;
+    float *params, *grads;
+    float *rope; /* [max_seq_len, hd/2, 2] cos/sin; llama only */
+    Activations act;
+};
+
+LayerView model_layer_view(const Model *m, float *base, int64_t l);
+void model_free_activations(Model *m);
+
+#endif

@@ -1,0 +1,328 @@
+/* model/model_train.c — the training forward and backward passes.
+ *
+ * Straight-line code in the manner of llm.c: each layer names its views and
+ * calls the ops in order; backward walks the same steps in reverse. The
+ * residual-stream gradient lives in one [N,C] buffer that every branch's
+ * backward accumulates into. */
+#include "model/model_internal.h"
+
+#include <stdlib.h> /* calloc */
+#include <string.h> /* memcpy */
+
+/* --------------------------------------------------------- activations --- */
+
+void model_free_activations(Model *m) {
+    Activations *a = &m->act;
+    if (!m->ops) return;
+    void *bufs[] = {a->resid,  a->ln1,     a->ln1_mean, a->ln1_rstd, a->qkv,    a->att,
+                    a->atty,   a->resid2,  a->ln2,      a->ln2_mean, a->ln2_rstd, a->fc,
+                    a->act,    a->lnf,     a->lnf_mean, a->lnf_rstd, a->lse,    a->tokens,
+                    a->targets, a->pos,    a->start,    a->mask,     a->dresid, a->dln,
+                    a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
+    memset(a, 0, sizeof *a);
+}
+
+static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) {
+    Activations *a = &m->act;
+    const int64_t N = B * T, att = B * m->cfg.n_head * T * T;
+    if (N <= a->capacity_n && att <= a->capacity_att) {
+        a->B = B, a->T = T;
+        return PONDER_OK;
+    }
+    model_free_activations(m);
+    const ModelConfig *c = &m->cfg;
+    const int64_t L = c->n_layer, C = c->d_model, F = c->d_ff;
+    const size_t f = sizeof(float);
+    const ModelOps *o = m->ops;
+#define ALLOC(field, count) (a->field = o->alloc((size_t)(count) * f), ok = ok && a->field)
+    int ok = 1;
+    ALLOC(resid, (L + 1) * N * C);
+    ALLOC(ln1, L * N * C);
+    ALLOC(ln1_mean, L * N);
+    ALLOC(ln1_rstd, L * N);
+    ALLOC(qkv, L * N * m->qkv_dim);
+    ALLOC(att, L * att);
+    ALLOC(atty, L * N * m->attn_dim);
+    ALLOC(resid2, L * N * C);
+    ALLOC(ln2, L * N * C);
+    ALLOC(ln2_mean, L * N);
+    ALLOC(ln2_rstd, L * N);
+    ALLOC(fc, L * N * m->fc_dim);
+    ALLOC(act, L * N * F);
+    ALLOC(lnf, N * C);
+    ALLOC(lnf_mean, N);
+    ALLOC(lnf_rstd, N);
+    ALLOC(lse, N);
+    ALLOC(tokens, N);
+    ALLOC(targets, N);
+    ALLOC(pos, N);
+    ALLOC(start, B);
+    ALLOC(mask, N);
+    ALLOC(dresid, N * C);
+    ALLOC(dln, N * C);
+    ALLOC(datty, N * m->attn_dim);
+    ALLOC(dqkv, N * m->qkv_dim);
+    ALLOC(dfc, N * m->fc_dim);
+    ALLOC(dact, N * F);
+    ALLOC(dlnf, N * C);
+    ALLOC(dvalues, N);
+#undef ALLOC
+    if (!ok) {
+        model_free_activations(m);
+        return ponder_error(err, PONDER_ERR_NOMEM,
+                            "out of memory for activations of a [%lld,%lld] batch",
+                            (long long)B, (long long)T);
+    }
+    a->capacity_n = N, a->capacity_att = att, a->B = B, a->T = T;
+    return PONDER_OK;
+}
+
+/* ------------------------------------------------------------- checks ---- */
+
+static int check_batch(const Model *m, const ModelBatch *b, int need_targets, PonderError *err) {
+    const ModelConfig *c = &m->cfg;
+    if (b->B <= 0 || b->T <= 0)
+        return ponder_error(err, PONDER_ERR_SHAPE, "batch: B and T must be > 0, found [%lld,%lld]",
+                            (long long)b->B, (long long)b->T);
+    if (b->T > c->max_seq_len)
+        return ponder_error(err, PONDER_ERR_SHAPE,
+                            "batch: T=%lld exceeds model.max_seq_len=%lld", (long long)b->T,
+                            (long long)c->max_seq_len);
+    for (int64_t i = 0; i < b->B * b->T; i++) {
+        int64_t bi = i / b->T, t = i % b->T;
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
+            return ponder_error(err, PONDER_ERR_SHAPE,
+                                "batch: token %d at [%lld,%lld] is outside the vocabulary [0,%lld)",
+                                b->tokens[i], (long long)bi, (long long)t,
+                                (long long)c->vocab_size);
+        int active = !b->mask || b->mask[i] != 0.0f;
+        if (need_targets && active && (b->targets[i] < 0 || b->targets[i] >= c->vocab_size))
+            return ponder_error(err, PONDER_ERR_SHAPE,
+                                "batch: target %d at [%lld,%lld] is outside the vocabulary [0,%lld)",
+                                b->targets[i], (long long)bi, (long long)t,
+                                (long long)c->vocab_size);
+    }
+    if (b->start)
+        for (int64_t bi = 0; bi < b->B; bi++)
+            if (b->start[bi] < 0 || b->start[bi] >= b->T)
+                return ponder_error(err, PONDER_ERR_SHAPE,
+                                    "batch: start[%lld]=%d must be in [0,%lld)", (long long)bi,
+                                    b->start[bi], (long long)b->T);
+    return PONDER_OK;
+}
+
+/* Copies the batch and derives position ids (counting from each start). */
+static void stage_batch(Model *m, const ModelBatch *b) {
+    Activations *a = &m->act;
+    const int64_t B = b->B, T = b->T, N = B * T;
+    memcpy(a->tokens, b->tokens, (size_t)N * sizeof(int32_t));
+    for (int64_t i = 0; i < N; i++) {
+        a->mask[i] = b->mask ? (b->mask[i] != 0.0f ? 1.0f : 0.0f) : 1.0f;
+        a->targets[i] = (b->targets && a->mask[i] != 0.0f) ? b->targets[i] : 0;
+    }
+    for (int64_t bi = 0; bi < B; bi++) {
+        int32_t s = b->start ? b->start[bi] : 0;
+        a->start[bi] = s;
+        for (int64_t t = 0; t < T; t++) a->pos[bi * T + t] = t >= s ? (int32_t)(t - s) : 0;
+    }
+}
+
+/* ------------------------------------------------------------ forward ---- */
+
+static OpsHeads heads(float *base, int64_t offset, int64_t stride) {
+    OpsHeads h = {base + offset, stride};
+    return h;
+}
+
+static void norm_forward(const Model *m, float *out, float *mean, float *rstd, const float *inp,
+                         const float *w, const float *b, int64_t N) {
+    const ModelConfig *c = &m->cfg;
+    if (c->arch == MODEL_ARCH_LLAMA)
+        m->ops->rmsnorm_forward(out, rstd, inp, w, N, c->d_model, c->norm_eps);
+    else
+        m->ops->layernorm_forward(out, mean, rstd, inp, w, b, N, c->d_model, c->norm_eps);
+}
+
+static void norm_backward(const Model *m, float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *w, const float *mean, const float *rstd,
+                          int64_t N) {
+    const ModelConfig *c = &m->cfg;
+    if (c->arch == MODEL_ARCH_LLAMA)
+        m->ops->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, c->d_model);
+    else
+        m->ops->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, c->d_model);
+}
+
+static void layer_forward(Model *m, int64_t l) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    Activations *a = &m->act;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->d_model, F = c->d_ff;
+    const int64_t NH = c->n_head, KV = c->n_kv_head, hd = m->head_dim, QKV = m->qkv_dim;
+    const int64_t AD = m->attn_dim, FC = m->fc_dim;
+    LayerView p = model_layer_view(m, m->params, l);
+    float *x = a->resid + l * N * C, *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * QKV;
+    float *att = a->att + l * B * NH * T * T, *atty = a->atty + l * N * AD;
+    float *x2 = a->resid2 + l * N * C, *ln2 = a->ln2 + l * N * C, *fc = a->fc + l * N * FC;
+    float *act = a->act + l * N * F, *xo = a->resid + (l + 1) * N * C;
+    float *tmp = a->dln; /* scratch [N,C]: branch outputs before the residual add */
+
+    norm_forward(m, ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, x, p.ln1_w, p.ln1_b, N);
+    o->matmul_forward(qkv, ln1, p.qkv_w, p.qkv_b, N, C, QKV);
+    OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
+    if (c->arch == MODEL_ARCH_LLAMA) {
+        o->rope(q, a->pos, m->rope, N, NH, hd, 0);
+        o->rope(k, a->pos, m->rope, N, KV, hd, 0);
+    }
+    o->attention_forward(atty, att, q, k, v, a->start, B, T, NH, KV, hd);
+    o->matmul_forward(tmp, atty, p.o_w, p.o_b, N, AD, C);
+    o->add(x2, x, tmp, N * C);
+
+    norm_forward(m, ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, x2, p.ln2_w, p.ln2_b, N);
+    o->matmul_forward(fc, ln2, p.fc_w, p.fc_b, N, C, FC);
+    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_forward(act, fc, N, F);
+    else o->gelu_forward(act, fc, N * F);
+    o->matmul_forward(tmp, act, p.proj_w, p.proj_b, N, F, C);
+    o->add(xo, x2, tmp, N * C);
+}
+
+/* Embeddings, every layer and the final norm: leaves the normed final hidden
+ * state in act.lnf. */
+static void forward_trunk(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    Activations *a = &m->act;
+    const int64_t N = a->B * a->T, C = c->d_model;
+    const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
+    m->ops->embedding_forward(a->resid, a->tokens, a->pos, m->params + m->lay.wte, wpe, N, C);
+    for (int64_t l = 0; l < c->n_layer; l++) layer_forward(m, l);
+    const float *lnf_b = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.lnf_b : NULL;
+    norm_forward(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->resid + c->n_layer * N * C,
+                 m->params + m->lay.lnf_w, lnf_b, N);
+}
+
+static int prepare(Model *m, const ModelBatch *batch, int need_targets, PonderError *err) {
+    int rc = check_batch(m, batch, need_targets, err);
+    if (rc) return rc;
+    rc = ensure_activations(m, batch->B, batch->T, err);
+    if (rc) return rc;
+    stage_batch(m, batch);
+    return PONDER_OK;
+}
+
+int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy, float *values,
+                  PonderError *err) {
+    const ModelConfig *c = &m->cfg;
+    m->act.has_forward = 0;
+    if (!batch->targets)
+        return ponder_error(err, PONDER_ERR_SHAPE, "model_forward: batch has no targets");
+    if (c->scalar_head && !values)
+        return ponder_error(err, PONDER_ERR_SHAPE,
+                            "model_forward: the model has a scalar head; pass a values buffer");
+    int rc = prepare(m, batch, 1, err);
+    if (rc) return rc;
+    Activations *a = &m->act;
+    const int64_t N = a->B * a->T, C = c->d_model;
+    forward_trunk(m);
+    m->ops->lm_head_forward(logp, entropy, a->lse, a->lnf, m->params + m->lay.lm, a->targets,
+                            a->mask, N, C, c->vocab_size);
+    if (c->scalar_head) {
+        m->ops->matmul_forward(values, a->lnf, m->params + m->lay.score_w,
+                               m->params + m->lay.score_b, N, C, 1);
+        for (int64_t i = 0; i < N; i++) values[i] *= a->mask[i];
+    } else if (values) {
+        memset(values, 0, (size_t)N * sizeof(float));
+    }
+    a->has_forward = 1;
+    return PONDER_OK;
+}
+
+int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, PonderError *err) {
+    m->act.has_forward = 0; /* the saved state no longer matches a loss forward */
+    int rc = prepare(m, batch, 0, err);
+    if (rc) return rc;
+    forward_trunk(m);
+    const int64_t N = m->act.B * m->act.T;
+    m->ops->matmul_forward(logits, m->act.lnf, m->params + m->lay.lm, NULL, N, m->cfg.d_model,
+                           m->cfg.vocab_size);
+    return PONDER_OK;
+}
+
+/* ----------------------------------------------------------- backward ---- */
+
+/* dres holds d(output of layer l) on entry and d(input of layer l) on exit. */
+static void layer_backward(Model *m, int64_t l, float *dres) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    Activations *a = &m->act;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->d_model, F = c->d_ff;
+    const int64_t NH = c->n_head, KV = c->n_kv_head, hd = m->head_dim, QKV = m->qkv_dim;
+    const int64_t AD = m->attn_dim, FC = m->fc_dim;
+    const size_t f = sizeof(float);
+    LayerView p = model_layer_view(m, m->params, l), g = model_layer_view(m, m->grads, l);
+    float *x = a->resid + l * N * C, *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * QKV;
+    float *att = a->att + l * B * NH * T * T, *atty = a->atty + l * N * AD;
+    float *x2 = a->resid2 + l * N * C, *ln2 = a->ln2 + l * N * C, *fc = a->fc + l * N * FC;
+    float *act = a->act + l * N * F;
+
+    /* MLP branch: xo = x2 + proj(act(fc(norm(x2)))) */
+    o->zero(a->dact, (size_t)(N * F) * f);
+    o->matmul_backward(a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
+    o->zero(a->dfc, (size_t)(N * FC) * f);
+    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
+    else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+    o->zero(a->dln, (size_t)(N * C) * f);
+    o->matmul_backward(a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
+    norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, x2, p.ln2_w, a->ln2_mean + l * N,
+                  a->ln2_rstd + l * N, N);
+
+    /* attention branch: x2 = x + o_proj(attention(qkv(norm(x)))) */
+    o->zero(a->datty, (size_t)(N * AD) * f);
+    o->matmul_backward(a->datty, g.o_w, g.o_b, dres, atty, p.o_w, N, AD, C);
+    o->zero(a->dqkv, (size_t)(N * QKV) * f);
+    OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
+    OpsHeads dq = heads(a->dqkv, 0, QKV), dk = heads(a->dqkv, AD, QKV),
+             dv = heads(a->dqkv, AD + KV * hd, QKV);
+    o->attention_backward(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+    if (c->arch == MODEL_ARCH_LLAMA) {
+        o->rope(dq, a->pos, m->rope, N, NH, hd, 1);
+        o->rope(dk, a->pos, m->rope, N, KV, hd, 1);
+    }
+    o->zero(a->dln, (size_t)(N * C) * f);
+    o->matmul_backward(a->dln, g.qkv_w, g.qkv_b, a->dqkv, ln1, p.qkv_w, N, C, QKV);
+    norm_backward(m, dres, g.ln1_w, g.ln1_b, a->dln, x, p.ln1_w, a->ln1_mean + l * N,
+                  a->ln1_rstd + l * N, N);
+}
+
+int model_backward(Model *m, const float *dlogp, const float *dentropy, const float *dvalues,
+                   PonderError *err) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    Activations *a = &m->act;
+    if (!a->has_forward)
+        return ponder_error(err, PONDER_ERR_RUNTIME,
+                            "model_backward: no forward pass to differentiate (call "
+                            "model_forward first)");
+    const int64_t N = a->B * a->T, C = c->d_model, L = c->n_layer;
+    const int gpt2 = c->arch == MODEL_ARCH_GPT2;
+    float *G = m->grads;
+
+    /* heads: d(final normed hidden) */
+    o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
+    o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy, a->lnf, m->params + m->lay.lm,
+                        a->targets, a->lse, a->mask, N, C, c->vocab_size);
+    if (c->scalar_head && dvalues) {
+        for (int64_t i = 0; i < N; i++) a->dvalues[i] = dvalues[i] * a->mask[i];
+        o->matmul_backward(a->dlnf, G + m->lay.score_w, G + m->lay.score_b, a->dvalues, a->lnf,
+                           m->params + m->lay.score_w, N, C, 1);
+    }
+    /* final norm, then the layers in reverse */
+    float *dres = a->dresid;
+    o->zero(dres, (size_t)(N * C) * sizeof(float));
+    norm_backward(m, dres, G + m->lay.lnf_w, gpt2 ? G + m->lay.lnf_b : NULL, a->dlnf,
+                  a->resid + L * N * C, m->params + m->lay.lnf_w, a->lnf_mean, a->lnf_rstd, N);
+    for (int64_t l = L - 1; l >= 0; l--) layer_backward(m, l, dres);
+    o->embedding_backward(G + m->lay.wte, gpt2 ? G + m->lay.wpe : NULL, dres, a->tokens, a->pos,
+                          N, C);
+    return PONDER_OK;
+}

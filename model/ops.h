@@ -1,0 +1,126 @@
+/* model/ops.h — the backend ops table: every computation the model performs.
+ *
+ * model.c calls only these functions, so a backend (CPU today, CUDA next)
+ * supplies one table and the model, rollout, losses and trainer do not change.
+ * Conventions, as in llm.c: outputs first, then inputs, then weights, then
+ * sizes; N = rows (B*T tokens), C = channels. Backward functions ACCUMULATE
+ * into every gradient they write (inputs and weights alike), so residual
+ * branches add up without special cases; callers zero what must start at zero.
+ * Matrices are row-major and weights are [out, in] (y = x W^T + b). */
+#ifndef PONDER_MODEL_OPS_H
+#define PONDER_MODEL_OPS_H
+
+#include <stddef.h> /* size_t */
+#include <stdint.h> /* int64_t, int32_t */
+
+/* A strided view of heads inside a row-major activation: element (n, h, d) is
+ * at base[n*row_stride + h*head_dim + d]. q, k and v of one layer live in one
+ * packed [N, (NH + 2*KV) * hd] buffer, so each is a view into it. */
+typedef struct OpsHeads {
+    float *base;
+    int64_t row_stride;
+} OpsHeads;
+
+typedef struct ModelOps {
+    const char *name;
+
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes); /* zero-filled; NULL on failure */
+    void (*free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);
+
+    /* ---- linear ---- */
+    /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias[OC]); overwrites out. */
+    void (*matmul_forward)(float *out, const float *inp, const float *w, const float *bias,
+                           int64_t N, int64_t C, int64_t OC);
+    /* dinp[N,C] += dout w ; dw[OC,C] += dout^T inp ; dbias[OC] += sum_n dout.
+     * Any of dinp, dw, dbias may be NULL (skipped). */
+    void (*matmul_backward)(float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, int64_t N, int64_t C, int64_t OC);
+
+    /* ---- embeddings ---- */
+    /* out[n] = wte[tokens[n]] (+ wpe[pos[n]] when wpe != NULL); overwrites. */
+    void (*embedding_forward)(float *out, const int32_t *tokens, const int32_t *pos,
+                              const float *wte, const float *wpe, int64_t N, int64_t C);
+    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                               const int32_t *pos, int64_t N, int64_t C);
+
+    /* ---- norms ---- */
+    /* out = inp / sqrt(mean(inp^2) + eps) * w ; rstd[N] saved for backward. */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int64_t N,
+                            int64_t C, float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp,
+                             const float *w, const float *rstd, int64_t N, int64_t C);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *w, const float *b, int64_t N, int64_t C, float eps);
+    void (*layernorm_backward)(float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *w, const float *mean,
+                               const float *rstd, int64_t N, int64_t C);
+
+    /* ---- rotary positions (Hugging Face rotate_half convention) ---- */
+    /* Rotates H heads of x in place by angle pos[n] * theta^(-2i/hd); with
+     * inverse != 0 rotates by the negative angle (the backward pass).
+     * cos_sin is [max_pos, hd/2, 2]. */
+    void (*rope)(OpsHeads x, const int32_t *pos, const float *cos_sin, int64_t N, int64_t H,
+                 int64_t hd, int inverse);
+
+    /* ---- attention ---- */
+    /* Causal attention over a [B,T] batch. out[B*T, NH*hd]; att[B,NH,T,T] saves
+     * the probabilities. start[b] (NULL = 0) masks keys before the sequence's
+     * first real token. Query head h reads kv head h / (NH/KV). */
+    void (*attention_forward)(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                              const int32_t *start, int64_t B, int64_t T, int64_t NH, int64_t KV,
+                              int64_t hd);
+    /* dq, dk, dv accumulate; the O(T^2) form, parallel over (batch, kv head). */
+    void (*attention_backward)(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout, const float *att, OpsHeads q, OpsHeads k,
+                               OpsHeads v, const int32_t *start, int64_t B, int64_t T,
+                               int64_t NH, int64_t KV, int64_t hd);
+    /* Cached attention for inference: row n (a token of some sequence) attends
+     * to positions [0, len[n]) of its own cache, where k_cache[n] and v_cache[n]
+     * point at that sequence's [KV, max_len, hd] block. */
+    void (*attention_cached)(float *out, OpsHeads q, float *const *k_cache,
+                             float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
+                             int64_t KV, int64_t hd, int64_t max_len);
+
+    /* ---- activations ---- */
+    /* gate_up is [N, 2F] (gate in the first F columns, up in the next F);
+     * out[N,F] = silu(gate) * up. */
+    void (*swiglu_forward)(float *out, const float *gate_up, int64_t N, int64_t F);
+    void (*swiglu_backward)(float *dgate_up, const float *dout, const float *gate_up, int64_t N,
+                            int64_t F);
+    /* tanh-approximated GELU, elementwise over n values. */
+    void (*gelu_forward)(float *out, const float *inp, int64_t n);
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, int64_t n);
+    /* out = a + b, elementwise. */
+    void (*add)(float *out, const float *a, const float *b, int64_t n);
+    /* acc += a */
+    void (*accumulate)(float *acc, const float *a, int64_t n);
+
+    /* ---- language-model head ---- */
+    /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and
+     * entropy[n] (entropy may be NULL); masked rows get 0. lse[N] saved for
+     * backward. Works through rows in chunks so memory stays O(chunk * V). */
+    void (*lm_head_forward)(float *logp, float *entropy, float *lse, const float *h,
+                            const float *w, const int32_t *targets, const float *mask, int64_t N,
+                            int64_t C, int64_t V);
+    /* dh[N,C] += ; dw[V,C] += ; from per-row dlogp and dentropy (NULL = 0). */
+    void (*lm_head_backward)(float *dh, float *dw, const float *dlogp, const float *dentropy,
+                             const float *h, const float *w, const int32_t *targets,
+                             const float *lse, const float *mask, int64_t N, int64_t C,
+                             int64_t V);
+
+    /* ---- optimizer ---- */
+    /* sum of squares of x[0..n), accumulated in double in a fixed order. */
+    double (*sum_squares)(const float *x, int64_t n);
+    /* AdamW on n values: g = grad*grad_scale; m,v moments; bias-corrected with
+     * step t (1-based); decoupled decay p -= lr*wd*p. */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                  int64_t t);
+} ModelOps;
+
+/* The CPU backend (OpenBLAS/BLIS + OpenMP). */
+const ModelOps *ops_cpu(void);
+
+#endif
