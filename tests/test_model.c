@@ -1,0 +1,281 @@
+/* tests/test_model.c — whole-model checks: gradients against central finite
+ * differences (both architectures, tied and untied, scalar head, padding and
+ * left padding), KV-cache logits against the full forward, and an overfit run.
+ * Per-op checks live in tests/test_ops.c; PyTorch parity in test_reference.c. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "trainer/optim.h"
+#include "util/rng.h"
+
+static ModelConfig small_config(ModelArch arch, bool tied, bool scalar, int64_t kv_heads) {
+    ModelConfig c = model_config_default();
+    c.arch = arch;
+    c.vocab_size = 13;
+    c.d_model = 16;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_kv_head = arch == MODEL_ARCH_GPT2 ? 4 : kv_heads;
+    c.d_ff = arch == MODEL_ARCH_GPT2 ? 32 : 24;
+    c.max_seq_len = 16;
+    c.tie_embeddings = tied;
+    c.qkv_bias = arch == MODEL_ARCH_LLAMA && !tied;
+    c.scalar_head = scalar;
+    c.init_std = 0.3f;
+    return c;
+}
+
+typedef struct Case {
+    int64_t B, T;
+    int32_t *tokens, *targets, *start;
+    float *mask, *a, *b, *c; /* per-token loss coefficients */
+} Case;
+
+/* Random tokens; sequence b has length T - b (right padding), and with
+ * left_pad the second sequence starts at position 2 instead. */
+static Case make_case(int64_t B, int64_t T, int64_t V, uint64_t seed, int left_pad) {
+    Case k = {.B = B, .T = T};
+    size_t N = (size_t)(B * T);
+    k.tokens = calloc(N, sizeof(int32_t));
+    k.targets = calloc(N, sizeof(int32_t));
+    k.mask = calloc(N, sizeof(float));
+    k.a = calloc(N, sizeof(float));
+    k.b = calloc(N, sizeof(float));
+    k.c = calloc(N, sizeof(float));
+    k.start = left_pad ? calloc((size_t)B, sizeof(int32_t)) : NULL;
+    Rng r = rng_from_seed(seed);
+    for (int64_t b = 0; b < B; b++) {
+        int64_t s = (left_pad && b == 1) ? 2 : 0, len = left_pad ? T : T - b;
+        if (k.start) k.start[b] = (int32_t)s;
+        for (int64_t t = 0; t < T; t++) {
+            size_t i = (size_t)(b * T + t);
+            k.tokens[i] = (int32_t)rng_below(&r, (uint64_t)V);
+            k.targets[i] = (int32_t)rng_below(&r, (uint64_t)V);
+            k.mask[i] = (t >= s && t < len) ? 1.0f : 0.0f;
+            k.a[i] = (float)rng_normal(&r);
+            k.b[i] = 0.3f * (float)rng_normal(&r);
+            k.c[i] = (float)rng_normal(&r);
+        }
+    }
+    return k;
+}
+
+static void free_case(Case *k) {
+    free(k->tokens), free(k->targets), free(k->mask), free(k->a), free(k->b), free(k->c);
+    free(k->start);
+}
+
+static ModelBatch batch_of(const Case *k) {
+    ModelBatch b = {k->B, k->T, k->tokens, k->targets, k->mask, k->start};
+    return b;
+}
+
+/* loss = sum mask * (a logp + b entropy + c value), accumulated in double. */
+static double loss_of(Model *m, const Case *k) {
+    size_t N = (size_t)(k->B * k->T);
+    float *lp = calloc(N, sizeof(float)), *ent = calloc(N, sizeof(float)),
+          *val = calloc(N, sizeof(float));
+    ModelBatch b = batch_of(k);
+    PonderError err = {0};
+    int rc = model_forward(m, &b, lp, ent, val, &err);
+    cr_assert_eq(rc, 0, "forward failed: %s", err.msg);
+    double L = 0.0;
+    for (size_t i = 0; i < N; i++)
+        L += (double)k->mask[i] * ((double)k->a[i] * lp[i] + (double)k->b[i] * ent[i] +
+                                   (double)k->c[i] * val[i]);
+    free(lp), free(ent), free(val);
+    return L;
+}
+
+static void check_gradients(ModelConfig cfg, int left_pad) {
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, 7);
+    Case k = make_case(2, 6, cfg.vocab_size, 11, left_pad);
+    loss_of(m, &k);
+    model_zero_grad(m);
+    cr_assert_eq(model_backward(m, k.a, k.b, k.c, &err), 0, "%s", err.msg);
+    size_t n = model_num_params(m), count;
+    float *analytic = malloc(n * sizeof(float));
+    memcpy(analytic, model_grads(m), n * sizeof(float));
+    const ModelTensor *ts = model_tensors(m, &count);
+    float *p = model_params(m);
+    const float h = 1e-2f;
+    Rng pick = rng_from_seed(3);
+    for (size_t ti = 0; ti < count; ti++) {
+        const ModelTensor *t = &ts[ti];
+        double max_err = 0.0, max_ref = 0.0;
+        size_t probes = t->numel < 24 ? t->numel : 24;
+        for (size_t j = 0; j < probes; j++) {
+            size_t idx = t->offset + (t->numel <= 24 ? j : rng_below(&pick, t->numel));
+            float saved = p[idx];
+            p[idx] = saved + h;
+            double lp = loss_of(m, &k);
+            p[idx] = saved - h;
+            double lm = loss_of(m, &k);
+            p[idx] = saved;
+            double fd = (lp - lm) / (2.0 * h);
+            double e = fabs(fd - (double)analytic[idx]);
+            if (e > max_err) max_err = e;
+            if (fabs(fd) > max_ref) max_ref = fabs(fd);
+        }
+        double rel = max_err / (max_ref > 1e-3 ? max_ref : 1e-3);
+        cr_expect(rel < 2e-2, "%s: max |fd - analytic| = %.3g (rel %.3g)", t->name, max_err, rel);
+    }
+    free(analytic);
+    free_case(&k);
+    model_free(m);
+}
+
+Test(model_grad, llama_tied) { check_gradients(small_config(MODEL_ARCH_LLAMA, true, false, 4), 0); }
+Test(model_grad, llama_untied_gqa_bias_scalar) {
+    check_gradients(small_config(MODEL_ARCH_LLAMA, false, true, 2), 0);
+}
+Test(model_grad, llama_left_padding) {
+    check_gradients(small_config(MODEL_ARCH_LLAMA, true, false, 2), 1);
+}
+Test(model_grad, gpt2_tied) { check_gradients(small_config(MODEL_ARCH_GPT2, true, false, 4), 0); }
+Test(model_grad, gpt2_untied_scalar) {
+    check_gradients(small_config(MODEL_ARCH_GPT2, false, true, 4), 0);
+}
+Test(model_grad, gpt2_left_padding) {
+    check_gradients(small_config(MODEL_ARCH_GPT2, false, false, 4), 1);
+}
+
+/* ----------------------------------------------------------- KV cache ---- */
+
+static void check_kv_cache(ModelConfig cfg) {
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, 5);
+    const int64_t B = 3, T = 10, V = cfg.vocab_size;
+    Case k = make_case(B, T, V, 9, 0);
+    float *full = malloc((size_t)(B * T * V) * sizeof(float));
+    ModelBatch b = batch_of(&k);
+    cr_assert_eq(model_forward_logits(m, &b, full, &err), 0, "%s", err.msg);
+
+    ModelKVCache *kv = NULL;
+    cr_assert_eq(model_kv_create(&kv, m, B, T, &err), 0, "%s", err.msg);
+    float *logits = malloc((size_t)(B * V) * sizeof(float));
+    const int64_t P = 4; /* prefill P tokens per sequence, then decode the rest together */
+    double max_diff = 0.0;
+    for (int64_t s = 0; s < B; s++) {
+        cr_assert_eq(model_prefill(m, kv, s, k.tokens + s * T, P, logits, &err), 0, "%s",
+                     err.msg);
+        for (int64_t v = 0; v < V; v++)
+            max_diff = fmax(max_diff, fabs(logits[v] - full[(s * T + P - 1) * V + v]));
+    }
+    int64_t slots[3] = {0, 1, 2};
+    int32_t toks[3];
+    for (int64_t t = P; t < T; t++) {
+        for (int64_t s = 0; s < B; s++) toks[s] = k.tokens[s * T + t];
+        cr_assert_eq(model_decode(m, kv, slots, toks, B, logits, &err), 0, "%s", err.msg);
+        for (int64_t s = 0; s < B; s++)
+            for (int64_t v = 0; v < V; v++)
+                max_diff = fmax(max_diff, fabs(logits[s * V + v] - full[(s * T + t) * V + v]));
+    }
+    cr_log_info("KV cache vs full forward: max |diff| = %.3g", max_diff);
+    cr_expect(max_diff <= 1e-4, "KV-cache logits differ from full forward by %.3g", max_diff);
+    /* a full slot is an error, not an overflow */
+    int rc = model_decode(m, kv, slots, toks, 1, logits, &err);
+    cr_expect_neq(rc, 0);
+    cr_expect(strstr(err.msg, "full") != NULL, "message: %s", err.msg);
+    /* copying a slot shares the prefix: decoding from the copy matches */
+    model_kv_reset(kv, 1);
+    cr_assert_eq(model_prefill(m, kv, 1, k.tokens, P, logits, &err), 0, "%s", err.msg);
+    model_kv_reset(kv, 2);
+    model_kv_copy_slot(kv, 2, 1);
+    int64_t two[2] = {1, 2};
+    int32_t same[2] = {k.tokens[P], k.tokens[P]};
+    cr_assert_eq(model_decode(m, kv, two, same, 2, logits, &err), 0, "%s", err.msg);
+    double copy_diff = 0.0;
+    for (int64_t v = 0; v < V; v++) {
+        copy_diff = fmax(copy_diff, fabs(logits[v] - logits[V + v]));
+        copy_diff = fmax(copy_diff, fabs(logits[v] - full[P * V + v]));
+    }
+    cr_expect(copy_diff <= 1e-4, "copied slot diverges by %.3g", copy_diff);
+    free(logits);
+    free(full);
+    model_kv_free(kv);
+    free_case(&k);
+    model_free(m);
+}
+
+Test(model_kv, llama_gqa) {
+    ModelConfig c = small_config(MODEL_ARCH_LLAMA, false, false, 2);
+    c.init_std = 0.1f;
+    check_kv_cache(c);
+}
+Test(model_kv, gpt2) {
+    ModelConfig c = small_config(MODEL_ARCH_GPT2, true, false, 4);
+    c.init_std = 0.1f;
+    check_kv_cache(c);
+}
+
+/* ------------------------------------------------------------- errors ---- */
+
+Test(model_errors, bad_config_and_batch) {
+    PonderError err = {0};
+    Model *m = NULL;
+    ModelConfig c = small_config(MODEL_ARCH_LLAMA, true, false, 4);
+    c.n_kv_head = 3;
+    cr_expect_neq(model_create(&m, &c, &err), 0);
+    cr_expect(strstr(err.msg, "n_kv_head") != NULL, "%s", err.msg);
+    c = small_config(MODEL_ARCH_LLAMA, true, false, 4);
+    cr_assert_eq(model_create(&m, &c, &err), 0);
+    int32_t tok[2] = {1, 99}, tgt[2] = {1, 2};
+    float mask[2] = {1, 1}, lp[2];
+    ModelBatch b = {1, 2, tok, tgt, mask, NULL};
+    cr_expect_neq(model_forward(m, &b, lp, NULL, NULL, &err), 0);
+    cr_expect(strstr(err.msg, "token 99 at [0,1]") != NULL, "%s", err.msg);
+    cr_expect_neq(model_backward(m, lp, NULL, NULL, &err), 0, "backward without forward");
+    model_free(m);
+}
+
+/* ------------------------------------------------------------ overfit ---- */
+
+Test(model_overfit, llama_drives_loss_below_005) {
+    ModelConfig c = small_config(MODEL_ARCH_LLAMA, true, false, 2);
+    c.d_model = 32;
+    c.d_ff = 64;
+    c.init_std = 0.05f;
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &c, &err), 0);
+    model_init_weights(m, 1);
+    Case k = make_case(4, 12, c.vocab_size, 2, 0);
+    OptimSettings s = optim_settings_default();
+    s.lr = 1e-2f;
+    s.schedule = LR_CONSTANT;
+    s.weight_decay = 0.0f;
+    Optimizer opt;
+    cr_assert_eq(optim_create(&opt, m, &s, &err), 0);
+    size_t N = 48;
+    float lp[48], dl[48];
+    double loss = 0.0;
+    for (int it = 0; it < 300; it++) {
+        ModelBatch b = batch_of(&k);
+        cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+        double msum = 0.0;
+        loss = 0.0;
+        for (size_t i = 0; i < N; i++) msum += k.mask[i];
+        for (size_t i = 0; i < N; i++) {
+            loss -= k.mask[i] * lp[i] / msum;
+            dl[i] = (float)(-k.mask[i] / msum);
+        }
+        model_zero_grad(m);
+        cr_assert_eq(model_backward(m, dl, NULL, NULL, &err), 0);
+        cr_assert_eq(optim_step(&opt, m, NULL, &err), 0, "%s", err.msg);
+    }
+    cr_log_info("overfit loss after 300 steps: %.4f", loss);
+    cr_expect(loss < 0.05, "loss %.4f is not below 0.05", loss);
+    optim_free(&opt);
+    free_case(&k);
+    model_free(m);
+}
