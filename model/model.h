@@ -60,7 +60,7 @@ typedef struct ModelTensor {
 
 /* One training/scoring batch. tokens[b,t] is the input at position t and
  * targets[b,t] the token to predict there. mask[b,t] (0/1) marks positions whose
- * outputs matter; masked-out positions produce logp = entropy = 0 and receive
+ * outputs matter; masked-out positions produce logp = entropy = value = 0 and receive
  * no gradient. Right padding needs nothing more. start[b] (may be NULL) is the
  * index of sequence b's first real token for left-padded batches: positions
  * before it are never attended to, and position ids count from it. */
