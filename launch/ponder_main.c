@@ -4,11 +4,20 @@
  * 1 a failure while running, 2 a usage or configuration error. To add a
  * subcommand, write a `static int cmd_x(int argc, char **argv)` (argv[0] is the
  * subcommand's name) and add one line to COMMANDS. */
+#include <signal.h> /* sigaction */
 #include <stdio.h>  /* fprintf, fflush */
+#include <stdlib.h> /* strtof, strtoll, free */
 #include <string.h> /* strcmp */
 
-#include "trainer/config.h" /* PonderConfig, config_load, config_write_yaml */
-#include "util/error.h"     /* PonderError */
+#include "model/cpu/blas.h"     /* blas_load */
+#include "model/tokenizer.h"    /* tokenizer_create_char */
+#include "rollout/evaluate.h"   /* eval_run */
+#include "rollout/generate.h"   /* rollout_generate */
+#include "rollout/task_arith.h" /* ArithSpec */
+#include "trainer/checkpoint.h" /* ckpt_inspect, ckpt_load */
+#include "trainer/config.h"     /* PonderConfig, config_load, config_write_yaml */
+#include "trainer/train.h"      /* train_run */
+#include "util/error.h"         /* PonderError */
 
 #define EXIT_USAGE 2
 
@@ -39,21 +48,248 @@ static int cmd_config(int argc, char **argv) {
     return 0;
 }
 
-/* ---------------------------------------------------------------- pending ---*/
+/* ---------------------------------------------------------------- train -----*/
 
-static int cmd_not_yet(int argc, char **argv) {
-    fprintf(stderr, "ponder %s: not available yet\n", argv[0]);
-    return EXIT_USAGE;
+/* Set by SIGINT/SIGTERM; the trainer polls it between steps, writes a
+ * checkpoint and returns. A signal handler can only talk through a global. */
+static volatile sig_atomic_t g_stop_request = 0;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    g_stop_request = 1;
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static int cmd_train(int argc, char **argv) {
+    if (argc < 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: ponder train CONFIG [--resume] [key=value ...]\n");
+        return EXIT_USAGE;
+    }
+    const char *path = argv[1];
+    int resume = 0, n_over = 0;
+    char **over = argv + 2;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--resume")) resume = 1;
+        else if (argv[i][0] == '-') {
+            fprintf(stderr, "ponder train: unknown option '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        } else over[n_over++] = argv[i];
+    }
+    PonderConfig cfg;
+    PonderError err = {0};
+    if (config_load(&cfg, path, n_over, over, &err)) {
+        fprintf(stderr, "ponder train: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    install_stop_handlers();
+    TrainOptions opts = {.resume = resume, .console = stdout, .stop_request = &g_stop_request};
+    TrainSummary sum;
+    if (train_run(&cfg, &opts, &sum, &err)) {
+        fprintf(stderr, "ponder train: %s\n", err.msg);
+        return err.code == PONDER_ERR_CONFIG ? EXIT_USAGE : 1;
+    }
+    if (sum.stopped_early) {
+        printf("stopped at step %lld; resume with: ponder train %s --resume\n",
+               (long long)sum.steps_done, path);
+        return 130;
+    }
+    printf("done: %lld steps in %.1fs", (long long)sum.steps_done, sum.seconds);
+    if (sum.final_accuracy >= 0)
+        printf(", final accuracy %.4f, think_ratio %.3f", sum.final_accuracy, sum.final_think_ratio);
+    printf("\n");
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inspect ---*/
+
+static int cmd_inspect(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: ponder inspect CKPT\n");
+        return EXIT_USAGE;
+    }
+    PonderError err = {0};
+    if (ckpt_inspect(argv[1], stdout, &err)) {
+        fprintf(stderr, "ponder inspect: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------- checkpoint model ---*/
+
+static int load_model(const char *path, Model **m, PonderError *err) {
+    ModelConfig mc;
+    int rc = blas_load(NULL, err);
+    if (rc == PONDER_OK) rc = ckpt_read_model_config(path, &mc, err);
+    if (rc == PONDER_OK) rc = model_create(m, &mc, err);
+    if (rc == PONDER_OK) {
+        CkptRead rd = {.model = *m};
+        rc = ckpt_load(path, &rd, err);
+        free(rd.config_yaml);
+        free(rd.metrics_jsonl);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- generate --*/
+
+static int cmd_generate(int argc, char **argv) {
+    const char *ckpt = NULL, *prompt = NULL;
+    SamplingParams sp = sampling_greedy(128);
+    long long seed = 1;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--ckpt")) ckpt = argv[i + 1];
+        else if (!strcmp(argv[i], "--prompt")) prompt = argv[i + 1];
+        else if (!strcmp(argv[i], "--temperature")) sp.temperature = strtof(argv[i + 1], NULL);
+        else if (!strcmp(argv[i], "--top-p")) sp.top_p = strtof(argv[i + 1], NULL);
+        else if (!strcmp(argv[i], "--top-k")) sp.top_k = strtoll(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--max-new-tokens")) sp.max_new_tokens = strtoll(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--seed")) seed = strtoll(argv[i + 1], NULL, 10);
+        else {
+            fprintf(stderr, "ponder generate: unknown option '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!ckpt || !prompt || argc % 2 == 0) {
+        fprintf(stderr, "usage: ponder generate --ckpt FILE --prompt TEXT [--temperature T] "
+                        "[--top-p P] [--top-k K] [--max-new-tokens N] [--seed S]\n");
+        return EXIT_USAGE;
+    }
+    PonderError err = {0};
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 1, cap = 64;
+    GenSample out = {0};
+    int rc = load_model(ckpt, &m, &err);
+    if (rc == PONDER_OK) rc = tokenizer_create_char(&tok, &err);
+    if (rc == PONDER_OK && !(ids = malloc((size_t)cap * sizeof(int32_t))))
+        rc = ponder_error(&err, PONDER_ERR_NOMEM, "out of memory");
+    if (rc == PONDER_OK) {
+        ids[0] = tokenizer_special(tok, TOK_BOS);
+        rc = tokenizer_encode(tok, prompt, &ids, &n, &cap, &err);
+    }
+    if (rc == PONDER_OK) {
+        GenPrompt gp = {ids, n, 0};
+        GenConfig gc = {.sampling = sp, .num_generations = 1, .max_batch = 1,
+                        .seed = (uint64_t)seed, .eos_id = tokenizer_special(tok, TOK_EOS)};
+        rc = rollout_generate(m, &gp, 1, &gc, &out, &err);
+    }
+    char *text = NULL;
+    if (rc == PONDER_OK) rc = tokenizer_decode(tok, out.tokens, out.n, &text, &err);
+    if (rc == PONDER_OK)
+        printf("%s%s\n[%lld tokens, finish: %s]\n", prompt, text, (long long)out.n,
+               gen_finish_name(out.finish));
+    else fprintf(stderr, "ponder generate: %s\n", err.msg);
+    free(text);
+    gen_samples_free(&out, 1);
+    free(ids);
+    tokenizer_free(tok);
+    model_free(m);
+    return rc ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------- eval ------*/
+
+static int open_eval_set(const PonderConfig *cfg, Dataset **d, PonderError *err) {
+    if (cfg->data.task == CONFIG_TASK_ARITH) {
+        ArithSpec s = {0};
+        s.min_digits = (int)cfg->data.eval_min_digits;
+        s.max_digits = (int)cfg->data.eval_max_digits;
+        snprintf(s.ops, sizeof s.ops, "%.7s", cfg->data.ops);
+        return dataset_open_arith(d, &s, (uint64_t)cfg->run.seed, DATA_SPLIT_EVAL,
+                                  cfg->data.eval_size, err);
+    }
+    if (!cfg->data.eval[0])
+        return ponder_error(err, PONDER_ERR_CONFIG, "data.eval: no evaluation file configured");
+    return dataset_open_jsonl(d, cfg->data.eval, cfg->data.prompt_key, cfg->data.response_key,
+                              cfg->data.answer_key, err);
+}
+
+static int cmd_eval(int argc, char **argv) {
+    if (argc < 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: ponder eval CONFIG --ckpt FILE [--out DIR] [key=value ...]\n");
+        return EXIT_USAGE;
+    }
+    const char *ckpt = NULL, *outdir = ".";
+    char **over = argv + 2;
+    int n_over = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--ckpt") && i + 1 < argc) ckpt = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) outdir = argv[++i];
+        else if (argv[i][0] == '-') {
+            fprintf(stderr, "ponder eval: unknown option '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        } else over[n_over++] = argv[i];
+    }
+    if (!ckpt) {
+        fprintf(stderr, "ponder eval: --ckpt FILE is required\n");
+        return EXIT_USAGE;
+    }
+    PonderConfig cfg;
+    PonderError err = {0};
+    if (config_load(&cfg, argv[1], n_over, over, &err)) {
+        fprintf(stderr, "ponder eval: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    Dataset *data = NULL;
+    FILE *samples = NULL, *report = NULL;
+    char path[1024];
+    int rc = load_model(ckpt, &m, &err);
+    if (rc == PONDER_OK) rc = tokenizer_create_char(&tok, &err);
+    if (rc == PONDER_OK) rc = open_eval_set(&cfg, &data, &err);
+    snprintf(path, sizeof path, "%s/eval_samples.jsonl", outdir);
+    if (rc == PONDER_OK && !(samples = fopen(path, "w")))
+        rc = ponder_error(&err, PONDER_ERR_IO, "cannot write %s", path);
+    EvalResult res;
+    if (rc == PONDER_OK) {
+        EvalSettings s = {.sampling = {(float)cfg.eval.temperature, cfg.eval.top_k,
+                                       (float)cfg.eval.top_p, (float)cfg.eval.min_p,
+                                       cfg.eval.max_new_tokens},
+                          .num_samples = cfg.eval.num_samples,
+                          .max_batch = cfg.eval.max_batch,
+                          .seed = (uint64_t)cfg.run.seed};
+        int64_t n = dataset_size(data);
+        if (n < 0 || n > cfg.data.eval_size) n = cfg.data.eval_size;
+        rc = eval_run(m, tok, data, n, &s, &res, samples, &err);
+    }
+    snprintf(path, sizeof path, "%s/eval_report.json", outdir);
+    if (rc == PONDER_OK && !(report = fopen(path, "w")))
+        rc = ponder_error(&err, PONDER_ERR_IO, "cannot write %s", path);
+    if (rc == PONDER_OK) {
+        eval_write_json(&res, report);
+        fprintf(report, "\n");
+        eval_write_json(&res, stdout);
+        printf("\n");
+    } else {
+        fprintf(stderr, "ponder eval: %s\n", err.msg);
+    }
+    if (samples) fclose(samples);
+    if (report) fclose(report);
+    dataset_free(data);
+    tokenizer_free(tok);
+    model_free(m);
+    return rc ? 1 : 0;
 }
 
 /* ---------------------------------------------------------------- dispatch --*/
 
 static const Command COMMANDS[] = {
     {"config", cmd_config, "CONFIG [key=value ...]", "print the resolved config as YAML"},
-    {"train", cmd_not_yet, "CONFIG [key=value ...]", "run the config's stages"},
-    {"eval", cmd_not_yet, "CONFIG|CKPT [key=value ...]", "evaluate a model on the config's task"},
-    {"generate", cmd_not_yet, "CKPT PROMPT", "sample completions from a checkpoint"},
-    {"inspect", cmd_not_yet, "CKPT", "describe a checkpoint"},
+    {"train", cmd_train, "CONFIG [--resume] [key=value ...]", "run the config's stages"},
+    {"eval", cmd_eval, "CONFIG --ckpt FILE [--out DIR] [k=v ...]", "evaluate a checkpoint on the config's task"},
+    {"generate", cmd_generate, "--ckpt FILE --prompt TEXT [...]", "complete a prompt (KV cache)"},
+    {"inspect", cmd_inspect, "CKPT", "describe a checkpoint"},
 };
 
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])

@@ -122,7 +122,7 @@ Test(config_parse, block_and_flow_values) {
               "model:\n  arch: gpt2\n  d_model: \"64\"\n  n_head: 4\n  tie_embeddings: no\n"
               "optim:\n  lr: 1e-3\n  beta2: 0.99\n  schedule: linear\n"
               "data:\n  ops: '+-'\n  train: ~\n"
-              "stages:\n  - {type: grpo, steps: 7}\n  - name: last\n    packing: yes\n",
+              "stages:\n  - {type: grpo, steps: 7}\n  - name: last\n    max_bad_steps: 2\n",
               0, NULL);
     cr_assert_str_eq(c.run.name, "demo");
     cr_assert_eq(c.run.seed, 9);
@@ -138,7 +138,7 @@ Test(config_parse, block_and_flow_values) {
     cr_assert_eq(c.stages[0].steps, 7);
     cr_assert_eq(c.stages[0].batch_size, 32, "stage keys not given keep their defaults");
     cr_assert_str_eq(c.stages[1].name, "last");
-    cr_assert(c.stages[1].packing);
+    cr_assert_eq(c.stages[1].max_bad_steps, 2);
     cr_assert_str_eq(config_stage_name(&c, 0), "grpo");
     cr_assert_str_eq(config_stage_name(&c, 1), "last");
 }

@@ -134,6 +134,7 @@ typedef struct ConfigEval {
     double top_p;
     double min_p;
     int64_t num_samples;
+    int64_t max_batch; /* sequences decoded together */
 } ConfigEval;
 
 typedef struct ConfigStage {
@@ -145,7 +146,7 @@ typedef struct ConfigStage {
     int64_t seq_len;    /* 0 = model.max_seq_len */
     double lr;          /* 0 = optim.lr */
     double thought_dropout;
-    bool packing;
+    int64_t max_bad_steps; /* non-finite steps in a row before stopping */
     int64_t log_every;
     int64_t eval_every; /* 0 = eval.every */
 } ConfigStage;

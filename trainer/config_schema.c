@@ -97,6 +97,7 @@ static const ConfigKey KEYS[] = {
     KEY("eval.top_k", CONFIG_INT, eval.top_k, "0", "[0,inf)", NULL, "0 = off"),
     KEY("eval.top_p", CONFIG_FLOAT, eval.top_p, "1.0", "(0,1]", NULL, "nucleus mass; 1 = off"),
     KEY("eval.min_p", CONFIG_FLOAT, eval.min_p, "0", "[0,1)", NULL, "min-p filter; 0 = off"),
+    KEY("eval.max_batch", CONFIG_INT, eval.max_batch, "64", "[1,inf)", NULL, "sequences decoded together"),
     KEY("eval.num_samples", CONFIG_INT, eval.num_samples, "1", "[1,inf)", NULL, "samples per problem (pass@k, maj@k)"),
 
     KEY("stages", CONFIG_STAGES, stages, NULL, NULL, NULL, "run in order; at most 8"),
@@ -111,7 +112,7 @@ static const ConfigKey STAGE_KEYS[] = {
     STAGE_KEY("seq_len", CONFIG_INT, seq_len, "0", "[0,inf)", NULL, "0 = model.max_seq_len"),
     STAGE_KEY("lr", CONFIG_FLOAT, lr, "0", "[0,inf)", NULL, "0 = optim.lr"),
     STAGE_KEY("thought_dropout", CONFIG_FLOAT, thought_dropout, "0", "[0,1]", NULL, "TON: chance of dropping a thought (sft)"),
-    STAGE_KEY("packing", CONFIG_BOOL, packing, "false", NULL, NULL, "pack several examples per sequence"),
+    STAGE_KEY("max_bad_steps", CONFIG_INT, max_bad_steps, "5", "[1,inf)", NULL, "non-finite steps in a row before stopping with a checkpoint"),
     STAGE_KEY("log_every", CONFIG_INT, log_every, "1", "[1,inf)", NULL, "steps between console lines"),
     STAGE_KEY("eval_every", CONFIG_INT, eval_every, "0", "[0,inf)", NULL, "0 = eval.every"),
 };

@@ -1,0 +1,249 @@
+/* rollout/generate.c — continuous-batching generation over a shared-prompt KV
+ * cache (see generate.h).
+ *
+ * Slots 0..max_batch-1 hold running samples; slot max_batch is the staging
+ * slot where the current prompt is prefilled once, then copied into the slot
+ * of each of its samples. Requests are ordered prompt-major, so the staging
+ * slot is refilled once per prompt. */
+#include "rollout/generate.h"
+
+#include <stdlib.h> /* calloc, free, realloc */
+#include <string.h> /* memcpy, strlen */
+
+const char *gen_finish_name(GenFinish f) {
+    switch (f) {
+    case GEN_FINISH_EOS: return "eos";
+    case GEN_FINISH_STOP: return "stop";
+    case GEN_FINISH_LENGTH: return "length";
+    }
+    return "unknown";
+}
+
+void gen_samples_free(GenSample *s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        free(s[i].tokens);
+        free(s[i].logp);
+        s[i].tokens = NULL;
+        s[i].logp = NULL;
+    }
+}
+
+typedef struct Running {
+    int64_t request; /* index into out[], -1 when the slot is free */
+    int64_t cap;
+    Rng rng;
+    int32_t last;
+} Running;
+
+typedef struct Engine {
+    Model *m;
+    const GenPrompt *prompts;
+    const GenConfig *gc;
+    GenSample *out;
+    ModelKVCache *kv;
+    Sampler sampler;
+    Running *slots;
+    int64_t n_slots, staging, staged_prompt, V, max_len;
+    float *prompt_logits; /* [V] logits after the staged prompt */
+    float *logits;        /* [n_slots, V] */
+    int64_t *active;      /* slot ids decoded this step */
+    int32_t *feed;
+    GenStats stats;
+} Engine;
+
+static int append_token(GenSample *s, Running *r, int32_t tok, float lp) {
+    if (s->n == r->cap) {
+        int64_t cap = r->cap ? 2 * r->cap : 32;
+        int32_t *t = realloc(s->tokens, (size_t)cap * sizeof(int32_t));
+        if (!t) return PONDER_ERR_NOMEM;
+        s->tokens = t;
+        float *l = realloc(s->logp, (size_t)cap * sizeof(float));
+        if (!l) return PONDER_ERR_NOMEM;
+        s->logp = l;
+        r->cap = cap;
+    }
+    s->tokens[s->n] = tok;
+    s->logp[s->n] = lp;
+    s->n++;
+    return PONDER_OK;
+}
+
+/* Whether the decoded tail of the completion ends with a stop string. */
+static int ends_with_stop(const Engine *e, const GenSample *s) {
+    const GenConfig *gc = e->gc;
+    if (gc->n_stop == 0 || !gc->tokenizer) return 0;
+    size_t longest = 0;
+    for (int i = 0; i < gc->n_stop; i++)
+        if (strlen(gc->stop[i]) > longest) longest = strlen(gc->stop[i]);
+    /* every token decodes to at least one byte, so this many tokens suffice */
+    int64_t tail = (int64_t)longest < s->n ? (int64_t)longest : s->n;
+    char *text = NULL;
+    if (tokenizer_decode(gc->tokenizer, s->tokens + s->n - tail, tail, &text, NULL)) return 0;
+    size_t len = strlen(text);
+    int hit = 0;
+    for (int i = 0; i < gc->n_stop && !hit; i++) {
+        size_t k = strlen(gc->stop[i]);
+        hit = k > 0 && k <= len && memcmp(text + len - k, gc->stop[i], k) == 0;
+    }
+    free(text);
+    return hit;
+}
+
+/* Records token for the sample in slot; sets its finish reason when done. */
+static int take_token(Engine *e, int64_t slot, int32_t tok, float lp, int *done) {
+    Running *r = &e->slots[slot];
+    GenSample *s = &e->out[r->request];
+    if (append_token(s, r, tok, lp)) return PONDER_ERR_NOMEM;
+    r->last = tok;
+    int64_t context = e->prompts[s->prompt].n + s->n;
+    if (tok == e->gc->eos_id) s->finish = GEN_FINISH_EOS;
+    else if (ends_with_stop(e, s)) s->finish = GEN_FINISH_STOP;
+    else if (s->n >= e->gc->sampling.max_new_tokens || context >= e->max_len)
+        s->finish = GEN_FINISH_LENGTH;
+    *done = s->finish != 0;
+    return PONDER_OK;
+}
+
+static int stage_prompt(Engine *e, int64_t p, PonderError *err) {
+    if (e->staged_prompt == p) return PONDER_OK;
+    const GenPrompt *gp = &e->prompts[p];
+    if (gp->n <= 0 || gp->n >= e->max_len)
+        return ponder_error(err, PONDER_ERR_SHAPE,
+                            "generate: prompt %lld has %lld tokens; need 1..%lld (the model's "
+                            "context)",
+                            (long long)p, (long long)gp->n, (long long)(e->max_len - 1));
+    model_kv_reset(e->kv, e->staging);
+    int rc = model_prefill(e->m, e->kv, e->staging, gp->tokens, gp->n, e->prompt_logits, err);
+    if (rc) return rc;
+    e->stats.prefill_tokens += gp->n;
+    e->staged_prompt = p;
+    return PONDER_OK;
+}
+
+/* Puts request `req` into free slot `slot` and samples its first token from
+ * the prompt's logits; *done when that token already finishes it. */
+static int admit(Engine *e, int64_t slot, int64_t req, int *done, PonderError *err) {
+    const GenConfig *gc = e->gc;
+    const int64_t G = gc->num_generations, p = req / G, g = req % G;
+    int rc = stage_prompt(e, p, err);
+    if (rc) return rc;
+    model_kv_reset(e->kv, slot);
+    model_kv_copy_slot(e->kv, slot, e->staging);
+    Running *r = &e->slots[slot];
+    r->request = req;
+    r->cap = 0;
+    r->rng = rng_derive(gc->seed, (uint64_t)gc->step, (uint64_t)e->prompts[p].index, (uint64_t)g);
+    GenSample *s = &e->out[req];
+    s->prompt = p, s->sample = g, s->group = p, s->policy_version = gc->policy_version;
+    float lp;
+    int32_t tok = sampler_pick(&e->sampler, e->prompt_logits, &gc->sampling, &r->rng, &lp);
+    if (take_token(e, slot, tok, lp, done))
+        return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
+    return PONDER_OK;
+}
+
+/* Fills free slots from the queue; returns the number of running slots. */
+static int fill_slots(Engine *e, int64_t *next_req, int64_t total, PonderError *err) {
+    for (int64_t s = 0; s < e->n_slots; s++) {
+        while (e->slots[s].request < 0 && *next_req < total) {
+            int done = 0;
+            int rc = admit(e, s, (*next_req)++, &done, err);
+            if (rc) return rc;
+            if (done) e->slots[s].request = -1;
+        }
+    }
+    return PONDER_OK;
+}
+
+static int decode_step(Engine *e, PonderError *err) {
+    int64_t n = 0;
+    for (int64_t s = 0; s < e->n_slots; s++)
+        if (e->slots[s].request >= 0) {
+            e->active[n] = s;
+            e->feed[n] = e->slots[s].last;
+            n++;
+        }
+    if (n == 0) return PONDER_OK;
+    int rc = model_decode(e->m, e->kv, e->active, e->feed, n, e->logits, err);
+    if (rc) return rc;
+    e->stats.decode_tokens += n;
+    e->stats.decode_steps++;
+    for (int64_t i = 0; i < n; i++) {
+        Running *r = &e->slots[e->active[i]];
+        float lp;
+        int32_t tok = sampler_pick(&e->sampler, e->logits + i * e->V, &e->gc->sampling, &r->rng, &lp);
+        int done = 0;
+        if (take_token(e, e->active[i], tok, lp, &done))
+            return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
+        if (done) r->request = -1;
+    }
+    return PONDER_OK;
+}
+
+static int any_running(const Engine *e) {
+    for (int64_t s = 0; s < e->n_slots; s++)
+        if (e->slots[s].request >= 0) return 1;
+    return 0;
+}
+
+static void engine_free(Engine *e) {
+    model_kv_free(e->kv);
+    sampler_free(&e->sampler);
+    free(e->slots);
+    free(e->prompt_logits);
+    free(e->logits);
+    free(e->active);
+    free(e->feed);
+}
+
+static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t total,
+                       const GenConfig *gc, GenSample *out, PonderError *err) {
+    memset(e, 0, sizeof *e);
+    e->m = m, e->prompts = prompts, e->gc = gc, e->out = out;
+    const ModelConfig *c = model_config(m);
+    e->V = c->vocab_size;
+    e->max_len = c->max_seq_len;
+    e->n_slots = gc->max_batch < total ? gc->max_batch : total;
+    e->staging = e->n_slots;
+    e->staged_prompt = -1;
+    int rc = model_kv_create(&e->kv, m, e->n_slots + 1, e->max_len, err);
+    if (rc) return rc;
+    rc = sampler_init(&e->sampler, e->V, err);
+    if (rc) return rc;
+    e->slots = calloc((size_t)e->n_slots, sizeof(Running));
+    e->prompt_logits = calloc((size_t)e->V, sizeof(float));
+    e->logits = calloc((size_t)(e->n_slots * e->V), sizeof(float));
+    e->active = calloc((size_t)e->n_slots, sizeof(int64_t));
+    e->feed = calloc((size_t)e->n_slots, sizeof(int32_t));
+    if (!e->slots || !e->prompt_logits || !e->logits || !e->active || !e->feed)
+        return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
+    for (int64_t s = 0; s < e->n_slots; s++) e->slots[s].request = -1;
+    return PONDER_OK;
+}
+
+int rollout_generate_stats(Model *m, const GenPrompt *prompts, int64_t P, const GenConfig *gc,
+                           GenSample *out, GenStats *stats, PonderError *err) {
+    int rc = sampling_validate(&gc->sampling, err);
+    if (rc) return rc;
+    if (gc->num_generations <= 0 || gc->max_batch <= 0 || P <= 0)
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "generate: need prompts > 0, num_generations > 0 and max_batch > 0");
+    const int64_t total = P * gc->num_generations;
+    memset(out, 0, (size_t)total * sizeof(GenSample));
+    Engine e;
+    rc = engine_init(&e, m, prompts, total, gc, out, err);
+    int64_t next = 0;
+    while (rc == PONDER_OK && (next < total || any_running(&e))) {
+        rc = fill_slots(&e, &next, total, err);
+        if (rc == PONDER_OK) rc = decode_step(&e, err);
+    }
+    if (stats) *stats = e.stats;
+    engine_free(&e);
+    if (rc) gen_samples_free(out, total);
+    return rc;
+}
+
+int rollout_generate(Model *m, const GenPrompt *prompts, int64_t P, const GenConfig *gc,
+                     GenSample *out, PonderError *err) {
+    return rollout_generate_stats(m, prompts, P, gc, out, NULL, err);
+}

@@ -1,0 +1,38 @@
+/* trainer/train.h — the learner loop: a run is a list of stages executed in
+ * order, with metrics, periodic evaluation, checkpoints and exact resume.
+ *
+ * Every random choice in a step is drawn from a stream named by (seed, stage,
+ * step), and the data position is one cursor, so a run resumed from a
+ * checkpoint continues bit-identically to one that never stopped. */
+#ifndef PONDER_TRAINER_TRAIN_H
+#define PONDER_TRAINER_TRAIN_H
+
+#include <signal.h>  /* sig_atomic_t */
+#include <stdbool.h> /* bool */
+#include <stdio.h>   /* FILE */
+
+#include "trainer/config.h" /* PonderConfig */
+#include "util/error.h"     /* PonderError */
+
+typedef struct TrainOptions {
+    bool resume;                         /* continue from the newest checkpoint in the run */
+    FILE *console;                       /* progress lines; NULL = silent */
+    volatile sig_atomic_t *stop_request; /* set by a signal handler: checkpoint and stop */
+} TrainOptions;
+
+typedef struct TrainSummary {
+    int64_t steps_done;   /* global step reached */
+    bool stopped_early;   /* by stop_request or the non-finite guard */
+    int64_t skipped_steps;
+    double final_accuracy; /* last evaluation's accuracy, -1 if none */
+    double final_think_ratio;
+    double seconds;
+    char last_checkpoint[1024];
+} TrainSummary;
+
+/* Runs every stage of cfg. Returns 0 when the run completed or was stopped
+ * on request (summary says which). */
+int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *summary,
+              PonderError *err);
+
+#endif
