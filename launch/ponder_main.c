@@ -70,14 +70,16 @@ static void install_stop_handlers(void) {
 
 static int cmd_train(int argc, char **argv) {
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: ponder train CONFIG [--resume] [key=value ...]\n");
+        fprintf(stderr, "usage: ponder train CONFIG [--resume] [--stop-at STEP] [key=value ...]\n");
         return EXIT_USAGE;
     }
     const char *path = argv[1];
     int resume = 0, n_over = 0;
+    long long stop_at = 0;
     char **over = argv + 2;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--resume")) resume = 1;
+        else if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) stop_at = strtoll(argv[++i], NULL, 10);
         else if (argv[i][0] == '-') {
             fprintf(stderr, "ponder train: unknown option '%s'\n", argv[i]);
             return EXIT_USAGE;
@@ -90,7 +92,8 @@ static int cmd_train(int argc, char **argv) {
         return EXIT_USAGE;
     }
     install_stop_handlers();
-    TrainOptions opts = {.resume = resume, .console = stdout, .stop_request = &g_stop_request};
+    TrainOptions opts = {.resume = resume, .console = stdout, .stop_request = &g_stop_request,
+                         .stop_at_step = stop_at};
     TrainSummary sum;
     if (train_run(&cfg, &opts, &sum, &err)) {
         fprintf(stderr, "ponder train: %s\n", err.msg);
@@ -286,7 +289,7 @@ static int cmd_eval(int argc, char **argv) {
 
 static const Command COMMANDS[] = {
     {"config", cmd_config, "CONFIG [key=value ...]", "print the resolved config as YAML"},
-    {"train", cmd_train, "CONFIG [--resume] [key=value ...]", "run the config's stages"},
+    {"train", cmd_train, "CONFIG [--resume] [--stop-at STEP] [k=v ...]", "run the config's stages"},
     {"eval", cmd_eval, "CONFIG --ckpt FILE [--out DIR] [k=v ...]", "evaluate a checkpoint on the config's task"},
     {"generate", cmd_generate, "--ckpt FILE --prompt TEXT [...]", "complete a prompt (KV cache)"},
     {"inspect", cmd_inspect, "CKPT", "describe a checkpoint"},

@@ -111,7 +111,8 @@ typedef struct ModelOps {
                              int64_t V);
 
     /* ---- optimizer ---- */
-    /* sum of squares of x[0..n), accumulated in double in a fixed order. */
+    /* sum of squares of x[0..n): float within 4096-value blocks, blocks added
+     * in double, in a fixed order (independent of the thread count). */
     double (*sum_squares)(const float *x, int64_t n);
     /* AdamW on n values: g = grad*grad_scale; m,v moments; bias-corrected with
      * step t (1-based); decoupled decay p -= lr*wd*p. */

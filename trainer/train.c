@@ -504,6 +504,7 @@ static void log_step(Run *r, const StepStats *st, PonderError *err) {
 /* ---------------------------------------------------------------- loop -- */
 
 static int stop_requested(const Run *r) {
+    if (r->opts->stop_at_step > 0 && r->step >= r->opts->stop_at_step) return 1;
     return r->opts->stop_request && *r->opts->stop_request;
 }
 

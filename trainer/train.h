@@ -18,6 +18,7 @@ typedef struct TrainOptions {
     bool resume;                         /* continue from the newest checkpoint in the run */
     FILE *console;                       /* progress lines; NULL = silent */
     volatile sig_atomic_t *stop_request; /* set by a signal handler: checkpoint and stop */
+    int64_t stop_at_step;                /* > 0: behave as if stopped when the global step gets here */
 } TrainOptions;
 
 typedef struct TrainSummary {

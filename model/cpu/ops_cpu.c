@@ -15,6 +15,18 @@
 #include "model/cpu/blas.h"    /* blas_sgemm */
 #include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
 
+/* Reductions keep LANES independent partial sums that are combined in a fixed
+ * order at the end: GCC vectorises them without -ffast-math (which it would
+ * not do for a single running float sum), and the result does not depend on
+ * the thread count. */
+#define LANES 16
+
+static inline float combine_lanes(const float *acc) {
+    float s = 0.0f;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
 /* ------------------------------------------------------------- memory ---- */
 
 static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
@@ -239,8 +251,12 @@ static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64
 /* ---------------------------------------------------------- attention ---- */
 
 PONDER_HOT static float dot_hd(const float *a, const float *b, int64_t hd) {
-    float s = 0.0f;
-    for (int64_t d = 0; d < hd; d++) s += a[d] * b[d];
+    float acc[LANES] = {0};
+    int64_t d = 0;
+    for (; d + LANES <= hd; d += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += a[d + k] * b[d + k];
+    float s = combine_lanes(acc);
+    for (; d < hd; d++) s += a[d] * b[d];
     return s;
 }
 
@@ -469,19 +485,40 @@ static void gather_rows(float *dst, const float *src, const int64_t *idx, int64_
     for (int64_t r = 0; r < R; r++) memcpy(dst + r * C, src + idx[r] * C, (size_t)C * sizeof(float));
 }
 
-/* log-sum-exp of z[0..V) and, from it, sum_j p_j z_j. */
-PONDER_HOT static void lse_and_mean_logit(const float *z, int64_t V, float *lse_out,
-                                          float *mean_z_out) {
-    float mx = z[0];
-    for (int64_t j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-    float sum = 0.0f, sum_pz = 0.0f;
-    for (int64_t j = 0; j < V; j++) {
-        float e = exp_fast(z[j] - mx);
+PONDER_HOT static float max_of(const float *z, int64_t V) {
+    float acc[LANES];
+    for (int k = 0; k < LANES; k++) acc[k] = z[0];
+    int64_t j = 0;
+    for (; j + LANES <= V; j += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] = z[j + k] > acc[k] ? z[j + k] : acc[k];
+    float mx = acc[0];
+    for (int k = 1; k < LANES; k++) mx = acc[k] > mx ? acc[k] : mx;
+    for (; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    return mx;
+}
+
+/* log-sum-exp of z[0..V) and the entropy of softmax(z). Sums are taken of
+ * shifted logits (z - max) so that sum_j p_j (z_j - max) does not cancel. */
+PONDER_HOT static void lse_and_entropy(const float *z, int64_t V, float *lse_out,
+                                       float *entropy_out) {
+    float mx = max_of(z, V);
+    float se[LANES] = {0}, sz[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= V; j += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float d = z[j + k] - mx, e = exp_fast(d);
+            se[k] += e;
+            sz[k] += e * d;
+        }
+    float sum = combine_lanes(se), sum_pz = combine_lanes(sz);
+    for (; j < V; j++) {
+        float d = z[j] - mx, e = exp_fast(d);
         sum += e;
-        sum_pz += e * z[j];
+        sum_pz += e * d;
     }
-    *lse_out = mx + logf(sum);
-    *mean_z_out = sum_pz / sum;
+    float log_sum = logf(sum);
+    *lse_out = mx + log_sum;
+    *entropy_out = log_sum - sum_pz / sum; /* H = lse - E[z] in shifted units */
 }
 
 static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
@@ -502,11 +539,11 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
-            float l, mz;
-            lse_and_mean_logit(z + r * V, V, &l, &mz);
+            float l, H;
+            lse_and_entropy(z + r * V, V, &l, &H);
             lse[n] = l;
             logp[n] = z[r * V + targets[n]] - l;
-            if (entropy) entropy[n] = l - mz;
+            if (entropy) entropy[n] = H;
         }
     }
     free(z);
@@ -519,10 +556,16 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
 PONDER_HOT static void dlogits_row(float *z, int64_t V, float lse, float dlogp, float dent,
                                    int32_t target) {
     float H = 0.0f;
-    if (dent != 0.0f) {
-        float mz = 0.0f;
-        for (int64_t j = 0; j < V; j++) mz += exp_fast(z[j] - lse) * z[j];
-        H = lse - mz;
+    if (dent != 0.0f) { /* H = -sum p log p, in lanes as in lse_and_entropy */
+        float acc[LANES] = {0};
+        int64_t j = 0;
+        for (; j + LANES <= V; j += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float lp = z[j + k] - lse;
+                acc[k] -= exp_fast(lp) * lp;
+            }
+        H = combine_lanes(acc);
+        for (; j < V; j++) H -= exp_fast(z[j] - lse) * (z[j] - lse);
     }
     for (int64_t j = 0; j < V; j++) {
         float lp = z[j] - lse, p = exp_fast(lp);
@@ -567,8 +610,13 @@ static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const
 /* ---------------------------------------------------------- optimizer ---- */
 
 PONDER_HOT static double sum_squares_block(const float *x, int64_t n) {
-    float s = 0.0f; /* float lanes within a block vectorise; blocks sum in double */
-    for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
+    /* float lanes within a block (vectorised); blocks are summed in double */
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += x[i + k] * x[i + k];
+    float s = combine_lanes(acc);
+    for (; i < n; i++) s += x[i] * x[i];
     return (double)s;
 }
 
