@@ -16,6 +16,11 @@
 #include "trainer/config.h"
 #include "trainer/train.h"
 
+#include <sys/wait.h> /* WEXITSTATUS */
+
+/* Accuracy the learning test must reach (measured: see the test's log line). */
+#define LEARN_BAR 0.80
+
 static Tokenizer *char_tokenizer(void) {
     Tokenizer *t = NULL;
     PonderError err = {0};
@@ -229,6 +234,82 @@ Test(sft, non_finite_steps_stop_with_a_checkpoint) {
     cr_expect_eq(s.skipped_steps, 3);
     cr_expect(s.last_checkpoint[0] != '\0', "no checkpoint written");
     char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* -------------------------------------------------------------- learning -- */
+
+/* A small model learns 1–2 digit addition with its chain of thought from
+ * scratch; the bar is well below what it reaches so that the test is stable,
+ * and far above chance (a wrong format or a broken gradient gives 0). */
+Test(sft, learns_two_digit_addition, .timeout = 240) {
+    char d[] = "/tmp/ponder_learn_XXXXXX";
+    cr_assert(mkdtemp(d));
+    PonderConfig c;
+    PonderError err = {0};
+    char dir_kv[600];
+    snprintf(dir_kv, sizeof dir_kv, "run.dir=%s", d);
+    char *over[] = {dir_kv, "model.d_model=64", "model.n_layer=2", "model.n_head=4",
+                    "model.max_seq_len=64", "data.max_digits=2", "data.eval_max_digits=2",
+                    "data.eval_size=200", "stages.0.steps=600", "stages.0.batch_size=32",
+                    "stages.0.thought_dropout=0", "optim.lr=3e-3", "optim.warmup_steps=20",
+                    "checkpoint.every=0", "eval.every=0", "eval.max_new_tokens=40",
+                    "runtime.threads=2"};
+    cr_assert_eq(config_load(&c, PONDER_SOURCE_DIR "/configs/sft_arith.yaml",
+                             (int)(sizeof over / sizeof over[0]), over, &err), 0, "%s", err.msg);
+    TrainOptions o = {0};
+    TrainSummary s;
+    cr_assert_eq(train_run(&c, &o, &s, &err), 0, "%s", err.msg);
+    cr_log_info("2-digit addition after %lld steps: accuracy %.3f in %.1fs",
+                (long long)s.steps_done, s.final_accuracy, s.seconds);
+    cr_expect(s.final_accuracy >= LEARN_BAR, "accuracy %.3f below %.2f", s.final_accuracy, LEARN_BAR);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* ---------------------------------------------------------- the command -- */
+
+/* Ctrl-C during `ponder train` writes a checkpoint, exits 130, and
+ * `--resume` finishes the run. */
+Test(sft, sigint_checkpoints_and_resumes, .timeout = 120) {
+    char d[] = "/tmp/ponder_sigint_XXXXXX";
+    cr_assert(mkdtemp(d));
+    char cmd[1400];
+    const char *common = "model.d_model=32 model.n_layer=1 model.n_head=2 model.max_seq_len=64 "
+                         "stages.0.steps=100000 stages.0.batch_size=4 checkpoint.every=0 "
+                         "data.eval_size=4 runtime.threads=1";
+    snprintf(cmd, sizeof cmd,
+             "timeout --preserve-status -s INT 3 %s/ponder train %s/configs/sft_arith.yaml run.dir=%s %s > %s/out.txt 2>&1",
+             PONDER_BINARY_DIR, PONDER_SOURCE_DIR, d, common, d);
+    int st = system(cmd);
+    cr_expect_eq(WEXITSTATUS(st), 130, "exit status %d", WEXITSTATUS(st));
+    char latest[1024];
+    char ckdir[700];
+    snprintf(ckdir, sizeof ckdir, "%s/checkpoints", d);
+    PonderError err = {0};
+    cr_assert_eq(ckpt_find_latest(ckdir, latest, sizeof latest, &err), 0, "%s", err.msg);
+    CkptMeta meta;
+    ModelConfig mc;
+    cr_assert_eq(ckpt_read_model_config(latest, &mc, &err), 0, "%s", err.msg);
+    Model *m = NULL;
+    cr_assert_eq(model_create(&m, &mc, &err), 0);
+    CkptRead rd = {.model = m};
+    cr_assert_eq(ckpt_load(latest, &rd, &err), 0, "%s", err.msg);
+    meta = rd.meta;
+    free(rd.config_yaml), free(rd.metrics_jsonl);
+    model_free(m);
+    cr_expect_gt(meta.step, 0, "stopped before any step");
+    /* resume with a finite budget just past the stop point */
+    snprintf(cmd, sizeof cmd,
+             "%s/ponder train %s/configs/sft_arith.yaml --resume run.dir=%s %s "
+             "stages.0.steps=%lld > %s/out2.txt 2>&1",
+             PONDER_BINARY_DIR, PONDER_SOURCE_DIR, d, common, (long long)meta.step + 2, d);
+    st = system(cmd);
+    cr_expect_eq(WEXITSTATUS(st), 0, "resume exit status %d", WEXITSTATUS(st));
+    snprintf(cmd, sizeof cmd, "grep -q 'resumed from' %s/out2.txt", d);
+    cr_expect_eq(system(cmd), 0, "no 'resumed from' line");
     snprintf(cmd, sizeof cmd, "rm -rf %s", d);
     cr_expect_eq(system(cmd), 0);
 }
