@@ -70,6 +70,9 @@ typedef struct ModelBatch {
     const int32_t *targets; /* [B,T] */
     const float *mask;      /* [B,T] */
     const int32_t *start;   /* [B] or NULL */
+    /* logp and entropy are those of softmax(logits / temperature), the
+     * distribution a sampler at that temperature draws from; 0 means 1. */
+    float temperature;
 } ModelBatch;
 
 typedef struct Model Model;

@@ -37,6 +37,8 @@ typedef struct Activations {
     float *fc;     /* [L, N, FC] */
     float *act;    /* [L, N, F] */
     float *lnf;    /* [N, C] */
+    float *lnf_scaled; /* [N, C]: lnf / temperature, the LM head's input when T != 1 */
+    float head_scale;  /* 1 / temperature of the last forward */
     float *lnf_mean, *lnf_rstd, *lse; /* [N] */
     int32_t *tokens, *targets, *pos, *start; /* copies of the batch */
     float *mask;

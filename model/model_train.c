@@ -16,7 +16,7 @@ void model_free_activations(Model *m) {
     if (!m->ops) return;
     void *bufs[] = {a->resid,  a->ln1,     a->ln1_mean, a->ln1_rstd, a->qkv,    a->att,
                     a->atty,   a->resid2,  a->ln2,      a->ln2_mean, a->ln2_rstd, a->fc,
-                    a->act,    a->lnf,     a->lnf_mean, a->lnf_rstd, a->lse,    a->tokens,
+                    a->act,    a->lnf,     a->lnf_scaled, a->lnf_mean, a->lnf_rstd, a->lse,    a->tokens,
                     a->targets, a->pos,    a->start,    a->mask,     a->dresid, a->dln,
                     a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
@@ -51,6 +51,7 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     ALLOC(fc, L * N * m->fc_dim);
     ALLOC(act, L * N * F);
     ALLOC(lnf, N * C);
+    ALLOC(lnf_scaled, N * C);
     ALLOC(lnf_mean, N);
     ALLOC(lnf_rstd, N);
     ALLOC(lse, N);
@@ -224,7 +225,14 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
     Activations *a = &m->act;
     const int64_t N = a->B * a->T, C = c->d_model;
     forward_trunk(m);
-    m->ops->lm_head_forward(logp, entropy, a->lse, a->lnf, m->params + m->lay.lm, a->targets,
+    /* softmax(h W^T / T) = softmax((h / T) W^T): scale the head's input */
+    a->head_scale = (batch->temperature > 0.0f) ? 1.0f / batch->temperature : 1.0f;
+    const float *head_in = a->lnf;
+    if (a->head_scale != 1.0f) {
+        for (int64_t i = 0; i < N * C; i++) a->lnf_scaled[i] = a->lnf[i] * a->head_scale;
+        head_in = a->lnf_scaled;
+    }
+    m->ops->lm_head_forward(logp, entropy, a->lse, head_in, m->params + m->lay.lm, a->targets,
                             a->mask, N, C, c->vocab_size);
     if (c->scalar_head) {
         m->ops->matmul_forward(values, a->lnf, m->params + m->lay.score_w,
@@ -309,8 +317,11 @@ int model_backward(Model *m, const float *dlogp, const float *dentropy, const fl
 
     /* heads: d(final normed hidden) */
     o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
-    o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy, a->lnf, m->params + m->lay.lm,
-                        a->targets, a->lse, a->mask, N, C, c->vocab_size);
+    const int scaled = a->head_scale != 1.0f;
+    o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy, scaled ? a->lnf_scaled : a->lnf,
+                        m->params + m->lay.lm, a->targets, a->lse, a->mask, N, C, c->vocab_size);
+    if (scaled) /* chain rule through h / T */
+        for (int64_t i = 0; i < N * C; i++) a->dlnf[i] *= a->head_scale;
     if (c->scalar_head && dvalues) {
         for (int64_t i = 0; i < N; i++) a->dvalues[i] = dvalues[i] * a->mask[i];
         o->matmul_backward(a->dlnf, G + m->lay.score_w, G + m->lay.score_b, a->dvalues, a->lnf,

@@ -25,10 +25,18 @@ typedef struct ModelOps {
     const char *name;
 
     /* ---- memory ---- */
+    /* Every pointer an op takes is backend memory from alloc (device memory
+     * when `device` is set), except where a comment says host. */
     void *(*alloc)(size_t bytes); /* zero-filled; NULL on failure */
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
-    void (*copy)(void *dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes); /* backend to backend */
+    /* Nonzero when alloc returns memory the host cannot touch (a GPU). The model
+     * then moves host data with upload/download; on host backends (device == 0)
+     * it reads and writes the caller's arrays directly and never calls them. */
+    int device;
+    void (*upload)(void *dst, const void *src_host, size_t bytes);   /* host -> backend */
+    void (*download)(void *dst_host, const void *src, size_t bytes); /* backend -> host; waits */
 
     /* ---- linear ---- */
     /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias[OC]); overwrites out. */
@@ -82,6 +90,11 @@ typedef struct ModelOps {
     void (*attention_cached)(float *out, OpsHeads q, float *const *k_cache,
                              float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
                              int64_t KV, int64_t hd, int64_t max_len);
+    /* Optional (NULL: the model copies with memcpy, host backends only). For
+     * row i < N: copies KV heads of k (row i of k) and of v into k_cache[i] and
+     * v_cache[i] at position pos[i]; caches laid out as for attention_cached. */
+    void (*kv_write)(float *const *k_cache, float *const *v_cache, OpsHeads k, OpsHeads v,
+                     const int32_t *pos, int64_t N, int64_t KV, int64_t hd, int64_t max_len);
 
     /* ---- activations ---- */
     /* gate_up is [N, 2F] (gate in the first F columns, up in the next F);
@@ -123,5 +136,11 @@ typedef struct ModelOps {
 
 /* The CPU backend (OpenBLAS/BLIS + OpenMP). */
 const ModelOps *ops_cpu(void);
+
+/* The CUDA backend (cuBLAS + model/cuda kernels, fp32) on the current device.
+ * NULL when this build has no CUDA (PONDER_HAVE_CUDA unset) or no usable GPU
+ * is present; ops_cuda_status() then says why (never NULL). */
+const ModelOps *ops_cuda(void);
+const char *ops_cuda_status(void);
 
 #endif

@@ -33,6 +33,7 @@ typedef struct Case {
     int64_t B, T;
     int32_t *tokens, *targets, *start;
     float *mask, *a, *b, *c; /* per-token loss coefficients */
+    float temperature;
 } Case;
 
 /* Random tokens; sequence b has length T - b (right padding), and with
@@ -70,7 +71,7 @@ static void free_case(Case *k) {
 }
 
 static ModelBatch batch_of(const Case *k) {
-    ModelBatch b = {k->B, k->T, k->tokens, k->targets, k->mask, k->start};
+    ModelBatch b = {k->B, k->T, k->tokens, k->targets, k->mask, k->start, k->temperature};
     return b;
 }
 
@@ -91,12 +92,13 @@ static double loss_of(Model *m, const Case *k) {
     return L;
 }
 
-static void check_gradients(ModelConfig cfg, int left_pad) {
+static void check_gradients_at(ModelConfig cfg, int left_pad, float temperature) {
     Model *m = NULL;
     PonderError err = {0};
     cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
     model_init_weights(m, 7);
     Case k = make_case(2, 6, cfg.vocab_size, 11, left_pad);
+    k.temperature = temperature;
     loss_of(m, &k);
     model_zero_grad(m);
     cr_assert_eq(model_backward(m, k.a, k.b, k.c, &err), 0, "%s", err.msg);
@@ -130,6 +132,13 @@ static void check_gradients(ModelConfig cfg, int left_pad) {
     free(analytic);
     free_case(&k);
     model_free(m);
+}
+
+static void check_gradients(ModelConfig cfg, int left_pad) { check_gradients_at(cfg, left_pad, 0.0f); }
+
+/* logp and entropy of softmax(logits / T), as the RL learner needs */
+Test(model_grad, llama_temperature) {
+    check_gradients_at(small_config(MODEL_ARCH_LLAMA, false, true, 2), 0, 0.7f);
 }
 
 Test(model_grad, llama_tied) { check_gradients(small_config(MODEL_ARCH_LLAMA, true, false, 4), 0); }
@@ -231,7 +240,7 @@ Test(model_errors, bad_config_and_batch) {
     cr_assert_eq(model_create(&m, &c, &err), 0);
     int32_t tok[2] = {1, 99}, tgt[2] = {1, 2};
     float mask[2] = {1, 1}, lp[2];
-    ModelBatch b = {1, 2, tok, tgt, mask, NULL};
+    ModelBatch b = {1, 2, tok, tgt, mask, NULL, 0.0f};
     cr_expect_neq(model_forward(m, &b, lp, NULL, NULL, &err), 0);
     cr_expect(strstr(err.msg, "token 99 at [0,1]") != NULL, "%s", err.msg);
     cr_expect_neq(model_backward(m, lp, NULL, NULL, &err), 0, "backward without forward");

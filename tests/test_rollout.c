@@ -244,7 +244,7 @@ Test(generate, stop_string_across_tokens) {
 
 /* The learner's recomputed log-probs (model_forward over prompt+completion,
  * right- or left-padded in one batch) match the sampling log-probs. */
-static void check_logp_mismatch(ModelArch arch, int left_pad) {
+static void check_logp_mismatch(ModelArch arch, int left_pad, float temperature) {
     Model *m = random_model(arch);
     Prompts ps;
     make_prompts(&ps);
@@ -252,6 +252,7 @@ static void check_logp_mismatch(ModelArch arch, int left_pad) {
     GenSample s[8];
     PonderError err = {0};
     GenConfig gc = sampled_config(G, 3);
+    gc.sampling.temperature = temperature;
     cr_assert_eq(rollout_generate(m, ps.p, 4, &gc, s, &err), 0, "%s", err.msg);
     int64_t T = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -273,7 +274,7 @@ static void check_logp_mismatch(ModelArch arch, int left_pad) {
             mask[i * T + off + t] = t + 1 >= p->n ? 1.0f : 0.0f;
         }
     }
-    ModelBatch b = {n, T, tok, tgt, mask, left_pad ? start : NULL};
+    ModelBatch b = {n, T, tok, tgt, mask, left_pad ? start : NULL, temperature};
     cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
     double worst = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -290,10 +291,11 @@ static void check_logp_mismatch(ModelArch arch, int left_pad) {
     model_free(m);
 }
 
-Test(logp_mismatch, llama_right_padding) { check_logp_mismatch(MODEL_ARCH_LLAMA, 0); }
-Test(logp_mismatch, llama_left_padding) { check_logp_mismatch(MODEL_ARCH_LLAMA, 1); }
-Test(logp_mismatch, gpt2_right_padding) { check_logp_mismatch(MODEL_ARCH_GPT2, 0); }
-Test(logp_mismatch, gpt2_left_padding) { check_logp_mismatch(MODEL_ARCH_GPT2, 1); }
+Test(logp_mismatch, llama_right_padding) { check_logp_mismatch(MODEL_ARCH_LLAMA, 0, 1.0f); }
+Test(logp_mismatch, llama_left_padding) { check_logp_mismatch(MODEL_ARCH_LLAMA, 1, 1.0f); }
+Test(logp_mismatch, gpt2_right_padding) { check_logp_mismatch(MODEL_ARCH_GPT2, 0, 1.0f); }
+Test(logp_mismatch, gpt2_left_padding) { check_logp_mismatch(MODEL_ARCH_GPT2, 1, 1.0f); }
+Test(logp_mismatch, llama_temperature_0_7) { check_logp_mismatch(MODEL_ARCH_LLAMA, 0, 0.7f); }
 
 /* --------------------------------------------------------- evaluation ---- */
 

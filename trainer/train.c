@@ -411,7 +411,7 @@ static int sft_micro(Run *r, const SftBatch *b, double norm, StepStats *st, Pond
     const int64_t N = b->B * b->T;
     float *logp = malloc((size_t)N * sizeof(float)), *dlogp = malloc((size_t)N * sizeof(float));
     int rc = (!logp || !dlogp) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
-    ModelBatch mb = {b->B, b->T, b->tokens, b->targets, b->mask, NULL};
+    ModelBatch mb = {b->B, b->T, b->tokens, b->targets, b->mask, NULL, 1.0f};
     if (rc == PONDER_OK) rc = model_forward(r->model, &mb, logp, NULL, NULL, err);
     if (rc == PONDER_OK) {
         double loss = sft_loss(logp, b->mask, N, norm, dlogp);
