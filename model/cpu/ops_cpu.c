@@ -15,6 +15,11 @@
 #include "model/cpu/blas.h"    /* blas_sgemm */
 #include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
 
+/* Loops over less work than this (elements, or multiply-adds for attention)
+ * run on the calling thread: waking the team costs more than it saves, and on
+ * a shared machine a wake-up can wait for a whole scheduler quantum. */
+#define PAR_MIN_WORK ((int64_t)1 << 16)
+
 /* Reductions keep LANES independent partial sums that are combined in a fixed
  * order at the end: GCC vectorises them without -ffast-math (which it would
  * not do for a single running float sum), and the result does not depend on
@@ -41,7 +46,7 @@ static void cpu_matmul_forward(float *out, const float *inp, const float *w, con
     // out[N,OC], inp[N,C], w[OC,C], bias[OC]
     float beta = 0.0f;
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * OC > PAR_MIN_WORK) schedule(static)
         for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
@@ -61,7 +66,7 @@ PONDER_HOT static void column_sums_range(float *dbias, const float *dout, int64_
 static void accumulate_column_sums(float *dst, const float *src, int64_t N, int64_t cols) {
     const int64_t block = 256;
     int64_t nblocks = (cols + block - 1) / block;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * cols > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t o0 = b * block, o1 = o0 + block < cols ? o0 + block : cols;
         column_sums_range(dst, src, N, cols, o0, o1);
@@ -81,7 +86,7 @@ static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const floa
 
 static void cpu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos,
                                   const float *wte, const float *wpe, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         float *o = out + n * C;
         const float *e = wte + (int64_t)tokens[n] * C;
@@ -123,7 +128,7 @@ PONDER_HOT static void rmsnorm_row(float *out, float *rstd, const float *x, cons
 
 static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
                                 int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++) rmsnorm_row(out + n * C, rstd + n, inp + n * C, w, C, eps);
 }
 
@@ -150,11 +155,11 @@ static int64_t column_blocks(int64_t C, int64_t block) { return (C + block - 1) 
 
 static void cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
                                  const float *w, const float *rstd, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++)
         rmsnorm_backward_row(dinp + n * C, dout + n * C, inp + n * C, w, rstd[n], C);
     const int64_t block = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < column_blocks(C, block); b++) {
         int64_t c1 = (b + 1) * block < C ? (b + 1) * block : C;
         rmsnorm_dw_range(dw, dout, inp, rstd, N, C, b * block, c1);
@@ -178,7 +183,7 @@ PONDER_HOT static void layernorm_row(float *out, float *mean, float *rstd, const
 static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                   const float *w, const float *b, int64_t N, int64_t C,
                                   float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++)
         layernorm_row(out + n * C, mean + n, rstd + n, inp + n * C, w, b, C, eps);
 }
@@ -216,11 +221,11 @@ PONDER_HOT static void layernorm_dwdb_range(float *dw, float *db, const float *d
 static void cpu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                                    const float *inp, const float *w, const float *mean,
                                    const float *rstd, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++)
         layernorm_backward_row(dinp + n * C, dout + n * C, inp + n * C, w, mean[n], rstd[n], C);
     const int64_t block = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < column_blocks(C, block); b++) {
         int64_t c1 = (b + 1) * block < C ? (b + 1) * block : C;
         layernorm_dwdb_range(dw, db, dout, inp, mean, rstd, N, C, b * block, c1);
@@ -233,7 +238,7 @@ static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64
                      int64_t hd, int inverse) {
     const int64_t half = hd / 2;
     const float sign = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * H * hd > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *cs = cos_sin + (int64_t)pos[n] * half * 2;
         for (int64_t h = 0; h < H; h++) {
@@ -298,7 +303,7 @@ static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k
                                   const int32_t *start, int64_t B, int64_t T, int64_t NH,
                                   int64_t KV, int64_t hd) {
     const int64_t group = NH / KV, C = NH * hd;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for if (B * NH * T * T * hd > PAR_MIN_WORK) schedule(dynamic, 1)
     for (int64_t bh = 0; bh < B * NH; bh++) {
         int64_t b = bh / NH, h = bh % NH, kvh = h / group;
         int64_t s = start ? start[b] : 0;
@@ -340,7 +345,7 @@ static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const 
                                    const int32_t *start, int64_t B, int64_t T, int64_t NH,
                                    int64_t KV, int64_t hd) {
     const int64_t group = NH / KV, C = NH * hd;
-#pragma omp parallel
+#pragma omp parallel if (B * NH * T * T * hd > PAR_MIN_WORK)
     {
         float *drow = malloc((size_t)T * sizeof(float));
 #pragma omp for schedule(dynamic, 1)
@@ -366,7 +371,9 @@ static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
+    int64_t work = 0;
+    for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
+#pragma omp parallel if (work > PAR_MIN_WORK)
     {
         float *row = malloc((size_t)max_len * sizeof(float));
 #pragma omp for schedule(dynamic, 1)
@@ -393,7 +400,7 @@ PONDER_HOT static void swiglu_row(float *out, const float *gu, int64_t F) {
 }
 
 static void cpu_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * F > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++) swiglu_row(out + n * F, gate_up + n * 2 * F, F);
 }
 
@@ -410,7 +417,7 @@ PONDER_HOT static void swiglu_backward_row(float *dgu, const float *dout, const 
 
 static void cpu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up,
                                 int64_t N, int64_t F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (N * F > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++)
         swiglu_backward_row(dgate_up + n * 2 * F, dout + n * F, gate_up + n * 2 * F, F);
 }
@@ -439,7 +446,7 @@ PONDER_HOT static void gelu_backward_block(float *dinp, const float *x, const fl
 
 static void cpu_gelu_forward(float *out, const float *inp, int64_t n) {
     int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
         gelu_block(out + i0, inp + i0, len);
@@ -448,7 +455,7 @@ static void cpu_gelu_forward(float *out, const float *inp, int64_t n) {
 
 static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
     int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
         gelu_backward_block(dinp + i0, inp + i0, dout + i0, len);
@@ -456,12 +463,12 @@ static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, 
 }
 
 static void cpu_add(float *out, const float *a, const float *b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 static void cpu_accumulate(float *acc, const float *a, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t i = 0; i < n; i++) acc[i] += a[i];
 }
 
@@ -536,7 +543,7 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
         int64_t rows = A - r0 < R ? A - r0 : R;
         gather_rows(hc, h, idx + r0, rows, C);
         blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
             float l, H;
@@ -588,7 +595,7 @@ static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const
         int64_t rows = A - r0 < R ? A - r0 : R;
         gather_rows(hc, h, idx + r0, rows, C);
         blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
             dlogits_row(z + r * V, V, lse[n], dlogp ? dlogp[n] : 0.0f,
@@ -623,7 +630,7 @@ PONDER_HOT static double sum_squares_block(const float *x, int64_t n) {
 static double cpu_sum_squares(const float *x, int64_t n) {
     int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
     double *part = malloc((size_t)(nb ? nb : 1) * sizeof(double));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
         part[b] = sum_squares_block(x + i0, len);
@@ -651,7 +658,7 @@ static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64
                       int64_t t) {
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
     int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
         adamw_block(param + i0, grad + i0, m + i0, v + i0, len, lr, beta1, beta2, eps,
