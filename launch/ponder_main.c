@@ -17,6 +17,7 @@
 #include "rollout/task_arith.h" /* ArithSpec */
 #include "trainer/checkpoint.h" /* ckpt_inspect, ckpt_load */
 #include "trainer/config.h"     /* PonderConfig, config_load, config_write_yaml */
+#include "trainer/plot.h"       /* plot_run */
 #include "trainer/train.h"      /* train_run */
 #include "util/error.h"         /* PonderError */
 
@@ -287,6 +288,23 @@ static int cmd_eval(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------- plot ------*/
+
+static int cmd_plot(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: ponder plot RUN_DIR\n");
+        return EXIT_USAGE;
+    }
+    char out[1100];
+    PonderError err = {0};
+    if (plot_run(argv[1], out, sizeof out, &err)) {
+        fprintf(stderr, "ponder plot: %s\n", err.msg);
+        return 1;
+    }
+    printf("wrote %s\n", out);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- dispatch --*/
 
 static const Command COMMANDS[] = {
@@ -295,6 +313,7 @@ static const Command COMMANDS[] = {
     {"eval", cmd_eval, "CONFIG --ckpt FILE [--out DIR] [k=v ...]", "evaluate a checkpoint on the config's task"},
     {"generate", cmd_generate, "--ckpt FILE --prompt TEXT [...]", "complete a prompt (KV cache)"},
     {"inspect", cmd_inspect, "CKPT", "describe a checkpoint"},
+    {"plot", cmd_plot, "RUN_DIR", "draw the run's curves into RUN_DIR/curves.svg"},
 };
 
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
