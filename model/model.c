@@ -252,24 +252,42 @@ LayerView model_layer_view(const Model *m, float *base, int64_t l) {
     return v;
 }
 
-static void build_rope_table(Model *m) {
+/* Fills the table in host memory (rope itself on a host backend, a temporary
+ * that is uploaded on a device backend). Returns nonzero when out of memory. */
+static int build_rope_table(Model *m) {
     const ModelConfig *c = &m->cfg;
     const int64_t hd = c->d_model / c->n_head, half = hd / 2;
+    const size_t bytes = (size_t)(c->max_seq_len * hd) * sizeof(float);
+    float *rope = m->ops->device ? malloc(bytes) : m->rope;
+    if (!rope) return 1;
     for (int64_t p = 0; p < c->max_seq_len; p++)
         for (int64_t i = 0; i < half; i++) {
             double freq = pow((double)c->rope_theta, -2.0 * (double)i / (double)hd);
-            m->rope[(p * half + i) * 2] = (float)cos((double)p * freq);
-            m->rope[(p * half + i) * 2 + 1] = (float)sin((double)p * freq);
+            rope[(p * half + i) * 2] = (float)cos((double)p * freq);
+            rope[(p * half + i) * 2 + 1] = (float)sin((double)p * freq);
         }
+    if (m->ops->device) {
+        m->ops->upload(m->rope, rope, bytes);
+        free(rope);
+    }
+    return 0;
 }
 
 int model_create(Model **out, const ModelConfig *cfg, PonderError *err) {
+    return model_create_on(out, cfg, ops_cpu(), err);
+}
+
+int model_create_on(Model **out, const ModelConfig *cfg, const ModelOps *ops, PonderError *err) {
     *out = NULL;
+    if (!ops)
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "model: no backend (the CUDA backend is unavailable: %s)",
+                            ops_cuda_status());
     if (model_config_validate(cfg, err)) return err ? err->code : PONDER_ERR_CONFIG;
     Model *m = calloc(1, sizeof *m);
     if (!m) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;
-    m->ops = ops_cpu();
+    m->ops = ops;
     const int64_t hd = cfg->d_model / cfg->n_head;
     m->head_dim = hd;
     m->attn_dim = cfg->n_head * hd;
@@ -285,13 +303,18 @@ int model_create(Model **out, const ModelConfig *cfg, PonderError *err) {
     m->grads = m->ops->alloc(m->num_params * sizeof(float));
     if (cfg->arch == MODEL_ARCH_LLAMA)
         m->rope = m->ops->alloc((size_t)(cfg->max_seq_len * hd) * sizeof(float));
-    if (!m->params || !m->grads || (cfg->arch == MODEL_ARCH_LLAMA && !m->rope)) {
+    if (ops->device) {
+        m->host_params = calloc(m->num_params ? m->num_params : 1, sizeof(float));
+        m->host_grads = calloc(m->num_params ? m->num_params : 1, sizeof(float));
+    }
+    if (!m->params || !m->grads || (cfg->arch == MODEL_ARCH_LLAMA && !m->rope) ||
+        (ops->device && (!m->host_params || !m->host_grads)) || (m->rope && build_rope_table(m))) {
         size_t mb = m->num_params * 8 / (1024 * 1024);
         model_free(m);
         return ponder_error(err, PONDER_ERR_NOMEM,
-                            "out of memory for parameters and gradients (%zu MiB)", mb);
+                            "out of memory for parameters and gradients (%zu MiB, backend %s)",
+                            mb, ops->name);
     }
-    if (m->rope) build_rope_table(m);
     *out = m;
     return PONDER_OK;
 }
@@ -304,14 +327,32 @@ void model_free(Model *m) {
         m->ops->free(m->grads);
         m->ops->free(m->rope);
     }
+    free(m->host_params);
+    free(m->host_grads);
     free(m->tensors);
     free(m);
 }
 
 const ModelConfig *model_config(const Model *m) { return &m->cfg; }
 size_t model_num_params(const Model *m) { return m->num_params; }
-float *model_params(Model *m) { return m->params; }
-float *model_grads(Model *m) { return m->grads; }
+float *model_params(Model *m) {
+    if (!m->ops->device) return m->params;
+    m->ops->download(m->host_params, m->params, m->num_params * sizeof(float));
+    return m->host_params;
+}
+
+float *model_grads(Model *m) {
+    if (!m->ops->device) return m->grads;
+    m->ops->download(m->host_grads, m->grads, m->num_params * sizeof(float));
+    return m->host_grads;
+}
+
+void model_params_upload(Model *m) {
+    if (m->ops->device)
+        m->ops->upload(m->params, m->host_params, m->num_params * sizeof(float));
+}
+
+const char *model_backend(const Model *m) { return m->ops->name; }
 
 const ModelTensor *model_tensors(const Model *m, size_t *count) {
     *count = m->n_tensors;
@@ -335,7 +376,7 @@ void model_init_weights(Model *m, uint64_t seed) {
     const double resid_std = std / sqrt(2.0 * (double)m->cfg.n_layer);
     for (size_t i = 0; i < m->n_tensors; i++) {
         const ModelTensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
+        float *p = (m->ops->device ? m->host_params : m->params) + t->offset;
         if (t->kind == MODEL_TENSOR_NORM) {
             for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
         } else if (t->kind == MODEL_TENSOR_BIAS) {
@@ -346,6 +387,17 @@ void model_init_weights(Model *m, uint64_t seed) {
             for (size_t j = 0; j < t->numel; j++) p[j] = (float)(s * rng_normal(&rng));
         }
     }
+    model_params_upload(m);
 }
 
 void model_zero_grad(Model *m) { m->ops->zero(m->grads, m->num_params * sizeof(float)); }
+
+#ifndef PONDER_HAVE_CUDA
+/* This build has no CUDA backend (model/cuda is compiled only when CMake finds
+ * nvcc and cuBLAS); the declarations in model/ops.h still resolve. */
+const ModelOps *ops_cuda(void) { return NULL; }
+const char *ops_cuda_status(void) {
+    return "this build has no CUDA backend (configure with -DPONDER_CUDA=ON on a machine with "
+           "nvcc and cuBLAS)";
+}
+#endif

@@ -76,14 +76,29 @@ typedef struct ModelBatch {
 } ModelBatch;
 
 typedef struct Model Model;
+struct ModelOps; /* model/ops.h */
 
+/* A model on the CPU backend. */
 int model_create(Model **out, const ModelConfig *cfg, PonderError *err);
+/* A model on the given backend (ops_cpu(), ops_cuda(), ...). Every host-facing
+ * argument of the functions below stays host memory whatever the backend; a
+ * device backend copies to and from the device inside. */
+int model_create_on(Model **out, const ModelConfig *cfg, const struct ModelOps *ops,
+                    PonderError *err);
 void model_free(Model *m);
 
 const ModelConfig *model_config(const Model *m);
 size_t model_num_params(const Model *m);
-float *model_params(Model *m); /* [num_params], contiguous */
-float *model_grads(Model *m);  /* [num_params], same layout */
+/* Host views of the parameters and gradients ([num_params], contiguous, same
+ * layout). On the CPU backend these are the live buffers. On a device backend
+ * they are host mirrors, refreshed from the device by each call; after writing
+ * parameters through model_params() call model_params_upload(). */
+float *model_params(Model *m);
+float *model_grads(Model *m);
+/* Pushes the host mirror of model_params() to the device; no-op on the CPU. */
+void model_params_upload(Model *m);
+/* Name of the backend the model runs on ("cpu", "cuda"). */
+const char *model_backend(const Model *m);
 const ModelTensor *model_tensors(const Model *m, size_t *count);
 const ModelTensor *model_find_tensor(const Model *m, const char *name);
 
@@ -100,7 +115,8 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
 
 /* Accumulates into model_grads() the gradient of sum_bt (dlogp*logp +
  * dentropy*entropy + dvalues*values) for the batch of the last forward.
- * dentropy and dvalues may be NULL (treated as zero). */
+ * Any of dlogp, dentropy and dvalues may be NULL (treated as zero); with both
+ * dlogp and dentropy NULL the LM head's backward is skipped. */
 int model_backward(Model *m, const float *dlogp, const float *dentropy,
                    const float *dvalues, PonderError *err);
 

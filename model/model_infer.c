@@ -19,8 +19,18 @@ struct ModelKVCache {
     float *x, *ln, *qkv, *atty, *tmp, *fc, *act, *mean, *rstd;
     int32_t *pos;
     int64_t *row_len;
-    float **kptr, **vptr;
+    float **kptr, **vptr; /* [max_rows]; on a device backend [L, max_rows], one set per layer */
     const ModelOps *ops;
+    /* Device backends only: the step's row data (row_len, kptr, vptr, pos,
+     * tokens) packed in one host buffer and uploaded once per step, and the
+     * logits before they are downloaded. */
+    void *step_host, *step_dev;
+    size_t step_bytes;
+    int32_t *d_pos, *d_tokens;
+    int64_t *d_row_len;
+    float **d_kptr, **d_vptr;
+    int32_t *h_tokens;
+    float *d_logits; /* [max_rows, V] */
 };
 
 static size_t slot_floats(const ModelKVCache *kv) { return (size_t)(kv->KV * kv->max_len * kv->hd); }
@@ -59,11 +69,35 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
     kv->act = o->alloc((size_t)(R * c->d_ff) * f);
     kv->mean = o->alloc((size_t)R * f);
     kv->rstd = o->alloc((size_t)R * f);
-    kv->pos = calloc((size_t)R, sizeof(int32_t));
-    kv->row_len = calloc((size_t)R, sizeof(int64_t));
-    kv->kptr = calloc((size_t)R, sizeof(float *));
-    kv->vptr = calloc((size_t)R, sizeof(float *));
-    if (!kv->k || !kv->v || !kv->len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
+    int dev_ok = 1;
+    if (o->device) {
+        /* packed step: row_len [R] int64, kptr [L,R], vptr [L,R], pos [R], tokens [R] */
+        const size_t P = (size_t)(kv->L * R);
+        kv->step_bytes = (size_t)R * 8 + 2 * P * sizeof(float *) + (size_t)R * 8;
+        kv->step_host = calloc(1, kv->step_bytes);
+        kv->step_dev = o->alloc(kv->step_bytes);
+        kv->d_logits = o->alloc((size_t)(R * c->vocab_size) * f);
+        dev_ok = kv->step_host && kv->step_dev && kv->d_logits;
+        if (dev_ok) {
+            char *h = kv->step_host, *d = kv->step_dev;
+            size_t at = 0;
+            kv->row_len = (int64_t *)(h + at), kv->d_row_len = (int64_t *)(d + at);
+            at += (size_t)R * 8;
+            kv->kptr = (float **)(h + at), kv->d_kptr = (float **)(d + at);
+            at += P * sizeof(float *);
+            kv->vptr = (float **)(h + at), kv->d_vptr = (float **)(d + at);
+            at += P * sizeof(float *);
+            kv->pos = (int32_t *)(h + at), kv->d_pos = (int32_t *)(d + at);
+            at += (size_t)R * 4;
+            kv->h_tokens = (int32_t *)(h + at), kv->d_tokens = (int32_t *)(d + at);
+        }
+    } else {
+        kv->pos = calloc((size_t)R, sizeof(int32_t));
+        kv->row_len = calloc((size_t)R, sizeof(int64_t));
+        kv->kptr = calloc((size_t)R, sizeof(float *));
+        kv->vptr = calloc((size_t)R, sizeof(float *));
+    }
+    if (!dev_ok || !kv->k || !kv->v || !kv->len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
         !kv->tmp || !kv->fc || !kv->act || !kv->mean || !kv->rstd || !kv->pos ||
         !kv->row_len || !kv->kptr || !kv->vptr) {
         model_kv_free(kv);
@@ -81,10 +115,16 @@ void model_kv_free(ModelKVCache *kv) {
                    kv->fc, kv->act, kv->mean, kv->rstd};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) o->free(dev[i]);
     free(kv->len);
-    free(kv->pos);
-    free(kv->row_len);
-    free(kv->kptr);
-    free(kv->vptr);
+    if (o->device) {
+        o->free(kv->step_dev);
+        o->free(kv->d_logits);
+        free(kv->step_host); /* holds pos, row_len, kptr and vptr */
+    } else {
+        free(kv->pos);
+        free(kv->row_len);
+        free(kv->kptr);
+        free(kv->vptr);
+    }
     free(kv);
 }
 
@@ -139,13 +179,21 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     infer_norm(m, kv, kv->ln, kv->x, p.ln1_w, p.ln1_b, n);
     o->matmul_forward(kv->qkv, kv->ln, p.qkv_w, p.qkv_b, n, C, QKV);
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
+    const int32_t *pos = o->device ? kv->d_pos : kv->pos;
     if (c->arch == MODEL_ARCH_LLAMA) {
-        o->rope(q, kv->pos, m->rope, n, NH, hd, 0);
-        o->rope(k, kv->pos, m->rope, n, KV, hd, 0);
+        o->rope(q, pos, m->rope, n, NH, hd, 0);
+        o->rope(k, pos, m->rope, n, KV, hd, 0);
     }
-    write_cache_rows(kv, m, l, slots, n);
-    o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
-                        kv->max_len);
+    if (o->device) {
+        float *const *kp = kv->d_kptr + l * kv->max_rows, *const *vp = kv->d_vptr + l * kv->max_rows;
+        OpsHeads v = {kv->qkv + AD + KV * hd, QKV};
+        o->kv_write(kp, vp, k, v, kv->d_pos, n, KV, hd, kv->max_len);
+        o->attention_cached(kv->atty, q, kp, vp, kv->d_row_len, n, NH, KV, hd, kv->max_len);
+    } else {
+        write_cache_rows(kv, m, l, slots, n);
+        o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
+                            kv->max_len);
+    }
     o->matmul_forward(kv->tmp, kv->atty, p.o_w, p.o_b, n, AD, C);
     o->accumulate(kv->x, kv->tmp, n * C);
     infer_norm(m, kv, kv->ln, kv->x, p.ln2_w, p.ln2_b, n);
@@ -178,17 +226,44 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
                                 (long long)slots[i], (long long)kv->max_len);
         kv->pos[i] = (int32_t)p;
     }
+    const ModelOps *o = m->ops;
     const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
-    m->ops->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);
+    if (o->device) { /* every layer's cache rows, positions and tokens in one upload */
+        const int64_t R = kv->max_rows;
+        for (int64_t i = 0; i < n; i++) {
+            kv->row_len[i] = kv->pos[i] + 1;
+            kv->h_tokens[i] = tokens[i];
+            for (int64_t l = 0; l < kv->L; l++) {
+                kv->kptr[l * R + i] = cache_block(kv->k, kv, l, slots[i]);
+                kv->vptr[l * R + i] = cache_block(kv->v, kv, l, slots[i]);
+            }
+        }
+        o->upload(kv->step_dev, kv->step_host, kv->step_bytes);
+        o->embedding_forward(kv->x, kv->d_tokens, kv->d_pos, m->params + m->lay.wte, wpe, n, C);
+    } else {
+        o->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);
+    }
     for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, slots, n);
     for (int64_t i = 0; i < n; i++)
         if (kv->pos[i] + 1 > kv->len[slots[i]]) kv->len[slots[i]] = kv->pos[i] + 1;
     /* final norm and vocabulary projection only for the rows asked for */
-    for (int64_t r = 0; r < n_out; r++)
-        memcpy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)C * sizeof(float));
+    if (o->device) {
+        for (int64_t r = 0; r < n_out;) { /* one copy per run of consecutive rows */
+            int64_t e = r + 1;
+            while (e < n_out && out_rows[e] == out_rows[e - 1] + 1) e++;
+            o->copy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)((e - r) * C) * sizeof(float));
+            r = e;
+        }
+    } else {
+        for (int64_t r = 0; r < n_out; r++)
+            memcpy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)C * sizeof(float));
+    }
     const float *lnf_b = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.lnf_b : NULL;
     infer_norm(m, kv, kv->ln, kv->tmp, m->params + m->lay.lnf_w, lnf_b, n_out);
-    m->ops->matmul_forward(logits, kv->ln, m->params + m->lay.lm, NULL, n_out, C, c->vocab_size);
+    o->matmul_forward(o->device ? kv->d_logits : logits, kv->ln, m->params + m->lay.lm, NULL,
+                      n_out, C, c->vocab_size);
+    if (o->device)
+        o->download(logits, kv->d_logits, (size_t)(n_out * c->vocab_size) * sizeof(float));
     return PONDER_OK;
 }
 

@@ -45,6 +45,12 @@ typedef struct Activations {
     /* gradient scratch, reused layer by layer */
     float *dresid, *dln, *datty, *dqkv, *dfc, *dact, *dlnf; /* dln, dlnf: [N,C] */
     float *dvalues; /* [N] masked */
+    /* Device backends only (all NULL on host backends, which stage straight
+     * into the fields above): host copies of the staged batch, and device
+     * buffers for the per-token inputs and outputs of the host-facing API. */
+    int32_t *h_tokens, *h_targets, *h_pos, *h_start;
+    float *h_mask, *h_rows;             /* h_rows: [N] host scratch */
+    float *d_logp, *d_entropy, *d_values, *d_dlogp, *d_dentropy; /* [N] device */
     int has_forward;
 } Activations;
 
@@ -56,7 +62,9 @@ struct Model {
     size_t n_tensors;
     ParamLayout lay;
     size_t num_params;
-    float *params, *grads;
+    float *params, *grads; /* backend memory (device memory on a device backend) */
+    float *host_params, *host_grads; /* device backends: host mirrors that model_params()
+                                        and model_grads() return; NULL on host backends */
     float *rope; /* [max_seq_len, hd/2, 2] cos/sin; llama only */
     Activations act;
 };

@@ -20,6 +20,11 @@ void model_free_activations(Model *m) {
                     a->targets, a->pos,    a->start,    a->mask,     a->dresid, a->dln,
                     a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
+    void *dev_io[] = {a->d_logp, a->d_entropy, a->d_values, a->d_dlogp, a->d_dentropy};
+    for (size_t i = 0; i < sizeof dev_io / sizeof dev_io[0]; i++)
+        if (dev_io[i]) m->ops->free(dev_io[i]);
+    void *host_io[] = {a->h_tokens, a->h_targets, a->h_pos, a->h_start, a->h_mask, a->h_rows};
+    for (size_t i = 0; i < sizeof host_io / sizeof host_io[0]; i++) free(host_io[i]);
     memset(a, 0, sizeof *a);
 }
 
@@ -68,6 +73,22 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     ALLOC(dact, N * F);
     ALLOC(dlnf, N * C);
     ALLOC(dvalues, N);
+    if (o->device) {
+        ALLOC(d_logp, N);
+        ALLOC(d_entropy, N);
+        ALLOC(d_values, N);
+        ALLOC(d_dlogp, N);
+        ALLOC(d_dentropy, N);
+#define HOST_ALLOC(field, count) \
+    (a->field = calloc((size_t)(count), sizeof *a->field), ok = ok && a->field)
+        HOST_ALLOC(h_tokens, N);
+        HOST_ALLOC(h_targets, N);
+        HOST_ALLOC(h_pos, N);
+        HOST_ALLOC(h_start, B);
+        HOST_ALLOC(h_mask, N);
+        HOST_ALLOC(h_rows, N);
+#undef HOST_ALLOC
+    }
 #undef ALLOC
     if (!ok) {
         model_free_activations(m);
@@ -113,19 +134,44 @@ static int check_batch(const Model *m, const ModelBatch *b, int need_targets, Po
     return PONDER_OK;
 }
 
-/* Copies the batch and derives position ids (counting from each start). */
+/* The host copy of the staged mask: act.mask itself on a host backend. */
+static const float *host_mask(const Model *m) {
+    return m->ops->device ? m->act.h_mask : m->act.mask;
+}
+
+/* out = s * inp over n values, through the backend's op where it has one. */
+static void scale_rows(const Model *m, float *out, const float *inp, float s, int64_t n) {
+    if (m->ops->scale) m->ops->scale(out, inp, s, n);
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = inp[i] * s;
+}
+
+/* Copies the batch and derives position ids (counting from each start). On a
+ * device backend the batch is staged in host memory and uploaded. */
 static void stage_batch(Model *m, const ModelBatch *b) {
     Activations *a = &m->act;
+    const int dev = m->ops->device;
     const int64_t B = b->B, T = b->T, N = B * T;
-    memcpy(a->tokens, b->tokens, (size_t)N * sizeof(int32_t));
+    int32_t *tokens = dev ? a->h_tokens : a->tokens, *targets = dev ? a->h_targets : a->targets;
+    int32_t *pos = dev ? a->h_pos : a->pos, *start = dev ? a->h_start : a->start;
+    float *mask = dev ? a->h_mask : a->mask;
+    memcpy(tokens, b->tokens, (size_t)N * sizeof(int32_t));
     for (int64_t i = 0; i < N; i++) {
-        a->mask[i] = b->mask ? (b->mask[i] != 0.0f ? 1.0f : 0.0f) : 1.0f;
-        a->targets[i] = (b->targets && a->mask[i] != 0.0f) ? b->targets[i] : 0;
+        mask[i] = b->mask ? (b->mask[i] != 0.0f ? 1.0f : 0.0f) : 1.0f;
+        targets[i] = (b->targets && mask[i] != 0.0f) ? b->targets[i] : 0;
     }
     for (int64_t bi = 0; bi < B; bi++) {
         int32_t s = b->start ? b->start[bi] : 0;
-        a->start[bi] = s;
-        for (int64_t t = 0; t < T; t++) a->pos[bi * T + t] = t >= s ? (int32_t)(t - s) : 0;
+        start[bi] = s;
+        for (int64_t t = 0; t < T; t++) pos[bi * T + t] = t >= s ? (int32_t)(t - s) : 0;
+    }
+    if (dev) {
+        const ModelOps *o = m->ops;
+        o->upload(a->tokens, tokens, (size_t)N * sizeof(int32_t));
+        o->upload(a->targets, targets, (size_t)N * sizeof(int32_t));
+        o->upload(a->pos, pos, (size_t)N * sizeof(int32_t));
+        o->upload(a->start, start, (size_t)B * sizeof(int32_t));
+        o->upload(a->mask, mask, (size_t)N * sizeof(float));
     }
 }
 
@@ -229,15 +275,27 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
     a->head_scale = (batch->temperature > 0.0f) ? 1.0f / batch->temperature : 1.0f;
     const float *head_in = a->lnf;
     if (a->head_scale != 1.0f) {
-        for (int64_t i = 0; i < N * C; i++) a->lnf_scaled[i] = a->lnf[i] * a->head_scale;
+        scale_rows(m, a->lnf_scaled, a->lnf, a->head_scale, N * C);
         head_in = a->lnf_scaled;
     }
-    m->ops->lm_head_forward(logp, entropy, a->lse, head_in, m->params + m->lay.lm, a->targets,
-                            a->mask, N, C, c->vocab_size);
+    /* a device backend writes into device buffers that are downloaded below */
+    const ModelOps *o = m->ops;
+    const int dev = o->device;
+    const size_t row_bytes = (size_t)N * sizeof(float);
+    float *out_logp = dev ? a->d_logp : logp;
+    float *out_entropy = dev && entropy ? a->d_entropy : entropy;
+    o->lm_head_forward(out_logp, out_entropy, a->lse, head_in, m->params + m->lay.lm, a->targets,
+                       a->mask, N, C, c->vocab_size);
+    if (dev) {
+        o->download(logp, a->d_logp, row_bytes);
+        if (entropy) o->download(entropy, a->d_entropy, row_bytes);
+    }
     if (c->scalar_head) {
-        m->ops->matmul_forward(values, a->lnf, m->params + m->lay.score_w,
-                               m->params + m->lay.score_b, N, C, 1);
-        for (int64_t i = 0; i < N; i++) values[i] *= a->mask[i];
+        o->matmul_forward(dev ? a->d_values : values, a->lnf, m->params + m->lay.score_w,
+                          m->params + m->lay.score_b, N, C, 1);
+        if (dev) o->download(values, a->d_values, row_bytes);
+        const float *mask = host_mask(m);
+        for (int64_t i = 0; i < N; i++) values[i] *= mask[i];
     } else if (values) {
         memset(values, 0, (size_t)N * sizeof(float));
     }
@@ -251,8 +309,18 @@ int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, Ponde
     if (rc) return rc;
     forward_trunk(m);
     const int64_t N = m->act.B * m->act.T;
-    m->ops->matmul_forward(logits, m->act.lnf, m->params + m->lay.lm, NULL, N, m->cfg.d_model,
-                           m->cfg.vocab_size);
+    const ModelOps *o = m->ops;
+    const size_t bytes = (size_t)(N * m->cfg.vocab_size) * sizeof(float);
+    float *out = o->device ? o->alloc(bytes) : logits;
+    if (!out)
+        return ponder_error(err, PONDER_ERR_NOMEM, "out of device memory for [%lld,%lld] logits",
+                            (long long)N, (long long)m->cfg.vocab_size);
+    o->matmul_forward(out, m->act.lnf, m->params + m->lay.lm, NULL, N, m->cfg.d_model,
+                      m->cfg.vocab_size);
+    if (o->device) {
+        o->download(logits, out, bytes);
+        o->free(out);
+    }
     return PONDER_OK;
 }
 
@@ -315,15 +383,32 @@ int model_backward(Model *m, const float *dlogp, const float *dentropy, const fl
     const int gpt2 = c->arch == MODEL_ARCH_GPT2;
     float *G = m->grads;
 
+    /* a device backend reads the per-token gradients from device copies */
+    const int dev = o->device;
+    const size_t row_bytes = (size_t)N * sizeof(float);
+    if (dev && dlogp) {
+        o->upload(a->d_dlogp, dlogp, row_bytes);
+        dlogp = a->d_dlogp;
+    }
+    if (dev && dentropy) {
+        o->upload(a->d_dentropy, dentropy, row_bytes);
+        dentropy = a->d_dentropy;
+    }
     /* heads: d(final normed hidden) */
     o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
     const int scaled = a->head_scale != 1.0f;
-    o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy, scaled ? a->lnf_scaled : a->lnf,
-                        m->params + m->lay.lm, a->targets, a->lse, a->mask, N, C, c->vocab_size);
-    if (scaled) /* chain rule through h / T */
-        for (int64_t i = 0; i < N * C; i++) a->dlnf[i] *= a->head_scale;
+    if (dlogp || dentropy) { /* a critic trains only its value head: skip the LM head */
+        o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy,
+                            scaled ? a->lnf_scaled : a->lnf, m->params + m->lay.lm, a->targets,
+                            a->lse, a->mask, N, C, c->vocab_size);
+        if (scaled) /* chain rule through h / T */
+            scale_rows(m, a->dlnf, a->dlnf, a->head_scale, N * C);
+    }
     if (c->scalar_head && dvalues) {
-        for (int64_t i = 0; i < N; i++) a->dvalues[i] = dvalues[i] * a->mask[i];
+        const float *mask = host_mask(m);
+        float *dv = dev ? a->h_rows : a->dvalues;
+        for (int64_t i = 0; i < N; i++) dv[i] = dvalues[i] * mask[i];
+        if (dev) o->upload(a->dvalues, dv, row_bytes);
         o->matmul_backward(a->dlnf, G + m->lay.score_w, G + m->lay.score_b, a->dvalues, a->lnf,
                            m->params + m->lay.score_w, N, C, 1);
     }

@@ -109,6 +109,8 @@ typedef struct ModelOps {
     void (*add)(float *out, const float *a, const float *b, int64_t n);
     /* acc += a */
     void (*accumulate)(float *acc, const float *a, int64_t n);
+    /* Optional (NULL: the model loops, host backends only): out = s * inp. */
+    void (*scale)(float *out, const float *inp, float s, int64_t n);
 
     /* ---- language-model head ---- */
     /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and

@@ -26,8 +26,9 @@ int optim_create(Optimizer *opt, const Model *model, const OptimSettings *s, Pon
     opt->s = *s;
     opt->step = 0;
     opt->n = model_num_params(model);
-    opt->m = calloc(opt->n, sizeof(float));
-    opt->v = calloc(opt->n, sizeof(float));
+    opt->ops = model->ops;
+    opt->m = opt->ops->alloc(opt->n * sizeof(float)); /* zero-filled */
+    opt->v = opt->ops->alloc(opt->n * sizeof(float));
     if (!opt->m || !opt->v) {
         optim_free(opt);
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for AdamW moments (%zu MiB)",
@@ -37,8 +38,10 @@ int optim_create(Optimizer *opt, const Model *model, const OptimSettings *s, Pon
 }
 
 void optim_free(Optimizer *opt) {
-    free(opt->m);
-    free(opt->v);
+    if (opt->ops) {
+        opt->ops->free(opt->m);
+        opt->ops->free(opt->v);
+    }
     opt->m = opt->v = NULL;
 }
 
@@ -65,7 +68,7 @@ bool optim_decays(const OptimSettings *s, const ModelTensor *t) {
 
 int optim_step(Optimizer *opt, Model *model, OptimStepInfo *info, PonderError *err) {
     const ModelOps *o = model->ops;
-    float *p = model_params(model), *g = model_grads(model);
+    float *p = model->params, *g = model->grads; /* backend memory, not the host views */
     double norm = sqrt(o->sum_squares(g, (int64_t)opt->n));
     if (!isfinite(norm))
         return ponder_error(err, PONDER_ERR_RUNTIME,

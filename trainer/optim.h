@@ -32,7 +32,9 @@ typedef struct Optimizer {
     OptimSettings s;
     int64_t step; /* updates taken so far */
     size_t n;     /* number of parameters */
-    float *m, *v; /* first and second moments [n] */
+    float *m, *v; /* first and second moments [n], in the model backend's memory
+                     (device memory for a model on a device backend) */
+    const struct ModelOps *ops; /* the backend that allocated m and v */
 } Optimizer;
 
 int optim_create(Optimizer *opt, const Model *model, const OptimSettings *s, PonderError *err);

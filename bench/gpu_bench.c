@@ -1,0 +1,325 @@
+/* bench/gpu_bench.c — the CUDA backend on a GPU machine, without Criterion:
+ *
+ *   gpu_bench --parity [--only a,b,...]   the parity suite of tests/cuda_parity.h
+ *   gpu_bench --bench [--quick]           ceilings, training and decode timings
+ *   gpu_bench --parity --fake-device      the suite against tests/fake_device.h
+ *                                         (any machine: checks this program)
+ *
+ * --bench measures, in one run: cuBLAS GEMM ceilings (fp32, TF32, bf16) and the
+ * device copy bandwidth; training tokens/s and achieved TFLOP/s at the GPT-2
+ * 124M shape (B=4, T=1024; smaller if that does not fit) in fp32 and TF32;
+ * decode tokens/s at batch 1 and 64 against the bandwidth bound for reading
+ * the weights once per token. Every number is printed as
+ *     RESULT | <name> | <value> <unit> | <note>
+ * which bench/gpu_check.sh collects into its closing table.
+ *
+ * Exit status: 0 ok, 1 a check or run failed, 2 no CUDA (build or device). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tests/cuda_parity.h"
+#include "tests/fake_device.h"
+#ifdef PONDER_HAVE_CUDA
+#include "model/cuda/cuda_backend.h"
+#endif
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void result(const char *name, double value, const char *unit, const char *fmt, ...) {
+    char note[256] = "";
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(note, sizeof note, fmt, ap);
+        va_end(ap);
+    }
+    printf("RESULT | %s | %.4g %s | %s\n", name, value, unit, note);
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------ parity ----- */
+
+static int in_list(const char *list, const char *name) {
+    if (!list) return 1;
+    size_t n = strlen(name);
+    for (const char *s = list; *s;) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == n && strncmp(s, name, n) == 0) return 1;
+        if (!e) break;
+        s = e + 1;
+    }
+    return 0;
+}
+
+static int run_parity(const ModelOps *g, const char *only) {
+    Parity *p = malloc(sizeof *p);
+    if (!p) return 1;
+    uint64_t seed = parity_seed();
+    printf("parity suite: CUDA backend vs CPU backend, seed %llu (PONDER_PARITY_SEED=%llu "
+           "replays it)\n",
+           (unsigned long long)seed, (unsigned long long)seed);
+    parity_init(p, g, seed);
+    for (size_t i = 0; i < PARITY_N_CASES; i++) {
+        if (!in_list(only, PARITY_CASES[i].name)) continue;
+        printf("[%s]\n", PARITY_CASES[i].name);
+        fflush(stdout);
+        double t0 = now_s();
+        int before = p->failed;
+        PARITY_CASES[i].fn(p);
+        parity_release(p);
+        printf("[%s] %s in %.1f s\n", PARITY_CASES[i].name, p->failed > before ? "FAILED" : "ok",
+               now_s() - t0);
+    }
+    int failed = p->failed, checks = p->checks;
+    printf("parity: %d passed, %d failed\n", checks - failed, failed);
+    if (failed) printf("parity failures: %s\n", p->failures);
+    result("parity checks", checks - failed, "passed", "%d failed; worst error %.2g x tolerance",
+           failed, p->worst);
+    free(p);
+    return failed ? 1 : 0;
+}
+
+#ifdef PONDER_HAVE_CUDA
+
+/* ------------------------------------------------------------- bench ----- */
+
+static ModelConfig gpt2_124m(void) {
+    ModelConfig c = model_config_default();
+    c.arch = MODEL_ARCH_GPT2;
+    c.vocab_size = 50257;
+    c.d_model = 768;
+    c.n_layer = 12;
+    c.n_head = 12;
+    c.n_kv_head = 12;
+    c.d_ff = 3072;
+    c.max_seq_len = 1024;
+    c.tie_embeddings = true;
+    c.init_std = 0.02f;
+    return c;
+}
+
+/* Model FLOPs per trained token (PaLM's convention): 6 per matmul weight
+ * (forward and backward; the tied LM head counts once) + 12 L T C for
+ * attention scores and values. */
+static double flops_per_token(const ModelConfig *c, int64_t T) {
+    double C = (double)c->d_model, L = (double)c->n_layer, V = (double)c->vocab_size;
+    double F = (double)c->d_ff;
+    double mm = L * (3.0 * C * C + C * C + 2.0 * C * F) + V * C;
+    return 6.0 * mm + 12.0 * L * (double)T * C;
+}
+
+typedef struct Ceilings {
+    double fp32, tf32, bf16, copy_gbps;
+} Ceilings;
+
+static Ceilings bench_ceilings(int quick) {
+    Ceilings k;
+    int it = quick ? 3 : 10;
+    k.fp32 = cuda_gemm_tflops(8192, 8192, 8192, 0, quick ? 2 : 5);
+    result("GEMM fp32 8192^3", k.fp32, "TFLOP/s", "cublasSgemm, random data");
+    k.tf32 = cuda_gemm_tflops(8192, 8192, 8192, 1, it);
+    result("GEMM tf32 8192^3", k.tf32, "TFLOP/s", "cublasSgemm with TF32 tensor cores");
+    k.bf16 = cuda_gemm_tflops(8192, 8192, 8192, 2, 2 * it);
+    result("GEMM bf16 8192^3", k.bf16, "TFLOP/s", "cublasGemmEx bf16 in/out, fp32 accumulate");
+    double s1 = cuda_gemm_tflops(4096, 3072, 768, 0, it);
+    result("GEMM fp32 4096x3072x768", s1, "TFLOP/s", "the GPT-2 MLP shape at B*T=4096");
+    double s2 = cuda_gemm_tflops(4096, 3072, 768, 1, it);
+    result("GEMM tf32 4096x3072x768", s2, "TFLOP/s", "the GPT-2 MLP shape at B*T=4096");
+    k.copy_gbps = cuda_copy_gbps((size_t)2 << 30, quick ? 3 : 10);
+    result("device copy", k.copy_gbps, "GB/s", "2 GiB device-to-device, read+write bytes");
+    return k;
+}
+
+static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick) {
+    ModelConfig cfg = gpt2_124m();
+    const int64_t shapes[][2] = {{4, 1024}, {2, 1024}, {1, 1024}, {4, 256}};
+    Model *m = NULL;
+    PonderError err = {0};
+    if (model_create_on(&m, &cfg, g, &err)) {
+        printf("train: %s\n", err.msg);
+        return 1;
+    }
+    model_init_weights(m, 1234);
+    cuda_set_tf32(tf32);
+    OptimSettings os = optim_settings_default();
+    os.lr = 1e-4f;
+    Optimizer opt;
+    memset(&opt, 0, sizeof opt);
+    if (optim_create(&opt, m, &os, &err)) {
+        printf("train: %s\n", err.msg);
+        model_free(m);
+        return 1;
+    }
+    int rc = 1;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && rc; si++) {
+        const int64_t B = shapes[si][0], T = shapes[si][1], N = B * T;
+        int32_t *tok = malloc((size_t)N * sizeof(int32_t)), *tgt = malloc((size_t)N * sizeof(int32_t));
+        float *logp = malloc((size_t)N * sizeof(float)), *ent = malloc((size_t)N * sizeof(float));
+        float *dl = malloc((size_t)N * sizeof(float));
+        Rng r = rng_from_seed(7);
+        for (int64_t i = 0; i < N; i++) {
+            tok[i] = (int32_t)rng_below(&r, (uint64_t)cfg.vocab_size);
+            tgt[i] = (int32_t)rng_below(&r, (uint64_t)cfg.vocab_size);
+            dl[i] = -1.0f / (float)N;
+        }
+        ModelBatch batch = {.B = B, .T = T, .tokens = tok, .targets = tgt};
+        const int steps = quick ? 3 : 8;
+        double t0 = 0.0;
+        int ok = 1;
+        for (int s = -1; s < steps && ok; s++) { /* step -1 warms up (allocations, cuBLAS) */
+            if (s == 0) {
+                cuda_synchronize();
+                t0 = now_s();
+            }
+            model_zero_grad(m);
+            ok = model_forward(m, &batch, logp, ent, NULL, &err) == PONDER_OK &&
+                 model_backward(m, dl, NULL, NULL, &err) == PONDER_OK &&
+                 optim_step(&opt, m, NULL, &err) == PONDER_OK;
+        }
+        cuda_synchronize();
+        double dt = now_s() - t0;
+        if (ok) {
+            double tps = (double)(N * steps) / dt;
+            double tflops = tps * flops_per_token(&cfg, T) / 1e12;
+            char name[96];
+            snprintf(name, sizeof name, "train %s B=%lld T=%lld", tf32 ? "tf32" : "fp32",
+                     (long long)B, (long long)T);
+            result(name, tps, "tok/s", "%.1f ms/step, mean logp %.3f", 1e3 * dt / steps,
+                   (double)logp[0]);
+            snprintf(name, sizeof name, "train %s achieved", tf32 ? "tf32" : "fp32");
+            result(name, tflops, "TFLOP/s",
+                   "%.0f%% of the %s GEMM ceiling, %.0f%% of bf16 (%.3g GFLOP/token)",
+                   100.0 * tflops / (tf32 ? k->tf32 : k->fp32), tf32 ? "tf32" : "fp32",
+                   100.0 * tflops / k->bf16, flops_per_token(&cfg, T) / 1e9);
+            rc = 0;
+        } else {
+            printf("train B=%lld T=%lld failed: %s (trying a smaller batch)\n", (long long)B,
+                   (long long)T, err.msg);
+        }
+        free(tok), free(tgt), free(logp), free(ent), free(dl);
+    }
+    cuda_set_tf32(0);
+    optim_free(&opt);
+    model_free(m);
+    return rc;
+}
+
+static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick) {
+    ModelConfig cfg = gpt2_124m();
+    Model *m = NULL;
+    ModelKVCache *kv = NULL;
+    PonderError err = {0};
+    const int64_t prompt = 16, steps = quick ? 32 : 128, V = cfg.vocab_size;
+    int rc = model_create_on(&m, &cfg, g, &err);
+    if (!rc) rc = model_kv_create(&kv, m, slots, prompt + steps + 8, &err);
+    if (rc) {
+        printf("decode: %s\n", err.msg);
+        model_free(m);
+        return 1;
+    }
+    model_init_weights(m, 99);
+    float *logits = malloc((size_t)(slots * V) * sizeof(float));
+    int32_t *tok = malloc((size_t)(slots > prompt ? slots : prompt) * sizeof(int32_t));
+    int64_t *sl = malloc((size_t)slots * sizeof(int64_t));
+    Rng r = rng_from_seed(5);
+    for (int64_t i = 0; i < prompt; i++) tok[i] = (int32_t)rng_below(&r, (uint64_t)V);
+    rc = model_prefill(m, kv, 0, tok, prompt, logits, &err);
+    for (int64_t s = 1; s < slots; s++) model_kv_copy_slot(kv, s, 0);
+    for (int64_t s = 0; s < slots; s++) sl[s] = s;
+    double t0 = 0.0;
+    for (int64_t step = -2; step < steps && !rc; step++) { /* two warm-up steps */
+        if (step == 0) {
+            cuda_synchronize();
+            t0 = now_s();
+        }
+        for (int64_t s = 0; s < slots; s++) tok[s] = (int32_t)rng_below(&r, (uint64_t)V);
+        rc = model_decode(m, kv, sl, tok, slots, logits, &err);
+    }
+    cuda_synchronize();
+    double dt = now_s() - t0;
+    if (!rc) {
+        double tps = (double)(slots * steps) / dt;
+        char name[64];
+        snprintf(name, sizeof name, "decode batch %lld", (long long)slots);
+        double bytes = (double)model_num_params(m) * 4.0;
+        double bound = k->copy_gbps * 1e9 / bytes; /* steps/s when reading fp32 weights once */
+        result(name, tps, "tok/s", "%.2f ms/step; %.0f%% of the weight-read bound (%.0f steps/s)",
+               1e3 * dt / (double)steps, 100.0 * ((double)steps / dt) / bound, bound);
+    } else {
+        printf("decode batch %lld failed: %s\n", (long long)slots, err.msg);
+    }
+    free(logits), free(tok), free(sl);
+    model_kv_free(kv);
+    model_free(m);
+    return rc ? 1 : 0;
+}
+
+static int run_bench(const ModelOps *g, int quick) {
+    char desc[256];
+    cuda_device_describe(desc, sizeof desc);
+    printf("device: %s\n", desc);
+    int failed = 0;
+    double t0 = now_s();
+    Ceilings k = bench_ceilings(quick);
+    printf("ceilings in %.1f s\n", now_s() - t0);
+    t0 = now_s();
+    failed |= bench_train(g, &k, 0, quick);
+    printf("fp32 training in %.1f s\n", now_s() - t0);
+    t0 = now_s();
+    failed |= bench_train(g, &k, 1, quick);
+    printf("tf32 training in %.1f s\n", now_s() - t0);
+    t0 = now_s();
+    failed |= bench_decode(g, &k, 1, quick);
+    failed |= bench_decode(g, &k, 64, quick);
+    printf("decode in %.1f s\n", now_s() - t0);
+    return failed ? 1 : 0;
+}
+
+#endif /* PONDER_HAVE_CUDA */
+
+int main(int argc, char **argv) {
+    int parity = 0, bench = 0, quick = 0, fake = 0;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--parity") == 0) parity = 1;
+        else if (strcmp(argv[i], "--bench") == 0) bench = 1;
+        else if (strcmp(argv[i], "--quick") == 0) quick = 1;
+        else if (strcmp(argv[i], "--fake-device") == 0) fake = 1;
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+        else {
+            fprintf(stderr,
+                    "usage: gpu_bench [--parity [--only case,case] [--fake-device]] [--bench [--quick]]\n"
+                    "parity cases:");
+            for (size_t c = 0; c < PARITY_N_CASES; c++) fprintf(stderr, " %s", PARITY_CASES[c].name);
+            fprintf(stderr, "\n");
+            return 2;
+        }
+    }
+    if (!parity && !bench) parity = bench = 1;
+    if (fake) {
+        printf("gpu_bench: parity against the fake device (CPU ops behind device checks)\n");
+        return run_parity(&FAKE_DEVICE_OPS, only);
+    }
+    const ModelOps *g = ops_cuda();
+    if (!g) {
+        printf("gpu_bench: no CUDA backend: %s\n", ops_cuda_status());
+        return 2;
+    }
+    printf("gpu_bench: %s\n", ops_cuda_status());
+    int rc = 0;
+    if (parity) rc |= run_parity(g, only);
+#ifdef PONDER_HAVE_CUDA
+    if (bench) rc |= run_bench(g, quick);
+#else
+    (void)quick;
+#endif
+    return rc;
+}

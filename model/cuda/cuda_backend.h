@@ -1,0 +1,46 @@
+/* model/cuda/cuda_backend.h — CUDA-specific helpers beside the ops table
+ * (ops_cuda() itself is declared in model/ops.h). Only present in builds with
+ * PONDER_HAVE_CUDA; callers guard their includes with #ifdef PONDER_HAVE_CUDA.
+ * Used by tests/test_cuda.c and bench/gpu_bench.c. */
+#ifndef PONDER_MODEL_CUDA_BACKEND_H
+#define PONDER_MODEL_CUDA_BACKEND_H
+
+#include <stddef.h> /* size_t */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of CUDA devices, 0 when there is none or the driver is unusable; on 0
+ * `why` (may be NULL) receives the reason. Never aborts. */
+int cuda_device_count(char *why, size_t why_len);
+
+/* One line describing the current device (name, compute capability, SMs,
+ * memory, driver and runtime versions) into buf. 0 on success. */
+int cuda_device_describe(char *buf, size_t len);
+
+/* Waits for all work queued on the device. */
+void cuda_synchronize(void);
+
+/* Matmul precision of the CUDA backend's cuBLAS calls: 0 = fp32 (default,
+ * the parity mode), 1 = TF32 tensor cores (faster, ~1e-3 relative error).
+ * PONDER_CUDA_TF32=1 in the environment sets 1 at start-up. */
+void cuda_set_tf32(int on);
+
+/* cuBLAS GEMM ceiling: C[M,N] = A[M,K] B[K,N] repeated `iters` times after a
+ * warm-up on random data; returns achieved TFLOP/s (2MNK per product), or a
+ * negative number on failure. mode: 0 = fp32 SGEMM, 1 = TF32, 2 = bf16 inputs
+ * with fp32 accumulation (cublasGemmEx). */
+double cuda_gemm_tflops(int M, int N, int K, int mode, int iters);
+
+/* Device-to-device copy bandwidth in GB/s (bytes read + written), or < 0. */
+double cuda_copy_gbps(size_t bytes, int iters);
+
+/* Bytes of device memory in use by the backend's own scratch buffers. */
+size_t cuda_scratch_bytes(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,1261 @@
+/* model/cuda/ops_cuda.cu — the CUDA backend: cuBLAS for every matmul, our
+ * kernels for the rest, fp32 throughout. Implements model/ops.h's table with
+ * the CPU backend (model/cpu/ops_cpu.c) as the reference: same formulas, same
+ * accumulate-into-gradients conventions, same handling of masks and padding.
+ *
+ * Execution model: everything runs on the legacy default stream (cuBLAS too),
+ * so ops are ordered as the model calls them; upload/download are synchronous
+ * cudaMemcpy and give the host-facing model API its host semantics.
+ *
+ * Determinism: no floating-point atomics. Column reductions (bias, norm-weight
+ * gradients) run in fixed-shape trees; embedding gradients add rows in row
+ * order exactly as the CPU does; cuBLAS is deterministic for a given GPU and
+ * library version. So a run is bit-reproducible on the same GPU and toolkit,
+ * though not bit-identical to the CPU (summation orders differ).
+ *
+ * Debugging: PONDER_CUDA_SYNC=1 synchronises after every op and names the op
+ * that failed, so an asynchronous fault is reported where it happened. */
+extern "C" {
+#include "model/ops.h" /* a C header: ops_cuda() has C linkage */
+}
+#include "model/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ errors ----- */
+
+static void cuda_fail(const char *what, const char *msg, const char *file, int line) {
+    fprintf(stderr, "ponder: CUDA error in %s at %s:%d: %s\n", what, file, line, msg);
+    fflush(stderr);
+    abort();
+}
+
+#define CUDA_CHECK(x)                                                                  \
+    do {                                                                               \
+        cudaError_t e_ = (x);                                                          \
+        if (e_ != cudaSuccess) cuda_fail(#x, cudaGetErrorString(e_), __FILE__, __LINE__); \
+    } while (0)
+
+static const char *cublas_name(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+    }
+}
+
+#define CUBLAS_CHECK(x)                                                                \
+    do {                                                                               \
+        cublasStatus_t s_ = (x);                                                       \
+        if (s_ != CUBLAS_STATUS_SUCCESS) cuda_fail(#x, cublas_name(s_), __FILE__, __LINE__); \
+    } while (0)
+
+/* ------------------------------------------------------------ state ------ */
+
+static cublasHandle_t g_blas;
+static int g_init = 0;     /* 0: not tried, 1: ready, -1: unavailable */
+static int g_sync_each = 0; /* PONDER_CUDA_SYNC=1 */
+static int g_tf32 = 0;
+static char g_status[512] = "the CUDA backend has not been initialised";
+
+/* Called after each op's launches: reports launch errors, and with
+ * PONDER_CUDA_SYNC=1 waits and reports execution errors, naming the op. */
+static void op_done(const char *op) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && g_sync_each) e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) cuda_fail(op, cudaGetErrorString(e), __FILE__, __LINE__);
+}
+
+/* Grow-only scratch: one buffer carved by each op for its temporaries; no two
+ * ops overlap (all run in order on one stream). cudaFree synchronises, so
+ * growing never frees memory a queued kernel still uses. */
+static void *g_scratch = NULL;
+static size_t g_scratch_size = 0;
+
+static void *scratch(size_t bytes) {
+    if (bytes > g_scratch_size) {
+        CUDA_CHECK(cudaDeviceSynchronize()); /* queued kernels may still use the old buffer */
+        if (g_scratch) CUDA_CHECK(cudaFree(g_scratch));
+        g_scratch = NULL;
+        size_t want = bytes + bytes / 4;
+        CUDA_CHECK(cudaMalloc(&g_scratch, want));
+        g_scratch_size = want;
+    }
+    return g_scratch;
+}
+
+/* Carves aligned pieces out of a scratch buffer. */
+typedef struct Carve {
+    char *base;
+    size_t at;
+} Carve;
+
+static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+static void *carve(Carve *c, size_t bytes) {
+    void *p = c->base + c->at;
+    c->at += align256(bytes);
+    return p;
+}
+
+/* Host scratch (for the LM head's active-row list). */
+static void *g_host_scratch = NULL;
+static size_t g_host_scratch_size = 0;
+
+static void *host_scratch(size_t bytes) {
+    if (bytes > g_host_scratch_size) {
+        free(g_host_scratch);
+        g_host_scratch = malloc(bytes);
+        if (!g_host_scratch) cuda_fail("host_scratch", "out of host memory", __FILE__, __LINE__);
+        g_host_scratch_size = bytes;
+    }
+    return g_host_scratch;
+}
+
+static unsigned grid_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > 1048576) b = 1048576; /* kernels loop with a grid stride beyond this */
+    return (unsigned)b;
+}
+
+/* ------------------------------------------------------------ memory ----- */
+
+static void *cu_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so later calls work */
+        return NULL;
+    }
+    CUDA_CHECK(cudaMemset(p, 0, bytes));
+    return p;
+}
+
+static void cu_free(void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+static void cu_zero(void *p, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0));
+}
+
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+}
+
+static void cu_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+static void cu_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+/* ------------------------------------------------------- reductions ------ */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over a block of blockDim.x threads (a multiple of 32, at most 1024);
+ * every thread gets the result. `sh` holds 32 floats. Fixed order. */
+__device__ float block_sum(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+__device__ float block_max(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : -INFINITY;
+    return warp_max(t);
+}
+
+/* ------------------------------------------------------------ linear ----- */
+
+static float ONE = 1.0f, ZERO = 0.0f;
+
+__global__ void k_fill_bias(float *out, const float *bias, int64_t N, int64_t OC) {
+    const int64_t total = N * OC;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = bias[i % OC];
+}
+
+/* Column reductions over rows, two passes with fixed shapes (deterministic):
+ * pass 1: block (32 columns x 8 row lanes) per (column tile, row chunk) writes
+ * partial sums; pass 2 adds the chunks in order into the destination.
+ * MODE 0: sum dout            (bias gradient)           -> out0
+ * MODE 1: sum dout * x * rstd (RMSNorm weight gradient)  -> out0
+ * MODE 2: sum dout * (x - mean) * rstd -> out0, sum dout -> out1 (LayerNorm) */
+#define COLRED_ROWS 8
+#define COLRED_MAX_CHUNKS 64
+
+template <int MODE>
+__global__ void k_colred_partial(float *part0, float *part1, const float *dout, const float *x,
+                                 const float *mean, const float *rstd, int64_t N, int64_t C,
+                                 int64_t rows_per_chunk) {
+    __shared__ float s0[COLRED_ROWS][33], s1[COLRED_ROWS][33];
+    const int64_t c = blockIdx.x * 32 + threadIdx.x;
+    const int64_t chunk = blockIdx.y, r0 = chunk * rows_per_chunk;
+    const int64_t r1 = r0 + rows_per_chunk < N ? r0 + rows_per_chunk : N;
+    float a0 = 0.0f, a1 = 0.0f;
+    if (c < C) {
+        for (int64_t n = r0 + threadIdx.y; n < r1; n += COLRED_ROWS) {
+            float d = dout[n * C + c];
+            if (MODE == 0) a0 += d;
+            if (MODE == 1) a0 += d * x[n * C + c] * rstd[n];
+            if (MODE == 2) {
+                a0 += d * (x[n * C + c] - mean[n]) * rstd[n];
+                a1 += d;
+            }
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a0;
+    s1[threadIdx.y][threadIdx.x] = a1;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float t0 = 0.0f, t1 = 0.0f;
+        for (int k = 0; k < COLRED_ROWS; k++) {
+            t0 += s0[k][threadIdx.x];
+            t1 += s1[k][threadIdx.x];
+        }
+        part0[chunk * C + c] = t0;
+        if (MODE == 2) part1[chunk * C + c] = t1;
+    }
+}
+
+__global__ void k_colred_final(float *dst, const float *part, int64_t chunks, int64_t C) {
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C;
+         c += (int64_t)gridDim.x * blockDim.x) {
+        float t = 0.0f;
+        for (int64_t k = 0; k < chunks; k++) t += part[k * C + c];
+        dst[c] += t;
+    }
+}
+
+template <int MODE>
+static void column_reduce(float *dst0, float *dst1, const float *dout, const float *x,
+                          const float *mean, const float *rstd, int64_t N, int64_t C) {
+    if (N <= 0 || C <= 0) return;
+    int64_t rpc = (N + COLRED_MAX_CHUNKS - 1) / COLRED_MAX_CHUNKS;
+    if (rpc < 64) rpc = 64;
+    const int64_t chunks = (N + rpc - 1) / rpc;
+    Carve cv = {(char *)scratch(2 * align256((size_t)(chunks * C) * sizeof(float))), 0};
+    float *p0 = (float *)carve(&cv, (size_t)(chunks * C) * sizeof(float));
+    float *p1 = (float *)carve(&cv, (size_t)(chunks * C) * sizeof(float));
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks), block(32, COLRED_ROWS);
+    k_colred_partial<MODE><<<grid, block>>>(p0, p1, dout, x, mean, rstd, N, C, rpc);
+    k_colred_final<<<grid_for(C, 256), 256>>>(dst0, p0, chunks, C);
+    if (MODE == 2) k_colred_final<<<grid_for(C, 256), 256>>>(dst1, p1, chunks, C);
+}
+
+/* Row-major out[M,N] (ld N) = alpha * A[M,K] * op(B) + beta * out, written
+ * through the column-major cuBLAS with the usual transpose trick. */
+static void cu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                              int64_t N, int64_t C, int64_t OC) {
+    /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias): column-major out^T = w * inp^T */
+    float *beta = &ZERO;
+    if (bias) {
+        k_fill_bias<<<grid_for(N * OC, 256), 256>>>(out, bias, N, OC);
+        beta = &ONE;
+    }
+    CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)OC, (int)N, (int)C, &ONE, w,
+                             (int)C, inp, (int)C, beta, out, (int)OC));
+    op_done("matmul_forward");
+}
+
+static void cu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                               const float *inp, const float *w, int64_t N, int64_t C,
+                               int64_t OC) {
+    /* dinp[N,C] += dout[N,OC] w[OC,C]: column-major dinp^T = w^T(as stored) * dout^T */
+    if (dinp)
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)OC, &ONE,
+                                 w, (int)C, dout, (int)OC, &ONE, dinp, (int)C));
+    /* dw[OC,C] += dout^T inp: column-major dw^T[C,OC] = inp^T[C,N] * dout[N,OC] */
+    if (dw)
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)OC, (int)N, &ONE,
+                                 inp, (int)C, dout, (int)OC, &ONE, dw, (int)C));
+    if (dbias) column_reduce<0>(dbias, NULL, dout, NULL, NULL, NULL, N, OC);
+    op_done("matmul_backward");
+}
+
+/* -------------------------------------------------------- embeddings ----- */
+
+__global__ void k_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos,
+                                    const float *wte, const float *wpe, int64_t N, int64_t C) {
+    const int64_t total = N * C;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t n = i / C, c = i % C;
+        float e = wte[(int64_t)tokens[n] * C + c];
+        if (wpe) e += wpe[(int64_t)pos[n] * C + c];
+        out[i] = e;
+    }
+}
+
+static void cu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos,
+                                 const float *wte, const float *wpe, int64_t N, int64_t C) {
+    k_embedding_forward<<<grid_for(N * C, 256), 256>>>(out, tokens, pos, wte, wpe, N, C);
+    op_done("embedding_forward");
+}
+
+/* Deterministic scatter-add of rows: thread (column c, bucket p) walks all
+ * rows in order and adds those whose index falls in bucket p, so each table
+ * element receives its rows in row order, exactly as the CPU's serial loop. */
+#define EMB_BUCKETS 64
+
+__global__ void k_embedding_backward(float *dtable, const float *dout, const int32_t *index,
+                                     int64_t N, int64_t C) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int p = blockIdx.y;
+    if (c >= C) return;
+    for (int64_t n = 0; n < N; n++) {
+        int32_t id = index[n];
+        if (id % EMB_BUCKETS != p) continue;
+        dtable[(int64_t)id * C + c] += dout[n * C + c];
+    }
+}
+
+static void cu_embedding_backward(float *dwte, float *dwpe, const float *dout,
+                                  const int32_t *tokens, const int32_t *pos, int64_t N,
+                                  int64_t C) {
+    dim3 grid((unsigned)((C + 127) / 128), EMB_BUCKETS);
+    k_embedding_backward<<<grid, 128>>>(dwte, dout, tokens, N, C);
+    if (dwpe) k_embedding_backward<<<grid, 128>>>(dwpe, dout, pos, N, C);
+    op_done("embedding_backward");
+}
+
+/* -------------------------------------------------------------- norms ---- */
+
+/* One warp per row; 8 rows per block of 256 threads. */
+#define ROWS_PER_BLOCK 8
+
+__global__ void k_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
+                                  int64_t N, int64_t C, float eps) {
+    const int64_t n = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float *x = inp + n * C;
+    float ss = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) ss += x[c] * x[c];
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)C + eps);
+    float *o = out + n * C;
+    for (int64_t c = lane; c < C; c += 32) o[c] = x[c] * r * w[c];
+    if (lane == 0) rstd[n] = r;
+}
+
+static unsigned row_blocks(int64_t N) { return (unsigned)((N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
+
+static void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
+                               int64_t N, int64_t C, float eps) {
+    if (N > 0) k_rmsnorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(out, rstd, inp, w, N, C, eps);
+    op_done("rmsnorm_forward");
+}
+
+__global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *inp,
+                                   const float *w, const float *rstd, int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float *d = dout + n * C, *x = inp + n * C;
+    const float r = rstd[n];
+    float dot = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) dot += d[c] * w[c] * x[c] * r;
+    dot = warp_sum(dot) / (float)C;
+    float *di = dinp + n * C;
+    for (int64_t c = lane; c < C; c += 32) di[c] += r * (d[c] * w[c] - x[c] * r * dot);
+}
+
+static void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                                const float *w, const float *rstd, int64_t N, int64_t C) {
+    if (N > 0) k_rmsnorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, rstd, N, C);
+    column_reduce<1>(dw, NULL, dout, inp, NULL, rstd, N, C);
+    op_done("rmsnorm_backward");
+}
+
+__global__ void k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                    const float *w, const float *b, int64_t N, int64_t C,
+                                    float eps) {
+    const int64_t n = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float *x = inp + n * C;
+    float s = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) s += x[c];
+    const float m = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
+    const float var = warp_sum(v) / (float)C;
+    const float r = 1.0f / sqrtf(var + eps);
+    float *o = out + n * C;
+    for (int64_t c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (lane == 0) {
+        mean[n] = m;
+        rstd[n] = r;
+    }
+}
+
+static void cu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                 const float *w, const float *b, int64_t N, int64_t C, float eps) {
+    if (N > 0)
+        k_layernorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(out, mean, rstd, inp, w, b, N, C, eps);
+    op_done("layernorm_forward");
+}
+
+__global__ void k_layernorm_backward(float *dinp, const float *dout, const float *inp,
+                                     const float *w, const float *mean, const float *rstd,
+                                     int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float *d = dout + n * C, *x = inp + n * C;
+    const float m = mean[n], r = rstd[n];
+    float a = 0.0f, bsum = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) {
+        float xhat = (x[c] - m) * r, g = d[c] * w[c];
+        a += g;
+        bsum += g * xhat;
+    }
+    const float dnorm_mean = warp_sum(a) / (float)C;
+    const float dnorm_norm_mean = warp_sum(bsum) / (float)C;
+    float *di = dinp + n * C;
+    for (int64_t c = lane; c < C; c += 32) {
+        float xhat = (x[c] - m) * r, g = d[c] * w[c];
+        di[c] += r * (g - dnorm_mean - xhat * dnorm_norm_mean);
+    }
+}
+
+static void cu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                                  const float *inp, const float *w, const float *mean,
+                                  const float *rstd, int64_t N, int64_t C) {
+    if (N > 0)
+        k_layernorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+    column_reduce<2>(dw, db, dout, inp, mean, rstd, N, C);
+    op_done("layernorm_backward");
+}
+
+/* --------------------------------------------------------------- RoPE ---- */
+
+__global__ void k_rope(float *base, int64_t stride, const int32_t *pos, const float *cos_sin,
+                       int64_t N, int64_t H, int64_t hd, float sign) {
+    const int64_t half = hd / 2, total = N * H * half;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = t % half, h = (t / half) % H, n = t / (half * H);
+        const float *cs = cos_sin + (int64_t)pos[n] * half * 2;
+        float c = cs[2 * i], s = sign * cs[2 * i + 1];
+        float *v = base + n * stride + h * hd;
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c - x2 * s;
+        v[i + half] = x2 * c + x1 * s;
+    }
+}
+
+static void cu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64_t N, int64_t H,
+                    int64_t hd, int inverse) {
+    k_rope<<<grid_for(N * H * (hd / 2), 256), 256>>>(x.base, x.row_stride, pos, cos_sin, N, H, hd,
+                                                     inverse ? -1.0f : 1.0f);
+    op_done("rope");
+}
+
+/* ---------------------------------------------------------- attention ---- */
+
+/* dst[b, h, t, d] = src[(b*T + t), (h / group) heads in, d]: packs heads into
+ * contiguous [B, H, T, hd] blocks (K and V are expanded to the query heads). */
+__global__ void k_pack_heads(float *dst, const float *src, int64_t stride, int64_t B, int64_t T,
+                             int64_t H, int64_t group, int64_t hd) {
+    const int64_t total = B * H * T * hd;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t d = i % hd, t = (i / hd) % T, h = (i / (hd * T)) % H, b = i / (hd * T * H);
+        dst[i] = src[(b * T + t) * stride + (h / group) * hd + d];
+    }
+}
+
+/* out[(b*T + t), h*hd + d] = src[b, h, t, d] (overwrites); out rows are NH*hd. */
+__global__ void k_unpack_heads(float *out, const float *src, int64_t B, int64_t T, int64_t H,
+                               int64_t hd) {
+    const int64_t total = B * H * T * hd;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t d = i % hd, t = (i / hd) % T, h = (i / (hd * T)) % H, b = i / (hd * T * H);
+        out[(b * T + t) * (H * hd) + h * hd + d] = src[i];
+    }
+}
+
+/* dst[(b*T + t), kvh*hd + d] (row stride `stride`) += sum over the group's
+ * query heads g of src[b, kvh*group + g, t, d], in head order. */
+__global__ void k_accumulate_heads(float *dst, int64_t stride, const float *src, int64_t B,
+                                   int64_t T, int64_t KVH, int64_t group, int64_t hd) {
+    const int64_t total = B * KVH * T * hd, H = KVH * group;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t d = i % hd, t = (i / hd) % T, kvh = (i / (hd * T)) % KVH, b = i / (hd * T * KVH);
+        float s = 0.0f;
+        for (int64_t g = 0; g < group; g++)
+            s += src[((b * H + kvh * group + g) * T + t) * hd + d];
+        dst[(b * T + t) * stride + kvh * hd + d] += s;
+    }
+}
+
+/* Causal, start-masked softmax of each [T] row of att in place (scores are
+ * already scaled). Row i of sequence b keeps keys [s, i]; rows before s (and
+ * every key outside [s, i]) become 0. One warp per row. */
+__global__ void k_softmax_causal(float *att, const int32_t *start, int64_t B, int64_t NH,
+                                 int64_t T) {
+    const int64_t row = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= B * NH * T) return;
+    const int64_t i = row % T, b = row / (NH * T);
+    const int64_t s = start ? start[b] : 0;
+    float *a = att + row * T;
+    if (i < s) {
+        for (int64_t j = lane; j < T; j += 32) a[j] = 0.0f;
+        return;
+    }
+    float mx = -INFINITY;
+    for (int64_t j = s + lane; j <= i; j += 32) mx = fmaxf(mx, a[j]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int64_t j = s + lane; j <= i; j += 32) {
+        float e = expf(a[j] - mx);
+        a[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    __syncwarp(); /* the loop below touches keys another lane wrote */
+    for (int64_t j = lane; j < T; j += 32) a[j] = (j >= s && j <= i) ? a[j] * inv : 0.0f;
+}
+
+/* datt -> d(pre-softmax scores) in place, times `scale` (the 1/sqrt(hd) of
+ * the scores): dpre_ij = att_ij (datt_ij - sum_k att_ik datt_ik) scale. */
+__global__ void k_softmax_backward(float *datt, const float *att, const int32_t *start,
+                                   int64_t B, int64_t NH, int64_t T, float scale) {
+    const int64_t row = blockIdx.x * (int64_t)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= B * NH * T) return;
+    const int64_t i = row % T, b = row / (NH * T);
+    const int64_t s = start ? start[b] : 0;
+    float *d = datt + row * T;
+    const float *a = att + row * T;
+    float dsum = 0.0f;
+    if (i >= s)
+        for (int64_t j = s + lane; j <= i; j += 32) dsum += d[j] * a[j];
+    dsum = warp_sum(dsum);
+    __syncwarp(); /* the loop below overwrites keys another lane read */
+    for (int64_t j = lane; j < T; j += 32)
+        d[j] = (i >= s && j >= s && j <= i) ? a[j] * (d[j] - dsum) * scale : 0.0f;
+}
+
+/* Strided-batched products over B*NH (b, h) blocks, row-major views:
+ *  scores[T,T] = alpha * X[T,hd] Y[T,hd]^T        (nt)
+ *  out[T,hd]   = P[T,T] Y[T,hd]                   (nn)
+ *  out[T,hd]   = P[T,T]^T Y[T,hd]                 (tn) */
+static void bmm_scores(float *scores, const float *X, const float *Y, int64_t T, int64_t hd,
+                       int64_t batch, float alpha) {
+    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)T, (int)T,
+                                           (int)hd, &alpha, Y, (int)hd, (long long)(T * hd), X,
+                                           (int)hd, (long long)(T * hd), &ZERO, scores, (int)T,
+                                           (long long)(T * T), (int)batch));
+}
+
+static void bmm_pv(float *out, const float *P, const float *Y, int64_t T, int64_t hd,
+                   int64_t batch) {
+    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)hd, (int)T,
+                                           (int)T, &ONE, Y, (int)hd, (long long)(T * hd), P,
+                                           (int)T, (long long)(T * T), &ZERO, out, (int)hd,
+                                           (long long)(T * hd), (int)batch));
+}
+
+static void bmm_ptv(float *out, const float *P, const float *Y, int64_t T, int64_t hd,
+                    int64_t batch) {
+    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)hd, (int)T,
+                                           (int)T, &ONE, Y, (int)hd, (long long)(T * hd), P,
+                                           (int)T, (long long)(T * T), &ZERO, out, (int)hd,
+                                           (long long)(T * hd), (int)batch));
+}
+
+static void cu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                 const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                 int64_t KV, int64_t hd) {
+    const int64_t group = NH / KV, blk = B * NH * T * hd;
+    const size_t bytes = (size_t)blk * sizeof(float);
+    Carve cv = {(char *)scratch(4 * align256(bytes)), 0};
+    float *Q = (float *)carve(&cv, bytes), *K = (float *)carve(&cv, bytes);
+    float *V = (float *)carve(&cv, bytes), *Y = (float *)carve(&cv, bytes);
+    const unsigned g = grid_for(blk, 256);
+    k_pack_heads<<<g, 256>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
+    k_pack_heads<<<g, 256>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
+    bmm_scores(att, Q, K, T, hd, B * NH, 1.0f / sqrtf((float)hd));
+    const int64_t rows = B * NH * T;
+    k_softmax_causal<<<row_blocks(rows), 32 * ROWS_PER_BLOCK>>>(att, start, B, NH, T);
+    bmm_pv(Y, att, V, T, hd, B * NH);
+    k_unpack_heads<<<g, 256>>>(out, Y, B, T, NH, hd);
+    op_done("attention_forward");
+}
+
+static void cu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+                                  const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                  const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                  int64_t KV, int64_t hd) {
+    const int64_t group = NH / KV, blk = B * NH * T * hd;
+    const size_t bytes = (size_t)blk * sizeof(float);
+    const size_t att_bytes = (size_t)(B * NH * T * T) * sizeof(float);
+    Carve cv = {(char *)scratch(7 * align256(bytes) + align256(att_bytes)), 0};
+    float *Q = (float *)carve(&cv, bytes), *K = (float *)carve(&cv, bytes);
+    float *V = (float *)carve(&cv, bytes), *dY = (float *)carve(&cv, bytes);
+    float *dQ = (float *)carve(&cv, bytes), *dK = (float *)carve(&cv, bytes);
+    float *dV = (float *)carve(&cv, bytes), *datt = (float *)carve(&cv, att_bytes);
+    const unsigned g = grid_for(blk, 256);
+    k_pack_heads<<<g, 256>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
+    k_pack_heads<<<g, 256>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256>>>(dY, dout, NH * hd, B, T, NH, 1, hd);
+    bmm_scores(datt, dY, V, T, hd, B * NH, 1.0f); /* datt_ij = dout_i . v_j */
+    bmm_ptv(dV, att, dY, T, hd, B * NH);          /* dv_j = sum_i att_ij dout_i */
+    const int64_t rows = B * NH * T;
+    k_softmax_backward<<<row_blocks(rows), 32 * ROWS_PER_BLOCK>>>(datt, att, start, B, NH, T,
+                                                                  1.0f / sqrtf((float)hd));
+    bmm_pv(dQ, datt, K, T, hd, B * NH);  /* dq_i = sum_j dpre_ij k_j */
+    bmm_ptv(dK, datt, Q, T, hd, B * NH); /* dk_j = sum_i dpre_ij q_i */
+    k_accumulate_heads<<<g, 256>>>(dq.base, dq.row_stride, dQ, B, T, NH, 1, hd);
+    const unsigned gkv = grid_for(B * KV * T * hd, 256);
+    k_accumulate_heads<<<gkv, 256>>>(dk.base, dk.row_stride, dK, B, T, KV, group, hd);
+    k_accumulate_heads<<<gkv, 256>>>(dv.base, dv.row_stride, dV, B, T, KV, group, hd);
+    op_done("attention_backward");
+}
+
+/* Cached attention: one block of 128 threads per (row n, query head h). The
+ * row's scores live in scratch [N*NH, max_len]. */
+#define CACHED_THREADS 128
+
+__global__ void k_attention_cached(float *out, const float *qbase, int64_t qstride,
+                                   float *const *k_cache, float *const *v_cache,
+                                   const int64_t *len, float *scores, int64_t NH, int64_t KV,
+                                   int64_t hd, int64_t max_len) {
+    __shared__ float sh[32];
+    const int64_t nh = blockIdx.x, n = nh / NH, h = nh % NH, kvh = h / (NH / KV);
+    const int64_t L = len[n];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *qi = qbase + n * qstride + h * hd;
+    const float *kc = k_cache[n] + kvh * max_len * hd, *vc = v_cache[n] + kvh * max_len * hd;
+    float *s = scores + nh * max_len;
+    for (int64_t j = warp; j < L; j += nw) { /* a warp per key */
+        float dot = 0.0f;
+        for (int64_t d = lane; d < hd; d += 32) dot += qi[d] * kc[j * hd + d];
+        dot = warp_sum(dot);
+        if (lane == 0) s[j] = dot * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_max(mx, sh);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
+        float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / block_sum(sum, sh);
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
+    __syncthreads();
+    float *o = out + n * NH * hd + h * hd;
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < L; j++) acc += s[j] * vc[j * hd + d];
+        o[d] = acc;
+    }
+}
+
+static void cu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
+                                float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
+                                int64_t KV, int64_t hd, int64_t max_len) {
+    if (N <= 0) return;
+    float *scores = (float *)scratch((size_t)(N * NH * max_len) * sizeof(float));
+    k_attention_cached<<<(unsigned)(N * NH), CACHED_THREADS>>>(
+        out, q.base, q.row_stride, k_cache, v_cache, len, scores, NH, KV, hd, max_len);
+    op_done("attention_cached");
+}
+
+__global__ void k_kv_write(float *const *k_cache, float *const *v_cache, const float *kbase,
+                           int64_t kstride, const float *vbase, int64_t vstride,
+                           const int32_t *pos, int64_t N, int64_t KV, int64_t hd,
+                           int64_t max_len) {
+    const int64_t total = N * KV * hd;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t d = t % hd, h = (t / hd) % KV, i = t / (hd * KV);
+        int64_t at = (h * max_len + pos[i]) * hd + d;
+        k_cache[i][at] = kbase[i * kstride + h * hd + d];
+        v_cache[i][at] = vbase[i * vstride + h * hd + d];
+    }
+}
+
+static void cu_kv_write(float *const *k_cache, float *const *v_cache, OpsHeads k, OpsHeads v,
+                        const int32_t *pos, int64_t N, int64_t KV, int64_t hd, int64_t max_len) {
+    if (N <= 0) return;
+    k_kv_write<<<grid_for(N * KV * hd, 256), 256>>>(k_cache, v_cache, k.base, k.row_stride, v.base,
+                                                    v.row_stride, pos, N, KV, hd, max_len);
+    op_done("kv_write");
+}
+
+/* -------------------------------------------------------- activations ---- */
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+
+__global__ void k_swiglu_forward(float *out, const float *gu, int64_t N, int64_t F) {
+    const int64_t total = N * F;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t n = i / F, f = i % F;
+        float g = gu[n * 2 * F + f], u = gu[n * 2 * F + F + f];
+        out[i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+__global__ void k_swiglu_backward(float *dgu, const float *dout, const float *gu, int64_t N,
+                                  int64_t F) {
+    const int64_t total = N * F;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t n = i / F, f = i % F;
+        float g = gu[n * 2 * F + f], u = gu[n * 2 * F + F + f], d = dout[i];
+        float sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
+        dgu[n * 2 * F + f] += d * u * sig * (1.0f + g * (1.0f - sig));
+        dgu[n * 2 * F + F + f] += d * silu;
+    }
+}
+
+__global__ void k_gelu_forward(float *out, const float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float xi = x[i], u = GELU_SCALE * (xi + 0.044715f * xi * xi * xi);
+        out[i] = 0.5f * xi * (1.0f + tanhf(u));
+    }
+}
+
+__global__ void k_gelu_backward(float *dinp, const float *x, const float *dout, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float xi = x[i], u = GELU_SCALE * (xi + 0.044715f * xi * xi * xi);
+        float t = tanhf(u), sech2 = 1.0f - t * t;
+        float local = 0.5f * (1.0f + t) +
+                      0.5f * xi * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * xi * xi);
+        dinp[i] += local * dout[i];
+    }
+}
+
+__global__ void k_add(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i];
+}
+
+__global__ void k_accumulate(float *acc, const float *a, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        acc[i] += a[i];
+}
+
+__global__ void k_scale(float *out, const float *inp, float s, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = inp[i] * s;
+}
+
+static void cu_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F) {
+    k_swiglu_forward<<<grid_for(N * F, 256), 256>>>(out, gate_up, N, F);
+    op_done("swiglu_forward");
+}
+static void cu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up,
+                               int64_t N, int64_t F) {
+    k_swiglu_backward<<<grid_for(N * F, 256), 256>>>(dgate_up, dout, gate_up, N, F);
+    op_done("swiglu_backward");
+}
+static void cu_gelu_forward(float *out, const float *inp, int64_t n) {
+    k_gelu_forward<<<grid_for(n, 256), 256>>>(out, inp, n);
+    op_done("gelu_forward");
+}
+static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
+    k_gelu_backward<<<grid_for(n, 256), 256>>>(dinp, inp, dout, n);
+    op_done("gelu_backward");
+}
+static void cu_add(float *out, const float *a, const float *b, int64_t n) {
+    k_add<<<grid_for(n, 256), 256>>>(out, a, b, n);
+    op_done("add");
+}
+static void cu_accumulate(float *acc, const float *a, int64_t n) {
+    k_accumulate<<<grid_for(n, 256), 256>>>(acc, a, n);
+    op_done("accumulate");
+}
+static void cu_scale(float *out, const float *inp, float s, int64_t n) {
+    k_scale<<<grid_for(n, 256), 256>>>(out, inp, s, n);
+    op_done("scale");
+}
+
+/* ------------------------------------------------------------ LM head ---- */
+
+/* Rows per chunk: the chunk's logits stay near 128 MB whatever V is. */
+static int64_t lm_chunk_rows(int64_t V) {
+    int64_t r = ((int64_t)32 * 1024 * 1024) / V;
+    return r < 32 ? 32 : (r > 8192 ? 8192 : r);
+}
+
+/* Indices of rows with mask != 0 (downloaded mask, host list, uploaded). */
+static int64_t active_rows(int32_t *d_idx, const float *mask, int64_t N) {
+    float *hm = (float *)host_scratch((size_t)N * (sizeof(float) + sizeof(int32_t)));
+    int32_t *hi = (int32_t *)(hm + N);
+    int64_t a = 0;
+    if (mask) {
+        cu_download(hm, mask, (size_t)N * sizeof(float));
+        for (int64_t n = 0; n < N; n++)
+            if (hm[n] != 0.0f) hi[a++] = (int32_t)n;
+    } else {
+        for (int64_t n = 0; n < N; n++) hi[a++] = (int32_t)n;
+    }
+    if (a) cu_upload(d_idx, hi, (size_t)a * sizeof(int32_t));
+    return a;
+}
+
+__global__ void k_gather_rows(float *dst, const float *src, const int32_t *idx, int64_t R,
+                              int64_t C) {
+    const int64_t total = R * C;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = src[(int64_t)idx[i / C] * C + i % C];
+}
+
+__global__ void k_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int64_t R,
+                                   int64_t C) {
+    const int64_t total = R * C;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[(int64_t)idx[i / C] * C + i % C] += src[i];
+}
+
+#define HEAD_THREADS 256
+
+/* One block per chunk row: log-sum-exp, target log-prob and entropy. Sums use
+ * shifted logits (z - max), as on the CPU. */
+__global__ void k_lm_head_rows(float *logp, float *entropy, float *lse, const float *z,
+                               const int32_t *idx, const int32_t *targets, int64_t V) {
+    __shared__ float sh[32];
+    const int64_t r = blockIdx.x, n = idx[r];
+    const float *zr = z + r * V;
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, zr[j]);
+    mx = block_max(mx, sh);
+    float se = 0.0f, sz = 0.0f;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float d = zr[j] - mx, e = expf(d);
+        se += e;
+        sz += e * d;
+    }
+    const float sum = block_sum(se, sh);
+    const float sum_pz = block_sum(sz, sh);
+    if (threadIdx.x == 0) {
+        float log_sum = logf(sum), l = mx + log_sum;
+        lse[n] = l;
+        logp[n] = zr[targets[n]] - l;
+        if (entropy) entropy[n] = log_sum - sum_pz / sum;
+    }
+}
+
+/* z (logits) -> d(logits) in place: dz_j = dlogp (onehot_j - p_j) - dent p_j (log p_j + H). */
+__global__ void k_lm_head_dlogits(float *z, const int32_t *idx, const float *lse,
+                                  const float *dlogp, const float *dentropy,
+                                  const int32_t *targets, int64_t V) {
+    __shared__ float sh[32];
+    const int64_t r = blockIdx.x, n = idx[r];
+    float *zr = z + r * V;
+    const float l = lse[n], dl = dlogp ? dlogp[n] : 0.0f, de = dentropy ? dentropy[n] : 0.0f;
+    const int32_t tgt = targets[n];
+    float H = 0.0f;
+    if (de != 0.0f) {
+        float acc = 0.0f;
+        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+            float lp = zr[j] - l;
+            acc -= expf(lp) * lp;
+        }
+        H = block_sum(acc, sh);
+    }
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float lp = zr[j] - l, p = expf(lp);
+        float g = -dl * p - de * p * (lp + H);
+        if (j == tgt) g += dl;
+        zr[j] = g;
+    }
+}
+
+static void cu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
+                               const float *w, const int32_t *targets, const float *mask,
+                               int64_t N, int64_t C, int64_t V) {
+    cu_zero(logp, (size_t)N * sizeof(float));
+    cu_zero(lse, (size_t)N * sizeof(float));
+    if (entropy) cu_zero(entropy, (size_t)N * sizeof(float));
+    const int64_t R = lm_chunk_rows(V);
+    const size_t idx_b = (size_t)N * sizeof(int32_t), hc_b = (size_t)(R * C) * sizeof(float);
+    const size_t z_b = (size_t)(R * V) * sizeof(float);
+    Carve cv = {(char *)scratch(align256(idx_b) + align256(hc_b) + align256(z_b)), 0};
+    int32_t *idx = (int32_t *)carve(&cv, idx_b);
+    float *hc = (float *)carve(&cv, hc_b), *z = (float *)carve(&cv, z_b);
+    const int64_t A = active_rows(idx, mask, N);
+    for (int64_t r0 = 0; r0 < A; r0 += R) {
+        const int64_t rows = A - r0 < R ? A - r0 : R;
+        k_gather_rows<<<grid_for(rows * C, 256), 256>>>(hc, h, idx + r0, rows, C);
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
+                                 w, (int)C, hc, (int)C, &ZERO, z, (int)V));
+        k_lm_head_rows<<<(unsigned)rows, HEAD_THREADS>>>(logp, entropy, lse, z, idx + r0, targets, V);
+    }
+    op_done("lm_head_forward");
+}
+
+static void cu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
+                                const float *h, const float *w, const int32_t *targets,
+                                const float *lse, const float *mask, int64_t N, int64_t C,
+                                int64_t V) {
+    const int64_t R = lm_chunk_rows(V);
+    const size_t idx_b = (size_t)N * sizeof(int32_t), hc_b = (size_t)(R * C) * sizeof(float);
+    const size_t z_b = (size_t)(R * V) * sizeof(float);
+    Carve cv = {(char *)scratch(align256(idx_b) + 2 * align256(hc_b) + align256(z_b)), 0};
+    int32_t *idx = (int32_t *)carve(&cv, idx_b);
+    float *hc = (float *)carve(&cv, hc_b), *dhc = (float *)carve(&cv, hc_b);
+    float *z = (float *)carve(&cv, z_b);
+    const int64_t A = active_rows(idx, mask, N);
+    for (int64_t r0 = 0; r0 < A; r0 += R) {
+        const int64_t rows = A - r0 < R ? A - r0 : R;
+        k_gather_rows<<<grid_for(rows * C, 256), 256>>>(hc, h, idx + r0, rows, C);
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
+                                 w, (int)C, hc, (int)C, &ZERO, z, (int)V));
+        k_lm_head_dlogits<<<(unsigned)rows, HEAD_THREADS>>>(z, idx + r0, lse, dlogp, dentropy,
+                                                           targets, V);
+        /* dhc[rows,C] = dz[rows,V] w[V,C] */
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, &ONE,
+                                 w, (int)C, z, (int)V, &ZERO, dhc, (int)C));
+        k_scatter_add_rows<<<grid_for(rows * C, 256), 256>>>(dh, dhc, idx + r0, rows, C);
+        /* dw[V,C] += dz^T hc */
+        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, &ONE,
+                                 hc, (int)C, z, (int)V, &ONE, dw, (int)C));
+    }
+    op_done("lm_head_backward");
+}
+
+/* ---------------------------------------------------------- optimizer ---- */
+
+#define SS_BLOCK 4096 /* values per block, as the CPU's ELEMENTWISE_BLOCK */
+
+/* Float sum within each 4096-value block, stored as double. */
+__global__ void k_sum_squares_blocks(double *part, const float *x, int64_t n) {
+    __shared__ float sh[32];
+    const int64_t b = blockIdx.x, i0 = b * SS_BLOCK;
+    const int64_t i1 = i0 + SS_BLOCK < n ? i0 + SS_BLOCK : n;
+    float s = 0.0f;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += x[i] * x[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) part[b] = (double)s;
+}
+
+/* Blocks added in double by one block of 256 threads, fixed order. */
+__global__ void k_sum_doubles(double *out, const double *part, int64_t nb) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < nb; i += blockDim.x) s += part[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = sh[0];
+}
+
+static double cu_sum_squares(const float *x, int64_t n) {
+    if (n <= 0) return 0.0;
+    const int64_t nb = (n + SS_BLOCK - 1) / SS_BLOCK;
+    double *part = (double *)scratch((size_t)(nb + 1) * sizeof(double));
+    k_sum_squares_blocks<<<(unsigned)nb, 256>>>(part, x, n);
+    k_sum_doubles<<<1, 256>>>(part + nb, part, nb);
+    double total = 0.0;
+    cu_download(&total, part + nb, sizeof total);
+    op_done("sum_squares");
+    return total;
+}
+
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr,
+                        float b1, float b2, float eps, float wd, float grad_scale, float bc1,
+                        float bc2) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float gi = g[i] * grad_scale;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float mhat = mi / bc1, vhat = vi / bc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    }
+}
+
+static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                     float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                     int64_t t) {
+    if (n <= 0) return;
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    k_adamw<<<grid_for(n, 256), 256>>>(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay,
+                                       grad_scale, bc1, bc2);
+    op_done("adamw");
+}
+
+/* ------------------------------------------------------------- table ----- */
+
+static ModelOps make_table(void) {
+    ModelOps o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.alloc = cu_alloc;
+    o.free = cu_free;
+    o.zero = cu_zero;
+    o.copy = cu_copy;
+    o.device = 1;
+    o.upload = cu_upload;
+    o.download = cu_download;
+    o.matmul_forward = cu_matmul_forward;
+    o.matmul_backward = cu_matmul_backward;
+    o.embedding_forward = cu_embedding_forward;
+    o.embedding_backward = cu_embedding_backward;
+    o.rmsnorm_forward = cu_rmsnorm_forward;
+    o.rmsnorm_backward = cu_rmsnorm_backward;
+    o.layernorm_forward = cu_layernorm_forward;
+    o.layernorm_backward = cu_layernorm_backward;
+    o.rope = cu_rope;
+    o.attention_forward = cu_attention_forward;
+    o.attention_backward = cu_attention_backward;
+    o.attention_cached = cu_attention_cached;
+    o.kv_write = cu_kv_write;
+    o.swiglu_forward = cu_swiglu_forward;
+    o.swiglu_backward = cu_swiglu_backward;
+    o.gelu_forward = cu_gelu_forward;
+    o.gelu_backward = cu_gelu_backward;
+    o.add = cu_add;
+    o.accumulate = cu_accumulate;
+    o.scale = cu_scale;
+    o.lm_head_forward = cu_lm_head_forward;
+    o.lm_head_backward = cu_lm_head_backward;
+    o.sum_squares = cu_sum_squares;
+    o.adamw = cu_adamw;
+    return o;
+}
+
+static ModelOps CUDA_OPS;
+
+static void apply_math_mode(void) {
+    CUBLAS_CHECK(cublasSetMathMode(g_blas, g_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+static int init_backend(void) {
+    if (g_init) return g_init > 0;
+    g_init = -1;
+    char why[256];
+    if (cuda_device_count(why, sizeof why) <= 0) {
+        snprintf(g_status, sizeof g_status, "%s", why);
+        return 0;
+    }
+    const char *dev_env = getenv("PONDER_CUDA_DEVICE");
+    int dev = dev_env ? atoi(dev_env) : 0;
+    cudaError_t e = cudaSetDevice(dev);
+    if (e != cudaSuccess) {
+        snprintf(g_status, sizeof g_status, "cudaSetDevice(%d) failed: %s", dev,
+                 cudaGetErrorString(e));
+        cudaGetLastError();
+        return 0;
+    }
+    cublasStatus_t s = cublasCreate(&g_blas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(g_status, sizeof g_status, "cublasCreate failed: %s", cublas_name(s));
+        return 0;
+    }
+    CUBLAS_CHECK(cublasSetStream(g_blas, 0));
+    CUBLAS_CHECK(cublasSetPointerMode(g_blas, CUBLAS_POINTER_MODE_HOST));
+    const char *sync = getenv("PONDER_CUDA_SYNC");
+    g_sync_each = sync && sync[0] == '1';
+    const char *tf32 = getenv("PONDER_CUDA_TF32");
+    g_tf32 = tf32 && tf32[0] == '1';
+    apply_math_mode();
+    CUDA_OPS = make_table();
+    char desc[256];
+    cuda_device_describe(desc, sizeof desc);
+    snprintf(g_status, sizeof g_status, "ready: %s%s", desc, g_tf32 ? " (TF32 matmuls)" : "");
+    g_init = 1;
+    return 1;
+}
+
+extern "C" const ModelOps *ops_cuda(void) { return init_backend() ? &CUDA_OPS : NULL; }
+
+extern "C" const char *ops_cuda_status(void) {
+    init_backend();
+    return g_status;
+}
+
+/* --------------------------------------------------- helpers (bench) ----- */
+
+extern "C" int cuda_device_count(char *why, size_t why_len) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        if (why && why_len) snprintf(why, why_len, "cudaGetDeviceCount: %s", cudaGetErrorString(e));
+        cudaGetLastError();
+        return 0;
+    }
+    if (n <= 0 && why && why_len) snprintf(why, why_len, "cudaGetDeviceCount found 0 devices");
+    return n;
+}
+
+extern "C" int cuda_device_describe(char *buf, size_t len) {
+    int dev = 0, drv = 0, rt = 0;
+    cudaDeviceProp p;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(buf, len, "no device");
+        return 1;
+    }
+    cudaDriverGetVersion(&drv);
+    cudaRuntimeGetVersion(&rt);
+    snprintf(buf, len, "%s (sm_%d%d, %d SMs, %.1f GiB, L2 %d MiB, driver %d.%d, runtime %d.%d)",
+             p.name, p.major, p.minor, p.multiProcessorCount,
+             (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), p.l2CacheSize / (1024 * 1024),
+             drv / 1000, (drv % 1000) / 10, rt / 1000, (rt % 1000) / 10);
+    return 0;
+}
+
+extern "C" void cuda_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+extern "C" void cuda_set_tf32(int on) {
+    g_tf32 = on != 0;
+    if (g_init > 0) apply_math_mode();
+}
+
+extern "C" size_t cuda_scratch_bytes(void) { return g_scratch_size; }
+
+__global__ void k_fill_random(float *x, int64_t n, uint32_t seed) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+        x[i] = (float)(h & 0xffffff) / 16777216.0f - 0.5f;
+    }
+}
+
+__global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+
+extern "C" double cuda_gemm_tflops(int M, int N, int K, int mode, int iters) {
+    if (!init_backend() || iters <= 0) return -1.0;
+    const size_t a = (size_t)M * K, b = (size_t)K * N, c = (size_t)M * N;
+    float *A = NULL, *B = NULL, *Cm = NULL;
+    void *A16 = NULL, *B16 = NULL, *C16 = NULL;
+    if (cudaMalloc(&A, a * 4) || cudaMalloc(&B, b * 4) || cudaMalloc(&Cm, c * 4)) {
+        cudaGetLastError();
+        cudaFree(A), cudaFree(B), cudaFree(Cm);
+        return -1.0;
+    }
+    k_fill_random<<<grid_for((int64_t)a, 256), 256>>>(A, (int64_t)a, 1u);
+    k_fill_random<<<grid_for((int64_t)b, 256), 256>>>(B, (int64_t)b, 2u);
+    if (mode == 2) {
+        if (cudaMalloc(&A16, a * 2) || cudaMalloc(&B16, b * 2) || cudaMalloc(&C16, c * 2)) {
+            cudaGetLastError();
+            cudaFree(A), cudaFree(B), cudaFree(Cm), cudaFree(A16), cudaFree(B16), cudaFree(C16);
+            return -1.0;
+        }
+        k_to_bf16<<<grid_for((int64_t)a, 256), 256>>>((__nv_bfloat16 *)A16, A, (int64_t)a);
+        k_to_bf16<<<grid_for((int64_t)b, 256), 256>>>((__nv_bfloat16 *)B16, B, (int64_t)b);
+    }
+    CUBLAS_CHECK(cublasSetMathMode(g_blas, mode == 1 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    double tflops = -1.0;
+    for (int rep = 0; rep < 2; rep++) { /* rep 0 warms up */
+        CUDA_CHECK(cudaEventRecord(e0, 0));
+        for (int it = 0; it < (rep ? iters : 2); it++) {
+            if (mode == 2)
+                CUBLAS_CHECK(cublasGemmEx(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &ONE, B16,
+                                          CUDA_R_16BF, N, A16, CUDA_R_16BF, K, &ZERO, C16,
+                                          CUDA_R_16BF, N, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+            else
+                CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &ONE, B, N, A,
+                                         K, &ZERO, Cm, N));
+        }
+        CUDA_CHECK(cudaEventRecord(e1, 0));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep) tflops = 2.0 * M * (double)N * K * iters / (ms * 1e-3) / 1e12;
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaFree(A), cudaFree(B), cudaFree(Cm), cudaFree(A16), cudaFree(B16), cudaFree(C16);
+    apply_math_mode();
+    op_done("gemm_tflops");
+    return tflops;
+}
+
+extern "C" double cuda_copy_gbps(size_t bytes, int iters) {
+    if (!init_backend() || iters <= 0) return -1.0;
+    void *a = NULL, *b = NULL;
+    if (cudaMalloc(&a, bytes) || cudaMalloc(&b, bytes)) {
+        cudaGetLastError();
+        cudaFree(a), cudaFree(b);
+        return -1.0;
+    }
+    CUDA_CHECK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(cudaEventRecord(e0, 0));
+    for (int i = 0; i < iters; i++) CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+    CUDA_CHECK(cudaEventRecord(e1, 0));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaFree(a), cudaFree(b);
+    return 2.0 * (double)bytes * iters / (ms * 1e-3) / 1e9;
+}
