@@ -353,6 +353,7 @@ void model_params_upload(Model *m) {
 }
 
 const char *model_backend(const Model *m) { return m->ops->name; }
+const struct ModelOps *model_ops(const Model *m) { return m->ops; }
 
 const ModelTensor *model_tensors(const Model *m, size_t *count) {
     *count = m->n_tensors;

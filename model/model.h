@@ -99,6 +99,8 @@ float *model_grads(Model *m);
 void model_params_upload(Model *m);
 /* Name of the backend the model runs on ("cpu", "cuda"). */
 const char *model_backend(const Model *m);
+/* The ops table the model runs on (to create siblings on the same backend). */
+const struct ModelOps *model_ops(const Model *m);
 const ModelTensor *model_tensors(const Model *m, size_t *count);
 const ModelTensor *model_find_tensor(const Model *m, const char *name);
 

@@ -15,6 +15,8 @@
 #include <stddef.h>   /* offsetof */
 #include <stdlib.h>   /* malloc, calloc, free, qsort, strtoll */
 #include <string.h>   /* strlen, strcmp, memcpy, strerror */
+
+#include "model/ops.h" /* ModelOps: optimizer moments may live on a device */
 #include <sys/stat.h> /* stat */
 #include <unistd.h>   /* fsync, close, unlink */
 
@@ -277,11 +279,24 @@ static int write_tensors(hid_t parent, const char *group, const Model *model, co
     return rc;
 }
 
+/* Moments on a device are copied to host buffers first (NULL: out of memory). */
+static float *host_moments(const Optimizer *opt, const float *src, float **owned) {
+    *owned = NULL;
+    if (!opt->ops || !opt->ops->device) return (float *)src;
+    *owned = malloc(opt->n * sizeof(float));
+    if (*owned) opt->ops->download(*owned, src, opt->n * sizeof(float));
+    return *owned;
+}
+
 static int write_optim(hid_t f, const Model *model, const Optimizer *opt) {
     hid_t g = make_group(f, "optim");
     if (g < 0) return -1;
-    int rc = write_tensors(g, "m", model, opt->m);
-    if (rc == 0) rc = write_tensors(g, "v", model, opt->v);
+    float *m_owned, *v_owned;
+    const float *m = host_moments(opt, opt->m, &m_owned), *v = host_moments(opt, opt->v, &v_owned);
+    int rc = (m && v) ? write_tensors(g, "m", model, m) : -1;
+    if (rc == 0) rc = write_tensors(g, "v", model, v);
+    free(m_owned);
+    free(v_owned);
     if (rc == 0) rc = write_array(g, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, NULL, &opt->step);
     close_g(g);
     return rc;
@@ -916,7 +931,11 @@ static int load_contents(hid_t f, const char *file, const CkptRead *r, LoadTmp *
 /* Only reached once everything is verified, so it cannot fail halfway. */
 static void commit(CkptRead *r, LoadTmp *t) {
     memcpy(model_params(r->model), t->params, model_num_params(r->model) * sizeof(float));
-    if (r->opt) {
+    model_params_upload(r->model); /* a device model keeps a host copy; push it */
+    if (r->opt && r->opt->ops && r->opt->ops->device) {
+        r->opt->ops->upload(r->opt->m, t->m, r->opt->n * sizeof(float));
+        r->opt->ops->upload(r->opt->v, t->v, r->opt->n * sizeof(float));
+    } else if (r->opt) {
         memcpy(r->opt->m, t->m, r->opt->n * sizeof(float));
         memcpy(r->opt->v, t->v, r->opt->n * sizeof(float));
         r->opt->step = t->opt_step;
