@@ -5,12 +5,14 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h> /* opendir, readdir */
+#include <math.h>   /* NAN */
 #include <stdio.h>  /* FILE, fopen, snprintf */
 #include <stdlib.h> /* free, system */
 #include <string.h> /* memcmp, strcmp, strstr */
 #include <sys/wait.h> /* WEXITSTATUS */
 
 #include "trainer/config.h"
+#include "rewards/reward_set.h"    /* reward_set_create: config rewards build real ones */
 #include "trainer/config_schema.h" /* config_keys: the coverage test walks the table */
 
 #define DATA PONDER_TEST_DATA "/config/"
@@ -529,28 +531,42 @@ Test(config_write, awkward_floats_round_trip) {
 }
 
 /* A new schema key must get a non-default value in all_keys.yaml, or the round
- * trip above would not cover it. */
+ * trip above would not cover it. A list item key (stages.*.x, rewards.*.x)
+ * must differ from its default in at least one item. */
 Test(config_write, all_keys_fixture_covers_every_key) {
     /* gpt2 (non-default arch) forbids qkv_bias, so the fixture cannot set both. */
     static const char *const exempt[] = {"model.qkv_bias"};
-    PonderConfig c, d;
+    static PonderConfig c, d; /* large */
     PonderError err = {0};
     cr_assert_eq(config_load(&c, DATA "all_keys.yaml", 0, NULL, &err), 0, "%s", err.msg);
     config_defaults(&d);
     size_t n;
     const ConfigKey *keys = config_keys(&n);
     for (size_t i = 0; i < n; i++) {
-        if (keys[i].type == CONFIG_STAGES || !strcmp(keys[i].path, exempt[0])) continue;
+        if (keys[i].type == CONFIG_LIST || !strcmp(keys[i].path, exempt[0])) continue;
         cr_assert_neq(memcmp((char *)&c + keys[i].offset, (char *)&d + keys[i].offset, keys[i].size), 0,
                       "all_keys.yaml leaves %s at its default", keys[i].path);
     }
-    keys = config_stage_keys(&n);
-    for (size_t i = 0; i < n; i++) {
-        bool covered = false;
-        for (int s = 0; s < c.n_stages; s++)
-            covered |= memcmp((char *)&c.stages[s] + keys[i].offset, (char *)&d.stages[0] + keys[i].offset,
-                              keys[i].size) != 0;
-        cr_assert(covered, "all_keys.yaml leaves stages.*.%s at its default in every stage", keys[i].path);
+    const ConfigList *lists = config_lists(&n);
+    cr_assert_eq(n, 2);
+    for (size_t l = 0; l < n; l++) {
+        const ConfigList *list = &lists[l];
+        union {
+            ConfigStage stage;
+            ConfigReward reward;
+        } item;
+        config_list_item_defaults(list, &item);
+        const char *item_default = (const char *)&item;
+        int count = config_list_count(list, &c);
+        cr_assert_geq(count, 2, "all_keys.yaml has at least two %ss", list->item);
+        for (size_t i = 0; i < list->n_keys; i++) {
+            const ConfigKey *k = &list->keys[i];
+            bool covered = false;
+            for (int s = 0; s < count; s++)
+                covered |= memcmp((const char *)config_list_item_const(list, &c, s) + k->offset, item_default + k->offset,
+                                  k->size) != 0;
+            cr_assert(covered, "all_keys.yaml leaves %s.*.%s at its default in every %s", list->path, k->path, list->item);
+        }
     }
 }
 
@@ -567,6 +583,513 @@ Test(config_write, output_lists_every_key_with_its_doc) {
     cr_assert(strstr(text, "  - name: \"\" "));
     cr_assert(strstr(text, "# width of the residual stream"));
     free(text);
+}
+
+/* ---------------------------------------------------------------- RL stages -*/
+
+Test(config_rl, defaults_match_the_brief) {
+    PonderConfig c;
+    config_defaults(&c);
+    const ConfigStage *s = &c.stages[0];
+    cr_assert_eq(s->num_generations, 8);
+    cr_assert_eq(s->prompts_per_step, 16);
+    cr_assert_eq(s->mini_batches, 1);
+    cr_assert_eq(s->num_iterations, 1);
+    cr_assert_eq(s->temperature, 1.0);
+    cr_assert_eq(s->top_p, 1.0);
+    cr_assert_eq(s->top_k, 0);
+    cr_assert_eq(s->min_p, 0.0);
+    cr_assert_eq(s->max_new_tokens, 64);
+    cr_assert_eq(s->scale_rewards, ALGO_SCALE_GROUP);
+    cr_assert_eq(s->loss_type, ALGO_LOSS_DAPO);
+    cr_assert_eq(s->epsilon, 0.2);
+    cr_assert_eq(s->epsilon_high, 0.0);
+    cr_assert_eq(s->dual_clip, 0.0);
+    cr_assert_eq(s->ratio_level, ALGO_RATIO_TOKEN);
+    cr_assert_eq(s->beta, 0.0);
+    cr_assert_eq(s->kl_estimator, ALGO_KL_K3);
+    cr_assert_not(s->kl_in_reward);
+    cr_assert_eq(s->kl_target, 0.0);
+    cr_assert_eq(s->kl_horizon, 10000);
+    cr_assert_eq(s->entropy_coef, 0.0);
+    cr_assert_not(s->rpp_baseline);
+    cr_assert_not(s->dynamic_sampling);
+    cr_assert_eq(s->max_resample_rounds, 3);
+    cr_assert_not(s->mask_truncated);
+    cr_assert_eq(s->gamma, 1.0);
+    cr_assert_eq(s->lam, 0.95);
+    cr_assert_eq(s->value_lr, 0.0);
+    cr_assert_eq(s->cliprange_value, 0.2);
+    cr_assert_eq(c.n_rewards, 0, "no rewards = the task's default");
+    cr_assert_eq(c.scoring.combine, REWARD_COMBINE_SUM);
+    cr_assert_eq(c.scoring.eps, 1e-6);
+}
+
+/* The schema's enum names index the algos/ and rewards/ enums directly. */
+Test(config_rl, enum_names_map_to_the_module_enums) {
+    PonderConfig c;
+    expect_ok(&c,
+              "stages:\n  - type: grpo\n    loss_type: grpo\n    scale_rewards: none\n    kl_estimator: k2\n"
+              "    ratio_level: sequence\n  - type: ppo\n    loss_type: dr_grpo\n    scale_rewards: batch\n"
+              "    kl_estimator: k1\n  - type: rloo\n    loss_type: bnpo\n"
+              "scoring: {combine: sum_then_normalize}\n"
+              "rewards:\n  - {name: a, type: exact}\n  - {name: b, type: think_format}\n"
+              "  - {name: c, type: length, cap: 3, unit: steps}\n",
+              0, NULL);
+    cr_assert_eq(c.stages[0].loss_type, ALGO_LOSS_GRPO);
+    cr_assert_eq(c.stages[0].scale_rewards, ALGO_SCALE_NONE);
+    cr_assert_eq(c.stages[0].kl_estimator, ALGO_KL_K2);
+    cr_assert_eq(c.stages[0].ratio_level, ALGO_RATIO_SEQUENCE);
+    cr_assert_eq(c.stages[1].loss_type, ALGO_LOSS_DR_GRPO);
+    cr_assert_eq(c.stages[1].scale_rewards, ALGO_SCALE_BATCH);
+    cr_assert_eq(c.stages[1].kl_estimator, ALGO_KL_K1);
+    cr_assert_eq(c.stages[2].loss_type, ALGO_LOSS_BNPO);
+    cr_assert_eq(c.scoring.combine, REWARD_COMBINE_SUM_THEN_NORMALIZE);
+    cr_assert_eq(c.rewards[0].type, REWARD_EXACT);
+    cr_assert_eq(c.rewards[1].type, REWARD_THINK_FORMAT);
+    cr_assert_eq(c.rewards[2].type, REWARD_LENGTH);
+    cr_assert_eq(c.rewards[2].unit, REWARD_LENGTH_STEPS);
+    expect_ok(&c, "scoring: {combine: normalize_then_sum}\n", 0, NULL);
+    cr_assert_eq(c.scoring.combine, REWARD_COMBINE_NORMALIZE_THEN_SUM);
+}
+
+Test(config_rl, ranges_of_rl_keys) {
+    expect_error("stages:\n  - num_generations: 0\n", "t.yaml:2:22: stages.0.num_generations: must be >= 1, found 0");
+    expect_error("stages:\n  - epsilon: 1\n", "stages.0.epsilon: must be in (0, 1), found 1");
+    expect_error("stages:\n  - epsilon: 0\n", "stages.0.epsilon: must be in (0, 1), found 0");
+    expect_error("stages:\n  - temperature: 0\n", "stages.0.temperature: must be > 0, found 0");
+    expect_error("stages:\n  - top_p: 1.5\n", "stages.0.top_p: must be in (0, 1], found 1.5");
+    expect_error("stages:\n  - min_p: 1\n", "stages.0.min_p: must be in [0, 1), found 1");
+    expect_error("stages:\n  - gamma: 1.01\n", "stages.0.gamma: must be in [0, 1], found 1.01");
+    expect_error("stages:\n  - lam: -0.1\n", "stages.0.lam: must be in [0, 1], found -0.1");
+    expect_error("stages:\n  - kl_horizon: 0\n", "stages.0.kl_horizon: must be >= 1, found 0");
+    expect_error("stages:\n  - max_resample_rounds: -1\n", "stages.0.max_resample_rounds: must be >= 0, found -1");
+    expect_error("stages:\n  - loss_type: dapo2\n",
+                 "t.yaml:2:16: stages.0.loss_type: expected one of [grpo, bnpo, dr_grpo, dapo], found 'dapo2'; "
+                 "did you mean 'dapo'?");
+    expect_error("stages:\n  - kl_estimator: k4\n", "stages.0.kl_estimator: expected one of [k1, k2, k3], found 'k4'");
+    expect_error("stages:\n  - scale_rewards: true\n",
+                 "stages.0.scale_rewards: expected one of [group, batch, none], found 'true'");
+    expect_error("stages:\n  - ratio_level: seq\n", "stages.0.ratio_level: expected one of [token, sequence], found 'seq'");
+    expect_error("scoring: {eps: 0}\n", "t.yaml:1:16: scoring.eps: must be > 0, found 0");
+    expect_error("scoring: {combine: normalise_then_sum}\n",
+                 "scoring.combine: expected one of [sum, sum_then_normalize, normalize_then_sum], found "
+                 "'normalise_then_sum'; did you mean 'normalize_then_sum'?");
+}
+
+Test(config_rl, mini_batches_divide_the_rollout) {
+    expect_error("stages:\n  - type: grpo\n    mini_batches: 3\n",
+                 "t.yaml:3:19: stages.0.mini_batches: 3 does not divide the rollout of stages.0.prompts_per_step * "
+                 "stages.0.num_generations = 16 * 8 = 128 completions");
+    /* from overrides; and any divisor passes */
+    char *overrides[] = {"stages.0.type=ppo", "stages.0.prompts_per_step=5", "stages.0.num_generations=3",
+                         "stages.0.mini_batches=2"};
+    expect_error_n("", 4, overrides, "override 'stages.0.mini_batches=2': stages.0.mini_batches: 2 does not divide "
+                                     "the rollout of stages.0.prompts_per_step * stages.0.num_generations = 5 * 3 = 15");
+    PonderConfig c;
+    expect_ok(&c, "stages:\n  - {type: ppo, prompts_per_step: 5, num_generations: 3, mini_batches: 15}\n", 0, NULL);
+    expect_ok(&c, "stages:\n  - {type: sft, mini_batches: 7}\n", 0, NULL); /* sft ignores the RL keys */
+}
+
+Test(config_rl, rollout_size_overflow) {
+    expect_error("stages:\n  - {type: ppo, prompts_per_step: 4611686018427387904, num_generations: 4}\n",
+                 "stages.0.prompts_per_step: 4611686018427387904 prompts of 4 samples each overflow");
+}
+
+Test(config_rl, max_new_tokens_leaves_room_for_a_prompt) {
+    expect_error("stages:\n  - type: rloo\n    max_new_tokens: 256\n",
+                 "t.yaml:3:21: stages.0.max_new_tokens: 256 leaves no room for a prompt within model.max_seq_len (256)");
+    /* max_new_tokens at its default: the message points at model.max_seq_len */
+    expect_error("model: {max_seq_len: 64}\neval: {max_new_tokens: 8}\nstages:\n  - type: grpo\n",
+                 "t.yaml:1:22: stages.0.max_new_tokens: 64 leaves no room for a prompt within model.max_seq_len (64)");
+    PonderConfig c;
+    expect_ok(&c, "model: {max_seq_len: 64}\neval: {max_new_tokens: 8}\nstages:\n  - type: sft\n", 0, NULL);
+}
+
+Test(config_rl, group_algorithms_need_two_samples) {
+    expect_error("stages:\n  - type: grpo\n    num_generations: 1\n",
+                 "t.yaml:3:22: stages.0.num_generations: grpo needs at least 2 samples per prompt: the group mean "
+                 "and std that its advantage uses are undefined with one sample, found 1");
+    expect_error("stages:\n  - type: rloo\n    num_generations: 1\n",
+                 "t.yaml:3:22: stages.0.num_generations: rloo needs at least 2 samples per prompt: the leave-one-out "
+                 "baseline (the mean of the other samples) is undefined with one sample, found 1");
+    expect_error("stages:\n  - {type: reinforce_pp, rpp_baseline: true, num_generations: 1}\n",
+                 "stages.0.num_generations: reinforce_pp with rpp_baseline needs at least 2 samples per prompt");
+    /* num_generations at its default 8 is fine; a type changed by override is judged too */
+    char *overrides[] = {"stages.0.num_generations=1", "stages.0.type=grpo"};
+    expect_error_n("", 2, overrides, "override 'stages.0.num_generations=1': stages.0.num_generations: grpo needs");
+    PonderConfig c;
+    expect_ok(&c, "stages:\n  - {type: ppo, num_generations: 1}\n  - {type: reinforce_pp, num_generations: 1}\n", 0,
+              NULL);
+}
+
+Test(config_rl, dynamic_sampling_needs_group_advantages) {
+    expect_error("stages:\n  - type: ppo\n    dynamic_sampling: true\n",
+                 "t.yaml:3:23: stages.0.dynamic_sampling: drops groups whose rewards are all equal, which only changes "
+                 "group-based advantages (grpo, rloo, or reinforce_pp with rpp_baseline), not ppo");
+    expect_error("stages:\n  - {type: reinforce_pp, dynamic_sampling: true}\n",
+                 "stages.0.dynamic_sampling: drops groups whose rewards are all equal, which only changes group-based "
+                 "advantages (grpo, rloo, or reinforce_pp with rpp_baseline), not reinforce_pp without rpp_baseline");
+    PonderConfig c;
+    expect_ok(&c,
+              "stages:\n  - {type: grpo, dynamic_sampling: true}\n  - {type: rloo, dynamic_sampling: true}\n"
+              "  - {type: reinforce_pp, rpp_baseline: true, dynamic_sampling: true}\n"
+              "  - {type: sft, dynamic_sampling: true}\n",
+              0, NULL);
+}
+
+Test(config_rl, dual_clip_is_off_or_above_one) {
+    expect_error("stages:\n  - type: grpo\n    dual_clip: 0.5\n",
+                 "t.yaml:3:16: stages.0.dual_clip: must be 0 (off) or > 1 (the bound on -A * ratio for A < 0), "
+                 "found 0.5");
+    expect_error("stages:\n  - {type: ppo, dual_clip: 1}\n", "stages.0.dual_clip: must be 0 (off) or > 1");
+    expect_error("stages:\n  - {type: ppo, dual_clip: -3}\n", "stages.0.dual_clip: must be >= 0, found -3");
+    PonderConfig c;
+    expect_ok(&c, "stages:\n  - {type: ppo, dual_clip: 3}\n  - {type: grpo, dual_clip: 0, name: b}\n", 0, NULL);
+    cr_assert_eq(c.stages[0].dual_clip, 3.0);
+}
+
+Test(config_rl, adaptive_kl_needs_a_starting_beta) {
+    expect_error("stages:\n  - type: ppo\n    kl_target: 0.1\n",
+                 "t.yaml:3:16: stages.0.kl_target: the adaptive KL controller scales stages.0.beta, which stays 0 "
+                 "when it starts at 0; set beta > 0 or kl_target 0");
+    PonderConfig c;
+    expect_ok(&c, "stages:\n  - {type: ppo, kl_target: 0.1, beta: 0.01, kl_in_reward: true, kl_estimator: k1}\n", 0, NULL);
+}
+
+Test(config_rl, rl_rules_apply_to_every_rl_type) {
+    /* The same stage, each RL type: the rules that are not type-specific fire for all. */
+    static const char *const types[] = {"grpo", "ppo", "rloo", "reinforce_pp"};
+    for (size_t i = 0; i < 4; i++) {
+        char yaml[256];
+        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, mini_batches: 5}\n", types[i]);
+        expect_error(yaml, "stages.0.mini_batches: 5 does not divide the rollout");
+        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, max_new_tokens: 300}\n", types[i]);
+        expect_error(yaml, "stages.0.max_new_tokens: 300 leaves no room for a prompt");
+        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, dual_clip: 0.9}\n", types[i]);
+        expect_error(yaml, "stages.0.dual_clip: must be 0 (off) or > 1");
+        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, thought_dropout: 0.1}\n", types[i]);
+        expect_error(yaml, "stages.0.thought_dropout: thought dropout applies to sft stages");
+    }
+}
+
+Test(config_rl, derived_stage_values) {
+    PonderConfig c;
+    expect_ok(&c,
+              "optim: {lr: 0.01}\nstages:\n  - {type: grpo, epsilon: 0.1}\n"
+              "  - {type: ppo, epsilon_high: 0.28, lr: 0.002, value_lr: 0.5}\n  - {type: ppo, name: p2, lr: 0.003}\n",
+              0, NULL);
+    cr_assert_eq(config_stage_epsilon_high(&c, 0), 0.1, "0 = epsilon");
+    cr_assert_eq(config_stage_epsilon_high(&c, 1), 0.28);
+    cr_assert_eq(config_stage_value_lr(&c, 0), 0.01, "0 = the stage's lr, which is 0 = optim.lr");
+    cr_assert_eq(config_stage_value_lr(&c, 1), 0.5);
+    cr_assert_eq(config_stage_value_lr(&c, 2), 0.003);
+    cr_assert_not(config_stage_is_rl(CONFIG_STAGE_SFT));
+    cr_assert(config_stage_is_rl(CONFIG_STAGE_GRPO) && config_stage_is_rl(CONFIG_STAGE_PPO) &&
+              config_stage_is_rl(CONFIG_STAGE_RLOO) && config_stage_is_rl(CONFIG_STAGE_REINFORCE_PP));
+}
+
+/* ---------------------------------------------------------------- rewards ---*/
+
+Test(config_rewards, list_parses_with_defaults_for_unlisted_keys) {
+    PonderConfig c;
+    expect_ok(&c,
+              "rewards:\n  - {name: correct, type: math_verify, weight: 1.0}\n"
+              "  - name: format\n    type: think_format\n    weight: 0.1\n"
+              "  - {name: long, type: overlong, max_len: 40, buffer: 8}\n",
+              0, NULL);
+    cr_assert_eq(c.n_rewards, 3);
+    cr_assert_str_eq(c.rewards[0].name, "correct");
+    cr_assert_eq(c.rewards[0].type, REWARD_MATH_VERIFY);
+    cr_assert_eq(c.rewards[0].tolerance, 1e-6);
+    cr_assert_eq(c.rewards[0].timeout_s, 10.0);
+    cr_assert_str_eq(c.rewards[1].name, "format");
+    cr_assert_eq(c.rewards[1].type, REWARD_THINK_FORMAT);
+    cr_assert_eq(c.rewards[1].weight, 0.1);
+    cr_assert_eq(c.rewards[2].max_len, 40);
+    cr_assert_eq(c.rewards[2].buffer, 8);
+    cr_assert_eq(c.rewards[2].factor, 1.0);
+    cr_assert_eq(c.rewards[2].weight, 1.0);
+    cr_assert_eq(c.rewards[3].name[0], '\0', "unused slots stay zero");
+}
+
+Test(config_rewards, absent_null_or_empty_list_means_the_task_default) {
+    PonderConfig c, d;
+    config_defaults(&d);
+    expect_ok(&c, "rewards: []\n", 0, NULL);
+    cr_assert_eq(c.n_rewards, 0);
+    cr_assert_eq(memcmp(&c, &d, sizeof c), 0);
+    expect_ok(&c, "rewards:\n", 0, NULL);
+    cr_assert_eq(memcmp(&c, &d, sizeof c), 0);
+    expect_ok(&c, "rewards: ~\nstages: [{type: grpo}]\n", 0, NULL);
+    cr_assert_eq(c.n_rewards, 0);
+}
+
+Test(config_rewards, list_shape_errors) {
+    expect_error("rewards: {name: a}\n", "t.yaml:1:10: rewards: expected a list of rewards, found a mapping");
+    expect_error("rewards: [correct]\n", "t.yaml:1:11: rewards.0: expected a mapping of reward keys, found a scalar");
+    expect_error("rewards: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}, {name: g}, {name: h},"
+                 " {name: i}]\n",
+                 "t.yaml:1:10: rewards: at most 8 rewards, found 9");
+    expect_error("rewards:\n  - name: a\n    wieght: 2\n",
+                 "t.yaml:3:5: unknown key 'rewards.0.wieght'; did you mean 'rewards.0.weight'?");
+    expect_error("rewards:\n  - {name: a, name: b}\n", "duplicate key 'rewards.0.name' (first at 2:6)");
+    expect_error("rewards:\n  - {name: a, type: exactt}\n",
+                 "t.yaml:2:21: rewards.0.type: expected one of [math_verify, exact, think_format, overlong, length, "
+                 "external, plugin], found 'exactt'; did you mean 'exact'?");
+    expect_error("rewards:\n  - {name: a, unit: lines}\n", "rewards.0.unit: expected one of [tokens, steps], found 'lines'");
+    expect_error("rewards:\n  - {name: a, timeout_s: 0}\n", "t.yaml:2:26: rewards.0.timeout_s: must be > 0, found 0");
+    expect_error("rewards:\n  - {name: a, tolerance: -1}\n", "rewards.0.tolerance: must be >= 0, found -1");
+    expect_error("rewards:\n  - {name: a, cap: -1}\n", "rewards.0.cap: must be >= 0, found -1");
+    expect_error("rewards:\n  - {name: a, weight: lots}\n", "rewards.0.weight: expected a number, found 'lots'");
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "rewards:\n  - name: %064d\n", 0);
+    expect_error(yaml, "t.yaml:2:11: rewards.0.name: at most 63 bytes, found 64");
+}
+
+Test(config_rewards, names_are_required_well_formed_and_unique) {
+    /* name left out: the message points at the type, else at the item */
+    expect_error("rewards:\n  - {type: exact}\n",
+                 "t.yaml:2:12: rewards.0.name: every reward needs a name (it labels the reward's metrics)");
+    expect_error("rewards:\n  - {weight: 2}\n", "t.yaml:2:5: rewards.0.name: every reward needs a name");
+    expect_error("rewards:\n  - name: ''\n", "t.yaml:2:11: rewards.0.name: every reward needs a name");
+    expect_error("rewards:\n  - {name: a b}\n",
+                 "t.yaml:2:12: rewards.0.name: \"a b\" may use only letters, digits, '_' and '-' (it becomes a metric name)");
+    expect_error("rewards:\n  - {name: x.y}\n", "rewards.0.name: \"x.y\" may use only letters");
+    expect_error("rewards:\n  - {name: ok}\n  - {name: fine, type: exact}\n  - {name: ok, type: think_format}\n",
+                 "t.yaml:4:12: rewards.2.name: 'ok' is also the name of rewards.0; reward names must differ");
+}
+
+Test(config_rewards, type_specific_fields) {
+    expect_error("rewards:\n  - {name: judge, type: external}\n",
+                 "t.yaml:2:25: rewards.0.command: an external reward needs a command (a shell line that answers JSON lines)");
+    expect_error("rewards:\n  - {name: p, type: plugin, config: '{}'}\n",
+                 "t.yaml:2:21: rewards.0.path: a plugin reward needs path (a shared object)");
+    expect_error("rewards:\n  - name: long\n    type: overlong\n    max_len: 40\n",
+                 "t.yaml:3:11: rewards.0.buffer: overlong needs 0 < buffer <= max_len (the penalty ramps over the last "
+                 "buffer tokens before max_len), found max_len 40, buffer 0 (DAPO: max_len 20480, buffer 4096)");
+    expect_error("rewards:\n  - name: long\n    type: overlong\n    max_len: 40\n    buffer: 41\n",
+                 "t.yaml:5:13: rewards.0.buffer: overlong needs 0 < buffer <= max_len");
+    expect_error("rewards:\n  - {name: long, type: overlong, buffer: 8}\n",
+                 "t.yaml:2:24: rewards.0.max_len: overlong needs 0 < buffer <= max_len");
+    expect_error("rewards:\n  - {name: len, type: length, unit: steps}\n",
+                 "t.yaml:2:23: rewards.0.cap: length needs cap > 0 (the step count that earns the full reward), found 0");
+    expect_error("rewards:\n  - {name: len, type: length}\n", "rewards.0.cap: length needs cap > 0 (the token count");
+    expect_error("rewards:\n  - {name: m, tolerance: 1}\n",
+                 "t.yaml:2:26: rewards.0.tolerance: math_verify needs a relative tolerance in [0, 1), found 1");
+    /* fields of other types are ignored */
+    PonderConfig c;
+    expect_ok(&c,
+              "rewards:\n  - {name: a, type: think_format, tolerance: 5, max_len: 1, buffer: 9}\n"
+              "  - {name: b, type: overlong, max_len: 8, buffer: 8, cap: 0}\n"
+              "  - {name: c, type: external, command: 'true', path: ''}\n  - {name: d, type: plugin, path: x.so}\n",
+              0, NULL);
+}
+
+Test(config_rewards, extends_replaces_the_list_whole) {
+    PonderConfig c;
+    PonderError err = {0};
+    cr_assert_eq(config_load(&c, DATA "rewards_base.yaml", 0, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(c.n_rewards, 2);
+    cr_assert_eq(c.scoring.combine, REWARD_COMBINE_SUM_THEN_NORMALIZE);
+    int rc = config_load_string(&c, "extends: rewards_base.yaml\nrewards:\n  - {name: only, type: exact}\n",
+                                DATA "inline.yaml", 0, NULL, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_assert_eq(c.n_rewards, 1, "the child's list replaces the parent's");
+    cr_assert_str_eq(c.rewards[0].name, "only");
+    cr_assert_eq(c.rewards[0].weight, 1.0, "replaced items start from the defaults, not the parent's item");
+    cr_assert_eq(c.rewards[1].name[0], '\0', "slots past the new list are cleared");
+    cr_assert_eq(c.scoring.combine, REWARD_COMBINE_SUM_THEN_NORMALIZE, "scoring merges key by key");
+    rc = config_load_string(&c, "extends: rewards_base.yaml\nscoring: {eps: 0.5}\n", DATA "inline.yaml", 0, NULL, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_assert_eq(c.n_rewards, 2, "a child without rewards keeps the parent's");
+    cr_assert_eq(c.rewards[1].weight, 0.1);
+    cr_assert_eq(c.scoring.eps, 0.5);
+    rc = config_load_string(&c, "extends: rewards_base.yaml\nrewards: []\n", DATA "inline.yaml", 0, NULL, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_assert_eq(c.n_rewards, 0, "an empty list in the child goes back to the task's default");
+    cr_assert_eq(c.rewards[0].name[0], '\0');
+}
+
+Test(config_rewards, error_after_merge_points_into_the_child) {
+    PonderError err = {0};
+    PonderConfig c;
+    int rc = config_load_string(&c, "extends: rewards_base.yaml\nrewards:\n  - {name: a}\n  - {name: a}\n",
+                                DATA "inline.yaml", 0, NULL, &err);
+    cr_assert_neq(rc, 0);
+    cr_assert(strstr(err.msg, "inline.yaml:4:12: rewards.1.name: 'a' is also the name of rewards.0"), "%s", err.msg);
+}
+
+Test(config_rewards, overrides_set_and_append) {
+    PonderConfig c;
+    char *overrides[] = {"rewards.0.weight=3", "rewards.2.name=fmt", "rewards.2.type=think_format",
+                         "rewards.3.type=length", "rewards.3.name=len", "rewards.3.cap=12", "scoring.eps=0.01"};
+    expect_ok(&c, "rewards:\n  - {name: a}\n  - {name: b, type: exact}\n", 7, overrides);
+    cr_assert_eq(c.n_rewards, 4, "rewards.<n_rewards>.* appends");
+    cr_assert_eq(c.rewards[0].weight, 3.0);
+    cr_assert_str_eq(c.rewards[2].name, "fmt");
+    cr_assert_eq(c.rewards[2].type, REWARD_THINK_FORMAT);
+    cr_assert_eq(c.rewards[2].weight, 1.0, "an appended reward starts at the defaults");
+    cr_assert_eq(c.rewards[3].cap, 12);
+    cr_assert_eq(c.scoring.eps, 0.01);
+    char *onto_empty[] = {"rewards.0.name=correct"};
+    expect_ok(&c, "", 1, onto_empty);
+    cr_assert_eq(c.n_rewards, 1);
+    cr_assert_eq(c.rewards[0].type, REWARD_MATH_VERIFY);
+    expect_round_trip(&c);
+}
+
+Test(config_rewards, override_errors) {
+    expect_override_error("rewards.1.name=x", "override 'rewards.1.name=x': rewards.1: no such reward; there are 0 "
+                                              "(rewards.0.* appends one, up to 8)");
+    expect_override_error("rewards=[]", "override 'rewards=[]': rewards: override one reward key, as rewards.<i>.<key>");
+    expect_override_error("rewards.a.name=x", "override 'rewards.a.name=x': rewards.a.name: override one reward key");
+    expect_override_error("rewards.0=x", "override 'rewards.0=x': rewards.0: override one reward key");
+    expect_override_error("rewards.0.nmae=x",
+                          "override 'rewards.0.nmae=x': unknown key 'rewards.0.nmae'; did you mean 'rewards.0.name'?");
+    expect_override_error("rewards.0.weight=heavy",
+                          "override 'rewards.0.weight=heavy': rewards.0.weight: expected a number, found 'heavy'");
+    /* the append itself is valid; the missing name is found by validation, at the override */
+    expect_override_error("rewards.0.type=external",
+                          "override 'rewards.0.type=external': rewards.0.name: every reward needs a name");
+    char *eight[9];
+    char text[9][32];
+    for (int i = 0; i < 9; i++) {
+        snprintf(text[i], sizeof text[i], "rewards.%d.name=r%d", i, i);
+        eight[i] = text[i];
+    }
+    PonderConfig c;
+    expect_ok(&c, "", 8, eight);
+    cr_assert_eq(c.n_rewards, 8);
+    expect_error_n("", 9, eight, "override 'rewards.8.name=r8': rewards.8: no such reward; there are 8");
+}
+
+Test(config_rewards, a_failed_override_leaves_the_item_unchanged) {
+    PonderConfig c;
+    PonderError err = {0};
+    expect_ok(&c, "rewards: [{name: a, weight: 2}]\n", 0, NULL);
+    cr_assert_neq(config_apply_override(&c, "rewards.0.timeout_s=-1", &err), 0);
+    cr_assert_str_eq(err.msg, "override 'rewards.0.timeout_s=-1': rewards.0.timeout_s: must be > 0, found -1");
+    cr_assert_eq(c.rewards[0].timeout_s, 10.0);
+    cr_assert_neq(config_apply_override(&c, "rewards.1.timeout_s=-1", &err), 0);
+    cr_assert_eq(c.n_rewards, 1, "a failed append appends nothing");
+}
+
+Test(config_rewards, specs_from_the_config) {
+    PonderConfig c;
+    PonderError err = {0};
+    expect_ok(&c,
+              "rewards:\n  - {name: correct, type: math_verify, weight: 1.0, tolerance: 0.01}\n"
+              "  - {name: format, type: think_format, weight: 0.1}\n"
+              "  - {name: long, type: overlong, max_len: 40, buffer: 8, factor: 0.5}\n"
+              "  - {name: steps, type: length, unit: steps, cap: 4}\n"
+              "  - {name: judge, type: external, command: 'cat', timeout_s: 3}\n"
+              "  - {name: plug, type: plugin, path: lib.so, config: '{\"a\": 1}'}\n",
+              0, NULL);
+    RewardSpec specs[CONFIG_MAX_REWARDS];
+    int n = -1;
+    cr_assert_eq(config_reward_specs(&c, specs, CONFIG_MAX_REWARDS, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(n, 6);
+    cr_assert_eq(specs[0].name, c.rewards[0].name, "names point into the config");
+    cr_assert_eq(specs[0].type, REWARD_MATH_VERIFY);
+    cr_assert_eq(specs[0].tolerance, 0.01);
+    cr_assert_null(specs[0].command, "\"\" reads as NULL");
+    cr_assert_null(specs[0].path);
+    cr_assert_null(specs[0].config_json);
+    cr_assert_null(specs[0].argv);
+    cr_assert_eq(specs[0].n_outputs, 0);
+    cr_assert_eq(specs[1].type, REWARD_THINK_FORMAT);
+    cr_assert_eq(specs[1].weight, 0.1);
+    cr_assert_eq(specs[2].max_len, 40);
+    cr_assert_eq(specs[2].buffer, 8);
+    cr_assert_eq(specs[2].factor, 0.5);
+    cr_assert_eq(specs[3].unit, REWARD_LENGTH_STEPS);
+    cr_assert_eq(specs[3].cap, 4);
+    cr_assert_str_eq(specs[4].command, "cat");
+    cr_assert_eq(specs[4].timeout_s, 3.0);
+    cr_assert_str_eq(specs[5].path, "lib.so");
+    cr_assert_str_eq(specs[5].config_json, "{\"a\": 1}");
+    for (int i = 0; i < n; i++) cr_assert_eq(reward_spec_validate(&specs[i], &err), 0, "%s", err.msg);
+    /* room for fewer than configured */
+    cr_assert_neq(config_reward_specs(&c, specs, 2, &n, &err), 0);
+    cr_assert_str_eq(err.msg, "rewards: 6 rewards configured, room for 2");
+    cr_assert_eq(n, 0);
+    /* none configured: the caller uses the task's default */
+    config_defaults(&c);
+    n = -1;
+    cr_assert_eq(config_reward_specs(&c, specs, CONFIG_MAX_REWARDS, &n, &err), 0);
+    cr_assert_eq(n, 0);
+}
+
+Test(config_rewards, the_specs_build_real_rewards) {
+    PonderConfig c;
+    PonderError err = {0};
+    expect_ok(&c, "rewards:\n  - {name: correct, type: math_verify}\n  - {name: format, type: think_format, weight: 0.1}\n",
+              0, NULL);
+    RewardSpec specs[CONFIG_MAX_REWARDS];
+    int n;
+    cr_assert_eq(config_reward_specs(&c, specs, CONFIG_MAX_REWARDS, &n, &err), 0, "%s", err.msg);
+    RewardSet *set = NULL;
+    cr_assert_eq(reward_set_create(&set, specs, n, c.scoring.combine, c.scoring.eps, &err), 0, "%s", err.msg);
+    cr_assert_eq(reward_set_n_components(set), 2);
+    cr_assert_str_eq(reward_set_component_name(set, 1), "format");
+    cr_assert_eq(reward_set_component_weight(set, 1), 0.1);
+    reward_set_free(set);
+}
+
+Test(config_rewards, validate_checks_code_built_rewards) {
+    static PonderConfig c;
+    PonderError err = {0};
+    config_defaults(&c);
+    c.n_rewards = 9;
+    cr_assert_neq(config_validate(&c, &err), 0);
+    cr_assert_str_eq(err.msg, "rewards: needs 0 to 8 rewards, found 9");
+    config_defaults(&c);
+    c.n_rewards = 1;
+    snprintf(c.rewards[0].name, sizeof c.rewards[0].name, "w");
+    c.rewards[0].type = REWARD_THINK_FORMAT;
+    c.rewards[0].timeout_s = 10;
+    c.rewards[0].weight = NAN; /* no range on weight: the reward module's own check catches it */
+    cr_assert_neq(config_validate(&c, &err), 0);
+    cr_assert_str_eq(err.msg, "rewards.0: reward \"w\": weight must be finite, got nan");
+    cr_assert_neq(config_reward_specs(&c, (RewardSpec[1]){0}, 1, &(int){0}, &err), 0);
+    cr_assert_str_eq(err.msg, "rewards.0: reward \"w\": weight must be finite, got nan");
+    c.rewards[0].weight = 1;
+    c.rewards[0].type = (RewardType)42;
+    cr_assert_neq(config_validate(&c, &err), 0);
+    cr_assert_str_eq(err.msg, "rewards.0.type: enum value 42 is out of range");
+}
+
+Test(config_rewards, written_list_round_trips) {
+    PonderConfig c;
+    config_defaults(&c);
+    char *text = config_to_yaml_string(&c);
+    cr_assert(strstr(text, "\nrewards: [] "), "%s", text);
+    cr_assert(strstr(text, "\nscoring:\n  combine: sum "), "%s", text);
+    free(text);
+    expect_ok(&c, "rewards:\n  - {name: a, config: \"{\\\"x\\\": \\\"\\\\n\\\"}\", command: \"a\\tb\"}\n", 0, NULL);
+    cr_assert_str_eq(c.rewards[0].config, "{\"x\": \"\\n\"}");
+    cr_assert_str_eq(c.rewards[0].command, "a\tb");
+    text = config_to_yaml_string(&c);
+    cr_assert(strstr(text, "\nrewards:  "), "%s", text);
+    cr_assert(strstr(text, "\n  - name: \"a\" "), "%s", text);
+    free(text);
+    expect_round_trip(&c);
+}
+
+Test(config_rewards, long_strings_round_trip) {
+    static PonderConfig c;
+    static char yaml[8192], override[2048];
+    /* the longest command, every byte escaped when written */
+    char command[CONFIG_TEXT_MAX];
+    memset(command, '\x01', sizeof command - 1);
+    command[sizeof command - 1] = '\0';
+    snprintf(override, sizeof override, "rewards.0.command=%s", command);
+    char *overrides[] = {"rewards.0.name=x", "rewards.0.type=external", override};
+    snprintf(yaml, sizeof yaml, "%s", "");
+    expect_ok(&c, yaml, 3, overrides);
+    cr_assert_eq(strlen(c.rewards[0].command), CONFIG_TEXT_MAX - 1);
+    expect_round_trip(&c);
 }
 
 /* ---------------------------------------------------------------- derived ---*/
@@ -660,6 +1183,68 @@ Test(config_shipped, every_config_loads) {
     cr_assert_geq(loaded, 3);
 }
 
+static void load_shipped(PonderConfig *c, const char *name) {
+    char path[1024];
+    PonderError err = {0};
+    snprintf(path, sizeof path, "%s/configs/%s", PONDER_SOURCE_DIR, name);
+    cr_assert_eq(config_load(c, path, 0, NULL, &err), 0, "%s: %s", name, err.msg);
+}
+
+Test(config_shipped, rl_recipes) {
+    static const struct {
+        const char *file, *stage;
+        ConfigStageType type;
+        int n_rewards;
+    } recipes[] = {
+        {"grpo_arith.yaml", "grpo", CONFIG_STAGE_GRPO, 2},
+        {"dapo_arith.yaml", "dapo", CONFIG_STAGE_GRPO, 3},
+        {"ppo_arith.yaml", "ppo", CONFIG_STAGE_PPO, 2},
+        {"rloo_arith.yaml", "rloo", CONFIG_STAGE_RLOO, 2},
+    };
+    for (size_t i = 0; i < sizeof recipes / sizeof recipes[0]; i++) {
+        PonderConfig c;
+        load_shipped(&c, recipes[i].file);
+        cr_assert_eq(c.n_stages, 2, "%s", recipes[i].file);
+        cr_assert_eq(c.stages[0].type, CONFIG_STAGE_SFT);
+        cr_assert_eq(c.stages[0].thought_dropout, 0.3);
+        cr_assert_str_eq(config_stage_name(&c, 1), recipes[i].stage);
+        const ConfigStage *rl = &c.stages[1];
+        cr_assert_eq(rl->type, recipes[i].type, "%s", recipes[i].file);
+        cr_assert_eq(rl->prompts_per_step, 16);
+        cr_assert_eq(rl->num_generations, 8);
+        cr_assert_eq(rl->temperature, 1.0);
+        cr_assert_eq(rl->max_new_tokens, 48);
+        cr_assert_eq(rl->loss_type, ALGO_LOSS_DAPO);
+        cr_assert_eq(rl->beta, 0.0);
+        cr_assert_eq(rl->steps, 100);
+        cr_assert_eq(config_stage_lr(&c, 1), 1e-4);
+        cr_assert_eq(c.data.min_digits, 1);
+        cr_assert_eq(c.data.max_digits, 3);
+        cr_assert_eq(c.data.eval_min_digits, 3);
+        cr_assert_eq(c.data.eval_max_digits, 3);
+        cr_assert_eq(c.n_rewards, recipes[i].n_rewards, "%s", recipes[i].file);
+        cr_assert_str_eq(c.rewards[0].name, "correct");
+        cr_assert_eq(c.rewards[0].type, REWARD_MATH_VERIFY);
+        cr_assert_eq(c.rewards[0].weight, 1.0);
+        cr_assert_str_eq(c.rewards[1].name, "format");
+        cr_assert_eq(c.rewards[1].type, REWARD_THINK_FORMAT);
+        cr_assert_eq(c.rewards[1].weight, 0.1);
+        RewardSpec specs[CONFIG_MAX_REWARDS];
+        int n;
+        PonderError err = {0};
+        cr_assert_eq(config_reward_specs(&c, specs, CONFIG_MAX_REWARDS, &n, &err), 0, "%s", err.msg);
+    }
+    PonderConfig c;
+    load_shipped(&c, "dapo_arith.yaml");
+    cr_assert_eq(config_stage_epsilon_high(&c, 1), 0.28);
+    cr_assert(c.stages[1].dynamic_sampling);
+    cr_assert_eq(c.rewards[2].type, REWARD_OVERLONG);
+    cr_assert_eq(c.rewards[2].max_len, c.stages[1].max_new_tokens);
+    load_shipped(&c, "ppo_arith.yaml");
+    cr_assert_eq(c.stages[1].num_iterations, 2);
+    cr_assert_eq(c.stages[1].mini_batches, 2);
+}
+
 Test(config_shipped, gpt2_124m_shapes) {
     PonderConfig c;
     PonderError err = {0};
@@ -701,6 +1286,20 @@ Test(config_cli, config_prints_the_resolved_yaml) {
     cr_assert_eq(c.model.n_layer, 2);
 }
 
+Test(config_cli, config_prints_the_rl_recipes) {
+    static char out[65536];
+    cr_assert_eq(run_ponder("config " PONDER_SOURCE_DIR "/configs/dapo_arith.yaml stages.1.dual_clip=10", out,
+                            sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "\n  - name: \"overlong\" "), "%s", out);
+    PonderConfig c;
+    expect_ok(&c, out, 0, NULL);
+    cr_assert_eq(c.stages[1].dual_clip, 10.0);
+    cr_assert_eq(c.n_rewards, 3);
+    cr_assert_eq(run_ponder("config " PONDER_SOURCE_DIR "/configs/grpo_arith.yaml stages.1.mini_batches=3", out,
+                            sizeof out), 2);
+    cr_assert(strstr(out, "override 'stages.1.mini_batches=3': stages.1.mini_batches: 3 does not divide"), "%s", out);
+}
+
 Test(config_cli, config_errors_exit_2) {
     static char out[65536];
     cr_assert_eq(run_ponder("config " PONDER_SOURCE_DIR "/configs/tiny.yaml model.n_layr=2", out, sizeof out), 2);
@@ -709,10 +1308,10 @@ Test(config_cli, config_errors_exit_2) {
     cr_assert(strstr(out, "usage: ponder config CONFIG"), "%s", out);
 }
 
-Test(config_cli, pending_and_unknown_commands_exit_2) {
+Test(config_cli, config_errors_of_other_commands_and_unknown_commands_exit_2) {
     static char out[4096];
     cr_assert_eq(run_ponder("train x.yaml", out, sizeof out), 2);
-    cr_assert(strstr(out, "ponder train: not available yet"), "%s", out);
+    cr_assert(strstr(out, "ponder train: cannot open config 'x.yaml'"), "%s", out);
     cr_assert_eq(run_ponder("frobnicate", out, sizeof out), 2);
     cr_assert(strstr(out, "unknown command 'frobnicate'"), "%s", out);
     cr_assert_eq(run_ponder("--help", out, sizeof out), 0);

@@ -13,6 +13,7 @@
 #include <string.h>   /* strchr, strncmp */
 
 #include "trainer/config_schema.h" /* ConfigKey, config_keys, config_format_value */
+#include "rewards/reward.h"        /* RewardSpec, reward_spec_defaults, reward_spec_validate */
 
 /* ---------------------------------------------------------------- writing ---*/
 
@@ -24,15 +25,17 @@ static void write_line(FILE *f, const char *lead, const char *name, const char *
     fprintf(f, "%*s# %s\n", width < CONFIG_DOC_COLUMN ? CONFIG_DOC_COLUMN - width : 1, "", doc);
 }
 
-static void write_stages(const PonderConfig *cfg, FILE *f, const ConfigKey *list_key) {
+/* A list of mappings, every key of every item; an empty list as `[]`. */
+static void write_list(const PonderConfig *cfg, FILE *f, const ConfigKey *list_key) {
     char value[CONFIG_VALUE_TEXT_MAX];
-    size_t n;
-    const ConfigKey *keys = config_stage_keys(&n);
-    write_line(f, "", list_key->path, "", list_key->doc);
-    for (int s = 0; s < cfg->n_stages; s++) {
-        for (size_t i = 0; i < n; i++) {
-            config_format_value(&keys[i], &cfg->stages[s], value, sizeof value);
-            write_line(f, i == 0 ? "  - " : "    ", keys[i].path, value, keys[i].doc);
+    const ConfigList *list = config_find_list(list_key->path);
+    int count = config_list_count(list, cfg);
+    write_line(f, "", list_key->path, count ? "" : "[]", list_key->doc);
+    for (int s = 0; s < count; s++) {
+        const void *item = config_list_item_const(list, cfg, s);
+        for (size_t i = 0; i < list->n_keys; i++) {
+            config_format_value(&list->keys[i], item, value, sizeof value);
+            write_line(f, i == 0 ? "  - " : "    ", list->keys[i].path, value, list->keys[i].doc);
         }
     }
 }
@@ -45,8 +48,9 @@ int config_write_yaml(const PonderConfig *cfg, FILE *f) {
     fprintf(f, "# ponder config, resolved: defaults, extends and overrides applied\n");
     for (size_t i = 0; i < n; i++) {
         const ConfigKey *k = &keys[i];
-        if (k->type == CONFIG_STAGES) {
-            write_stages(cfg, f, k);
+        if (k->type == CONFIG_LIST) {
+            write_list(cfg, f, k);
+            section = "", section_len = 0; /* a section after a list needs its header again */
             continue;
         }
         const char *dot = strchr(k->path, '.');
@@ -131,6 +135,21 @@ int64_t config_stage_eval_every(const PonderConfig *cfg, int stage) {
     return v ? v : cfg->eval.every;
 }
 
+bool config_stage_is_rl(ConfigStageType type) {
+    return type == CONFIG_STAGE_GRPO || type == CONFIG_STAGE_PPO || type == CONFIG_STAGE_RLOO ||
+           type == CONFIG_STAGE_REINFORCE_PP;
+}
+
+double config_stage_epsilon_high(const PonderConfig *cfg, int stage) {
+    const ConfigStage *s = &cfg->stages[stage];
+    return s->epsilon_high != 0 ? s->epsilon_high : s->epsilon;
+}
+
+double config_stage_value_lr(const PonderConfig *cfg, int stage) {
+    double v = cfg->stages[stage].value_lr;
+    return v != 0 ? v : config_stage_lr(cfg, stage);
+}
+
 const char *config_stage_name(const PonderConfig *cfg, int stage) {
     const ConfigStage *s = &cfg->stages[stage];
     return s->name[0] ? s->name : config_stage_type_name(s->type);
@@ -154,4 +173,40 @@ int config_checkpoint_dir(const PonderConfig *cfg, char *buf, size_t size, Ponde
     int rc = config_run_dir(cfg, run, sizeof run, err);
     if (rc) return rc;
     return fit(buf, size, snprintf(buf, size, "%s/checkpoints", run), "checkpoint.dir", err);
+}
+
+/* ---------------------------------------------------------------- rewards ---*/
+
+void config_reward_to_spec(const ConfigReward *r, RewardSpec *s) {
+    reward_spec_defaults(s, r->type, r->name);
+    s->weight = r->weight;
+    s->tolerance = r->tolerance;
+    s->max_len = r->max_len;
+    s->buffer = r->buffer;
+    s->factor = r->factor;
+    s->unit = r->unit;
+    s->cap = r->cap;
+    s->command = r->command[0] ? r->command : NULL;
+    s->timeout_s = r->timeout_s;
+    s->path = r->path[0] ? r->path : NULL;
+    s->config_json = r->config[0] ? r->config : NULL;
+}
+
+int config_reward_specs(const PonderConfig *cfg, RewardSpec *out, int max, int *n, PonderError *err) {
+    *n = 0;
+    if (cfg->n_rewards < 0 || cfg->n_rewards > CONFIG_MAX_REWARDS)
+        return ponder_error(err, PONDER_ERR_CONFIG, "rewards: %d rewards, expected 0 to %d", cfg->n_rewards,
+                            CONFIG_MAX_REWARDS);
+    if (cfg->n_rewards > max)
+        return ponder_error(err, PONDER_ERR_CONFIG, "rewards: %d rewards configured, room for %d", cfg->n_rewards, max);
+    for (int i = 0; i < cfg->n_rewards; i++) {
+        config_reward_to_spec(&cfg->rewards[i], &out[i]);
+        int rc = reward_spec_validate(&out[i], err);
+        if (rc) {
+            ponder_error_prefix(err, "rewards.%d: ", i);
+            return rc;
+        }
+    }
+    *n = cfg->n_rewards;
+    return 0;
 }

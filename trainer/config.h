@@ -15,13 +15,25 @@
  * the parent first and lets the child override it key by key: mappings merge
  * deeply, but a `stages:` list in the child REPLACES the parent's list whole —
  * merging lists by index silently mixes two pipelines when their lengths differ.
- * To change one stage of a parent, override it: `stages.0.steps=10`. Cycles are
- * an error naming every file in the cycle.
+ * To change one stage of a parent, override it: `stages.0.steps=10`. The
+ * `rewards:` list follows the same rule (a child's list, even `rewards: []`,
+ * replaces the parent's). Cycles are an error naming every file in the cycle.
+ *
+ * Rewards: `rewards:` lists up to CONFIG_MAX_REWARDS named, weighted reward
+ * components (rewards/reward.h), combined as `scoring:` says
+ * (rewards/reward_set.h). An absent or empty list means "the task's default":
+ * the trainer supplies the rewards then, so n_rewards == 0 is valid.
+ * config_reward_specs() turns the list into RewardSpecs.
+ *
+ * RL stage keys (num_generations ... cliprange_value) are used by the stage
+ * types grpo, ppo, rloo and reinforce_pp; an sft stage ignores them but they
+ * are still parsed, validated for range and written, so a config round-trips.
  *
  * Zero means "derive" for several keys (model.vocab_size, model.n_kv_head,
- * model.d_ff, run.dir, checkpoint.dir, stage name/seq_len/lr/eval_every). The struct
- * keeps the 0 so a written config round-trips exactly; config_model() and the
- * config_stage_*() / config_*_dir() helpers return resolved values.
+ * model.d_ff, run.dir, checkpoint.dir, stage name/seq_len/lr/eval_every/
+ * epsilon_high/value_lr). The struct keeps the 0 so a written config
+ * round-trips exactly; config_model() and the config_stage_*() /
+ * config_*_dir() helpers return resolved values.
  *
  * Errors carry `file:line:column: ` (1-based) for keys from a file and
  * `override 'k=v': ` for keys from the command line. */
@@ -33,12 +45,19 @@
 #include <stdint.h>  /* int64_t */
 #include <stdio.h>   /* FILE */
 
-#include "model/model.h" /* ModelConfig, ModelArch */
-#include "util/error.h"  /* PonderError */
+#include "algos/advantage.h"   /* AlgoScaleRewards */
+#include "algos/kl.h"          /* AlgoKlEstimator */
+#include "algos/loss.h"        /* AlgoLossType, AlgoRatioLevel */
+#include "model/model.h"       /* ModelConfig, ModelArch */
+#include "rewards/reward.h"    /* RewardSpec, RewardType, RewardLengthUnit, REWARD_NAME_MAX */
+#include "rewards/reward_set.h" /* RewardCombine */
+#include "util/error.h"        /* PonderError */
 
 #define CONFIG_MAX_STAGES 8
-#define CONFIG_NAME_MAX 128 /* names, short strings */
-#define CONFIG_PATH_MAX 512 /* file paths */
+#define CONFIG_MAX_REWARDS 8
+#define CONFIG_NAME_MAX 128  /* names, short strings */
+#define CONFIG_PATH_MAX 512  /* file paths */
+#define CONFIG_TEXT_MAX 1024 /* shell lines, JSON text; the longest string field */
 
 typedef enum { CONFIG_DEVICE_CPU = 0, CONFIG_DEVICE_CUDA = 1 } ConfigDevice;
 typedef enum { CONFIG_TOKENIZER_CHAR = 0, CONFIG_TOKENIZER_BPE = 1 } ConfigTokenizerType;
@@ -149,7 +168,60 @@ typedef struct ConfigStage {
     int64_t max_bad_steps; /* non-finite steps in a row before stopping */
     int64_t log_every;
     int64_t eval_every; /* 0 = eval.every */
+
+    /* RL stages (grpo, ppo, rloo, reinforce_pp); ignored by sft. One step is
+     * one rollout of prompts_per_step * num_generations completions, trained
+     * on for num_iterations passes of mini_batches optimizer steps each. */
+    int64_t num_generations;  /* G: samples per prompt */
+    int64_t prompts_per_step;
+    int64_t mini_batches;     /* optimizer steps per pass; divides prompts_per_step * num_generations */
+    int64_t num_iterations;   /* passes over each rollout (PPO epochs) */
+    double temperature;       /* rollout sampling */
+    double top_p;
+    int64_t top_k; /* 0 = off */
+    double min_p;  /* 0 = off */
+    int64_t max_new_tokens;
+    AlgoScaleRewards scale_rewards;
+    AlgoLossType loss_type;
+    double epsilon;      /* lower clip */
+    double epsilon_high; /* 0 = epsilon */
+    double dual_clip;    /* 0 = off, else > 1 */
+    AlgoRatioLevel ratio_level;
+    double beta; /* KL coefficient; 0 = no reference model */
+    AlgoKlEstimator kl_estimator;
+    bool kl_in_reward;  /* false: KL in the loss */
+    double kl_target;   /* 0 = fixed beta; else the adaptive controller's target */
+    int64_t kl_horizon; /* adaptive controller horizon */
+    double entropy_coef;
+    bool rpp_baseline; /* reinforce_pp: subtract the group mean */
+    bool dynamic_sampling;
+    int64_t max_resample_rounds;
+    bool mask_truncated;
+    double gamma, lam;     /* GAE (ppo), discount (reinforce_pp) */
+    double value_lr;       /* 0 = the stage's lr */
+    double cliprange_value;
 } ConfigStage;
+
+/* One reward component; fields a type does not use are ignored (rewards/reward.h). */
+typedef struct ConfigReward {
+    char name[REWARD_NAME_MAX]; /* unique; labels the reward's metrics */
+    RewardType type;
+    double weight;
+    double tolerance;        /* math_verify */
+    int64_t max_len, buffer; /* overlong */
+    double factor;           /* overlong */
+    RewardLengthUnit unit;   /* length */
+    int64_t cap;             /* length */
+    char command[CONFIG_TEXT_MAX]; /* external: run as /bin/sh -c command */
+    double timeout_s;              /* external */
+    char path[CONFIG_PATH_MAX];    /* plugin: the shared object */
+    char config[CONFIG_TEXT_MAX];  /* plugin: JSON text for ponder_reward_init; "" = {} */
+} ConfigReward;
+
+typedef struct ConfigScoring {
+    RewardCombine combine;
+    double eps;
+} ConfigScoring;
 
 typedef struct PonderConfig {
     ConfigRun run;
@@ -160,6 +232,9 @@ typedef struct PonderConfig {
     ConfigData data;
     ConfigCheckpoint checkpoint;
     ConfigEval eval;
+    int n_rewards; /* 0 = the task's default rewards */
+    ConfigReward rewards[CONFIG_MAX_REWARDS];
+    ConfigScoring scoring;
     int n_stages;
     ConfigStage stages[CONFIG_MAX_STAGES];
 } PonderConfig;
@@ -168,10 +243,11 @@ typedef struct PonderConfig {
  * All loaders fill *cfg completely (defaults first) and return 0, or return an
  * error code with err filled; *cfg is then unspecified. overrides are
  * "a.b=value" strings (argv-style), applied in order after the file; stage keys
- * are addressed as "stages.<i>.<key>", and i == n_stages appends a stage. */
+ * are addressed as "stages.<i>.<key>", and i == n_stages appends a stage;
+ * reward keys likewise as "rewards.<i>.<key>" (i == n_rewards appends). */
 
 /* Zeroes *cfg (padding and string tails included, so equal configs memcmp
- * equal) and sets every schema default: one sft stage. */
+ * equal) and sets every schema default: one sft stage, no rewards. */
 void config_defaults(PonderConfig *cfg);
 
 int config_load(PonderConfig *cfg, const char *path, int n_overrides, char *const *overrides,
@@ -221,5 +297,20 @@ int config_checkpoint_dir(const PonderConfig *cfg, char *buf, size_t size, Ponde
 /* The stage's name, or its type's name ("sft") when the config leaves it "". */
 const char *config_stage_name(const PonderConfig *cfg, int stage);
 const char *config_stage_type_name(ConfigStageType type);
+/* True for grpo, ppo, rloo and reinforce_pp: the stages that use the RL keys. */
+bool config_stage_is_rl(ConfigStageType type);
+/* The stage's epsilon_high (epsilon when 0) and value_lr (the stage's lr when 0). */
+double config_stage_epsilon_high(const PonderConfig *cfg, int stage);
+double config_stage_value_lr(const PonderConfig *cfg, int stage);
+
+/* ---------------------------------------------------------------- rewards ---
+ * Fills out[0..*n) with one RewardSpec per configured reward (reward_spec_defaults,
+ * then every field the config sets; "" command, path and config read as NULL)
+ * and checks each with reward_spec_validate. *n = 0 when the config lists no
+ * rewards: the caller then uses the task's default rewards. The specs' strings
+ * point into cfg: they stay valid while cfg is alive and unchanged, which is
+ * all reward_create / reward_set_create need (they copy them). Fails with
+ * PONDER_ERR_CONFIG when cfg has more than max rewards. */
+int config_reward_specs(const PonderConfig *cfg, RewardSpec *out, int max, int *n, PonderError *err);
 
 #endif

@@ -5,7 +5,7 @@
  * than consumed as an event stream, because `extends:` may sit anywhere in a
  * file yet must be applied before that file's own keys. Applying the parent
  * before the child onto the same struct is exactly the deep merge we document
- * in config.h; only `stages:` resets the list first. Every key applied records
+ * in config.h; only the lists (`stages:`, `rewards:`) reset first. Every key applied records
  * where it came from (ConfigLoc), so contradictions found after merging can
  * still point at a file, line and column. */
 #include "trainer/config_schema.h"
@@ -125,9 +125,9 @@ static const char *expected_noun(const ConfigKey *key) {
     case CONFIG_BOOL: return "true or false";
     case CONFIG_ENUM: return "one of its names";
     case CONFIG_STRING: return "a string";
-    case CONFIG_STAGES: break;
+    case CONFIG_LIST: break;
     }
-    return "a list of stages";
+    return "a list";
 }
 
 static int apply_value(Loader *L, const Doc *d, const ConfigKey *key, const char *path,
@@ -170,45 +170,57 @@ static int unknown_key(const Doc *d, const yaml_node_t *key_node, const char *pa
     return error_at(d, key_node, err, PONDER_ERR_CONFIG, "unknown key '%s'%s", path, hint);
 }
 
-static int apply_stage(Loader *L, const Doc *d, int index, const yaml_node_t *map) {
+static int apply_item(Loader *L, const Doc *d, const ConfigList *list, int index, const yaml_node_t *map) {
     char path[CONFIG_KEY_PATH_MAX];
-    snprintf(path, sizeof path, "stages.%d", index);
+    snprintf(path, sizeof path, "%s.%d", list->path, index);
     if (map->type != YAML_MAPPING_NODE)
-        return error_at(d, map, L->err, PONDER_ERR_CONFIG, "%s: expected a mapping of stage keys, found %s",
-                        path, node_kind(map));
+        return error_at(d, map, L->err, PONDER_ERR_CONFIG, "%s: expected a mapping of %s keys, found %s", path,
+                        list->item, node_kind(map));
+    long slot = config_loc_index(path); /* the item itself, for messages about keys it leaves out */
+    if (slot >= 0)
+        L->locs[slot] = (ConfigLoc){.file = d->file,
+                                    .line = (int)map->start_mark.line + 1,
+                                    .col = (int)map->start_mark.column + 1};
+    void *item = config_list_item(list, L->cfg, index);
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
         const char *name;
         if (pair_key(d, map, p, path, &name, L->err)) return L->err->code;
         char key_path[CONFIG_KEY_PATH_MAX];
-        snprintf(key_path, sizeof key_path, "stages.%d.%s", index, name);
-        const ConfigKey *key = config_find_stage_key(name);
+        snprintf(key_path, sizeof key_path, "%s.%d.%s", list->path, index, name);
+        const ConfigKey *key = config_find_item_key(list, name);
         if (!key) return unknown_key(d, node_at(d, p->key), key_path, L->err);
         const yaml_node_t *value = node_at(d, p->value);
-        if (apply_value(L, d, key, key_path, value, &L->cfg->stages[index])) return L->err->code;
+        if (apply_value(L, d, key, key_path, value, item)) return L->err->code;
     }
     return 0;
 }
 
-/* A `stages:` list replaces whatever list came before (see config.h). */
-static int apply_stages(Loader *L, const Doc *d, const yaml_node_t *seq) {
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "stages: expected a list of stages, found %s",
-                        node_kind(seq));
-    long n = seq->data.sequence.items.top - seq->data.sequence.items.start;
-    if (n < 1) return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "stages: needs at least one stage");
-    if (n > CONFIG_MAX_STAGES)
-        return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "stages: at most %d stages, found %ld",
-                        CONFIG_MAX_STAGES, n);
+/* A list (`stages:`, `rewards:`) replaces whatever list came before (see
+ * config.h); a null value is an empty list. */
+static int apply_list(Loader *L, const Doc *d, const ConfigList *list, const yaml_node_t *seq) {
+    long n = 0;
+    if (!is_null_node(seq)) {
+        if (seq->type != YAML_SEQUENCE_NODE)
+            return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "%s: expected a list of %ss, found %s", list->path,
+                            list->item, node_kind(seq));
+        n = seq->data.sequence.items.top - seq->data.sequence.items.start;
+    }
+    if (n < list->min && list->min == 1)
+        return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "%s: needs at least one %s", list->path, list->item);
+    if (n < list->min)
+        return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "%s: needs at least %d %ss", list->path, list->min,
+                        list->item);
+    if (n > list->max)
+        return error_at(d, seq, L->err, PONDER_ERR_CONFIG, "%s: at most %d %ss, found %ld", list->path, list->max,
+                        list->item, n);
     /* Unused slots stay zero, as config_defaults leaves them, so equal configs memcmp equal. */
-    memset(L->cfg->stages, 0, sizeof L->cfg->stages);
-    for (long i = 0; i < n; i++) config_stage_defaults(&L->cfg->stages[i]);
-    size_t first_stage_slot; /* slots: top-level keys, then each stage's keys */
-    config_keys(&first_stage_slot);
-    for (size_t i = first_stage_slot; i < config_loc_count(); i++) L->locs[i] = (ConfigLoc){0};
-    L->cfg->n_stages = (int)n;
+    config_list_reset(list, L->cfg, (int)n);
+    size_t first, count;
+    config_list_loc_slots(list, &first, &count);
+    for (size_t i = first; i < first + count; i++) L->locs[i] = (ConfigLoc){0};
     for (int i = 0; i < (int)n; i++) {
         const yaml_node_t *item = node_at(d, seq->data.sequence.items.start[i]);
-        if (apply_stage(L, d, i, item)) return L->err->code;
+        if (apply_item(L, d, list, i, item)) return L->err->code;
     }
     return 0;
 }
@@ -219,7 +231,7 @@ static int apply_pair(Loader *L, const Doc *d, const yaml_node_t *key_node, cons
                       const yaml_node_t *value) {
     if (!strcmp(path, "extends")) return 0; /* applied before the file's own keys */
     const ConfigKey *key = config_find_key(path);
-    if (key && key->type == CONFIG_STAGES) return apply_stages(L, d, value);
+    if (key && key->type == CONFIG_LIST) return apply_list(L, d, config_find_list(path), value);
     if (key) return apply_value(L, d, key, path, value, L->cfg);
     if (!config_is_section(path)) return unknown_key(d, key_node, path, L->err);
     if (is_null_node(value)) return 0; /* `model:` with nothing under it */
@@ -354,35 +366,56 @@ static int load_text(Loader *L, const char *text, const char *name) {
 
 /* ---------------------------------------------------------------- overrides -*/
 
-static int stage_override(PonderConfig *cfg, const char *path, const char *text, PonderError *err) {
+/* "<list>.<i>.<key>=value"; i == count appends a default item first. */
+static int item_override(PonderConfig *cfg, const ConfigList *list, const char *path, const char *text,
+                         PonderError *err) {
+    const char *digits = path + strlen(list->path) + 1;
     char *end;
     errno = 0;
-    long index = strtol(path + 7, &end, 10);
-    if (!isdigit((unsigned char)path[7]) || *end != '.' || errno)
-        return ponder_error(err, PONDER_ERR_CONFIG, "%s: override one stage key, as stages.<i>.<key>", path);
-    if (index > cfg->n_stages || index >= CONFIG_MAX_STAGES)
-        return ponder_error(err, PONDER_ERR_CONFIG,
-                            "stages.%ld: no such stage; there are %d (stages.%d.* appends one, up to %d)",
-                            index, cfg->n_stages, cfg->n_stages, CONFIG_MAX_STAGES);
-    const ConfigKey *key = config_find_stage_key(end + 1);
+    long index = strtol(digits, &end, 10);
+    if (!isdigit((unsigned char)digits[0]) || *end != '.' || errno)
+        return ponder_error(err, PONDER_ERR_CONFIG, "%s: override one %s key, as %s.<i>.<key>", path, list->item,
+                            list->path);
+    int count = config_list_count(list, cfg);
+    if (index > count || index >= list->max)
+        return ponder_error(err, PONDER_ERR_CONFIG, "%s.%ld: no such %s; there are %d (%s.%d.* appends one, up to %d)",
+                            list->path, index, list->item, count, list->path, count, list->max);
+    const ConfigKey *key = config_find_item_key(list, end + 1);
     if (!key) {
         char hint[192];
         config_suggest_key(path, hint, sizeof hint);
         return ponder_error(err, PONDER_ERR_CONFIG, "unknown key '%s'%s", path, hint);
     }
-    ConfigStage stage = cfg->stages[index];
-    if (index == cfg->n_stages) config_stage_defaults(&stage);
-    if (config_parse_value(key, path, text, true, &stage, err)) return err->code;
-    cfg->stages[index] = stage;
-    if (index == cfg->n_stages) cfg->n_stages++;
+    /* Parse into a copy, so a bad value leaves the config as it was. */
+    union {
+        ConfigStage stage;
+        ConfigReward reward;
+    } copy;
+    if (list->item_size > sizeof copy)
+        return ponder_error(err, PONDER_ERR_CONFIG, "%s: item larger than the override buffer", list->path);
+    void *item = config_list_item(list, cfg, (int)index);
+    if (index == count)
+        config_list_item_defaults(list, &copy);
+    else
+        memcpy(&copy, item, list->item_size);
+    if (config_parse_value(key, path, text, true, &copy, err)) return err->code;
+    memcpy(item, &copy, list->item_size);
+    if (index == count) config_list_set_count(list, cfg, count + 1);
     return 0;
 }
 
 static int set_by_path(PonderConfig *cfg, const char *path, const char *text, PonderError *err) {
-    if (!strncmp(path, "stages.", 7)) return stage_override(cfg, path, text, err);
+    size_t n_lists;
+    const ConfigList *lists = config_lists(&n_lists);
+    for (size_t i = 0; i < n_lists; i++) {
+        size_t len = strlen(lists[i].path);
+        if (!strncmp(path, lists[i].path, len) && path[len] == '.') return item_override(cfg, &lists[i], path, text, err);
+    }
     const ConfigKey *key = config_find_key(path);
-    if (key && key->type == CONFIG_STAGES)
-        return ponder_error(err, PONDER_ERR_CONFIG, "stages: override one stage key, as stages.<i>.<key>");
+    if (key && key->type == CONFIG_LIST) {
+        const ConfigList *list = config_find_list(path);
+        return ponder_error(err, PONDER_ERR_CONFIG, "%s: override one %s key, as %s.<i>.<key>", path, list->item, path);
+    }
     if (key) return config_parse_value(key, path, text, true, cfg, err);
     if (config_is_section(path))
         return ponder_error(err, PONDER_ERR_CONFIG, "%s: is a section; override one of its keys, as %s.<key>", path, path);

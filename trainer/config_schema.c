@@ -25,6 +25,16 @@ static const char *const TOKENIZER_NAMES[] = {"char", "bpe", NULL};
 static const char *const SCHEDULE_NAMES[] = {"constant", "linear", "cosine", NULL};
 static const char *const TASK_NAMES[] = {"arith", "jsonl", NULL};
 static const char *const STAGE_TYPE_NAMES[] = {"sft", "grpo", "ppo", "rloo", "reinforce_pp", NULL};
+/* The names below follow the C enums of algos/ and rewards/ in order;
+ * config_schema_check compares them with those modules' own names. */
+static const char *const SCALE_REWARDS_NAMES[] = {"group", "batch", "none", NULL};           /* AlgoScaleRewards */
+static const char *const LOSS_TYPE_NAMES[] = {"grpo", "bnpo", "dr_grpo", "dapo", NULL};       /* AlgoLossType */
+static const char *const RATIO_LEVEL_NAMES[] = {"token", "sequence", NULL};                  /* AlgoRatioLevel */
+static const char *const KL_ESTIMATOR_NAMES[] = {"k1", "k2", "k3", NULL};                    /* AlgoKlEstimator */
+static const char *const REWARD_TYPE_NAMES[] = {"math_verify", "exact", "think_format", "overlong",
+                                                "length", "external", "plugin", NULL};       /* RewardType */
+static const char *const LENGTH_UNIT_NAMES[] = {"tokens", "steps", NULL};                    /* RewardLengthUnit */
+static const char *const COMBINE_NAMES[] = {"sum", "sum_then_normalize", "normalize_then_sum", NULL}; /* RewardCombine */
 
 #define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 #define KEY(path, kind, field, def, range, values, doc)                                      \
@@ -32,6 +42,9 @@ static const char *const STAGE_TYPE_NAMES[] = {"sft", "grpo", "ppo", "rloo", "re
      values, doc}
 #define STAGE_KEY(name, kind, field, def, range, values, doc)                              \
     {name, kind, offsetof(ConfigStage, field), FIELD_SIZE(ConfigStage, field), def, range, \
+     values, doc}
+#define REWARD_KEY(name, kind, field, def, range, values, doc)                               \
+    {name, kind, offsetof(ConfigReward, field), FIELD_SIZE(ConfigReward, field), def, range, \
      values, doc}
 
 static const ConfigKey KEYS[] = {
@@ -100,7 +113,11 @@ static const ConfigKey KEYS[] = {
     KEY("eval.max_batch", CONFIG_INT, eval.max_batch, "64", "[1,inf)", NULL, "sequences decoded together"),
     KEY("eval.num_samples", CONFIG_INT, eval.num_samples, "1", "[1,inf)", NULL, "samples per problem (pass@k, maj@k)"),
 
-    KEY("stages", CONFIG_STAGES, stages, NULL, NULL, NULL, "run in order; at most 8"),
+    KEY("rewards", CONFIG_LIST, rewards, NULL, NULL, NULL, "reward components; none = the task's default; at most 8"),
+    KEY("scoring.combine", CONFIG_ENUM, scoring.combine, "sum", NULL, COMBINE_NAMES, "how reward components combine"),
+    KEY("scoring.eps", CONFIG_FLOAT, scoring.eps, "1e-6", "(0,inf)", NULL, "std epsilon of the *normalize* combines"),
+
+    KEY("stages", CONFIG_LIST, stages, NULL, NULL, NULL, "run in order; at most 8"),
 };
 
 static const ConfigKey STAGE_KEYS[] = {
@@ -115,6 +132,52 @@ static const ConfigKey STAGE_KEYS[] = {
     STAGE_KEY("max_bad_steps", CONFIG_INT, max_bad_steps, "5", "[1,inf)", NULL, "non-finite steps in a row before stopping with a checkpoint"),
     STAGE_KEY("log_every", CONFIG_INT, log_every, "1", "[1,inf)", NULL, "steps between console lines"),
     STAGE_KEY("eval_every", CONFIG_INT, eval_every, "0", "[0,inf)", NULL, "0 = eval.every"),
+    /* RL stages (grpo, ppo, rloo, reinforce_pp); sft ignores these. */
+    STAGE_KEY("num_generations", CONFIG_INT, num_generations, "8", "[1,inf)", NULL, "RL: samples per prompt (G)"),
+    STAGE_KEY("prompts_per_step", CONFIG_INT, prompts_per_step, "16", "[1,inf)", NULL, "RL: prompts per rollout"),
+    STAGE_KEY("mini_batches", CONFIG_INT, mini_batches, "1", "[1,inf)", NULL, "RL: optimizer steps per pass; divides prompts * G"),
+    STAGE_KEY("num_iterations", CONFIG_INT, num_iterations, "1", "[1,inf)", NULL, "RL: passes over each rollout (PPO epochs)"),
+    STAGE_KEY("temperature", CONFIG_FLOAT, temperature, "1.0", "(0,inf)", NULL, "RL: rollout sampling temperature"),
+    STAGE_KEY("top_p", CONFIG_FLOAT, top_p, "1.0", "(0,1]", NULL, "RL: rollout nucleus mass; 1 = off"),
+    STAGE_KEY("top_k", CONFIG_INT, top_k, "0", "[0,inf)", NULL, "RL: rollout top-k; 0 = off"),
+    STAGE_KEY("min_p", CONFIG_FLOAT, min_p, "0", "[0,1)", NULL, "RL: rollout min-p; 0 = off"),
+    STAGE_KEY("max_new_tokens", CONFIG_INT, max_new_tokens, "64", "[1,inf)", NULL, "RL: completion budget"),
+    STAGE_KEY("scale_rewards", CONFIG_ENUM, scale_rewards, "group", NULL, SCALE_REWARDS_NAMES, "RL: advantage std: group, batch or none"),
+    STAGE_KEY("loss_type", CONFIG_ENUM, loss_type, "dapo", NULL, LOSS_TYPE_NAMES, "RL: token-loss aggregation (TRL loss_type)"),
+    STAGE_KEY("epsilon", CONFIG_FLOAT, epsilon, "0.2", "(0,1)", NULL, "RL: ratio clip, low side"),
+    STAGE_KEY("epsilon_high", CONFIG_FLOAT, epsilon_high, "0", "[0,inf)", NULL, "RL: ratio clip, high side; 0 = epsilon"),
+    STAGE_KEY("dual_clip", CONFIG_FLOAT, dual_clip, "0", "[0,inf)", NULL, "RL: dual-clip c for A < 0; 0 = off, else > 1"),
+    STAGE_KEY("ratio_level", CONFIG_ENUM, ratio_level, "token", NULL, RATIO_LEVEL_NAMES, "RL: importance ratio per token or sequence (GSPO)"),
+    STAGE_KEY("beta", CONFIG_FLOAT, beta, "0", "[0,inf)", NULL, "RL: KL coefficient; 0 = no reference model"),
+    STAGE_KEY("kl_estimator", CONFIG_ENUM, kl_estimator, "k3", NULL, KL_ESTIMATOR_NAMES, "RL: KL estimator"),
+    STAGE_KEY("kl_in_reward", CONFIG_BOOL, kl_in_reward, "false", NULL, NULL, "RL: KL penalty in the reward, not the loss"),
+    STAGE_KEY("kl_target", CONFIG_FLOAT, kl_target, "0", "[0,inf)", NULL, "RL: adaptive-KL target; 0 = fixed beta"),
+    STAGE_KEY("kl_horizon", CONFIG_INT, kl_horizon, "10000", "[1,inf)", NULL, "RL: adaptive-KL horizon"),
+    STAGE_KEY("entropy_coef", CONFIG_FLOAT, entropy_coef, "0", "[0,inf)", NULL, "RL: entropy bonus coefficient"),
+    STAGE_KEY("rpp_baseline", CONFIG_BOOL, rpp_baseline, "false", NULL, NULL, "reinforce_pp: subtract the group mean first"),
+    STAGE_KEY("dynamic_sampling", CONFIG_BOOL, dynamic_sampling, "false", NULL, NULL, "RL: drop groups with equal rewards, resample (DAPO)"),
+    STAGE_KEY("max_resample_rounds", CONFIG_INT, max_resample_rounds, "3", "[0,inf)", NULL, "RL: extra rollouts to refill dropped groups"),
+    STAGE_KEY("mask_truncated", CONFIG_BOOL, mask_truncated, "false", NULL, NULL, "RL: no loss on completions cut at max_new_tokens"),
+    STAGE_KEY("gamma", CONFIG_FLOAT, gamma, "1.0", "[0,1]", NULL, "RL: discount (ppo GAE, reinforce_pp returns)"),
+    STAGE_KEY("lam", CONFIG_FLOAT, lam, "0.95", "[0,1]", NULL, "ppo: GAE lambda"),
+    STAGE_KEY("value_lr", CONFIG_FLOAT, value_lr, "0", "[0,inf)", NULL, "ppo: value-head lr; 0 = the stage's lr"),
+    STAGE_KEY("cliprange_value", CONFIG_FLOAT, cliprange_value, "0.2", "[0,inf)", NULL, "ppo: value clip range"),
+};
+
+static const ConfigKey REWARD_KEYS[] = {
+    REWARD_KEY("name", CONFIG_STRING, name, "", NULL, NULL, "required, unique; letters, digits, _ and -"),
+    REWARD_KEY("type", CONFIG_ENUM, type, "math_verify", NULL, REWARD_TYPE_NAMES, "reward kind (rewards/reward.h)"),
+    REWARD_KEY("weight", CONFIG_FLOAT, weight, "1.0", NULL, NULL, "weight in the combined reward"),
+    REWARD_KEY("tolerance", CONFIG_FLOAT, tolerance, "1e-6", "[0,inf)", NULL, "math_verify: relative tolerance for decimals"),
+    REWARD_KEY("max_len", CONFIG_INT, max_len, "0", "[0,inf)", NULL, "overlong: length where the penalty is full"),
+    REWARD_KEY("buffer", CONFIG_INT, buffer, "0", "[0,inf)", NULL, "overlong: ramp length before max_len"),
+    REWARD_KEY("factor", CONFIG_FLOAT, factor, "1.0", "[0,inf)", NULL, "overlong: full penalty"),
+    REWARD_KEY("unit", CONFIG_ENUM, unit, "tokens", NULL, LENGTH_UNIT_NAMES, "length: count tokens or thought steps"),
+    REWARD_KEY("cap", CONFIG_INT, cap, "0", "[0,inf)", NULL, "length: count giving the full reward"),
+    REWARD_KEY("command", CONFIG_STRING, command, "", NULL, NULL, "external: shell line speaking JSON lines"),
+    REWARD_KEY("timeout_s", CONFIG_FLOAT, timeout_s, "10", "(0,inf)", NULL, "external: seconds to wait for each answer"),
+    REWARD_KEY("path", CONFIG_STRING, path, "", NULL, NULL, "plugin: shared object"),
+    REWARD_KEY("config", CONFIG_STRING, config, "", NULL, NULL, "plugin: JSON text for its init; \"\" = {}"),
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -127,6 +190,60 @@ const ConfigKey *config_keys(size_t *count) {
 const ConfigKey *config_stage_keys(size_t *count) {
     *count = COUNT(STAGE_KEYS);
     return STAGE_KEYS;
+}
+
+const ConfigKey *config_reward_keys(size_t *count) {
+    *count = COUNT(REWARD_KEYS);
+    return REWARD_KEYS;
+}
+
+/* In the order of their KEYS lines. */
+static const ConfigList LISTS[] = {
+    {"rewards", "reward", REWARD_KEYS, COUNT(REWARD_KEYS), offsetof(PonderConfig, rewards), sizeof(ConfigReward),
+     offsetof(PonderConfig, n_rewards), 0, CONFIG_MAX_REWARDS},
+    {"stages", "stage", STAGE_KEYS, COUNT(STAGE_KEYS), offsetof(PonderConfig, stages), sizeof(ConfigStage),
+     offsetof(PonderConfig, n_stages), 1, CONFIG_MAX_STAGES},
+};
+
+const ConfigList *config_lists(size_t *count) {
+    *count = COUNT(LISTS);
+    return LISTS;
+}
+
+const ConfigList *config_find_list(const char *path) {
+    for (size_t i = 0; i < COUNT(LISTS); i++)
+        if (!strcmp(LISTS[i].path, path)) return &LISTS[i];
+    return NULL;
+}
+
+int config_list_count(const ConfigList *list, const PonderConfig *cfg) {
+    int n;
+    memcpy(&n, (const char *)cfg + list->count_offset, sizeof n);
+    return n;
+}
+
+void config_list_set_count(const ConfigList *list, PonderConfig *cfg, int n) {
+    memcpy((char *)cfg + list->count_offset, &n, sizeof n);
+}
+
+void *config_list_item(const ConfigList *list, PonderConfig *cfg, int i) {
+    return (char *)cfg + list->offset + (size_t)i * list->item_size;
+}
+
+const void *config_list_item_const(const ConfigList *list, const PonderConfig *cfg, int i) {
+    return (const char *)cfg + list->offset + (size_t)i * list->item_size;
+}
+
+void config_list_item_defaults(const ConfigList *list, void *item) {
+    memset(item, 0, list->item_size);
+    for (size_t i = 0; i < list->n_keys; i++)
+        config_parse_value(&list->keys[i], list->keys[i].path, list->keys[i].def, false, item, NULL);
+}
+
+void config_list_reset(const ConfigList *list, PonderConfig *cfg, int n) {
+    memset(config_list_item(list, cfg, 0), 0, (size_t)list->max * list->item_size);
+    for (int i = 0; i < n; i++) config_list_item_defaults(list, config_list_item(list, cfg, i));
+    config_list_set_count(list, cfg, n);
 }
 
 const char *config_stage_type_name(ConfigStageType type) {
@@ -152,6 +269,11 @@ const ConfigKey *config_find_stage_key(const char *name) {
     return i < 0 ? NULL : &STAGE_KEYS[i];
 }
 
+const ConfigKey *config_find_item_key(const ConfigList *list, const char *name) {
+    long i = index_in(list->keys, list->n_keys, name);
+    return i < 0 ? NULL : &list->keys[i];
+}
+
 bool config_is_section(const char *path) {
     size_t n = strlen(path);
     for (size_t i = 0; i < COUNT(KEYS); i++)
@@ -159,17 +281,37 @@ bool config_is_section(const char *path) {
     return false;
 }
 
-size_t config_loc_count(void) { return COUNT(KEYS) + CONFIG_MAX_STAGES * COUNT(STAGE_KEYS); }
+void config_list_loc_slots(const ConfigList *list, size_t *first, size_t *count) {
+    size_t slot = COUNT(KEYS);
+    for (const ConfigList *l = LISTS; l < list; l++) slot += (size_t)l->max * (l->n_keys + 1);
+    *first = slot;
+    *count = (size_t)list->max * (list->n_keys + 1);
+}
+
+size_t config_loc_count(void) {
+    size_t first, count;
+    config_list_loc_slots(&LISTS[COUNT(LISTS) - 1], &first, &count);
+    return first + count;
+}
 
 long config_loc_index(const char *path) {
-    if (strncmp(path, "stages.", 7) != 0) return index_in(KEYS, COUNT(KEYS), path);
-    char *end;
-    errno = 0;
-    long stage = strtol(path + 7, &end, 10);
-    if (end == path + 7 || *end != '.' || errno || stage < 0 || stage >= CONFIG_MAX_STAGES) return -1;
-    long key = index_in(STAGE_KEYS, COUNT(STAGE_KEYS), end + 1);
-    if (key < 0) return -1;
-    return (long)COUNT(KEYS) + stage * (long)COUNT(STAGE_KEYS) + key;
+    for (size_t l = 0; l < COUNT(LISTS); l++) {
+        const ConfigList *list = &LISTS[l];
+        size_t n = strlen(list->path);
+        if (strncmp(path, list->path, n) != 0 || path[n] != '.') continue;
+        const char *digits = path + n + 1;
+        char *end;
+        errno = 0;
+        long item = strtol(digits, &end, 10);
+        if (end == digits || !(*digits >= '0' && *digits <= '9') || errno || item >= list->max) return -1;
+        if (*end && *end != '.') return -1;
+        long key = *end ? index_in(list->keys, list->n_keys, end + 1) : (long)list->n_keys; /* the item itself */
+        if (key < 0) return -1;
+        size_t first, count;
+        config_list_loc_slots(list, &first, &count);
+        return (long)first + item * (long)(list->n_keys + 1) + key;
+    }
+    return index_in(KEYS, COUNT(KEYS), path);
 }
 
 void config_loc_format(const ConfigLoc *loc, char *buf, size_t size) {
@@ -393,10 +535,10 @@ int config_parse_value(const ConfigKey *key, const char *path, const char *text,
         return parse_enum(key, path, text, field, err);
     case CONFIG_STRING:
         return parse_string(key, path, text, plain, field, err);
-    case CONFIG_STAGES:
+    case CONFIG_LIST:
         break;
     }
-    return ponder_error(err, PONDER_ERR_CONFIG, "%s: expected a list of stages", path);
+    return ponder_error(err, PONDER_ERR_CONFIG, "%s: expected a list of mappings", path);
 }
 
 /* ---------------------------------------------------------------- formatting */
@@ -455,7 +597,7 @@ void config_format_value(const ConfigKey *key, const void *base, char *buf, size
     case CONFIG_STRING:
         quote_string(field, buf, size);
         return;
-    case CONFIG_STAGES:
+    case CONFIG_LIST:
         break;
     }
     snprintf(buf, size, "[]");
@@ -464,28 +606,29 @@ void config_format_value(const ConfigKey *key, const void *base, char *buf, size
 /* ---------------------------------------------------------------- defaults --*/
 
 void config_stage_defaults(ConfigStage *stage) {
-    memset(stage, 0, sizeof *stage);
-    for (size_t i = 0; i < COUNT(STAGE_KEYS); i++)
-        config_parse_value(&STAGE_KEYS[i], STAGE_KEYS[i].path, STAGE_KEYS[i].def, false, stage, NULL);
+    config_list_item_defaults(config_find_list("stages"), stage);
 }
 
+/* Lists start empty except stages, which start with one default (sft) stage. */
 void config_defaults(PonderConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < COUNT(KEYS); i++)
-        if (KEYS[i].type != CONFIG_STAGES)
+        if (KEYS[i].type != CONFIG_LIST)
             config_parse_value(&KEYS[i], KEYS[i].path, KEYS[i].def, false, cfg, NULL);
-    cfg->n_stages = 1;
-    config_stage_defaults(&cfg->stages[0]);
+    for (size_t i = 0; i < COUNT(LISTS); i++) config_list_reset(&LISTS[i], cfg, LISTS[i].min);
 }
 
 static size_t expected_size(const ConfigKey *key) {
+    const ConfigList *list;
     switch (key->type) {
     case CONFIG_INT: return sizeof(int64_t);
     case CONFIG_FLOAT: return sizeof(double);
     case CONFIG_BOOL: return sizeof(bool);
     case CONFIG_ENUM: return sizeof(int);
     case CONFIG_STRING: return key->size; /* any char array */
-    case CONFIG_STAGES: return sizeof(((PonderConfig *)0)->stages);
+    case CONFIG_LIST:
+        list = config_find_list(key->path);
+        return list && list->offset == key->offset ? (size_t)list->max * list->item_size : 0;
     }
     return 0;
 }
@@ -496,11 +639,13 @@ static int check_table(const ConfigKey *keys, size_t n, void *scratch, PonderErr
         Range r;
         if (k->size != expected_size(k) || (k->type == CONFIG_STRING && k->size < 2))
             return ponder_error(err, PONDER_ERR_CONFIG, "%s: field size %zu does not fit its type", k->path, k->size);
+        if (k->type == CONFIG_STRING && k->size > CONFIG_TEXT_MAX)
+            return ponder_error(err, PONDER_ERR_CONFIG, "%s: strings may hold at most CONFIG_TEXT_MAX bytes", k->path);
         if ((k->type == CONFIG_ENUM) != (k->values != NULL))
             return ponder_error(err, PONDER_ERR_CONFIG, "%s: enum values must go with the enum type", k->path);
         if (k->range && !parse_range(k->range, &r))
             return ponder_error(err, PONDER_ERR_CONFIG, "%s: bad range '%s'", k->path, k->range);
-        if (k->type == CONFIG_STAGES) continue;
+        if (k->type == CONFIG_LIST) continue;
         if (!k->def || !k->doc)
             return ponder_error(err, PONDER_ERR_CONFIG, "%s: needs a default and a doc", k->path);
         if (config_parse_value(k, k->path, k->def, false, scratch, err))
@@ -512,10 +657,58 @@ static int check_table(const ConfigKey *keys, size_t n, void *scratch, PonderErr
     return 0;
 }
 
+/* Each enum's names against the owning module's names, index by index. */
+typedef const char *(*EnumNameFn)(int value);
+static const char *scale_rewards_name(int v) {
+    for (int i = 0; SCALE_REWARDS_NAMES[i]; i++) {
+        AlgoScaleRewards s;
+        if (!algo_scale_rewards_parse(SCALE_REWARDS_NAMES[i], &s, NULL) && (int)s == v) return SCALE_REWARDS_NAMES[i];
+    }
+    return "?";
+}
+static const char *loss_type_name(int v) { return algo_loss_type_name((AlgoLossType)v); }
+static const char *kl_name(int v) { return algo_kl_name((AlgoKlEstimator)v); }
+static const char *reward_type_name_of(int v) { return reward_type_name((RewardType)v); }
+static const char *combine_name(int v) { return reward_combine_name((RewardCombine)v); }
+
+static int check_enum_names(PonderError *err) {
+    static const struct {
+        const char *const *names;
+        EnumNameFn module_name;
+        int count;
+    } enums[] = {
+        {SCALE_REWARDS_NAMES, scale_rewards_name, 3},
+        {LOSS_TYPE_NAMES, loss_type_name, 4},
+        {KL_ESTIMATOR_NAMES, kl_name, 3},
+        {REWARD_TYPE_NAMES, reward_type_name_of, REWARD_TYPE_COUNT},
+        {COMBINE_NAMES, combine_name, 3},
+    };
+    for (size_t e = 0; e < COUNT(enums); e++) {
+        int n = 0;
+        while (enums[e].names[n]) n++;
+        if (n != enums[e].count)
+            return ponder_error(err, PONDER_ERR_CONFIG, "enum '%s...': %d names for %d values", enums[e].names[0], n,
+                                enums[e].count);
+        for (int i = 0; i < n; i++)
+            if (strcmp(enums[e].names[i], enums[e].module_name(i)))
+                return ponder_error(err, PONDER_ERR_CONFIG, "enum value %d is '%s' here but '%s' in its module", i,
+                                    enums[e].names[i], enums[e].module_name(i));
+    }
+    return 0;
+}
+
 int config_schema_check(PonderError *err) {
-    PonderConfig scratch;
+    static PonderConfig scratch; /* large; tests call this once */
     memset(&scratch, 0, sizeof scratch);
     int rc = check_table(KEYS, COUNT(KEYS), &scratch, err);
-    if (!rc) rc = check_table(STAGE_KEYS, COUNT(STAGE_KEYS), &scratch.stages[0], err);
+    for (size_t i = 0; !rc && i < COUNT(LISTS); i++) {
+        const ConfigKey *key = config_find_key(LISTS[i].path);
+        if (!key || key->type != CONFIG_LIST || key->offset != LISTS[i].offset)
+            rc = ponder_error(err, PONDER_ERR_CONFIG, "%s: the list needs a matching KEYS line", LISTS[i].path);
+        if (!rc && (LISTS[i].min < 0 || LISTS[i].max < LISTS[i].min || LISTS[i].max < 1))
+            rc = ponder_error(err, PONDER_ERR_CONFIG, "%s: bad item bounds", LISTS[i].path);
+        if (!rc) rc = check_table(LISTS[i].keys, LISTS[i].n_keys, config_list_item(&LISTS[i], &scratch, 0), err);
+    }
+    if (!rc) rc = check_enum_names(err);
     return rc;
 }

@@ -77,18 +77,22 @@ static void consider_sections(Best *best, const char *given, const ConfigKey *ke
     }
 }
 
-/* Stage keys are offered under the stage index the user wrote. */
-static void consider_stage_keys(Best *best, const char *given) {
-    if (strncmp(given, "stages.", 7) != 0) return;
-    char *end;
-    long stage = strtol(given + 7, &end, 10);
-    if (end == given + 7 || *end != '.') return;
-    size_t n;
-    const ConfigKey *keys = config_stage_keys(&n);
-    for (size_t i = 0; i < n; i++) {
-        char cand[SUGGEST_MAX_LEN];
-        snprintf(cand, sizeof cand, "stages.%ld.%s", stage, keys[i].path);
-        consider(best, given, cand);
+/* List item keys are offered under the list and index the user wrote
+ * ("stages.1.stpes" -> "stages.1.steps"). */
+static void consider_item_keys(Best *best, const char *given) {
+    size_t n_lists;
+    const ConfigList *lists = config_lists(&n_lists);
+    for (size_t l = 0; l < n_lists; l++) {
+        size_t len = strlen(lists[l].path);
+        if (strncmp(given, lists[l].path, len) != 0 || given[len] != '.') continue;
+        char *end;
+        long index = strtol(given + len + 1, &end, 10);
+        if (end == given + len + 1 || *end != '.') return;
+        for (size_t i = 0; i < lists[l].n_keys; i++) {
+            char cand[SUGGEST_MAX_LEN];
+            snprintf(cand, sizeof cand, "%s.%ld.%s", lists[l].path, index, lists[l].keys[i].path);
+            consider(best, given, cand);
+        }
     }
 }
 
@@ -98,7 +102,7 @@ void config_suggest_key(const char *path, char *buf, size_t size) {
     const ConfigKey *keys = config_keys(&n);
     for (size_t i = 0; i < n; i++) consider(&best, path, keys[i].path);
     consider_sections(&best, path, keys, n);
-    consider_stage_keys(&best, path);
+    consider_item_keys(&best, path);
     if (best.text[0])
         snprintf(buf, size, "; did you mean '%s'?", best.text);
     else if (size)

@@ -14,12 +14,14 @@
 
 #include "algos/sft.h"          /* sft_batch_build, sft_loss */
 #include "model/cpu/blas.h"     /* blas_load */
+#include "model/ops.h"          /* ops_cpu, ops_cuda */
 #include "model/tokenizer.h"    /* Tokenizer */
 #include "rollout/dataset.h"    /* Dataset */
 #include "rollout/evaluate.h"   /* eval_run */
 #include "rollout/task_arith.h" /* ArithSpec */
 #include "trainer/checkpoint.h" /* ckpt_save, ckpt_load */
 #include "trainer/optim.h"      /* Optimizer */
+#include "trainer/rl_stage.h"   /* RlStage */
 
 /* ------------------------------------------------------------ run state -- */
 
@@ -70,6 +72,8 @@ typedef struct Run {
     Rng rng;            /* stored in checkpoints; per-step streams are derived */
     double t_start, last_accuracy, last_think_ratio;
     TrainSummary *summary;
+    RlStage rl;         /* the running RL stage's state */
+    int rl_active;
 } Run;
 
 static double now_s(void) {
@@ -237,6 +241,19 @@ static int open_metrics(Run *r, PonderError *err) {
     return PONDER_OK;
 }
 
+/* The policy on the configured device (model.device). */
+static int create_model(const PonderConfig *cfg, const ModelConfig *mc, Model **out,
+                        PonderError *err) {
+    const ModelOps *ops = ops_cpu();
+    if (cfg->model.device == CONFIG_DEVICE_CUDA) {
+        ops = ops_cuda();
+        if (!ops)
+            return ponder_error(err, PONDER_ERR_CONFIG, "model.device: cuda is not usable here: %s",
+                                ops_cuda_status());
+    }
+    return model_create_on(out, mc, ops, err);
+}
+
 static int setup(Run *r, PonderError *err) {
     const PonderConfig *cfg = r->cfg;
     int rc = blas_load(cfg->runtime.blas, err);
@@ -248,12 +265,9 @@ static int setup(Run *r, PonderError *err) {
     if (cfg->tokenizer.type != CONFIG_TOKENIZER_CHAR)
         return ponder_error(err, PONDER_ERR_CONFIG,
                             "tokenizer.type: only 'char' is available in this build");
-    if (cfg->model.device != CONFIG_DEVICE_CPU)
-        return ponder_error(err, PONDER_ERR_CONFIG,
-                            "model.device: only 'cpu' is available in this build");
     if ((rc = tokenizer_create_char(&r->tok, err))) return rc;
     if ((rc = config_model(cfg, &r->mcfg, tokenizer_vocab_size(r->tok), err))) return rc;
-    if ((rc = model_create(&r->model, &r->mcfg, err))) return rc;
+    if ((rc = create_model(cfg, &r->mcfg, &r->model, err))) return rc;
     r->config_yaml = config_to_yaml_string(cfg);
     if (!r->config_yaml) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
     if ((rc = open_data(r, err))) return rc;
@@ -261,12 +275,13 @@ static int setup(Run *r, PonderError *err) {
     r->last_accuracy = -1.0;
     if (r->opts->resume) return resume_from_latest(r, err);
     if (cfg->model.init_from[0]) rc = load_weights_from(r, cfg->model.init_from, err);
-    else model_init_weights(r->model, (uint64_t)cfg->run.seed);
+    else model_init_weights(r->model, (uint64_t)cfg->run.seed); /* uploads on a device */
     if (rc == PONDER_OK) rc = start_optimizer(r, err);
     return rc;
 }
 
 static void teardown(Run *r) {
+    if (r->rl_active) rl_stage_end(&r->rl);
     if (r->have_opt) optim_free(&r->opt);
     model_free(r->model);
     tokenizer_free(r->tok);
@@ -304,6 +319,20 @@ static void print_plan(const Run *r) {
         bi ? bi->library : "?", bi ? bi->core : "?");
     for (int s = 0; s < cfg->n_stages; s++) {
         const ConfigStage *st = &cfg->stages[s];
+        if (st->type != CONFIG_STAGE_SFT) {
+            int64_t S = st->prompts_per_step * st->num_generations;
+            int64_t M = st->mini_batches;
+            say(r, "  stage %d %-6s %s: %lld steps x %lld prompts x %lld generations = %lld samples "
+                   "(<= %lld new tokens each); %lld mini-batches of %lld x %lld iterations = %lld "
+                   "optimizer steps per rollout; lr %.2e, temperature %.2f, beta %.3g\n",
+                s + 1, config_stage_type_name(st->type), config_stage_name(cfg, s),
+                (long long)st->steps, (long long)st->prompts_per_step,
+                (long long)st->num_generations, (long long)S, (long long)st->max_new_tokens,
+                (long long)M, (long long)(S / M), (long long)st->num_iterations,
+                (long long)(M * st->num_iterations), config_stage_lr(cfg, s), st->temperature,
+                st->beta);
+            continue;
+        }
         int64_t T = config_stage_seq_len(cfg, s);
         double mem = 16.0 * (double)P + activation_bytes(c, st->batch_size / st->grad_accum, T);
         say(r, "  stage %d %-6s %s: %lld steps x %lld sequences (%lld micro-batches of %lld), "
@@ -336,6 +365,7 @@ static int save_checkpoint(Run *r, PonderError *err) {
                    .config_yaml = r->config_yaml,
                    .metrics_jsonl = r->history.s ? r->history.s : ""};
     int rc = ckpt_save(path, &w, err);
+    if (rc == PONDER_OK && r->rl_active) rc = rl_stage_save(&r->rl, r->ckpt_dir, r->step, err);
     if (rc == PONDER_OK) rc = ckpt_prune(r->ckpt_dir, r->cfg->checkpoint.keep_last, err);
     if (rc == PONDER_OK) {
         snprintf(r->summary->last_checkpoint, sizeof r->summary->last_checkpoint, "%s", path);
@@ -478,6 +508,23 @@ static int apply_update(Run *r, StepStats *st, PonderError *err) {
     return PONDER_OK;
 }
 
+/* RL stages apply their own updates; a non-finite one was skipped there. */
+static int count_bad_step(Run *r, const StepStats *st, PonderError *err) {
+    if (st->finite) {
+        r->bad_in_row = 0;
+        return PONDER_OK;
+    }
+    r->bad_in_row++;
+    r->skipped++;
+    say(r, "  step %lld: a non-finite update was skipped (%lld in a row)\n", (long long)r->step + 1,
+        (long long)r->bad_in_row);
+    if (r->bad_in_row >= r->cfg->stages[r->stage].max_bad_steps)
+        return ponder_error(err, PONDER_ERR_RUNTIME,
+                            "%lld non-finite steps in a row (stages.%d.max_bad_steps); stopping",
+                            (long long)r->bad_in_row, r->stage);
+    return PONDER_OK;
+}
+
 static void log_step(Run *r, const StepStats *st, PonderError *err) {
     const ConfigStage *cs = &r->cfg->stages[r->stage];
     double tps = (double)st->real_tokens / st->seconds;
@@ -508,14 +555,43 @@ static int stop_requested(const Run *r) {
     return r->opts->stop_request && *r->opts->stop_request;
 }
 
+/* One RL step: rollout, scoring, update; metrics line and console line. */
+static int rl_step(Run *r, StepStats *st, PonderError *err) {
+    RlStepStats rs;
+    int rc = rl_stage_step(&r->rl, r->step, &r->cursor, &rs, err);
+    if (rc) return rc;
+    st->finite = rs.finite;
+    st->lr = (float)rs.lr;
+    st->grad_norm = rs.grad_norm;
+    st->loss = rs.policy_loss;
+    char *line = rl_stats_json(&r->rl, &rs, r->step + 1, r->stage_step + 1);
+    if (!line) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for metrics");
+    rc = emit_metrics(r, line, err);
+    free(line);
+    const ConfigStage *cs = &r->cfg->stages[r->stage];
+    if ((r->stage_step + 1) % cs->log_every == 0 || r->stage_step + 1 == cs->steps) {
+        double step_s = rs.t_generate + rs.t_score + rs.t_train;
+        double eta = step_s * (double)(cs->steps - r->stage_step - 1);
+        say(r, "[%s] step %lld/%lld reward %.3f acc %.3f len %.1f think %.2f kl %.4f clip %.3f/%.3f "
+               "gnorm %.3f | gen %.1fs score %.2fs train %.1fs | eta %dm%02ds\n",
+            config_stage_name(r->cfg, r->stage), (long long)r->stage_step + 1,
+            (long long)cs->steps, rs.reward_mean, rs.accuracy, rs.completion_length,
+            rs.think_ratio, rs.kl, rs.clip_low, rs.clip_high, rs.grad_norm, rs.t_generate,
+            rs.t_score, rs.t_train, (int)(eta / 60), (int)eta % 60);
+    }
+    return rc;
+}
+
 static int run_stage(Run *r, PonderError *err) {
     const PonderConfig *cfg = r->cfg;
     const ConfigStage *cs = &cfg->stages[r->stage];
-    if (cs->type != CONFIG_STAGE_SFT)
-        return ponder_error(err, PONDER_ERR_CONFIG,
-                            "stages.%d.type: '%s' stages are not available in this build yet "
-                            "(only sft)",
-                            r->stage, config_stage_type_name(cs->type));
+    const int rl = cs->type != CONFIG_STAGE_SFT;
+    if (rl) {
+        int rc = rl_stage_begin(&r->rl, cfg, r->stage, r->model, &r->opt, r->tok, r->train,
+                                r->ckpt_dir, r->stage_step > 0, r->step, err);
+        if (rc) return rc;
+        r->rl_active = 1;
+    }
     const int64_t eval_every = config_stage_eval_every(cfg, r->stage);
     while (r->stage_step < cs->steps) {
         if (stop_requested(r)) {
@@ -525,18 +601,18 @@ static int run_stage(Run *r, PonderError *err) {
         }
         StepStats st = {0};
         double t0 = now_s();
-        int rc = sft_step(r, &st, err);
-        if (rc == PONDER_OK) rc = apply_update(r, &st, err);
+        int rc = rl ? rl_step(r, &st, err) : sft_step(r, &st, err);
+        if (rc == PONDER_OK) rc = rl ? count_bad_step(r, &st, err) : apply_update(r, &st, err);
         if (rc) {
             PonderError ignored = {0};
             if (r->bad_in_row) save_checkpoint(r, &ignored);
             return rc;
         }
-        r->cursor += cs->batch_size;
+        if (!rl) r->cursor += cs->batch_size;
         r->stage_step++;
         r->step++;
         st.seconds = now_s() - t0;
-        log_step(r, &st, err);
+        if (!rl) log_step(r, &st, err);
         if (eval_every > 0 && r->stage_step % eval_every == 0 && r->stage_step < cs->steps &&
             (rc = run_eval(r, err)))
             return rc;
@@ -554,6 +630,10 @@ static int run_all(Run *r, PonderError *err) {
         rc = run_stage(r, err);
         if (rc || r->summary->stopped_early) return rc;
         rc = run_eval(r, err);
+        if (r->rl_active) {
+            rl_stage_end(&r->rl);
+            r->rl_active = 0;
+        }
         if (rc) return rc;
         r->stage++;
         r->stage_step = 0;

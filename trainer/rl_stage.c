@@ -1,0 +1,782 @@
+/* trainer/rl_stage.c — one RL step: generate groups, score them, compute
+ * advantages, update the policy (and the critic for ppo). See rl_stage.h.
+ *
+ * Layout. The model sees each sample as <bos> prompt completion, with prompts
+ * right-aligned at column Pmax (left padding, masked by ModelBatch.start), so
+ * completion token t of every sample sits at model column Pmax - 1 + t. The
+ * algos/ arrays are [S, Tc] over completion tokens only; a strided copy moves
+ * log-probs out of the model's [S, T] and gradients back in. */
+#include "trainer/rl_stage.h"
+
+#include <math.h>   /* sqrt, fabs, isfinite */
+#include <stdio.h>  /* snprintf */
+#include <stdlib.h> /* calloc, free */
+#include <string.h> /* memcpy, strcmp */
+#include <time.h>   /* clock_gettime */
+
+#include "algos/advantage.h"    /* algo_adv_grpo, algo_adv_rloo, algo_adv_gae */
+#include "algos/batch.h"        /* AlgoBatch */
+#include "algos/loss.h"         /* algo_policy_loss, algo_value_loss */
+#include "model/model_internal.h" /* tensor table for the critic copy */
+#include "rollout/evaluate.h"   /* eval_thinks */
+#include "rollout/generate.h"   /* rollout_generate */
+#include "trainer/checkpoint.h" /* ckpt_save, ckpt_load */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ============================================================ set-up ===== */
+
+static int copy_matching_tensors(Model *dst, const Model *src, PonderError *err) {
+    size_t n;
+    const ModelTensor *ts = model_tensors(dst, &n);
+    float *dp = model_params(dst);
+    const float *sp = model_params((Model *)src);
+    for (size_t i = 0; i < n; i++) {
+        const ModelTensor *s = model_find_tensor(src, ts[i].name);
+        if (!s) continue; /* the critic's score head starts at zero */
+        if (s->numel != ts[i].numel)
+            return ponder_error(err, PONDER_ERR_SHAPE, "critic: tensor %s differs in size",
+                                ts[i].name);
+        memcpy(dp + ts[i].offset, sp + s->offset, s->numel * sizeof(float));
+    }
+    model_params_upload(dst);
+    return PONDER_OK;
+}
+
+static OptimSettings critic_settings(const PonderConfig *cfg, int stage, const Optimizer *policy) {
+    OptimSettings s = policy->s;
+    const ConfigStage *cs = &cfg->stages[stage];
+    if (cs->value_lr > 0) s.lr = (float)cs->value_lr;
+    return s;
+}
+
+static void sibling_path(char *out, size_t n, const char *dir, const char *what, int64_t k) {
+    snprintf(out, n, "%s/%s_%08lld.h5", dir, what, (long long)k);
+}
+
+static int load_weights(Model *m, Optimizer *opt, const char *path, PonderError *err) {
+    CkptRead rd = {.model = m, .opt = opt};
+    int rc = ckpt_load(path, &rd, err);
+    free(rd.config_yaml);
+    free(rd.metrics_jsonl);
+    return rc;
+}
+
+static int save_weights(const Model *m, const Optimizer *opt, const char *path, const char *stage,
+                        int stage_index, int64_t step, PonderError *err) {
+    CkptWrite w = {.model = m, .opt = opt, .stage = stage, .stage_index = stage_index, .step = step};
+    return ckpt_save(path, &w, err);
+}
+
+static int create_reference(RlStage *s, const char *dir, int resume, int64_t stage_start,
+                            PonderError *err) {
+    ModelConfig mc = *model_config(s->policy);
+    int rc = model_create_on(&s->ref, &mc, model_ops(s->policy), err);
+    if (rc) return rc;
+    char path[1100];
+    sibling_path(path, sizeof path, dir, "reference", stage_start);
+    if (resume) return load_weights(s->ref, NULL, path, err);
+    memcpy(model_params(s->ref), model_params(s->policy), model_num_params(s->policy) * sizeof(float));
+    model_params_upload(s->ref);
+    return save_weights(s->ref, NULL, path, config_stage_name(s->cfg, s->stage), s->stage,
+                        stage_start, err);
+}
+
+static int create_critic(RlStage *s, const char *dir, int resume, int64_t step, PonderError *err) {
+    ModelConfig mc = *model_config(s->policy);
+    mc.scalar_head = true;
+    int rc = model_create_on(&s->critic, &mc, model_ops(s->policy), err);
+    if (rc == PONDER_OK) rc = copy_matching_tensors(s->critic, s->policy, err);
+    OptimSettings os = critic_settings(s->cfg, s->stage, s->opt);
+    if (rc == PONDER_OK) rc = optim_create(&s->critic_opt, s->critic, &os, err);
+    s->have_critic_opt = rc == PONDER_OK;
+    if (rc == PONDER_OK && resume) {
+        char path[1100];
+        sibling_path(path, sizeof path, dir, "critic", step);
+        rc = load_weights(s->critic, &s->critic_opt, path, err);
+    }
+    return rc;
+}
+
+static int create_rewards(RlStage *s, PonderError *err) {
+    RewardSpec specs[8];
+    int n = 0;
+    int rc = config_reward_specs(s->cfg, specs, 8, &n, err);
+    if (rc) return rc;
+    if (n == 0) { /* the task's default: correctness of the final answer */
+        reward_spec_defaults(&specs[0], REWARD_MATH_VERIFY, "correct");
+        n = 1;
+    }
+    s->accuracy_component = -1;
+    for (int i = 0; i < n; i++) {
+        snprintf(s->reward_names[i], sizeof s->reward_names[i], "%s", specs[i].name);
+        if (s->accuracy_component < 0 &&
+            (specs[i].type == REWARD_MATH_VERIFY || specs[i].type == REWARD_EXACT))
+            s->accuracy_component = i;
+    }
+    s->n_rewards = n;
+    RewardCombine mode = (RewardCombine)s->cfg->scoring.combine;
+    return reward_set_create(&s->rewards, specs, n, mode, s->cfg->scoring.eps, err);
+}
+
+int rl_stage_begin(RlStage *s, const PonderConfig *cfg, int stage, Model *policy,
+                   Optimizer *opt, const Tokenizer *tok, const Dataset *train,
+                   const char *ckpt_dir, int resume, int64_t step, PonderError *err) {
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg, s->stage = stage, s->policy = policy, s->opt = opt, s->tok = tok,
+    s->train = train;
+    const ConfigStage *cs = &cfg->stages[stage];
+    int64_t stage_start = 0;
+    for (int i = 0; i < stage; i++) stage_start += cfg->stages[i].steps;
+    int rc = create_rewards(s, err);
+    if (rc == PONDER_OK && (cs->beta > 0 || cs->kl_in_reward))
+        rc = create_reference(s, ckpt_dir, resume, stage_start, err);
+    if (rc == PONDER_OK && cs->type == CONFIG_STAGE_PPO)
+        rc = create_critic(s, ckpt_dir, resume && step > stage_start, step, err);
+    if (rc == PONDER_OK)
+        rc = cs->kl_target > 0 ? algo_kl_ctl_adaptive(&s->klc, cs->beta, cs->kl_target,
+                                                      (double)cs->kl_horizon, err)
+                               : algo_kl_ctl_fixed(&s->klc, cs->beta, err);
+    if (rc) rl_stage_end(s);
+    return rc;
+}
+
+void rl_stage_end(RlStage *s) {
+    model_free(s->ref);
+    model_free(s->critic);
+    if (s->have_critic_opt) optim_free(&s->critic_opt);
+    reward_set_free(s->rewards);
+    memset(s, 0, sizeof *s);
+}
+
+int rl_stage_save(RlStage *s, const char *ckpt_dir, int64_t step, PonderError *err) {
+    if (!s->critic) return PONDER_OK;
+    char path[1100];
+    sibling_path(path, sizeof path, ckpt_dir, "critic", step);
+    int rc = save_weights(s->critic, &s->critic_opt, path, config_stage_name(s->cfg, s->stage),
+                          s->stage, step, err);
+    /* keep only the newest critic: it pairs with the newest policy checkpoint */
+    if (rc == PONDER_OK && step > 0) {
+        for (int64_t k = step - 1; k >= 0 && k >= step - 100000; k--) {
+            char old[1100];
+            sibling_path(old, sizeof old, ckpt_dir, "critic", k);
+            if (remove(old) == 0) break;
+        }
+    }
+    return rc;
+}
+
+/* ========================================================== rollout ====== */
+
+/* Everything one step generates, group by group. */
+typedef struct Rollout {
+    int64_t P, G, n;        /* groups, samples per group, samples */
+    int64_t cap;            /* groups allocated */
+    DataItem *items;        /* [P] */
+    int32_t **prompt_ids;   /* [P] (<bos> prompt) */
+    int64_t *prompt_len;    /* [P] */
+    GenSample *samples;     /* [P*G] */
+    char **texts;           /* [P*G] decoded completions without <eos> */
+    double *reward;         /* [P*G] combined */
+    double *component;      /* [K][cap*G] */
+    int K;
+} Rollout;
+
+static void rollout_free(Rollout *r) {
+    for (int64_t p = 0; p < r->P; p++) {
+        data_item_free(&r->items[p]);
+        free(r->prompt_ids[p]);
+    }
+    if (r->samples) gen_samples_free(r->samples, r->n);
+    for (int64_t i = 0; i < r->n; i++) free(r->texts[i]);
+    free(r->items), free(r->prompt_ids), free(r->prompt_len), free(r->samples), free(r->texts);
+    free(r->reward), free(r->component);
+    memset(r, 0, sizeof *r);
+}
+
+static int rollout_reserve(Rollout *r, int64_t groups, PonderError *err) {
+    if (groups <= r->cap) return PONDER_OK;
+    int64_t cap = groups, G = r->G;
+#define GROW(field, count)                                                              \
+    do {                                                                                \
+        void *p = realloc(r->field, (size_t)(count) * sizeof *r->field);                \
+        if (!p) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (rollout)"); \
+        r->field = p;                                                                   \
+    } while (0)
+    GROW(items, cap);
+    GROW(prompt_ids, cap);
+    GROW(prompt_len, cap);
+    GROW(samples, cap * G);
+    GROW(texts, cap * G);
+    GROW(reward, cap * G);
+#undef GROW
+    double *comp = calloc((size_t)(r->K * cap * G), sizeof(double));
+    if (!comp) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (rollout)");
+    for (int k = 0; k < r->K && r->component; k++)
+        memcpy(comp + k * cap * G, r->component + k * r->cap * G, (size_t)(r->n) * sizeof(double));
+    free(r->component);
+    r->component = comp;
+    r->cap = cap;
+    return PONDER_OK;
+}
+
+/* A round's fresh groups, before the filter decides which to keep. */
+typedef struct Round {
+    int64_t P;
+    DataItem *items;
+    int32_t **ids;
+    int64_t *len;
+    GenSample *samples;
+    char **texts;
+    RewardScores scores;
+} Round;
+
+static void round_free(Round *rd, int64_t G) {
+    for (int64_t p = 0; p < rd->P; p++) {
+        if (rd->items) data_item_free(&rd->items[p]);
+        if (rd->ids) free(rd->ids[p]);
+    }
+    if (rd->samples) gen_samples_free(rd->samples, rd->P * G);
+    for (int64_t i = 0; rd->texts && i < rd->P * G; i++) free(rd->texts[i]);
+    free(rd->items), free(rd->ids), free(rd->len), free(rd->samples), free(rd->texts);
+    reward_scores_free(&rd->scores);
+}
+
+static int encode_prompt(const Tokenizer *tok, const char *prompt, int32_t **ids, int64_t *len,
+                         PonderError *err) {
+    int64_t cap = 64;
+    *ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!*ids) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    (*ids)[0] = tokenizer_special(tok, TOK_BOS);
+    *len = 1;
+    return tokenizer_encode(tok, prompt, ids, len, &cap, err);
+}
+
+static int decode_completion(const Tokenizer *tok, const GenSample *g, char **text,
+                             PonderError *err) {
+    int64_t n = g->n;
+    if (g->finish == GEN_FINISH_EOS && n > 0) n--; /* rewards see text without <eos> */
+    return tokenizer_decode(tok, g->tokens, n, text, err);
+}
+
+static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, Round *rd,
+                          PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const int64_t G = cs->num_generations;
+    memset(rd, 0, sizeof *rd);
+    rd->P = P;
+    rd->items = calloc((size_t)P, sizeof(DataItem));
+    rd->ids = calloc((size_t)P, sizeof(int32_t *));
+    rd->len = calloc((size_t)P, sizeof(int64_t));
+    rd->samples = calloc((size_t)(P * G), sizeof(GenSample));
+    rd->texts = calloc((size_t)(P * G), sizeof(char *));
+    GenPrompt *gp = calloc((size_t)P, sizeof(GenPrompt));
+    int rc = (!rd->items || !rd->ids || !rd->len || !rd->samples || !rd->texts || !gp)
+                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory (rollout)")
+                 : PONDER_OK;
+    for (int64_t p = 0; p < P && rc == PONDER_OK; p++) {
+        int64_t index = *cursor + p;
+        rc = dataset_get(s->train, (uint64_t)s->cfg->run.seed, index, &rd->items[p], err);
+        if (rc == PONDER_OK) rc = encode_prompt(s->tok, rd->items[p].prompt, &rd->ids[p], &rd->len[p], err);
+        gp[p] = (GenPrompt){rd->ids[p], rd->len[p], index};
+    }
+    if (rc == PONDER_OK) {
+        *cursor += P;
+        GenConfig gc = {.sampling = {(float)cs->temperature, cs->top_k, (float)cs->top_p,
+                                     (float)cs->min_p, cs->max_new_tokens},
+                        .num_generations = G,
+                        .max_batch = s->cfg->eval.max_batch,
+                        .seed = (uint64_t)s->cfg->run.seed,
+                        .step = step,
+                        .eos_id = tokenizer_special(s->tok, TOK_EOS),
+                        .policy_version = step};
+        rc = rollout_generate(s->policy, gp, P, &gc, rd->samples, err);
+        if (rc) memset(rd->samples, 0, (size_t)(P * G) * sizeof(GenSample));
+    }
+    for (int64_t i = 0; i < P * G && rc == PONDER_OK; i++)
+        rc = decode_completion(s->tok, &rd->samples[i], &rd->texts[i], err);
+    free(gp);
+    return rc;
+}
+
+static int score_round(RlStage *s, Round *rd, PonderError *err) {
+    const int64_t G = s->cfg->stages[s->stage].num_generations, n = rd->P * G;
+    RewardInput *in = calloc((size_t)n, sizeof(RewardInput));
+    if (!in) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (rewards)");
+    for (int64_t i = 0; i < n; i++) {
+        const DataItem *it = &rd->items[i / G];
+        in[i] = (RewardInput){it->prompt, rd->texts[i], it->row_json, it->answer, rd->samples[i].n};
+    }
+    RewardGroups groups = {NULL, G};
+    int rc = reward_set_score(s->rewards, in, n, groups, &rd->scores, err);
+    free(in);
+    return rc;
+}
+
+static double value_or_zero(RewardValue v) { return v.applicable ? v.value : 0.0; }
+
+static int group_is_constant(const Round *rd, int64_t p, int64_t G) {
+    double first = value_or_zero(rd->scores.combined[p * G]);
+    for (int64_t g = 1; g < G; g++)
+        if (value_or_zero(rd->scores.combined[p * G + g]) != first) return 0;
+    return 1;
+}
+
+/* Moves group p of the round into the rollout (ownership of its buffers). */
+static void adopt_group(Rollout *r, Round *rd, int64_t p) {
+    const int64_t G = r->G, q = r->P, base = q * G;
+    r->items[q] = rd->items[p];
+    memset(&rd->items[p], 0, sizeof rd->items[p]);
+    r->prompt_ids[q] = rd->ids[p];
+    rd->ids[p] = NULL;
+    r->prompt_len[q] = rd->len[p];
+    for (int64_t g = 0; g < G; g++) {
+        int64_t i = p * G + g;
+        r->samples[base + g] = rd->samples[i];
+        memset(&rd->samples[i], 0, sizeof rd->samples[i]);
+        r->texts[base + g] = rd->texts[i];
+        rd->texts[i] = NULL;
+        r->reward[base + g] = value_or_zero(rd->scores.combined[i]);
+        for (int k = 0; k < r->K; k++)
+            r->component[k * r->cap * G + base + g] =
+                value_or_zero(rd->scores.components[(int64_t)k * rd->P * G + i]);
+    }
+    r->P++;
+    r->n += G;
+}
+
+/* Generates and scores prompts_per_step groups; with dynamic sampling drops
+ * groups whose rewards are all equal and draws more, up to the round limit. */
+static int collect(RlStage *s, int64_t step, int64_t *cursor, Rollout *r, RlStepStats *st,
+                   PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const int64_t P = cs->prompts_per_step, G = cs->num_generations;
+    r->G = G, r->K = s->n_rewards;
+    int rc = rollout_reserve(r, P, err);
+    int64_t generated_groups = 0, constant_groups = 0;
+    for (int64_t round = 0; rc == PONDER_OK && r->P < P; round++) {
+        if (round > 0 && (!cs->dynamic_sampling || round > cs->max_resample_rounds)) break;
+        Round rd;
+        double t0 = now_s();
+        int64_t want = round == 0 ? P : P - r->P;
+        rc = generate_round(s, step, cursor, want, &rd, err);
+        double t1 = now_s();
+        if (rc == PONDER_OK) rc = score_round(s, &rd, err);
+        st->t_generate += t1 - t0;
+        st->t_score += now_s() - t1;
+        for (int64_t p = 0; p < rd.P && rc == PONDER_OK; p++) {
+            int constant = group_is_constant(&rd, p, G);
+            constant_groups += constant;
+            if (!cs->dynamic_sampling || !constant) adopt_group(r, &rd, p);
+        }
+        for (int64_t i = 0; i < rd.P * G && rc == PONDER_OK; i++)
+            st->tokens_generated += rd.samples[i].n;
+        generated_groups += rd.P;
+        st->resample_rounds = round;
+        round_free(&rd, G);
+    }
+    st->zero_variance_groups = generated_groups ? (double)constant_groups / (double)generated_groups : 0;
+    st->groups_kept = r->P;
+    if (rc == PONDER_OK && r->P == 0)
+        rc = ponder_error(err, PONDER_ERR_RUNTIME,
+                          "dynamic sampling: every group had equal rewards after %lld rounds; "
+                          "nothing to train on at step %lld (raise max_resample_rounds or "
+                          "check the rewards)",
+                          (long long)st->resample_rounds + 1, (long long)step + 1);
+    return rc;
+}
+
+/* ============================================================ batch ====== */
+
+typedef struct TrainBatch {
+    int64_t S, T, Tc, Pmax;
+    int32_t *tokens, *targets, *start; /* model batch [S,T] */
+    float *mask;                       /* model mask [S,T] */
+    float *cmask;                      /* completion mask [S,Tc] */
+    float *sample_logp;                /* [S,Tc] from the sampler */
+    int64_t *group;                    /* [S] */
+} TrainBatch;
+
+static void train_batch_free(TrainBatch *b) {
+    free(b->tokens), free(b->targets), free(b->start), free(b->mask), free(b->cmask);
+    free(b->sample_logp), free(b->group);
+    memset(b, 0, sizeof *b);
+}
+
+static int build_batch(const Rollout *r, int mask_truncated, TrainBatch *b, PonderError *err) {
+    memset(b, 0, sizeof *b);
+    const int64_t S = r->n, G = r->G;
+    for (int64_t p = 0; p < r->P; p++) b->Pmax = r->prompt_len[p] > b->Pmax ? r->prompt_len[p] : b->Pmax;
+    for (int64_t i = 0; i < S; i++) b->Tc = r->samples[i].n > b->Tc ? r->samples[i].n : b->Tc;
+    b->S = S, b->T = b->Pmax + b->Tc - 1;
+    const size_t ST = (size_t)(S * b->T), SC = (size_t)(S * b->Tc);
+    b->tokens = calloc(ST, sizeof(int32_t));
+    b->targets = calloc(ST, sizeof(int32_t));
+    b->start = calloc((size_t)S, sizeof(int32_t));
+    b->mask = calloc(ST, sizeof(float));
+    b->cmask = calloc(SC, sizeof(float));
+    b->sample_logp = calloc(SC, sizeof(float));
+    b->group = calloc((size_t)S, sizeof(int64_t));
+    if (!b->tokens || !b->targets || !b->start || !b->mask || !b->cmask || !b->sample_logp || !b->group)
+        return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (train batch)");
+    for (int64_t i = 0; i < S; i++) {
+        const int64_t p = i / G, Lp = r->prompt_len[p], off = b->Pmax - Lp;
+        const GenSample *g = &r->samples[i];
+        const int32_t *pr = r->prompt_ids[p];
+        int keep = !(mask_truncated && g->finish == GEN_FINISH_LENGTH);
+        b->start[i] = (int32_t)off;
+        b->group[i] = p;
+        for (int64_t k = 0; k < Lp + g->n - 1; k++) { /* input k predicts token k+1 */
+            int64_t at = i * b->T + off + k;
+            b->tokens[at] = k < Lp ? pr[k] : g->tokens[k - Lp];
+            b->targets[at] = k + 1 < Lp ? pr[k + 1] : g->tokens[k + 1 - Lp];
+            b->mask[at] = (k + 1 >= Lp && keep) ? 1.0f : 0.0f;
+        }
+        for (int64_t t = 0; t < g->n; t++) {
+            b->cmask[i * b->Tc + t] = keep ? 1.0f : 0.0f;
+            b->sample_logp[i * b->Tc + t] = g->logp[t];
+        }
+    }
+    return PONDER_OK;
+}
+
+/* Completion block [rows, Tc] <-> model array [rows, T]: column Pmax-1+t. */
+static void model_to_completion(const TrainBatch *b, int64_t r0, int64_t rows, const float *full,
+                                float *comp) {
+    for (int64_t i = 0; i < rows; i++)
+        memcpy(comp + (r0 + i) * b->Tc, full + i * b->T + b->Pmax - 1, (size_t)b->Tc * sizeof(float));
+}
+
+static void completion_to_model(const TrainBatch *b, int64_t r0, int64_t rows, const float *comp,
+                                float *full) {
+    memset(full, 0, (size_t)(rows * b->T) * sizeof(float));
+    for (int64_t i = 0; i < rows; i++)
+        memcpy(full + i * b->T + b->Pmax - 1, comp + (r0 + i) * b->Tc, (size_t)b->Tc * sizeof(float));
+}
+
+static ModelBatch rows_of(const TrainBatch *b, int64_t r0, int64_t rows, float temperature) {
+    ModelBatch mb = {rows, b->T, b->tokens + r0 * b->T, b->targets + r0 * b->T,
+                     b->mask + r0 * b->T, b->start + r0, temperature};
+    return mb;
+}
+
+/* Log-probs (and values for a critic) of every completion token, no gradient. */
+static int score_tokens(Model *m, const TrainBatch *b, float temperature, float *logp_c,
+                        float *values_c, PonderError *err) {
+    const size_t ST = (size_t)(b->S * b->T);
+    float *lp = malloc(ST * sizeof(float)), *v = values_c ? malloc(ST * sizeof(float)) : NULL;
+    int rc = (!lp || (values_c && !v)) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
+    ModelBatch mb = rows_of(b, 0, b->S, temperature);
+    if (rc == PONDER_OK) rc = model_forward(m, &mb, lp, NULL, v, err);
+    if (rc == PONDER_OK && logp_c) model_to_completion(b, 0, b->S, lp, logp_c);
+    if (rc == PONDER_OK && values_c) model_to_completion(b, 0, b->S, v, values_c);
+    free(lp);
+    free(v);
+    return rc;
+}
+
+/* ======================================================= advantages ====== */
+
+static AlgoPolicyConfig policy_config(const RlStage *s) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    AlgoPolicyConfig pc = algo_policy_config_default();
+    pc.epsilon_low = cs->epsilon;
+    pc.epsilon_high = cs->epsilon_high > 0 ? cs->epsilon_high : cs->epsilon;
+    pc.dual_clip_c = cs->dual_clip;
+    pc.ratio_level = (AlgoRatioLevel)cs->ratio_level; /* same order: token, sequence */
+    pc.agg.type = (AlgoLossType)cs->loss_type;
+    pc.agg.max_completion_length = cs->max_new_tokens;
+    pc.kl.estimator = (AlgoKlEstimator)cs->kl_estimator;
+    pc.kl.coef = cs->kl_in_reward ? 0.0 : s->klc.value;
+    pc.entropy_coef = cs->entropy_coef;
+    return pc;
+}
+
+static int advantages(RlStage *s, const Rollout *r, const TrainBatch *b, const float *old_logp,
+                      const float *ref_logp, const float *values, float *adv, float *returns,
+                      double *kl_sum, PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    AlgoBatch ab = {b->S, b->Tc, b->cmask};
+    double *seq = calloc((size_t)b->S, sizeof(double));
+    float *tok_rewards = calloc((size_t)(b->S * b->Tc), sizeof(float));
+    int rc = (!seq || !tok_rewards) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
+    const int token_level = cs->type == CONFIG_STAGE_PPO ||
+                            (cs->type == CONFIG_STAGE_REINFORCE_PP && !cs->rpp_baseline);
+    if (rc == PONDER_OK && token_level) {
+        AlgoKl kl = {(AlgoKlEstimator)ALGO_KL_K1, cs->kl_in_reward ? s->klc.value : 0.0, 0};
+        rc = algo_token_rewards(&ab, r->reward, old_logp, ref_logp ? ref_logp : old_logp, &kl,
+                                tok_rewards, kl_sum, err);
+    }
+    if (rc == PONDER_OK) switch (cs->type) {
+        case CONFIG_STAGE_GRPO:
+            rc = algo_adv_grpo(b->S, r->reward, b->group, (AlgoScaleRewards)cs->scale_rewards,
+                               ALGO_GRPO_STD_EPS, NULL, seq, err);
+            if (rc == PONDER_OK) rc = algo_broadcast_seq(&ab, seq, adv, err);
+            break;
+        case CONFIG_STAGE_RLOO:
+            rc = algo_adv_rloo(b->S, r->reward, b->group, seq, err);
+            if (rc == PONDER_OK) rc = algo_broadcast_seq(&ab, seq, adv, err);
+            break;
+        case CONFIG_STAGE_REINFORCE_PP:
+            rc = cs->rpp_baseline ? algo_adv_rpp_baseline(&ab, r->reward, b->group, adv, err)
+                                  : algo_adv_rpp(&ab, tok_rewards, cs->gamma, adv, returns, err);
+            break;
+        case CONFIG_STAGE_PPO:
+            rc = algo_adv_gae(&ab, tok_rewards, values, cs->gamma, cs->lam, adv, returns, err);
+            break;
+        default:
+            rc = ponder_error(err, PONDER_ERR_CONFIG, "stage %d is not an RL stage", s->stage);
+        }
+    free(seq);
+    free(tok_rewards);
+    return rc;
+}
+
+/* ========================================================== updates ====== */
+
+typedef struct UpdateInputs {
+    const TrainBatch *b;
+    const float *old_logp, *ref_logp, *adv, *returns, *old_values; /* [S,Tc] */
+} UpdateInputs;
+
+static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            RlStepStats *st, double weight, PonderError *err) {
+    const TrainBatch *b = u->b;
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const size_t full = (size_t)(rows * b->T), comp = (size_t)(b->S * b->Tc);
+    float *lp = malloc(full * sizeof(float)), *ent = malloc(full * sizeof(float));
+    float *lpc = calloc(comp, sizeof(float)), *entc = calloc(comp, sizeof(float));
+    float *dl = calloc(comp, sizeof(float)), *de = calloc(comp, sizeof(float));
+    float *dfull = malloc(full * sizeof(float)), *defull = malloc(full * sizeof(float));
+    int rc = (!lp || !ent || !lpc || !entc || !dl || !de || !dfull || !defull)
+                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory")
+                 : PONDER_OK;
+    ModelBatch mb = rows_of(b, r0, rows, (float)cs->temperature);
+    if (rc == PONDER_OK) rc = model_forward(s->policy, &mb, lp, ent, NULL, err);
+    if (rc == PONDER_OK) {
+        model_to_completion(b, r0, rows, lp, lpc);
+        model_to_completion(b, r0, rows, ent, entc);
+        /* the algos batch is this mini-batch's rows: offset every array */
+        const size_t o = (size_t)(r0 * b->Tc);
+        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
+        AlgoPolicyConfig pc = policy_config(s);
+        AlgoPolicyInputs in = {lpc + o, u->old_logp ? u->old_logp + o : NULL,
+                               u->ref_logp ? u->ref_logp + o : NULL, u->adv + o, entc + o};
+        AlgoPolicyResult res;
+        rc = algo_policy_loss(&ab, &pc, &in, &res, dl + o, de + o, err);
+        if (rc == PONDER_OK) {
+            st->policy_loss += weight * res.loss;
+            st->clip_low += weight * res.clip_low_frac;
+            st->clip_high += weight * res.clip_high_frac;
+            st->dual_clip += weight * res.dual_clip_frac;
+            st->entropy += weight * res.entropy_mean;
+            st->kl += weight * res.kl_mean;
+            if (!u->old_logp) { /* on-policy: the sampler's log-probs are the old ones */
+                for (int64_t i = 0; i < rows * b->Tc; i++) {
+                    if (b->cmask[o + i] == 0.0f) continue;
+                    double d = fabs((double)lpc[o + i] - b->sample_logp[o + i]);
+                    st->logp_mismatch_max = d > st->logp_mismatch_max ? d : st->logp_mismatch_max;
+                }
+            }
+        }
+    }
+    if (rc == PONDER_OK) {
+        completion_to_model(b, r0, rows, dl, dfull);
+        completion_to_model(b, r0, rows, de, defull);
+        model_zero_grad(s->policy);
+        rc = model_backward(s->policy, dfull, cs->entropy_coef != 0 ? defull : NULL, NULL, err);
+    }
+    if (rc == PONDER_OK) {
+        OptimStepInfo info;
+        PonderError local = {0};
+        if (optim_step(s->opt, s->policy, &info, &local) == PONDER_OK) {
+            st->grad_norm += weight * info.grad_norm;
+            st->lr = info.lr;
+        } else {
+            st->finite = 0;
+        }
+    }
+    free(lp), free(ent), free(lpc), free(entc), free(dl), free(de), free(dfull), free(defull);
+    return rc;
+}
+
+static int critic_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            RlStepStats *st, double weight, PonderError *err) {
+    const TrainBatch *b = u->b;
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const size_t full = (size_t)(rows * b->T), comp = (size_t)(b->S * b->Tc);
+    float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
+    float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
+    float *dvfull = malloc(full * sizeof(float));
+    int rc = (!lp || !v || !vc || !dv || !dvfull)
+                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory")
+                 : PONDER_OK;
+    ModelBatch mb = rows_of(b, r0, rows, 1.0f);
+    if (rc == PONDER_OK) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
+    if (rc == PONDER_OK) {
+        model_to_completion(b, r0, rows, v, vc);
+        const size_t o = (size_t)(r0 * b->Tc);
+        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
+        AlgoValueConfig vcfg = {cs->cliprange_value, {ALGO_LOSS_BNPO, cs->max_new_tokens, 0}};
+        AlgoValueResult res;
+        rc = algo_value_loss(&ab, &vcfg, vc + o, u->old_values + o, u->returns + o, &res, dv + o, err);
+        if (rc == PONDER_OK) {
+            st->value_loss += weight * res.loss;
+            st->value_clip += weight * res.clip_frac;
+        }
+    }
+    if (rc == PONDER_OK) {
+        completion_to_model(b, r0, rows, dv, dvfull);
+        model_zero_grad(s->critic);
+        rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
+    }
+    if (rc == PONDER_OK) {
+        PonderError local = {0};
+        if (optim_step(&s->critic_opt, s->critic, NULL, &local) != PONDER_OK) st->finite = 0;
+    }
+    free(lp), free(v), free(vc), free(dv), free(dvfull);
+    return rc;
+}
+
+static int update(RlStage *s, const UpdateInputs *u, RlStepStats *st, PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const int64_t S = u->b->S, M = cs->mini_batches < S ? cs->mini_batches : S;
+    const double weight = 1.0 / (double)(M * cs->num_iterations);
+    int rc = PONDER_OK;
+    for (int64_t it = 0; it < cs->num_iterations && rc == PONDER_OK; it++)
+        for (int64_t k = 0; k < M && rc == PONDER_OK; k++) {
+            int64_t r0 = k * S / M, rows = (k + 1) * S / M - r0;
+            rc = policy_minibatch(s, u, r0, rows, st, weight, err);
+            if (rc == PONDER_OK && s->critic) rc = critic_minibatch(s, u, r0, rows, st, weight, err);
+        }
+    return rc;
+}
+
+/* ========================================================= the step ====== */
+
+static void rollout_metrics(const RlStage *s, const Rollout *r, RlStepStats *st) {
+    const int64_t n = r->n;
+    double sum = 0, sq = 0, len = 0, think = 0, trunc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        sum += r->reward[i];
+        sq += r->reward[i] * r->reward[i];
+        len += (double)r->samples[i].n;
+        think += eval_thinks(r->texts[i]);
+        trunc += r->samples[i].finish == GEN_FINISH_LENGTH;
+    }
+    st->samples = n;
+    st->reward_mean = sum / (double)n;
+    st->reward_std = sqrt(fmax(0.0, sq / (double)n - st->reward_mean * st->reward_mean));
+    st->completion_length = len / (double)n;
+    st->think_ratio = think / (double)n;
+    st->truncated = trunc / (double)n;
+    for (int k = 0; k < r->K && k < 8; k++) {
+        double c = 0;
+        for (int64_t i = 0; i < n; i++) c += r->component[k * r->cap * r->G + i];
+        st->component_mean[k] = c / (double)n;
+    }
+    st->accuracy = s->accuracy_component >= 0 ? st->component_mean[s->accuracy_component] : -1.0;
+}
+
+typedef struct StepArrays {
+    float *old_logp, *ref_logp, *values, *adv, *returns;
+} StepArrays;
+
+static void step_arrays_free(StepArrays *a) {
+    free(a->old_logp), free(a->ref_logp), free(a->values), free(a->adv), free(a->returns);
+}
+
+static int step_arrays_alloc(StepArrays *a, size_t n, int old, int ref, int values) {
+    memset(a, 0, sizeof *a);
+    a->adv = calloc(n, sizeof(float));
+    a->returns = calloc(n, sizeof(float));
+    if (old) a->old_logp = calloc(n, sizeof(float));
+    if (ref) a->ref_logp = calloc(n, sizeof(float));
+    if (values) a->values = calloc(n, sizeof(float));
+    return a->adv && a->returns && (!old || a->old_logp) && (!ref || a->ref_logp) &&
+           (!values || a->values);
+}
+
+int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    memset(st, 0, sizeof *st);
+    st->finite = 1;
+    Rollout r = {0};
+    TrainBatch b = {0};
+    StepArrays a = {0};
+    int rc = collect(s, step, cursor, &r, st, err);
+    if (rc == PONDER_OK) rc = build_batch(&r, cs->mask_truncated, &b, err);
+    double t0 = now_s();
+    /* old log-probs are needed whenever the policy moves before a mini-batch
+     * is used, or when a KL or token-level estimator reads them */
+    const int multi = cs->num_iterations > 1 || cs->mini_batches > 1;
+    const int token_level = cs->type == CONFIG_STAGE_PPO || cs->type == CONFIG_STAGE_REINFORCE_PP;
+    const int need_old = multi || token_level || cs->kl_in_reward;
+    if (rc == PONDER_OK &&
+        !step_arrays_alloc(&a, (size_t)(b.S * b.Tc), need_old, s->ref != NULL, s->critic != NULL))
+        rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory (step arrays)");
+    if (rc == PONDER_OK && need_old) {
+        rc = score_tokens(s->policy, &b, (float)cs->temperature, a.old_logp, NULL, err);
+        for (int64_t i = 0; rc == PONDER_OK && i < b.S * b.Tc; i++)
+            if (b.cmask[i] != 0.0f) {
+                double d = fabs((double)a.old_logp[i] - b.sample_logp[i]);
+                st->logp_mismatch_max = d > st->logp_mismatch_max ? d : st->logp_mismatch_max;
+            }
+    }
+    if (rc == PONDER_OK && s->ref) rc = score_tokens(s->ref, &b, (float)cs->temperature, a.ref_logp, NULL, err);
+    if (rc == PONDER_OK && s->critic) rc = score_tokens(s->critic, &b, 1.0f, NULL, a.values, err);
+    double kl_sum = 0.0;
+    if (rc == PONDER_OK)
+        rc = advantages(s, &r, &b, a.old_logp ? a.old_logp : b.sample_logp, a.ref_logp, a.values,
+                        a.adv, a.returns, &kl_sum, err);
+    if (rc == PONDER_OK) {
+        UpdateInputs u = {&b, multi ? a.old_logp : NULL, a.ref_logp, a.adv, a.returns, a.values};
+        rc = update(s, &u, st, err);
+    }
+    if (rc == PONDER_OK && s->klc.adaptive && cs->kl_in_reward)
+        rc = algo_kl_ctl_update(&s->klc, kl_sum / (double)b.S, b.S, err);
+    st->t_train = now_s() - t0;
+    if (rc == PONDER_OK) rollout_metrics(s, &r, st);
+    step_arrays_free(&a);
+    train_batch_free(&b);
+    rollout_free(&r);
+    return rc;
+}
+
+/* ========================================================== metrics ====== */
+
+char *rl_stats_json(const RlStage *s, const RlStepStats *st, int64_t step, int64_t stage_step) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    fprintf(f,
+            "{\"kind\":\"rl\",\"stage\":\"%s\",\"step\":%lld,\"stage_step\":%lld,"
+            "\"reward\":%.6f,\"reward_std\":%.6f",
+            config_stage_name(s->cfg, s->stage), (long long)step, (long long)stage_step,
+            st->reward_mean, st->reward_std);
+    for (int k = 0; k < s->n_rewards && k < 8; k++)
+        fprintf(f, ",\"reward/%s\":%.6f", s->reward_names[k], st->component_mean[k]);
+    fprintf(f,
+            ",\"accuracy\":%.6f,\"completion_length\":%.3f,\"think_ratio\":%.6f,"
+            "\"truncated\":%.6f,\"kl\":%.6g,\"kl_coef\":%.6g,\"clip_low\":%.6f,\"clip_high\":%.6f,"
+            "\"dual_clip\":%.6f,\"entropy\":%.6f,\"grad_norm\":%.6f,\"lr\":%.6g,"
+            "\"policy_loss\":%.6g,\"value_loss\":%.6g,\"value_clip\":%.6f,"
+            "\"logp_mismatch\":%.3g,\"zero_variance_groups\":%.4f,\"groups\":%lld,"
+            "\"resample_rounds\":%lld,\"samples\":%lld,\"tokens_generated\":%lld,"
+            "\"t_generate\":%.3f,\"t_score\":%.3f,\"t_train\":%.3f,"
+            "\"gen_tokens_per_s\":%.1f,\"finite\":%s}",
+            st->accuracy, st->completion_length, st->think_ratio, st->truncated, st->kl,
+            s->klc.value, st->clip_low, st->clip_high, st->dual_clip, st->entropy, st->grad_norm,
+            st->lr, st->policy_loss, st->value_loss, st->value_clip, st->logp_mismatch_max,
+            st->zero_variance_groups, (long long)st->groups_kept, (long long)st->resample_rounds,
+            (long long)st->samples, (long long)st->tokens_generated, st->t_generate, st->t_score,
+            st->t_train, st->t_generate > 0 ? (double)st->tokens_generated / st->t_generate : 0.0,
+            st->finite ? "true" : "false");
+    fclose(f);
+    return buf;
+}
