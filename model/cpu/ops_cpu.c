@@ -255,7 +255,10 @@ static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64
 
 /* ---------------------------------------------------------- attention ---- */
 
-PONDER_HOT static float dot_hd(const float *a, const float *b, int64_t hd) {
+/* dot_hd, axpy_hd and softmax_inplace are inlined into the per-head kernels,
+ * which are compiled per CPU (PONDER_HOT): an ifunc call per (i, j) pair would
+ * cost more than the 64 multiply-adds it does. */
+static inline float dot_hd(const float *a, const float *b, int64_t hd) {
     float acc[LANES] = {0};
     int64_t d = 0;
     for (; d + LANES <= hd; d += LANES)
@@ -265,12 +268,12 @@ PONDER_HOT static float dot_hd(const float *a, const float *b, int64_t hd) {
     return s;
 }
 
-PONDER_HOT static void axpy_hd(float *y, float a, const float *x, int64_t hd) {
+static inline void axpy_hd(float *y, float a, const float *x, int64_t hd) {
     for (int64_t d = 0; d < hd; d++) y[d] += a * x[d];
 }
 
 /* Softmax of row[0..n) in place; returns nothing, row sums to 1. */
-PONDER_HOT static void softmax_inplace(float *row, int64_t n) {
+static inline void softmax_inplace(float *row, int64_t n) {
     float mx = row[0];
     for (int64_t j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
     float sum = 0.0f;
@@ -283,7 +286,7 @@ PONDER_HOT static void softmax_inplace(float *row, int64_t n) {
 }
 
 /* One (batch, head) of causal attention: queries and keys [s, T). */
-static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
+PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
                                    int64_t qs, const float *k, int64_t ks, const float *v,
                                    int64_t vs, int64_t s, int64_t T, int64_t hd) {
     const float scale = 1.0f / sqrtf((float)hd);
@@ -316,7 +319,7 @@ static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k
 
 /* Backward of one query head; dk/dv belong to its kv head and are shared by
  * the heads of the group, which the caller runs in order on one thread. */
-static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
+PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
                                     int64_t dout_stride, const float *att, const float *q,
                                     const float *k, const float *v, int64_t stride_q,
                                     int64_t stride_kv, int64_t dstride_q, int64_t dstride_kv,
@@ -366,6 +369,16 @@ static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const 
     }
 }
 
+/* One query row against L cached keys of one head. */
+PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
+                                            const float *vc, int64_t L, int64_t hd, float scale) {
+    for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, kc + j * hd, hd) * scale;
+    memset(o, 0, (size_t)hd * sizeof(float));
+    if (L == 0) return;
+    softmax_inplace(row, L);
+    for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
+}
+
 static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  float *const *v_cache, const int64_t *len, int64_t N,
                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
@@ -379,14 +392,10 @@ static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
 #pragma omp for schedule(dynamic, 1)
         for (int64_t nh = 0; nh < N * NH; nh++) {
             int64_t n = nh / NH, h = nh % NH, kvh = h / group, L = len[n];
-            const float *qi = q.base + n * q.row_stride + h * hd;
-            const float *kc = k_cache[n] + kvh * max_len * hd;
-            const float *vc = v_cache[n] + kvh * max_len * hd;
-            float *o = out + n * NH * hd + h * hd;
-            for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, kc + j * hd, hd) * scale;
-            softmax_inplace(row, L);
-            memset(o, 0, (size_t)hd * sizeof(float));
-            for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
+            attention_cached_row(out + n * NH * hd + h * hd, row,
+                                 q.base + n * q.row_stride + h * hd,
+                                 k_cache[n] + kvh * max_len * hd, v_cache[n] + kvh * max_len * hd,
+                                 L, hd, scale);
         }
         free(row);
     }
