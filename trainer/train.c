@@ -604,8 +604,13 @@ static int run_stage(Run *r, PonderError *err) {
         int rc = rl ? rl_step(r, &st, err) : sft_step(r, &st, err);
         if (rc == PONDER_OK) rc = rl ? count_bad_step(r, &st, err) : apply_update(r, &st, err);
         if (rc) {
+            /* A failing step (a reward process that crashed, bad data, too
+             * many non-finite steps) leaves the state of the last completed
+             * step: keep it, so the run can be resumed once the cause is fixed. */
             PonderError ignored = {0};
-            if (r->bad_in_row) save_checkpoint(r, &ignored);
+            if (save_checkpoint(r, &ignored) == PONDER_OK)
+                say(r, "stopped by an error at step %lld; the checkpoint above holds the last "
+                       "completed step\n", (long long)r->step + 1);
             return rc;
         }
         if (!rl) r->cursor += cs->batch_size;
