@@ -313,3 +313,31 @@ Test(sft, sigint_checkpoints_and_resumes, .timeout = 120) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", d);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* model.init_from starts a new run from a checkpoint's weights (a step at a
+ * vanishing learning rate leaves them bit-identical). */
+Test(sft, init_from_starts_from_checkpoint_weights, .timeout = 120) {
+    char a[] = "/tmp/ponder_init_a_XXXXXX", b[] = "/tmp/ponder_init_b_XXXXXX";
+    cr_assert(mkdtemp(a) && mkdtemp(b));
+    PonderError err = {0};
+    TrainSummary s;
+    TrainOptions o = {0};
+    PonderConfig ca = tiny_run(a, 3);
+    cr_assert_eq(train_run(&ca, &o, &s, &err), 0, "%s", err.msg);
+    PonderConfig cb = tiny_run(b, 1);
+    snprintf(cb.model.init_from, sizeof cb.model.init_from, "%s/checkpoints/step_00000003.h5", a);
+    cb.optim.lr = 1e-30;
+    cb.optim.warmup_steps = 0;
+    cr_assert_eq(train_run(&cb, &o, &s, &err), 0, "%s", err.msg);
+    Model *ma = NULL, *mb = NULL;
+    Optimizer oa, ob;
+    load_final(a, 3, &ma, &oa);
+    load_final(b, 1, &mb, &ob);
+    cr_expect_eq(memcmp(model_params(ma), model_params(mb), model_num_params(ma) * sizeof(float)), 0,
+                 "the new run did not start from the checkpoint's weights");
+    optim_free(&oa), optim_free(&ob);
+    model_free(ma), model_free(mb);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
+    cr_expect_eq(system(cmd), 0);
+}
