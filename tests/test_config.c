@@ -1216,8 +1216,9 @@ Test(config_shipped, rl_recipes) {
         cr_assert_eq(rl->max_new_tokens, 48);
         cr_assert_eq(rl->loss_type, ALGO_LOSS_DAPO);
         cr_assert_eq(rl->beta, 0.0);
-        cr_assert_eq(rl->steps, 100);
-        cr_assert_eq(config_stage_lr(&c, 1), 1e-4);
+        /* steps and lr are tuned per recipe (README "Results"): only sanity here */
+        cr_assert_gt(rl->steps, 0);
+        cr_assert(config_stage_lr(&c, 1) > 0 && config_stage_lr(&c, 1) < c.optim.lr);
         cr_assert_eq(c.data.min_digits, 1);
         cr_assert_eq(c.data.max_digits, 3);
         cr_assert_eq(c.data.eval_min_digits, 3);
