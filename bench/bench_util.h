@@ -1,0 +1,114 @@
+/* bench/bench_util.h — helpers shared by the benchmarks: a monotonic clock,
+ * median and spread of repeated timings, and the sgemm ceiling measured in the
+ * same run (STYLE.md "Performance habits": compare against the GEMM ceiling of
+ * this run, not a datasheet). Header-only: every benchmark is one .c file. */
+#ifndef PONDER_BENCH_BENCH_UTIL_H
+#define PONDER_BENCH_BENCH_UTIL_H
+
+#include <stdint.h> /* int64_t */
+#include <stdio.h>  /* fprintf */
+#include <stdlib.h> /* malloc, free, qsort, abort */
+#include <string.h> /* memcpy */
+#include <time.h>   /* clock_gettime */
+
+#include "model/cpu/blas.h" /* blas_sgemm */
+
+static inline double bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median, minimum and maximum of n samples (n >= 1); v is not modified. */
+typedef struct BenchStats {
+    double median, min, max;
+    int n;
+} BenchStats;
+
+static inline BenchStats bench_stats(const double *v, int n) {
+    BenchStats s = {0, 0, 0, n};
+    if (n <= 0) return s;
+    double *t = malloc((size_t)n * sizeof *t);
+    if (!t) abort();
+    memcpy(t, v, (size_t)n * sizeof *t);
+    qsort(t, (size_t)n, sizeof *t, bench_cmp_double);
+    s.median = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    s.min = t[0];
+    s.max = t[n - 1];
+    free(t);
+    return s;
+}
+
+/* Fills x[0..n) with uniform values in [-1, 1) from a xorshift seed. */
+static inline void bench_fill_uniform(float *x, int64_t n, uint64_t seed) {
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        x[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+    }
+}
+
+static inline float *bench_alloc_floats(int64_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (size_t)n * sizeof(float)) != 0) {
+        fprintf(stderr, "bench: out of memory allocating %lld floats\n", (long long)n);
+        abort();
+    }
+    return p;
+}
+
+/* Times row-major C[M,N] (+)= op(A)[M,K] op(B)[K,N] with the given transposes:
+ * one warm-up call, then `reps` timed repetitions, each long enough (a batch of
+ * calls lasting >= ~min_rep_s) for the clock to be meaningful. Writes the
+ * GFLOP/s of every repetition into gflops[0..reps) and returns their stats.
+ * beta = 1 when `accumulate` (as for weight gradients), else 0. */
+static inline BenchStats bench_sgemm_gflops_ex(int trans_a, int trans_b, int64_t M, int64_t N,
+                                               int64_t K, int accumulate, int reps,
+                                               double min_rep_s, double *gflops) {
+    float *A = bench_alloc_floats(M * K), *B = bench_alloc_floats(K * N);
+    float *C = bench_alloc_floats(M * N);
+    bench_fill_uniform(A, M * K, 1);
+    bench_fill_uniform(B, K * N, 2);
+    bench_fill_uniform(C, M * N, 3);
+    int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    float beta = accumulate ? 1.0f : 0.0f;
+    /* Tiny alpha keeps accumulated values bounded over many calls. */
+    float alpha = accumulate ? 1e-3f : 1.0f;
+    double t0 = bench_now();
+    blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+    double first = bench_now() - t0;
+    int calls = 1;
+    if (first < min_rep_s) calls = (int)(min_rep_s / (first > 1e-6 ? first : 1e-6)) + 1;
+    double flop = 2.0 * (double)M * (double)N * (double)K * calls;
+    double *own = gflops ? NULL : malloc((size_t)reps * sizeof *own);
+    double *g = gflops ? gflops : own;
+    for (int r = 0; r < reps; r++) {
+        t0 = bench_now();
+        for (int c = 0; c < calls; c++)
+            blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        g[r] = flop / (bench_now() - t0) / 1e9;
+    }
+    BenchStats s = bench_stats(g, reps);
+    free(own);
+    free(A);
+    free(B);
+    free(C);
+    return s;
+}
+
+/* The sgemm ceiling of this run: median GFLOP/s of `reps` repetitions of a
+ * plain (no transpose) M x N x K sgemm through ponder's BLAS, with whatever
+ * library and thread count are loaded now. bench_sgemm_ceiling_gflops(2048,
+ * 2048, 2048, 5) is the "large square" reference of bench/sgemm_ceiling. */
+static inline double bench_sgemm_ceiling_gflops(int64_t M, int64_t N, int64_t K, int reps) {
+    return bench_sgemm_gflops_ex(0, 0, M, N, K, 0, reps < 1 ? 1 : reps, 0.05, NULL).median;
+}
+
+#endif
