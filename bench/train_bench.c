@@ -17,6 +17,7 @@
 #include "model/cpu/blas.h"   /* blas_set_threads, blas_info */
 #include "model/model.h"      /* Model */
 #include "trainer/optim.h"    /* Optimizer */
+#include "util/omp_env.h"      /* omp_env_use_short_spin */
 #include "util/rng.h"         /* Rng */
 
 static ModelConfig shape_config(const char *shape) {
@@ -56,6 +57,7 @@ static double flops_per_token(const Model *m, int64_t T) {
 }
 
 int main(int argc, char **argv) {
+    omp_env_use_short_spin(argv);
     const char *shape = argc > 1 ? argv[1] : "tiny";
     int64_t B = argc > 2 ? atoi(argv[2]) : 4, T = argc > 3 ? atoi(argv[3]) : 64;
     int steps = argc > 4 ? atoi(argv[4]) : 5, threads = argc > 5 ? atoi(argv[5]) : 2;

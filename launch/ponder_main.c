@@ -7,7 +7,6 @@
 #include <signal.h> /* sigaction */
 #include <stdio.h>  /* fprintf, fflush */
 #include <stdlib.h> /* strtof, strtoll, free, getenv, setenv */
-#include <unistd.h> /* execv */
 #include <string.h> /* strcmp */
 
 #include "model/cpu/blas.h"     /* blas_load */
@@ -20,9 +19,9 @@
 #include "trainer/plot.h"       /* plot_run */
 #include "trainer/train.h"      /* train_run */
 #include "util/error.h"         /* PonderError */
+#include "util/omp_env.h"       /* omp_env_use_short_spin */
 
 #define EXIT_USAGE 2
-#define PONDER_GOMP_SPINCOUNT "10000" /* iterations before a thread sleeps */
 
 typedef struct Command {
     const char *name;
@@ -324,21 +323,8 @@ static void usage(FILE *f) {
         fprintf(f, "  %-9s %-28s %s\n", COMMANDS[i].name, COMMANDS[i].args, COMMANDS[i].summary);
 }
 
-/* libgomp reads its wait policy once, when it is loaded, so it cannot be set
- * from inside a running process. Its default lets idle threads spin for a
- * long time at every barrier; when the cores are shared (another job, a BLAS
- * thread, a rollout rank) a spinning thread takes the core from the thread it
- * is waiting for, and steps get several times slower (bench/RESULTS.md). So
- * unless the user chose a policy, the command sets a short spin and starts
- * itself again, once. */
-static void use_short_openmp_spin(char **argv) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-    if (setenv("GOMP_SPINCOUNT", PONDER_GOMP_SPINCOUNT, 1) == 0) execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the default policy */
-}
-
 int main(int argc, char **argv) {
-    use_short_openmp_spin(argv);
+    omp_env_use_short_spin(argv);
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;

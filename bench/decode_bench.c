@@ -1,0 +1,115 @@
+/* bench/decode_bench.c — decode throughput: ponder's KV-cache decode at a
+ * batch size, against a naive generator that reruns the full forward over the
+ * whole sequence for every new token (what generation costs without a cache).
+ *
+ *   decode_bench [tiny|gpt2] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive]
+ * prints one JSON line; with `naive` it also times the no-cache generator. */
+#include <omp.h>    /* omp_set_num_threads */
+#include <stdio.h>  /* printf */
+#include <stdlib.h> /* atoi, malloc */
+#include <string.h> /* strcmp */
+
+#include "bench/bench_util.h" /* bench_now */
+#include "model/cpu/blas.h"   /* blas_set_threads */
+#include "model/model.h"      /* Model, KV cache */
+#include "util/omp_env.h"      /* omp_env_use_short_spin */
+#include "util/rng.h"         /* Rng */
+
+static ModelConfig shape_config(const char *shape) {
+    ModelConfig c = model_config_default();
+    if (strcmp(shape, "gpt2") == 0) {
+        c.arch = MODEL_ARCH_GPT2;
+        c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
+        c.d_ff = 3072, c.max_seq_len = 1024;
+    } else {
+        c.vocab_size = 64, c.d_model = 128, c.n_layer = 4, c.n_head = 4, c.n_kv_head = 4;
+        c.d_ff = 352, c.max_seq_len = 512;
+    }
+    return c;
+}
+
+static int32_t argmax(const float *x, int64_t n) {
+    int32_t b = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[b]) b = (int32_t)i;
+    return b;
+}
+
+/* KV cache: prefill each slot, then decode NEW tokens for all slots at once. */
+static double kv_decode_seconds(Model *m, int64_t B, int64_t P, int64_t NEW, const int32_t *prompt,
+                                PonderError *err) {
+    const int64_t V = model_config(m)->vocab_size;
+    ModelKVCache *kv = NULL;
+    if (model_kv_create(&kv, m, B, P + NEW + 1, err)) return -1;
+    float *logits = malloc((size_t)(B * V) * sizeof(float));
+    int64_t *slots = malloc((size_t)B * sizeof(int64_t));
+    int32_t *tok = malloc((size_t)B * sizeof(int32_t));
+    for (int64_t b = 0; b < B; b++) {
+        slots[b] = b;
+        if (model_prefill(m, kv, b, prompt, P, logits, err)) return -1;
+        tok[b] = argmax(logits, V);
+    }
+    double t0 = bench_now();
+    for (int64_t s = 0; s < NEW; s++) {
+        if (model_decode(m, kv, slots, tok, B, logits, err)) return -1;
+        for (int64_t b = 0; b < B; b++) tok[b] = argmax(logits + b * V, V);
+    }
+    double dt = bench_now() - t0;
+    free(logits), free(slots), free(tok);
+    model_kv_free(kv);
+    return dt;
+}
+
+/* No cache: every new token reruns the forward over the whole sequence. */
+static double naive_decode_seconds(Model *m, int64_t B, int64_t P, int64_t NEW,
+                                   const int32_t *prompt, PonderError *err) {
+    const int64_t V = model_config(m)->vocab_size, T = P + NEW;
+    int32_t *seq = malloc((size_t)(B * T) * sizeof(int32_t));
+    float *logits = malloc((size_t)(B * T * V) * sizeof(float));
+    int32_t *packed = malloc((size_t)(B * T) * sizeof(int32_t));
+    for (int64_t b = 0; b < B; b++) memcpy(seq + b * T, prompt, (size_t)P * sizeof(int32_t));
+    double t0 = bench_now();
+    for (int64_t len = P; len < T; len++) {
+        for (int64_t b = 0; b < B; b++) memcpy(packed + b * len, seq + b * T, (size_t)len * sizeof(int32_t));
+        ModelBatch mb = {B, len, packed, packed, NULL, NULL, 1.0f};
+        if (model_forward_logits(m, &mb, logits, err)) return -1;
+        for (int64_t b = 0; b < B; b++) seq[b * T + len] = argmax(logits + (b * len + len - 1) * V, V);
+    }
+    double dt = bench_now() - t0;
+    free(seq), free(logits), free(packed);
+    return dt;
+}
+
+int main(int argc, char **argv) {
+    omp_env_use_short_spin(argv);
+    const char *shape = argc > 1 ? argv[1] : "tiny";
+    int64_t B = argc > 2 ? atoi(argv[2]) : 1, NEW = argc > 3 ? atoi(argv[3]) : 64;
+    int64_t P = argc > 4 ? atoi(argv[4]) : 16;
+    int threads = argc > 5 ? atoi(argv[5]) : 2;
+    int naive = argc > 6 && strcmp(argv[6], "naive") == 0;
+    PonderError err = {0};
+    if (blas_load(NULL, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    omp_set_num_threads(threads);
+    blas_set_threads(threads);
+    ModelConfig cfg = shape_config(shape);
+    Model *m = NULL;
+    if (model_create(&m, &cfg, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    model_init_weights(m, 1);
+    int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
+    Rng r = rng_from_seed(2);
+    for (int64_t i = 0; i < P; i++) prompt[i] = (int32_t)rng_below(&r, (uint64_t)cfg.vocab_size);
+    double kv_s = kv_decode_seconds(m, B, P, NEW, prompt, &err);
+    if (kv_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
+    double naive_s = naive ? naive_decode_seconds(m, B, P, NEW, prompt, &err) : 0.0;
+    if (naive_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
+    double weight_gb = (double)model_num_params(m) * 4.0 / 1e9;
+    printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"prompt\":%lld,\"new_tokens\":%lld,"
+           "\"threads\":%d,\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
+           "\"weights_gb\":%.3f,\"kv_weight_read_gb_per_s\":%.2f}\n",
+           shape, (long long)B, (long long)P, (long long)NEW, threads,
+           (double)(B * NEW) / kv_s, naive ? (double)(B * NEW) / naive_s : 0.0, weight_gb,
+           weight_gb * (double)NEW / kv_s);
+    free(prompt);
+    model_free(m);
+    return 0;
+}
