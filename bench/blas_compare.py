@@ -10,7 +10,10 @@ rounds; we print median and min..max per configuration.
       [--extra=--no-ceiling] [--out raw.jsonl]
   python3 bench/blas_compare.py --contention --bin build/omp_blas_contention --rounds 5 \
       --reps 5 --threads 2 --configs all [--extra="--iters 20"] [--out raw.jsonl]
-  python3 bench/blas_compare.py --report raw.jsonl ...   (either kind)
+  python3 bench/blas_compare.py --raw --key tokens_per_s --bin build/train_bench \
+      --extra="gpt2 4 64 5 2" --rounds 4 --configs auto,skx-pthread,skx-pthread-to4,blis-openmp
+      (any program printing JSON lines, run as is under each configuration's environment)
+  python3 bench/blas_compare.py --report raw.jsonl ...   (sgemm or contention records)
 
 A configuration is a name from CONFIGS (environment for the process). Nothing
 here is used by ponder itself; PONDER_BLAS is a benchmark-only switch.
@@ -92,7 +95,7 @@ CONTENTION = {
 }
 
 
-def run_one(binary, name, threads, reps, extra, contention=False):
+def run_one(binary, name, threads, reps, extra, contention=False, raw=False):
     env = dict(os.environ)
     for k in ("OPENBLAS_CORETYPE", "PONDER_BLAS", "BLIS_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS"):
@@ -104,6 +107,8 @@ def run_one(binary, name, threads, reps, extra, contention=False):
     else:
         env.update(CONFIGS[name])
     cmd = [binary, "--json", "--threads", str(threads), "--reps", str(reps)] + extra
+    if raw:
+        cmd = [binary] + extra
     b0, c0, t0 = busy_seconds(), children_seconds(), time.monotonic()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     wall = time.monotonic() - t0
@@ -132,6 +137,9 @@ def main():
     ap.add_argument("--extra", default="", help="more sgemm_ceiling arguments")
     ap.add_argument("--out", default="", help="append raw JSON records here")
     ap.add_argument("--contention", action="store_true", help="run omp_blas_contention configs")
+    ap.add_argument("--raw", action="store_true",
+                    help="run --bin with --extra only, under CONFIGS environments")
+    ap.add_argument("--key", default="tokens_per_s", help="--raw: JSON field to summarise")
     a = ap.parse_args()
     configs = a.configs.split(",")
     if a.contention and a.configs == "all":
@@ -141,7 +149,7 @@ def main():
     for rnd in range(a.rounds):
         for t in threads:
             for c in configs:
-                rr = run_one(a.bin, c, t, a.reps, a.extra.split(), a.contention)
+                rr = run_one(a.bin, c, t, a.reps, a.extra.split(), a.contention, a.raw)
                 for r in rr:
                     r["round"] = rnd
                 recs += rr
@@ -149,8 +157,25 @@ def main():
                     with open(a.out, "a") as f:
                         for r in rr:
                             f.write(json.dumps(r) + "\n")
-                print("round %d threads %d %-12s done" % (rnd, t, c), file=sys.stderr, flush=True)
-    report(recs)
+                print("round %d threads %s %-12s done" % (rnd, "-" if a.raw else t, c),
+                      file=sys.stderr, flush=True)
+            if a.raw:
+                break  # the thread count is in --extra
+    if a.raw:
+        report_raw(recs, a.key)
+    else:
+        report(recs)
+
+
+def report_raw(recs, key):
+    print("%s: median [min..max] n=runs, all runs | quiet runs (other processes < %.2f cores)"
+          % (key, QUIET))
+    for cfg in dict.fromkeys(r["config"] for r in recs):
+        sel = [r for r in recs if r["config"] == cfg]
+        vals = [r[key] for r in sel]
+        q = [r[key] for r in sel if r["foreign_load"] < QUIET]
+        lib = "%s %s" % (sel[0].get("blas", ""), sel[0].get("blas_core", ""))
+        print("  %-16s %-34s %-34s %s" % (cfg, fmt(vals), fmt(q), lib))
 
 
 def report_contention(recs):

@@ -177,16 +177,15 @@ int main(int argc, char **argv) {
     if (json) {
         printf("{\"bench\":\"omp_blas_contention\",\"library\":\"%s\",\"core\":\"%s\","
                "\"threads\":%d,\"OMP_WAIT_POLICY\":\"%s\",\"GOMP_SPINCOUNT\":\"%s\","
-               "\"OPENBLAS_THREAD_TIMEOUT\":\"%s\",\"setenv_in_main\":%d,\"gemm\":\"%lldx%lldx%lld\","
-               "\"mb\":%.1f,\"iters\":%d,\"reps\":%d,"
+               "\"OPENBLAS_THREAD_TIMEOUT\":\"%s\",\"setenv_in_main\":%d,"
+               "\"gemm\":\"%lldx%lldx%lld\",\"mb\":%.1f,\"iters\":%d,\"reps\":%d,"
                "\"alt_ms\":%.3f,\"alt_ms_min\":%.3f,\"alt_ms_max\":%.3f,"
                "\"alt_tanh_ms\":%.3f,\"alt_gemm_ms\":%.3f,\"tanh_only_ms\":%.3f,"
                "\"gemm_only_ms\":%.3f,\"alt_cpu_per_wall\":%.2f,\"idle_cpu_ms_after_omp\":%.2f,"
                "\"idle_cpu_ms_after_gemm\":%.2f,\"alt\":[",
                bi->library, bi->core, threads, env_or("OMP_WAIT_POLICY"),
-               env_or("GOMP_SPINCOUNT"), env_or("OPENBLAS_THREAD_TIMEOUT"), setenv_passive, (long long)w.M,
-               (long long)w.N, (long long)w.K, mb,
-               iters, reps,
+               env_or("GOMP_SPINCOUNT"), env_or("OPENBLAS_THREAD_TIMEOUT"), setenv_passive,
+               (long long)w.M, (long long)w.N, (long long)w.K, mb, iters, reps,
                a.median, a.min, a.max, at.median, ag.median, to.median, go.median, cr.median,
                idle_omp, idle_blas);
         for (int r = 0; r < reps; r++) printf("%s%.3f", r ? "," : "", alt[r]);
@@ -194,7 +193,8 @@ int main(int argc, char **argv) {
     } else {
         printf("library %s core %s threads %d\n", bi->library, bi->core, threads);
         printf("OMP_WAIT_POLICY=%s%s GOMP_SPINCOUNT=%s OPENBLAS_THREAD_TIMEOUT=%s\n",
-               env_or("OMP_WAIT_POLICY"), setenv_passive ? " (set in main, after libgomp loaded)" : "",
+               env_or("OMP_WAIT_POLICY"),
+               setenv_passive ? " (set in main, after libgomp loaded)" : "",
                env_or("GOMP_SPINCOUNT"), env_or("OPENBLAS_THREAD_TIMEOUT"));
         printf("tanh %.1f MB, sgemm %lldx%lldx%lld (MxNxK, NT), %d iterations x %d reps "
                "(median, min .. max ms per iteration)\n",

@@ -5,7 +5,7 @@
 #include <pthread.h> /* pthread_mutex_t */
 #include <stdio.h>   /* fprintf, snprintf */
 #include <stdlib.h>  /* getenv, setenv, abort */
-#include <string.h>  /* strcmp */
+#include <string.h>  /* strcmp, strstr */
 
 /* CBLAS enums, row-major only (values fixed by the CBLAS standard). */
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
@@ -39,20 +39,62 @@ static int cpu_has_avx512_skx(void) {
            __builtin_cpu_supports("avx512vl");
 }
 
-static const char *const OPENBLAS_PTHREAD[] = {
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0", "libopenblas.so.0", NULL};
-static const char *const OPENBLAS_OPENMP[] = {
-    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", NULL};
-static const char *const BLIS_OPENMP[] = {"/usr/lib/x86_64-linux-gnu/blis-openmp/libblis.so.4",
-                                          "libblis.so.4", NULL};
-static const char *const BLIS_PTHREAD[] = {"/usr/lib/x86_64-linux-gnu/blis-pthread/libblis.so.4",
-                                           "libblis.so.4", NULL};
+/* Where Debian puts each build; the bare sonames are whatever the system's
+ * alternatives point at. */
+#define LIBDIR "/usr/lib/x86_64-linux-gnu/"
+enum { OPENBLAS = 1, BLIS = 2 };
+typedef struct Candidate {
+    const char *path;
+    int family;
+} Candidate;
 
-static void *open_first(const char *const *paths, const char **opened) {
-    for (int i = 0; paths[i]; i++) {
-        void *h = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+/* auto: OpenBLAS's OpenMP build first: it runs on ponder's own libgomp thread
+ * pool instead of adding a second set of threads that compete with ponder's
+ * OpenMP threads for the same cores. Then the pthread build (its idle workers
+ * made to sleep at once, below), then BLIS. Measured on 2 Zen4 cores
+ * (bench/RESULTS.md "BLAS choice"), ponder's GPT-2 124M training step at B=4,
+ * T=64 runs at 138 tokens/s with OpenBLAS-openmp, 131 with OpenBLAS-pthread,
+ * 129 with OpenBLAS-pthread at its default spin-wait, 121 with BLIS-openmp. */
+static const Candidate AUTO[] = {{LIBDIR "openblas-openmp/libopenblas.so.0", OPENBLAS},
+                                 {LIBDIR "openblas-pthread/libopenblas.so.0", OPENBLAS},
+                                 {"libopenblas.so.0", OPENBLAS},
+                                 {LIBDIR "blis-openmp/libblis.so.4", BLIS},
+                                 {LIBDIR "blis-pthread/libblis.so.4", BLIS},
+                                 {"libblis.so.4", BLIS},
+                                 {NULL, 0}};
+static const Candidate OPENBLAS_PTHREAD[] = {{LIBDIR "openblas-pthread/libopenblas.so.0", OPENBLAS},
+                                             {"libopenblas.so.0", OPENBLAS},
+                                             {NULL, 0}};
+static const Candidate OPENBLAS_OPENMP[] = {{LIBDIR "openblas-openmp/libopenblas.so.0", OPENBLAS},
+                                            {NULL, 0}};
+static const Candidate BLIS_OPENMP[] = {{LIBDIR "blis-openmp/libblis.so.4", BLIS},
+                                        {"libblis.so.4", BLIS},
+                                        {NULL, 0}};
+static const Candidate BLIS_PTHREAD[] = {{LIBDIR "blis-pthread/libblis.so.4", BLIS},
+                                         {"libblis.so.4", BLIS},
+                                         {NULL, 0}};
+
+/* OpenBLAS reads these in its constructor, i.e. during dlopen; we never
+ * override a value the user set.
+ * - OPENBLAS_CORETYPE=SkylakeX on AVX-512 CPUs: 0.3.21 may not recognise new
+ *   cores; the SkylakeX sgemm kernels are correct wherever AVX-512 F/CD/BW/DQ/VL
+ *   exist and measured as fast as any other choice on Zen4.
+ * - OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles): the pthread build's idle workers
+ *   otherwise spin for ~2^28 cycles after every call, taking a core from
+ *   ponder's OpenMP threads (the OpenMP build ignores it: it has no workers of
+ *   its own). */
+static void prepare_openblas_env(void) {
+    if (!getenv("OPENBLAS_CORETYPE") && cpu_has_avx512_skx())
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT")) setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+}
+
+static void *open_first(const Candidate *c, const char **opened) {
+    for (int i = 0; c[i].path; i++) {
+        if (c[i].family == OPENBLAS) prepare_openblas_env();
+        void *h = dlopen(c[i].path, RTLD_NOW | RTLD_LOCAL);
         if (h) {
-            *opened = paths[i];
+            *opened = c[i].path;
             return h;
         }
     }
@@ -72,23 +114,23 @@ static int query_threads(void) {
 static int load_locked(const char *choice, PonderError *err) {
     if (!choice) choice = getenv("PONDER_BLAS");
     if (!choice || !*choice) choice = "auto";
-    int is_openblas = strncmp(choice, "openblas", 8) == 0 || strcmp(choice, "auto") == 0;
-    /* Must happen before OpenBLAS's constructor runs, i.e. before dlopen. */
-    if (is_openblas && !getenv("OPENBLAS_CORETYPE") && cpu_has_avx512_skx())
-        setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
-
-    const char *const *paths = NULL;
-    const char *single[2] = {choice, NULL};
-    if (strcmp(choice, "auto") == 0 || strcmp(choice, "openblas-pthread") == 0)
-        paths = OPENBLAS_PTHREAD;
+    const Candidate *paths = NULL;
+    /* An explicit path or library name (anything with ".so", for dlopen's own
+     * search): treat it as OpenBLAS for the environment above when its name
+     * says so. */
+    const Candidate single[2] = {{choice, strstr(choice, "openblas") ? OPENBLAS : 0}, {NULL, 0}};
+    if (strcmp(choice, "auto") == 0) paths = AUTO;
+    else if (strcmp(choice, "openblas-pthread") == 0) paths = OPENBLAS_PTHREAD;
     else if (strcmp(choice, "openblas-openmp") == 0) paths = OPENBLAS_OPENMP;
-    else if (strcmp(choice, "blis") == 0) paths = BLIS_OPENMP;
+    else if (strcmp(choice, "blis") == 0 || strcmp(choice, "blis-openmp") == 0)
+        paths = BLIS_OPENMP;
     else if (strcmp(choice, "blis-pthread") == 0) paths = BLIS_PTHREAD;
-    else if (choice[0] == '/') paths = single;
+    else if (choice[0] == '/' || strstr(choice, ".so")) paths = single;
     else
         return ponder_error(err, PONDER_ERR_CONFIG,
-                            "runtime.blas: unknown BLAS '%s'; expected auto, openblas-pthread, "
-                            "openblas-openmp, blis or an absolute path to a library",
+                            "runtime.blas: unknown BLAS '%s'; expected auto, openblas-openmp, "
+                            "openblas-pthread, blis, blis-pthread, or a library path or name "
+                            "(e.g. libopenblas.so.0)",
                             choice);
     const char *opened = NULL;
     void *h = open_first(paths, &opened);

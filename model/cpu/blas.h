@@ -1,12 +1,22 @@
 /* model/cpu/blas.h — the BLAS library the CPU backend multiplies with.
  *
  * ponder loads its BLAS with dlopen instead of linking it, so that it can choose
- * the library and, for OpenBLAS, the kernel set before the library's constructor
- * probes the CPU. Debian's OpenBLAS 0.3.21 does not recognise recent AMD cores
- * and falls back to slow SSE kernels; when the CPU has AVX-512 (F, CD, BW, DQ,
- * VL) and the user has not chosen, we select the SkylakeX kernels, which are
- * correct on any CPU with those extensions. See bench/RESULTS.md for the
- * measurements behind the choice. */
+ * the library and set OpenBLAS's environment before the library's constructor
+ * reads it. "auto" prefers OpenBLAS's OpenMP build: it runs on ponder's own
+ * libgomp thread pool, where a pthread build adds a second set of threads that
+ * compete with ponder's OpenMP threads for the same cores; then OpenBLAS's
+ * pthread build, then BLIS (OpenMP, then pthread). For
+ * OpenBLAS, unless the user set them, we select the SkylakeX kernels on CPUs
+ * with AVX-512 F/CD/BW/DQ/VL (0.3.21 may not recognise new cores; the kernels
+ * are correct wherever those extensions exist) and make the pthread build's
+ * idle workers sleep at once (OPENBLAS_THREAD_TIMEOUT=4). Both variables are
+ * left in the environment, so child processes inherit them. Measurements
+ * behind each choice: bench/RESULTS.md "BLAS choice".
+ *
+ * With an OpenMP build, BLAS threads and OpenMP threads are one setting:
+ * OpenBLAS-openmp sizes each call by omp_get_max_threads() of the calling
+ * thread, and its openblas_set_num_threads (blas_set_threads) also calls
+ * omp_set_num_threads. */
 #ifndef PONDER_MODEL_CPU_BLAS_H
 #define PONDER_MODEL_CPU_BLAS_H
 
@@ -21,9 +31,10 @@ typedef struct BlasInfo {
 } BlasInfo;
 
 /* Loads the BLAS once per process (later calls return the same). `choice` is
- * "auto", "openblas-pthread", "openblas-openmp", "blis" or an absolute path to a
- * shared library exporting cblas_sgemm; NULL means "auto" unless the
- * environment variable PONDER_BLAS says otherwise (used by benchmarks). */
+ * "auto", "openblas-openmp", "openblas-pthread", "blis" (the OpenMP build),
+ * "blis-pthread", or the path or name (anything containing ".so", searched by
+ * dlopen) of a shared library exporting cblas_sgemm; NULL means "auto" unless
+ * the environment variable PONDER_BLAS says otherwise (used by benchmarks). */
 int blas_load(const char *choice, PonderError *err);
 const BlasInfo *blas_info(void);
 void blas_set_threads(int n);
