@@ -483,9 +483,11 @@ static void cpu_accumulate(float *acc, const float *a, int64_t n) {
 
 /* ------------------------------------------------------------ LM head ---- */
 
-/* Rows per chunk so that a chunk's logits stay near 8 MB whatever V is. */
+/* Rows per chunk so that a chunk's logits stay near 64 MB whatever V is: at 41
+ * rows (8 MB for GPT-2's vocabulary) OpenBLAS ran the head's GEMMs at ~115
+ * instead of ~190 GFLOP/s (bench/RESULTS.md). */
 static int64_t lm_head_chunk_rows(int64_t V) {
-    int64_t r = (int64_t)(2 * 1024 * 1024) / V;
+    int64_t r = (int64_t)(16 * 1024 * 1024) / V;
     return r < 8 ? 8 : (r > 1024 ? 1024 : r);
 }
 
