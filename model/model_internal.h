@@ -21,10 +21,10 @@ typedef struct LayerView {
         *proj_b;
 } LayerView;
 
-/* Activations of the last training forward, sized for capacity_n rows and
- * capacity_att attention entries per layer. */
+/* Activations of the last training forward, sized for capacity_n rows,
+ * capacity_b sequences and capacity_att attention entries per layer. */
 typedef struct Activations {
-    int64_t B, T, capacity_n, capacity_att;
+    int64_t B, T, capacity_n, capacity_b, capacity_att;
     float *resid;  /* [L+1, N, C]: input of each layer, then the final residual */
     float *ln1;    /* [L, N, C] */
     float *ln1_mean, *ln1_rstd; /* [L, N] */

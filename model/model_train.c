@@ -31,7 +31,8 @@ void model_free_activations(Model *m) {
 static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) {
     Activations *a = &m->act;
     const int64_t N = B * T, att = B * m->cfg.n_head * T * T;
-    if (N <= a->capacity_n && att <= a->capacity_att) {
+    /* per-sequence buffers (start) need B, not only N, to fit */
+    if (N <= a->capacity_n && att <= a->capacity_att && B <= a->capacity_b) {
         a->B = B, a->T = T;
         return PONDER_OK;
     }
@@ -96,7 +97,7 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
                             "out of memory for activations of a [%lld,%lld] batch",
                             (long long)B, (long long)T);
     }
-    a->capacity_n = N, a->capacity_att = att, a->B = B, a->T = T;
+    a->capacity_n = N, a->capacity_att = att, a->capacity_b = B, a->B = B, a->T = T;
     return PONDER_OK;
 }
 

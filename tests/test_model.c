@@ -288,3 +288,22 @@ Test(model_overfit, llama_drives_loss_below_005) {
     free_case(&k);
     model_free(m);
 }
+
+/* Regression: a batch with more sequences but fewer tokens than the previous
+ * one must not reuse per-sequence buffers sized for the smaller B (found by
+ * test_rl under ASan: SFT batches, then RL mini-batches). */
+Test(model_errors, more_sequences_fewer_tokens_after_a_larger_batch) {
+    ModelConfig c = small_config(MODEL_ARCH_LLAMA, true, false, 2);
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &c, &err), 0);
+    model_init_weights(m, 1);
+    Case big = make_case(2, 8, c.vocab_size, 1, 1), small = make_case(4, 3, c.vocab_size, 2, 1);
+    float lp[32];
+    ModelBatch b1 = batch_of(&big), b2 = batch_of(&small);
+    cr_assert_eq(model_forward(m, &b1, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(model_forward(m, &b2, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 12; i++) cr_expect(lp[i] == lp[i], "NaN log-prob at %d", i);
+    free_case(&big), free_case(&small);
+    model_free(m);
+}
