@@ -98,6 +98,7 @@ static int create_critic(RlStage *s, const char *dir, int resume, int64_t step, 
         char path[1100];
         sibling_path(path, sizeof path, dir, "critic", step);
         rc = load_weights(s->critic, &s->critic_opt, path, err);
+        if (rc == PONDER_OK) s->last_critic_step = step;
     }
     return rc;
 }
@@ -127,6 +128,7 @@ int rl_stage_begin(RlStage *s, const PonderConfig *cfg, int stage, Model *policy
                    Optimizer *opt, const Tokenizer *tok, const Dataset *train,
                    const char *ckpt_dir, int resume, int64_t step, PonderError *err) {
     memset(s, 0, sizeof *s);
+    s->last_critic_step = -1;
     s->cfg = cfg, s->stage = stage, s->policy = policy, s->opt = opt, s->tok = tok,
     s->train = train;
     const ConfigStage *cs = &cfg->stages[stage];
@@ -159,14 +161,13 @@ int rl_stage_save(RlStage *s, const char *ckpt_dir, int64_t step, PonderError *e
     sibling_path(path, sizeof path, ckpt_dir, "critic", step);
     int rc = save_weights(s->critic, &s->critic_opt, path, config_stage_name(s->cfg, s->stage),
                           s->stage, step, err);
-    /* keep only the newest critic: it pairs with the newest policy checkpoint */
-    if (rc == PONDER_OK && step > 0) {
-        for (int64_t k = step - 1; k >= 0 && k >= step - 100000; k--) {
-            char old[1100];
-            sibling_path(old, sizeof old, ckpt_dir, "critic", k);
-            if (remove(old) == 0) break;
-        }
+    /* keep only the newest critic: resume starts from the newest policy checkpoint */
+    if (rc == PONDER_OK && s->last_critic_step >= 0 && s->last_critic_step != step) {
+        char old[1100];
+        sibling_path(old, sizeof old, ckpt_dir, "critic", s->last_critic_step);
+        remove(old);
     }
+    if (rc == PONDER_OK) s->last_critic_step = step;
     return rc;
 }
 

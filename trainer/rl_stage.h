@@ -32,6 +32,7 @@ typedef struct RlStage {
     Model *critic;      /* ppo: scalar-head model initialised from the policy's trunk */
     Optimizer critic_opt;
     int have_critic_opt;
+    int64_t last_critic_step; /* step of the critic file on disk, -1 if none */
     RewardSet *rewards;
     int n_rewards;
     char reward_names[8][64];

@@ -515,6 +515,13 @@ PONDER_HOT static float max_of(const float *z, int64_t V) {
     return mx;
 }
 
+/* z[rows,V] = logits of the gathered rows idx[0..rows) of h; hc is scratch [rows,C]. */
+static void chunk_logits(float *z, float *hc, const float *h, const float *w, const int64_t *idx,
+                         int64_t rows, int64_t C, int64_t V) {
+    gather_rows(hc, h, idx, rows, C);
+    blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+}
+
 /* log-sum-exp of z[0..V) and the entropy of softmax(z). Sums are taken of
  * shifted logits (z - max) so that sum_j p_j (z_j - max) does not cancel. */
 PONDER_HOT static void lse_and_entropy(const float *z, int64_t V, float *lse_out,
@@ -552,8 +559,7 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
     int64_t A = active_rows(idx, mask, N);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
-        gather_rows(hc, h, idx + r0, rows, C);
-        blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+        chunk_logits(z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
@@ -604,8 +610,7 @@ static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const
     int64_t A = active_rows(idx, mask, N);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
-        gather_rows(hc, h, idx + r0, rows, C);
-        blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+        chunk_logits(z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
