@@ -16,6 +16,7 @@
 #include "rollout/task_arith.h" /* ArithSpec */
 #include "trainer/checkpoint.h" /* ckpt_inspect, ckpt_load */
 #include "trainer/config.h"     /* PonderConfig, config_load, config_write_yaml */
+#include "trainer/dist.h"       /* dist_init, dist_abort */
 #include "trainer/plot.h"       /* plot_run */
 #include "trainer/train.h"      /* train_run */
 #include "util/error.h"         /* PonderError */
@@ -93,14 +94,30 @@ static int cmd_train(int argc, char **argv) {
         fprintf(stderr, "ponder train: %s\n", err.msg);
         return EXIT_USAGE;
     }
+    Dist dist;
+    if (dist_init(&dist, NULL, NULL, &err)) {
+        fprintf(stderr, "ponder train: %s\n", err.msg);
+        return 1;
+    }
+    dist.timeout_s = cfg.dist.timeout_s;
     install_stop_handlers();
     TrainOptions opts = {.resume = resume, .console = stdout, .stop_request = &g_stop_request,
-                         .stop_at_step = stop_at};
+                         .stop_at_step = stop_at, .dist = &dist};
     TrainSummary sum;
     if (train_run(&cfg, &opts, &sum, &err)) {
+        int code = err.code == PONDER_ERR_CONFIG ? EXIT_USAGE : 1;
+        if (dist.size > 1) { /* the other ranks may be waiting for this one: end them all */
+            fprintf(stderr, "ponder train (rank %d of %d): %s\n", dist.rank, dist.size, err.msg);
+            fflush(stderr);
+            dist_abort(&dist, code);
+        }
         fprintf(stderr, "ponder train: %s\n", err.msg);
-        return err.code == PONDER_ERR_CONFIG ? EXIT_USAGE : 1;
+        dist_finalize(&dist);
+        return code;
     }
+    const int rank = dist.rank;
+    dist_finalize(&dist);
+    if (rank != 0) return sum.stopped_early ? 130 : 0;
     if (sum.stopped_early) {
         printf("stopped at step %lld; resume with: ponder train %s --resume\n",
                (long long)sum.steps_done, path);
@@ -125,6 +142,45 @@ static int cmd_inspect(int argc, char **argv) {
         fprintf(stderr, "ponder inspect: %s\n", err.msg);
         return 1;
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- compare ---*/
+
+static int cmd_compare(int argc, char **argv) {
+    double tol = 0.0;
+    const char *paths[2] = {NULL, NULL};
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
+            char *end;
+            tol = strtod(argv[++i], &end);
+            if (*end || tol < 0) {
+                fprintf(stderr, "ponder compare: --tol expects a number >= 0, found '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+        } else if (n < 2 && argv[i][0] != '-') paths[n++] = argv[i];
+        else n = 3;
+    }
+    if (n != 2) {
+        fprintf(stderr, "usage: ponder compare A.h5 B.h5 [--tol REL]\n");
+        return EXIT_USAGE;
+    }
+    PonderError err = {0};
+    CkptDiff d;
+    if (blas_load(NULL, &err) || ckpt_compare(paths[0], paths[1], &d, &err)) {
+        fprintf(stderr, "ponder compare: %s\n", err.msg);
+        return 1;
+    }
+    printf("steps %lld and %lld; %lld of %lld parameters differ in their bits; worst tensor %s: "
+           "max|a-b|/max|a| = %.3g; largest |a-b| %.3g\n",
+           (long long)d.step_a, (long long)d.step_b, (long long)d.differing, (long long)d.params,
+           d.worst_tensor, d.worst_rel, d.max_abs);
+    if (d.worst_rel > tol) {
+        printf("DIFFERENT: %.3g is over the tolerance %.3g\n", d.worst_rel, tol);
+        return 1;
+    }
+    printf("%s\n", d.differing ? "EQUAL within the tolerance" : "BIT-IDENTICAL");
     return 0;
 }
 
@@ -312,6 +368,7 @@ static const Command COMMANDS[] = {
     {"eval", cmd_eval, "CONFIG --ckpt FILE [--out DIR] [k=v ...]", "evaluate a checkpoint on the config's task"},
     {"generate", cmd_generate, "--ckpt FILE --prompt TEXT [...]", "complete a prompt (KV cache)"},
     {"inspect", cmd_inspect, "CKPT", "describe a checkpoint"},
+    {"compare", cmd_compare, "A.h5 B.h5 [--tol REL]", "how far apart two checkpoints' weights are"},
     {"plot", cmd_plot, "RUN_DIR", "draw the run's curves into RUN_DIR/curves.svg"},
 };
 

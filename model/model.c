@@ -352,6 +352,11 @@ void model_params_upload(Model *m) {
         m->ops->upload(m->params, m->host_params, m->num_params * sizeof(float));
 }
 
+void model_grads_upload(Model *m) {
+    if (m->ops->device)
+        m->ops->upload(m->grads, m->host_grads, m->num_params * sizeof(float));
+}
+
 const char *model_backend(const Model *m) { return m->ops->name; }
 const struct ModelOps *model_ops(const Model *m) { return m->ops; }
 

@@ -97,6 +97,9 @@ float *model_params(Model *m);
 float *model_grads(Model *m);
 /* Pushes the host mirror of model_params() to the device; no-op on the CPU. */
 void model_params_upload(Model *m);
+/* Pushes the host mirror of model_grads() to the device (after an all-reduce
+ * on the host, say); no-op on the CPU. */
+void model_grads_upload(Model *m);
 /* Name of the backend the model runs on ("cpu", "cuda"). */
 const char *model_backend(const Model *m);
 /* The ops table the model runs on (to create siblings on the same backend). */

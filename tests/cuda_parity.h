@@ -623,12 +623,18 @@ PARITY_FN void parity_model_step(Parity *p, ModelArch arch, int tied, int scalar
     parity_tensors(p, what, mc, dup_host(p, model_grads(mg), F4(np)), model_grads(mc),
                    PARITY_STEP_TOL);
 
-    /* AdamW with clipping. eps 1e-5 rather than 1e-8: with eps far below a
-     * gradient's rounding error, g/(|g|+eps) of a near-zero gradient flips
-     * with that rounding and the comparison measures nothing useful. */
+    /* AdamW with clipping, on the same gradients: the step divides each
+     * gradient by its own magnitude, so a gradient that is zero in exact
+     * arithmetic (a key bias: softmax ignores a shift of every key) but is
+     * rounding noise on both backends would get an update of either sign,
+     * and the weights would differ by whatever that noise is. The gradients
+     * were compared above; here the GPU takes the CPU's gradients so the
+     * step itself (norm, clip, AdamW) is what is compared. (Seen on an H200:
+     * k_proj.bias weights off by 2.6e-5 relative with their own gradients.) */
+    memcpy(model_grads(mg), model_grads(mc), F4(np));
+    model_grads_upload(mg);
     OptimSettings os = optim_settings_default();
     os.lr = 1e-3f;
-    os.eps = 1e-5f;
     os.grad_clip = 0.5f;
     Optimizer oc, og;
     OptimStepInfo ic, ig;

@@ -677,18 +677,19 @@ Test(config_rl, ranges_of_rl_keys) {
                  "'normalise_then_sum'; did you mean 'normalize_then_sum'?");
 }
 
-Test(config_rl, mini_batches_divide_the_rollout) {
-    expect_error("stages:\n  - type: grpo\n    mini_batches: 3\n",
-                 "t.yaml:3:19: stages.0.mini_batches: 3 does not divide the rollout of stages.0.prompts_per_step * "
-                 "stages.0.num_generations = 16 * 8 = 128 completions");
-    /* from overrides; and any divisor passes */
+Test(config_rl, mini_batches_hold_whole_groups) {
+    expect_error("stages:\n  - type: grpo\n    mini_batches: 17\n",
+                 "t.yaml:3:19: stages.0.mini_batches: 17 is more than stages.0.prompts_per_step (16): a "
+                 "mini-batch holds whole groups, so there are at most as many as prompts");
+    /* from overrides; any count up to the prompts passes, divisor or not */
     char *overrides[] = {"stages.0.type=ppo", "stages.0.prompts_per_step=5", "stages.0.num_generations=3",
-                         "stages.0.mini_batches=2"};
-    expect_error_n("", 4, overrides, "override 'stages.0.mini_batches=2': stages.0.mini_batches: 2 does not divide "
-                                     "the rollout of stages.0.prompts_per_step * stages.0.num_generations = 5 * 3 = 15");
+                         "stages.0.mini_batches=6"};
+    expect_error_n("", 4, overrides, "override 'stages.0.mini_batches=6': stages.0.mini_batches: 6 is more than "
+                                     "stages.0.prompts_per_step (5)");
     PonderConfig c;
-    expect_ok(&c, "stages:\n  - {type: ppo, prompts_per_step: 5, num_generations: 3, mini_batches: 15}\n", 0, NULL);
-    expect_ok(&c, "stages:\n  - {type: sft, mini_batches: 7}\n", 0, NULL); /* sft ignores the RL keys */
+    expect_ok(&c, "stages:\n  - {type: ppo, prompts_per_step: 5, num_generations: 3, mini_batches: 2}\n", 0, NULL);
+    expect_ok(&c, "stages:\n  - {type: ppo, prompts_per_step: 5, num_generations: 3, mini_batches: 5}\n", 0, NULL);
+    expect_ok(&c, "stages:\n  - {type: sft, mini_batches: 70}\n", 0, NULL); /* sft ignores the RL keys */
 }
 
 Test(config_rl, rollout_size_overflow) {
@@ -762,8 +763,8 @@ Test(config_rl, rl_rules_apply_to_every_rl_type) {
     static const char *const types[] = {"grpo", "ppo", "rloo", "reinforce_pp"};
     for (size_t i = 0; i < 4; i++) {
         char yaml[256];
-        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, mini_batches: 5}\n", types[i]);
-        expect_error(yaml, "stages.0.mini_batches: 5 does not divide the rollout");
+        snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, mini_batches: 17}\n", types[i]);
+        expect_error(yaml, "stages.0.mini_batches: 17 is more than stages.0.prompts_per_step (16)");
         snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, max_new_tokens: 300}\n", types[i]);
         expect_error(yaml, "stages.0.max_new_tokens: 300 leaves no room for a prompt");
         snprintf(yaml, sizeof yaml, "stages:\n  - {type: %s, dual_clip: 0.9}\n", types[i]);
@@ -1296,9 +1297,9 @@ Test(config_cli, config_prints_the_rl_recipes) {
     expect_ok(&c, out, 0, NULL);
     cr_assert_eq(c.stages[1].dual_clip, 10.0);
     cr_assert_eq(c.n_rewards, 3);
-    cr_assert_eq(run_ponder("config " PONDER_SOURCE_DIR "/configs/grpo_arith.yaml stages.1.mini_batches=3", out,
+    cr_assert_eq(run_ponder("config " PONDER_SOURCE_DIR "/configs/grpo_arith.yaml stages.1.mini_batches=17", out,
                             sizeof out), 2);
-    cr_assert(strstr(out, "override 'stages.1.mini_batches=3': stages.1.mini_batches: 3 does not divide"), "%s", out);
+    cr_assert(strstr(out, "override 'stages.1.mini_batches=17': stages.1.mini_batches: 17 is more than"), "%s", out);
 }
 
 Test(config_cli, config_errors_exit_2) {

@@ -1281,3 +1281,55 @@ int ckpt_inspect(const char *path, FILE *out, PonderError *err) {
     h5_restore(q);
     return rc;
 }
+
+/* ------------------------------------------------------------ compare --- */
+
+static int load_for_compare(const char *path, const ModelConfig *mc, Model **m, int64_t *step,
+                            PonderError *err) {
+    int rc = model_create(m, mc, err);
+    if (rc) return rc;
+    CkptRead rd = {.model = *m};
+    rc = ckpt_load(path, &rd, err);
+    free(rd.config_yaml);
+    free(rd.metrics_jsonl);
+    *step = rd.meta.step;
+    return rc;
+}
+
+int ckpt_compare(const char *path_a, const char *path_b, CkptDiff *out, PonderError *err) {
+    memset(out, 0, sizeof *out);
+    ModelConfig ca, cb;
+    int rc = ckpt_read_model_config(path_a, &ca, err);
+    if (rc == PONDER_OK) rc = ckpt_read_model_config(path_b, &cb, err);
+    if (rc) return rc;
+    if (memcmp(&ca, &cb, sizeof ca) != 0)
+        return ponder_error(err, PONDER_ERR_SHAPE, "%s and %s hold models of different configurations",
+                            path_a, path_b);
+    Model *a = NULL, *b = NULL;
+    rc = load_for_compare(path_a, &ca, &a, &out->step_a, err);
+    if (rc == PONDER_OK) rc = load_for_compare(path_b, &cb, &b, &out->step_b, err);
+    if (rc == PONDER_OK) {
+        size_t n;
+        const ModelTensor *ts = model_tensors(a, &n);
+        const float *pa = model_params(a), *pb = model_params(b);
+        for (size_t i = 0; i < n; i++) {
+            double scale = 0.0, diff = 0.0;
+            for (size_t k = ts[i].offset; k < ts[i].offset + ts[i].numel; k++) {
+                double d = fabs((double)pa[k] - (double)pb[k]);
+                scale = fmax(scale, fabs((double)pa[k]));
+                diff = fmax(diff, d);
+                out->differing += memcmp(&pa[k], &pb[k], sizeof(float)) != 0;
+            }
+            double rel = scale > 0 ? diff / scale : diff;
+            out->max_abs = fmax(out->max_abs, diff);
+            if (rel > out->worst_rel || i == 0) {
+                out->worst_rel = rel;
+                snprintf(out->worst_tensor, sizeof out->worst_tensor, "%s", ts[i].name);
+            }
+        }
+        out->params = (int64_t)model_num_params(a);
+    }
+    model_free(a);
+    model_free(b);
+    return rc;
+}

@@ -103,4 +103,17 @@ int ckpt_prune(const char *dir, int64_t keep_last, PonderError *err);
  * diagnosis tool); fails only when the file cannot be opened. */
 int ckpt_inspect(const char *path, FILE *out, PonderError *err);
 
+/* How far apart the weights of two checkpoints of the same model are: per
+ * tensor, max |a - b| / max |a| (a's largest magnitude, so entries near zero
+ * do not inflate it); the worst tensor is reported. */
+typedef struct CkptDiff {
+    double worst_rel;      /* over tensors */
+    char worst_tensor[128];
+    double max_abs;        /* largest |a - b| anywhere */
+    int64_t differing;     /* parameters whose bits differ */
+    int64_t params;
+    int64_t step_a, step_b;
+} CkptDiff;
+int ckpt_compare(const char *path_a, const char *path_b, CkptDiff *out, PonderError *err);
+
 #endif

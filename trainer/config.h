@@ -124,6 +124,16 @@ typedef struct ConfigRuntime {
     char blas[CONFIG_NAME_MAX];
 } ConfigRuntime;
 
+typedef enum { CONFIG_DIST_COLOCATED = 0, CONFIG_DIST_DISAGGREGATED = 1 } ConfigDistMode;
+
+/* Ranks under mpirun (trainer/dist.h); ignored by a single rank. */
+typedef struct ConfigDist {
+    ConfigDistMode mode;
+    int64_t rollout_ranks; /* disaggregated: ranks that only generate and score */
+    int64_t max_staleness; /* disaggregated: oldest policy version trained on, in steps */
+    double timeout_s;      /* watchdog: longest wait for a collective, samples or weights */
+} ConfigDist;
+
 typedef struct ConfigData {
     ConfigTask task;
     char train[CONFIG_PATH_MAX];
@@ -229,6 +239,7 @@ typedef struct PonderConfig {
     ConfigTokenizer tokenizer;
     ConfigOptim optim;
     ConfigRuntime runtime;
+    ConfigDist dist;
     ConfigData data;
     ConfigCheckpoint checkpoint;
     ConfigEval eval;

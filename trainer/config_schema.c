@@ -24,6 +24,7 @@ static const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
 static const char *const TOKENIZER_NAMES[] = {"char", "bpe", NULL};
 static const char *const SCHEDULE_NAMES[] = {"constant", "linear", "cosine", NULL};
 static const char *const TASK_NAMES[] = {"arith", "jsonl", NULL};
+static const char *const DIST_MODE_NAMES[] = {"colocated", "disaggregated", NULL};
 static const char *const STAGE_TYPE_NAMES[] = {"sft", "grpo", "ppo", "rloo", "reinforce_pp", NULL};
 /* The names below follow the C enums of algos/ and rewards/ in order;
  * config_schema_check compares them with those modules' own names. */
@@ -87,6 +88,11 @@ static const ConfigKey KEYS[] = {
     KEY("runtime.threads", CONFIG_INT, runtime.threads, "0", "[0,4096]", NULL, "worker threads; 0 = all cores"),
     KEY("runtime.blas", CONFIG_STRING, runtime.blas, "auto", NULL, NULL, "BLAS library to load; auto = search"),
 
+    KEY("dist.mode", CONFIG_ENUM, dist.mode, "colocated", NULL, DIST_MODE_NAMES, "under mpirun: every rank generates and trains (colocated) or rollout ranks apart (disaggregated)"),
+    KEY("dist.rollout_ranks", CONFIG_INT, dist.rollout_ranks, "1", "[1,65536]", NULL, "disaggregated: ranks that only generate and score"),
+    KEY("dist.max_staleness", CONFIG_INT, dist.max_staleness, "0", "[0,1000000]", NULL, "disaggregated: most policy versions a trained sample may lag; 0 = on-policy"),
+    KEY("dist.timeout_s", CONFIG_FLOAT, dist.timeout_s, "600", "(0,inf)", NULL, "watchdog: longest wait for another rank before the job is ended"),
+
     KEY("data.task", CONFIG_ENUM, data.task, "arith", NULL, TASK_NAMES, "built-in arith task or a jsonl dataset"),
     KEY("data.train", CONFIG_STRING, data.train, "", NULL, NULL, "training JSONL (task jsonl)"),
     KEY("data.eval", CONFIG_STRING, data.eval, "", NULL, NULL, "evaluation JSONL (task jsonl)"),
@@ -135,7 +141,7 @@ static const ConfigKey STAGE_KEYS[] = {
     /* RL stages (grpo, ppo, rloo, reinforce_pp); sft ignores these. */
     STAGE_KEY("num_generations", CONFIG_INT, num_generations, "8", "[1,inf)", NULL, "RL: samples per prompt (G)"),
     STAGE_KEY("prompts_per_step", CONFIG_INT, prompts_per_step, "16", "[1,inf)", NULL, "RL: prompts per rollout"),
-    STAGE_KEY("mini_batches", CONFIG_INT, mini_batches, "1", "[1,inf)", NULL, "RL: optimizer steps per pass; divides prompts * G"),
+    STAGE_KEY("mini_batches", CONFIG_INT, mini_batches, "1", "[1,inf)", NULL, "RL: optimizer steps per pass, each over a range of whole groups; <= prompts_per_step"),
     STAGE_KEY("num_iterations", CONFIG_INT, num_iterations, "1", "[1,inf)", NULL, "RL: passes over each rollout (PPO epochs)"),
     STAGE_KEY("temperature", CONFIG_FLOAT, temperature, "1.0", "(0,inf)", NULL, "RL: rollout sampling temperature"),
     STAGE_KEY("top_p", CONFIG_FLOAT, top_p, "1.0", "(0,1]", NULL, "RL: rollout nucleus mass; 1 = off"),

@@ -178,12 +178,12 @@ static int check_rl_stage(const Check *c, int s) {
                     stage_path(other, sizeof other, s, "num_generations"),
                     "%" PRId64 " prompts of %" PRId64 " samples each overflow a 64-bit count", st->prompts_per_step,
                     st->num_generations);
-    int64_t rollout = st->prompts_per_step * st->num_generations;
-    if (rollout % st->mini_batches)
+    /* a mini-batch is a range of whole groups (trainer/rl_stage.h) */
+    if (st->mini_batches > st->prompts_per_step)
         return fail(c, stage_path(path, sizeof path, s, "mini_batches"), stage_path(other, sizeof other, s, "prompts_per_step"),
-                    "%" PRId64 " does not divide the rollout of stages.%d.prompts_per_step * stages.%d.num_generations"
-                    " = %" PRId64 " * %" PRId64 " = %" PRId64 " completions",
-                    st->mini_batches, s, s, st->prompts_per_step, st->num_generations, rollout);
+                    "%" PRId64 " is more than stages.%d.prompts_per_step (%" PRId64 "): a mini-batch holds whole "
+                    "groups, so there are at most as many as prompts",
+                    st->mini_batches, s, st->prompts_per_step);
     if (st->max_new_tokens >= c->cfg->model.max_seq_len)
         return fail(c, stage_path(path, sizeof path, s, "max_new_tokens"), "model.max_seq_len",
                     "%" PRId64 " leaves no room for a prompt within model.max_seq_len (%" PRId64 ")",

@@ -82,6 +82,7 @@ static int create_reference(RlStage *s, const char *dir, int resume, int64_t sta
     if (resume) return load_weights(s->ref, NULL, path, err);
     memcpy(model_params(s->ref), model_params(s->policy), model_num_params(s->policy) * sizeof(float));
     model_params_upload(s->ref);
+    if (s->dist->rank != 0) return PONDER_OK; /* every rank holds the same policy */
     return save_weights(s->ref, NULL, path, config_stage_name(s->cfg, s->stage), s->stage,
                         stage_start, err);
 }
@@ -124,10 +125,11 @@ static int create_rewards(RlStage *s, PonderError *err) {
     return reward_set_create(&s->rewards, specs, n, mode, s->cfg->scoring.eps, err);
 }
 
-int rl_stage_begin(RlStage *s, const PonderConfig *cfg, int stage, Model *policy,
+int rl_stage_begin(RlStage *s, Dist *dist, const PonderConfig *cfg, int stage, Model *policy,
                    Optimizer *opt, const Tokenizer *tok, const Dataset *train,
                    const char *ckpt_dir, int resume, int64_t step, PonderError *err) {
     memset(s, 0, sizeof *s);
+    s->dist = dist;
     s->last_critic_step = -1;
     s->cfg = cfg, s->stage = stage, s->policy = policy, s->opt = opt, s->tok = tok,
     s->train = train;
@@ -269,6 +271,7 @@ static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, 
     const ConfigStage *cs = &s->cfg->stages[s->stage];
     const int64_t G = cs->num_generations;
     memset(rd, 0, sizeof *rd);
+    if (P == 0) return PONDER_OK; /* a rank whose share of a round is empty */
     rd->P = P;
     rd->items = calloc((size_t)P, sizeof(DataItem));
     rd->ids = calloc((size_t)P, sizeof(int32_t *));
@@ -306,6 +309,7 @@ static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, 
 
 static int score_round(RlStage *s, Round *rd, PonderError *err) {
     const int64_t G = s->cfg->stages[s->stage].num_generations, n = rd->P * G;
+    if (n == 0) return PONDER_OK;
     RewardInput *in = calloc((size_t)n, sizeof(RewardInput));
     if (!in) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (rewards)");
     for (int64_t i = 0; i < n; i++) {
@@ -351,20 +355,27 @@ static void adopt_group(Rollout *r, Round *rd, int64_t p) {
 }
 
 /* Generates and scores prompts_per_step groups; with dynamic sampling drops
- * groups whose rewards are all equal and draws more, up to the round limit. */
+ * groups whose rewards are all equal and draws more, up to the round limit.
+ * Each round's prompts (cursor .. cursor + want) are split into contiguous
+ * shares, one per rank; the kept count is summed over ranks after each round,
+ * so every rank agrees on whether to draw again. */
 static int collect(RlStage *s, int64_t step, int64_t *cursor, Rollout *r, RlStepStats *st,
                    PonderError *err) {
     const ConfigStage *cs = &s->cfg->stages[s->stage];
     const int64_t P = cs->prompts_per_step, G = cs->num_generations;
+    const int64_t R = s->dist->size, me = s->dist->rank;
     r->G = G, r->K = s->n_rewards;
     int rc = rollout_reserve(r, P, err);
-    int64_t generated_groups = 0, constant_groups = 0;
-    for (int64_t round = 0; rc == PONDER_OK && r->P < P; round++) {
+    int64_t generated_groups = 0, constant_groups = 0, kept = 0;
+    for (int64_t round = 0; rc == PONDER_OK && kept < P; round++) {
         if (round > 0 && (!cs->dynamic_sampling || round > cs->max_resample_rounds)) break;
         Round rd;
         double t0 = now_s();
-        int64_t want = round == 0 ? P : P - r->P;
-        rc = generate_round(s, step, cursor, want, &rd, err);
+        const int64_t want = round == 0 ? P : P - kept;
+        const int64_t lo = want * me / R, hi = want * (me + 1) / R;
+        int64_t share_cursor = *cursor + lo;
+        *cursor += want;
+        rc = generate_round(s, step, &share_cursor, hi - lo, &rd, err);
         double t1 = now_s();
         if (rc == PONDER_OK) rc = score_round(s, &rd, err);
         st->t_generate += t1 - t0;
@@ -379,10 +390,16 @@ static int collect(RlStage *s, int64_t step, int64_t *cursor, Rollout *r, RlStep
         generated_groups += rd.P;
         st->resample_rounds = round;
         round_free(&rd, G);
+        double counts[1] = {(double)r->P};
+        if (rc == PONDER_OK)
+            rc = dist_allreduce_f64(s->dist, counts, 1, DIST_SUM, "kept group count", err);
+        kept = (int64_t)counts[0];
     }
-    st->zero_variance_groups = generated_groups ? (double)constant_groups / (double)generated_groups : 0;
-    st->groups_kept = r->P;
-    if (rc == PONDER_OK && r->P == 0)
+    double groups[2] = {(double)generated_groups, (double)constant_groups};
+    if (rc == PONDER_OK) rc = dist_allreduce_f64(s->dist, groups, 2, DIST_SUM, "group counts", err);
+    st->zero_variance_groups = groups[0] > 0 ? groups[1] / groups[0] : 0;
+    st->groups_kept = kept;
+    if (rc == PONDER_OK && kept == 0)
         rc = ponder_error(err, PONDER_ERR_RUNTIME,
                           "dynamic sampling: every group had equal rewards after %lld rounds; "
                           "nothing to train on at step %lld (raise max_resample_rounds or "
@@ -411,6 +428,7 @@ static void train_batch_free(TrainBatch *b) {
 static int build_batch(const Rollout *r, int mask_truncated, TrainBatch *b, PonderError *err) {
     memset(b, 0, sizeof *b);
     const int64_t S = r->n, G = r->G;
+    if (S == 0) return PONDER_OK; /* this rank kept no group */
     for (int64_t p = 0; p < r->P; p++) b->Pmax = r->prompt_len[p] > b->Pmax ? r->prompt_len[p] : b->Pmax;
     for (int64_t i = 0; i < S; i++) b->Tc = r->samples[i].n > b->Tc ? r->samples[i].n : b->Tc;
     b->S = S, b->T = b->Pmax + b->Tc - 1;
@@ -468,6 +486,7 @@ static ModelBatch rows_of(const TrainBatch *b, int64_t r0, int64_t rows, float t
 /* Log-probs (and values for a critic) of every completion token, no gradient. */
 static int score_tokens(Model *m, const TrainBatch *b, float temperature, float *logp_c,
                         float *values_c, PonderError *err) {
+    if (b->S == 0) return PONDER_OK;
     const size_t ST = (size_t)(b->S * b->T);
     float *lp = malloc(ST * sizeof(float)), *v = values_c ? malloc(ST * sizeof(float)) : NULL;
     int rc = (!lp || (values_c && !v)) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
@@ -497,37 +516,77 @@ static AlgoPolicyConfig policy_config(const RlStage *s) {
     return pc;
 }
 
+/* Whitens x over the mask-1 tokens of every rank's batch (verl masked_whiten
+ * of the whole batch): local moments, summed over ranks, then applied. */
+static int whiten_global(RlStage *s, const AlgoBatch *ab, const float *x, float *out,
+                         PonderError *err) {
+    AlgoMoments m = {0, 0, 0};
+    int rc = ab->n_seq > 0 ? algo_moments_tokens(ab, x, &m, err) : PONDER_OK;
+    double v[3] = {m.count, m.sum, m.sum_sq};
+    if (rc == PONDER_OK) rc = dist_allreduce_f64(s->dist, v, 3, DIST_SUM, "whitening moments", err);
+    m = (AlgoMoments){v[0], v[1], v[2]};
+    if (rc == PONDER_OK && ab->n_seq > 0) rc = algo_whiten_apply(ab, x, &m, out, err);
+    return rc;
+}
+
+/* GRPO's sequence advantages; scale_rewards batch takes the std of every
+ * rank's rewards. */
+static int grpo_advantages(RlStage *s, const Rollout *r, const TrainBatch *b, double *seq,
+                           PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const AlgoScaleRewards scale = (AlgoScaleRewards)cs->scale_rewards;
+    AlgoMoments m = {0, 0, 0};
+    int rc = PONDER_OK;
+    if (scale == ALGO_SCALE_BATCH) {
+        if (b->S > 0) rc = algo_moments_values(b->S, r->reward, &m, err);
+        double v[3] = {m.count, m.sum, m.sum_sq};
+        if (rc == PONDER_OK) rc = dist_allreduce_f64(s->dist, v, 3, DIST_SUM, "reward moments", err);
+        m = (AlgoMoments){v[0], v[1], v[2]};
+    }
+    if (rc == PONDER_OK && b->S > 0)
+        rc = algo_adv_grpo(b->S, r->reward, b->group, scale, ALGO_GRPO_STD_EPS,
+                           scale == ALGO_SCALE_BATCH ? &m : NULL, seq, err);
+    return rc;
+}
+
 static int advantages(RlStage *s, const Rollout *r, const TrainBatch *b, const float *old_logp,
                       const float *ref_logp, const float *values, float *adv, float *returns,
                       double *kl_sum, PonderError *err) {
     const ConfigStage *cs = &s->cfg->stages[s->stage];
     AlgoBatch ab = {b->S, b->Tc, b->cmask};
-    double *seq = calloc((size_t)b->S, sizeof(double));
-    float *tok_rewards = calloc((size_t)(b->S * b->Tc), sizeof(float));
+    const int local = b->S > 0; /* a rank with no kept group still joins the reductions */
+    double *seq = calloc((size_t)b->S + 1, sizeof(double));
+    float *tok_rewards = calloc((size_t)(b->S * b->Tc) + 1, sizeof(float));
     int rc = (!seq || !tok_rewards) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
     const int token_level = cs->type == CONFIG_STAGE_PPO ||
                             (cs->type == CONFIG_STAGE_REINFORCE_PP && !cs->rpp_baseline);
-    if (rc == PONDER_OK && token_level) {
+    if (rc == PONDER_OK && token_level && local) {
         AlgoKl kl = {(AlgoKlEstimator)ALGO_KL_K1, cs->kl_in_reward ? s->klc.value : 0.0, 0};
         rc = algo_token_rewards(&ab, r->reward, old_logp, ref_logp ? ref_logp : old_logp, &kl,
                                 tok_rewards, kl_sum, err);
     }
     if (rc == PONDER_OK) switch (cs->type) {
         case CONFIG_STAGE_GRPO:
-            rc = algo_adv_grpo(b->S, r->reward, b->group, (AlgoScaleRewards)cs->scale_rewards,
-                               ALGO_GRPO_STD_EPS, NULL, seq, err);
-            if (rc == PONDER_OK) rc = algo_broadcast_seq(&ab, seq, adv, err);
+            rc = grpo_advantages(s, r, b, seq, err);
+            if (rc == PONDER_OK && local) rc = algo_broadcast_seq(&ab, seq, adv, err);
             break;
         case CONFIG_STAGE_RLOO:
-            rc = algo_adv_rloo(b->S, r->reward, b->group, seq, err);
-            if (rc == PONDER_OK) rc = algo_broadcast_seq(&ab, seq, adv, err);
+            if (local) rc = algo_adv_rloo(b->S, r->reward, b->group, seq, err);
+            if (rc == PONDER_OK && local) rc = algo_broadcast_seq(&ab, seq, adv, err);
             break;
         case CONFIG_STAGE_REINFORCE_PP:
-            rc = cs->rpp_baseline ? algo_adv_rpp_baseline(&ab, r->reward, b->group, adv, err)
-                                  : algo_adv_rpp(&ab, tok_rewards, cs->gamma, adv, returns, err);
+            if (cs->rpp_baseline) { /* group centring, then whitening over the batch */
+                if (local) rc = algo_adv_group_center(b->S, r->reward, b->group, seq, err);
+                if (rc == PONDER_OK && local) rc = algo_broadcast_seq(&ab, seq, adv, err);
+                if (rc == PONDER_OK) rc = whiten_global(s, &ab, adv, adv, err);
+            } else { /* discounted returns, whitened */
+                if (local) rc = algo_returns_discounted(&ab, tok_rewards, cs->gamma, returns, err);
+                if (rc == PONDER_OK) rc = whiten_global(s, &ab, returns, adv, err);
+            }
             break;
         case CONFIG_STAGE_PPO:
-            rc = algo_adv_gae(&ab, tok_rewards, values, cs->gamma, cs->lam, adv, returns, err);
+            if (local) rc = algo_gae(&ab, tok_rewards, values, cs->gamma, cs->lam, adv, returns, err);
+            if (rc == PONDER_OK) rc = whiten_global(s, &ab, adv, adv, err);
             break;
         default:
             rc = ponder_error(err, PONDER_ERR_CONFIG, "stage %d is not an RL stage", s->stage);
@@ -544,38 +603,75 @@ typedef struct UpdateInputs {
     const float *old_logp, *ref_logp, *adv, *returns, *old_values; /* [S,Tc] */
 } UpdateInputs;
 
+/* The loss's denominator over every rank's rows of this mini-batch (algos
+ * loss.h: with one rank these equal the defaults). */
+static double loss_normalizer(const AlgoAgg *agg, double seqs, double tokens) {
+    switch (agg->type) {
+    case ALGO_LOSS_GRPO: return seqs > 0 ? seqs : 1.0;
+    case ALGO_LOSS_DR_GRPO: return (seqs > 0 ? seqs : 1.0) * (double)agg->max_completion_length;
+    default: return tokens > 1.0 ? tokens : 1.0; /* bnpo, dapo */
+    }
+}
+
+/* Sequences and mask-1 tokens of rows [r0, r0+rows), summed over ranks. */
+static int minibatch_counts(RlStage *s, const TrainBatch *b, int64_t r0, int64_t rows,
+                            double *seqs, double *tokens, PonderError *err) {
+    double c[2] = {(double)rows, 0.0};
+    for (int64_t i = 0; i < rows * b->Tc; i++) c[1] += b->cmask[r0 * b->Tc + i];
+    int rc = dist_allreduce_f64(s->dist, c, 2, DIST_SUM, "mini-batch token counts", err);
+    *seqs = c[0], *tokens = c[1];
+    return rc;
+}
+
+/* Gradients summed over ranks, then one optimizer step (the same on every
+ * rank: the same gradients and the same state). */
+static int reduce_and_step(RlStage *s, Model *m, Optimizer *opt, OptimStepInfo *info, int *finite,
+                           PonderError *err) {
+    int rc = dist_allreduce_grads(s->dist, m, err);
+    if (rc) return rc;
+    PonderError local = {0};
+    if (optim_step(opt, m, info, &local) != PONDER_OK) *finite = 0;
+    return PONDER_OK;
+}
+
 static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                             RlStepStats *st, double weight, PonderError *err) {
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
-    const size_t full = (size_t)(rows * b->T), comp = (size_t)(b->S * b->Tc);
+    double seqs, tokens;
+    int rc = minibatch_counts(s, b, r0, rows, &seqs, &tokens, err);
+    if (rc) return rc;
+    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
     float *lp = malloc(full * sizeof(float)), *ent = malloc(full * sizeof(float));
     float *lpc = calloc(comp, sizeof(float)), *entc = calloc(comp, sizeof(float));
     float *dl = calloc(comp, sizeof(float)), *de = calloc(comp, sizeof(float));
     float *dfull = malloc(full * sizeof(float)), *defull = malloc(full * sizeof(float));
-    int rc = (!lp || !ent || !lpc || !entc || !dl || !de || !dfull || !defull)
-                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory")
-                 : PONDER_OK;
+    if (!lp || !ent || !lpc || !entc || !dl || !de || !dfull || !defull)
+        rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    model_zero_grad(s->policy);
     ModelBatch mb = rows_of(b, r0, rows, (float)cs->temperature);
-    if (rc == PONDER_OK) rc = model_forward(s->policy, &mb, lp, ent, NULL, err);
-    if (rc == PONDER_OK) {
+    if (rc == PONDER_OK && rows > 0) rc = model_forward(s->policy, &mb, lp, ent, NULL, err);
+    if (rc == PONDER_OK && rows > 0) {
         model_to_completion(b, r0, rows, lp, lpc);
         model_to_completion(b, r0, rows, ent, entc);
         /* the algos batch is this mini-batch's rows: offset every array */
         const size_t o = (size_t)(r0 * b->Tc);
         AlgoBatch ab = {rows, b->Tc, b->cmask + o};
         AlgoPolicyConfig pc = policy_config(s);
+        pc.agg.normalizer = loss_normalizer(&pc.agg, seqs, tokens);
         AlgoPolicyInputs in = {lpc + o, u->old_logp ? u->old_logp + o : NULL,
                                u->ref_logp ? u->ref_logp + o : NULL, u->adv + o, entc + o};
         AlgoPolicyResult res;
         rc = algo_policy_loss(&ab, &pc, &in, &res, dl + o, de + o, err);
         if (rc == PONDER_OK) {
+            /* token means become this rank's share of the global mean */
+            const double share = res.tokens / (tokens > 0 ? tokens : 1.0);
             st->policy_loss += weight * res.loss;
-            st->clip_low += weight * res.clip_low_frac;
-            st->clip_high += weight * res.clip_high_frac;
-            st->dual_clip += weight * res.dual_clip_frac;
-            st->entropy += weight * res.entropy_mean;
-            st->kl += weight * res.kl_mean;
+            st->clip_low += weight * share * res.clip_low_frac;
+            st->clip_high += weight * share * res.clip_high_frac;
+            st->dual_clip += weight * share * res.dual_clip_frac;
+            st->entropy += weight * share * res.entropy_mean;
+            st->kl += weight * share * res.kl_mean;
             if (!u->old_logp) { /* on-policy: the sampler's log-probs are the old ones */
                 for (int64_t i = 0; i < rows * b->Tc; i++) {
                     if (b->cmask[o + i] == 0.0f) continue;
@@ -585,21 +681,20 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
             }
         }
     }
-    if (rc == PONDER_OK) {
+    if (rc == PONDER_OK && rows > 0) {
         completion_to_model(b, r0, rows, dl, dfull);
         completion_to_model(b, r0, rows, de, defull);
-        model_zero_grad(s->policy);
         rc = model_backward(s->policy, dfull, cs->entropy_coef != 0 ? defull : NULL, NULL, err);
     }
     if (rc == PONDER_OK) {
-        OptimStepInfo info;
-        PonderError local = {0};
-        if (optim_step(s->opt, s->policy, &info, &local) == PONDER_OK) {
+        OptimStepInfo info = {0};
+        int finite = 1;
+        rc = reduce_and_step(s, s->policy, s->opt, &info, &finite, err);
+        if (rc == PONDER_OK && finite) {
             st->grad_norm += weight * info.grad_norm;
             st->lr = info.lr;
-        } else {
-            st->finite = 0;
         }
+        if (!finite) st->finite = 0;
     }
     free(lp), free(ent), free(lpc), free(entc), free(dl), free(de), free(dfull), free(defull);
     return rc;
@@ -609,48 +704,64 @@ static int critic_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
                             RlStepStats *st, double weight, PonderError *err) {
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
-    const size_t full = (size_t)(rows * b->T), comp = (size_t)(b->S * b->Tc);
+    double seqs, tokens;
+    int rc = minibatch_counts(s, b, r0, rows, &seqs, &tokens, err);
+    if (rc) return rc;
+    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
     float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
     float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
     float *dvfull = malloc(full * sizeof(float));
-    int rc = (!lp || !v || !vc || !dv || !dvfull)
-                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory")
-                 : PONDER_OK;
+    if (!lp || !v || !vc || !dv || !dvfull) rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    model_zero_grad(s->critic);
     ModelBatch mb = rows_of(b, r0, rows, 1.0f);
-    if (rc == PONDER_OK) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
-    if (rc == PONDER_OK) {
+    if (rc == PONDER_OK && rows > 0) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
+    if (rc == PONDER_OK && rows > 0) {
         model_to_completion(b, r0, rows, v, vc);
         const size_t o = (size_t)(r0 * b->Tc);
         AlgoBatch ab = {rows, b->Tc, b->cmask + o};
         AlgoValueConfig vcfg = {cs->cliprange_value, {ALGO_LOSS_BNPO, cs->max_new_tokens, 0}};
+        vcfg.agg.normalizer = loss_normalizer(&vcfg.agg, seqs, tokens);
         AlgoValueResult res;
         rc = algo_value_loss(&ab, &vcfg, vc + o, u->old_values + o, u->returns + o, &res, dv + o, err);
         if (rc == PONDER_OK) {
             st->value_loss += weight * res.loss;
-            st->value_clip += weight * res.clip_frac;
+            st->value_clip += weight * res.clip_frac * res.tokens / (tokens > 0 ? tokens : 1.0);
         }
     }
-    if (rc == PONDER_OK) {
+    if (rc == PONDER_OK && rows > 0) {
         completion_to_model(b, r0, rows, dv, dvfull);
-        model_zero_grad(s->critic);
         rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
     }
-    if (rc == PONDER_OK) {
-        PonderError local = {0};
-        if (optim_step(&s->critic_opt, s->critic, NULL, &local) != PONDER_OK) st->finite = 0;
-    }
+    int finite = 1;
+    if (rc == PONDER_OK) rc = reduce_and_step(s, s->critic, &s->critic_opt, NULL, &finite, err);
+    if (!finite) st->finite = 0;
     free(lp), free(v), free(vc), free(dv), free(dvfull);
     return rc;
 }
 
-static int update(RlStage *s, const UpdateInputs *u, RlStepStats *st, PonderError *err) {
+/* Mini-batches are ranges of the step's groups in global order (rank 0's
+ * groups first), so they do not depend on how many ranks share the step. */
+static int update(RlStage *s, const UpdateInputs *u, int64_t groups, RlStepStats *st,
+                  PonderError *err) {
     const ConfigStage *cs = &s->cfg->stages[s->stage];
-    const int64_t S = u->b->S, M = cs->mini_batches < S ? cs->mini_batches : S;
+    const int64_t G = cs->num_generations, R = s->dist->size;
+    int64_t *all = calloc((size_t)R, sizeof(int64_t));
+    if (!all) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    int rc = dist_allgather(s->dist, &groups, all, sizeof(int64_t), "group counts", err);
+    int64_t off = 0, total = 0;
+    for (int64_t q = 0; q < R; q++) {
+        if (q < s->dist->rank) off += all[q];
+        total += all[q];
+    }
+    free(all);
+    const int64_t M = cs->mini_batches < total ? cs->mini_batches : total;
     const double weight = 1.0 / (double)(M * cs->num_iterations);
-    int rc = PONDER_OK;
     for (int64_t it = 0; it < cs->num_iterations && rc == PONDER_OK; it++)
         for (int64_t k = 0; k < M && rc == PONDER_OK; k++) {
-            int64_t r0 = k * S / M, rows = (k + 1) * S / M - r0;
+            int64_t g0 = k * total / M - off, g1 = (k + 1) * total / M - off;
+            g0 = g0 < 0 ? 0 : g0 > groups ? groups : g0;
+            g1 = g1 < 0 ? 0 : g1 > groups ? groups : g1;
+            const int64_t r0 = g0 * G, rows = (g1 - g0) * G;
             rc = policy_minibatch(s, u, r0, rows, st, weight, err);
             if (rc == PONDER_OK && s->critic) rc = critic_minibatch(s, u, r0, rows, st, weight, err);
         }
@@ -659,28 +770,45 @@ static int update(RlStage *s, const UpdateInputs *u, RlStepStats *st, PonderErro
 
 /* ========================================================= the step ====== */
 
-static void rollout_metrics(const RlStage *s, const Rollout *r, RlStepStats *st) {
-    const int64_t n = r->n;
-    double sum = 0, sq = 0, len = 0, think = 0, trunc = 0;
-    for (int64_t i = 0; i < n; i++) {
-        sum += r->reward[i];
-        sq += r->reward[i] * r->reward[i];
-        len += (double)r->samples[i].n;
-        think += eval_thinks(r->texts[i]);
-        trunc += r->samples[i].finish == GEN_FINISH_LENGTH;
+/* The step's metrics over every rank's samples: sums are reduced, times are
+ * the slowest rank's. */
+static int rollout_metrics(RlStage *s, const Rollout *r, RlStepStats *st, PonderError *err) {
+    enum { N = 0, SUM, SQ, LEN, THINK, TRUNC, TOKENS, LOSS, CLIP_LO, CLIP_HI, DUAL, ENT, KL,
+           VLOSS, VCLIP, COMP, NSUM = COMP + 8 };
+    double v[NSUM] = {0};
+    for (int64_t i = 0; i < r->n; i++) {
+        v[SUM] += r->reward[i];
+        v[SQ] += r->reward[i] * r->reward[i];
+        v[LEN] += (double)r->samples[i].n;
+        v[THINK] += eval_thinks(r->texts[i]);
+        v[TRUNC] += r->samples[i].finish == GEN_FINISH_LENGTH;
     }
-    st->samples = n;
-    st->reward_mean = sum / (double)n;
-    st->reward_std = sqrt(fmax(0.0, sq / (double)n - st->reward_mean * st->reward_mean));
-    st->completion_length = len / (double)n;
-    st->think_ratio = think / (double)n;
-    st->truncated = trunc / (double)n;
-    for (int k = 0; k < r->K && k < 8; k++) {
-        double c = 0;
-        for (int64_t i = 0; i < n; i++) c += r->component[k * r->cap * r->G + i];
-        st->component_mean[k] = c / (double)n;
-    }
+    v[N] = (double)r->n;
+    v[TOKENS] = (double)st->tokens_generated;
+    v[LOSS] = st->policy_loss, v[CLIP_LO] = st->clip_low, v[CLIP_HI] = st->clip_high;
+    v[DUAL] = st->dual_clip, v[ENT] = st->entropy, v[KL] = st->kl;
+    v[VLOSS] = st->value_loss, v[VCLIP] = st->value_clip;
+    for (int k = 0; k < r->K && k < 8; k++)
+        for (int64_t i = 0; i < r->n; i++) v[COMP + k] += r->component[k * r->cap * r->G + i];
+    double mx[4] = {st->logp_mismatch_max, st->t_generate, st->t_score, st->t_train};
+    int rc = dist_allreduce_f64(s->dist, v, NSUM, DIST_SUM, "step metrics", err);
+    if (rc == PONDER_OK) rc = dist_allreduce_f64(s->dist, mx, 4, DIST_MAX, "step metrics", err);
+    if (rc) return rc;
+    const double n = v[N] > 0 ? v[N] : 1.0;
+    st->samples = (int64_t)v[N];
+    st->reward_mean = v[SUM] / n;
+    st->reward_std = sqrt(fmax(0.0, v[SQ] / n - st->reward_mean * st->reward_mean));
+    st->completion_length = v[LEN] / n;
+    st->think_ratio = v[THINK] / n;
+    st->truncated = v[TRUNC] / n;
+    st->tokens_generated = (int64_t)v[TOKENS];
+    st->policy_loss = v[LOSS], st->clip_low = v[CLIP_LO], st->clip_high = v[CLIP_HI];
+    st->dual_clip = v[DUAL], st->entropy = v[ENT], st->kl = v[KL];
+    st->value_loss = v[VLOSS], st->value_clip = v[VCLIP];
+    for (int k = 0; k < r->K && k < 8; k++) st->component_mean[k] = v[COMP + k] / n;
     st->accuracy = s->accuracy_component >= 0 ? st->component_mean[s->accuracy_component] : -1.0;
+    st->logp_mismatch_max = mx[0], st->t_generate = mx[1], st->t_score = mx[2], st->t_train = mx[3];
+    return PONDER_OK;
 }
 
 typedef struct StepArrays {
@@ -693,11 +821,11 @@ static void step_arrays_free(StepArrays *a) {
 
 static int step_arrays_alloc(StepArrays *a, size_t n, int old, int ref, int values) {
     memset(a, 0, sizeof *a);
-    a->adv = calloc(n, sizeof(float));
-    a->returns = calloc(n, sizeof(float));
-    if (old) a->old_logp = calloc(n, sizeof(float));
-    if (ref) a->ref_logp = calloc(n, sizeof(float));
-    if (values) a->values = calloc(n, sizeof(float));
+    a->adv = calloc(n + 1, sizeof(float));
+    a->returns = calloc(n + 1, sizeof(float));
+    if (old) a->old_logp = calloc(n + 1, sizeof(float));
+    if (ref) a->ref_logp = calloc(n + 1, sizeof(float));
+    if (values) a->values = calloc(n + 1, sizeof(float));
     return a->adv && a->returns && (!old || a->old_logp) && (!ref || a->ref_logp) &&
            (!values || a->values);
 }
@@ -736,12 +864,15 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
                         a.adv, a.returns, &kl_sum, err);
     if (rc == PONDER_OK) {
         UpdateInputs u = {&b, multi ? a.old_logp : NULL, a.ref_logp, a.adv, a.returns, a.values};
-        rc = update(s, &u, st, err);
+        rc = update(s, &u, r.P, st, err);
     }
-    if (rc == PONDER_OK && s->klc.adaptive && cs->kl_in_reward)
-        rc = algo_kl_ctl_update(&s->klc, kl_sum / (double)b.S, b.S, err);
+    if (rc == PONDER_OK && s->klc.adaptive && cs->kl_in_reward) {
+        double kl[2] = {kl_sum, (double)b.S};
+        rc = dist_allreduce_f64(s->dist, kl, 2, DIST_SUM, "KL sum", err);
+        if (rc == PONDER_OK) rc = algo_kl_ctl_update(&s->klc, kl[0] / kl[1], (int64_t)kl[1], err);
+    }
     st->t_train = now_s() - t0;
-    if (rc == PONDER_OK) rollout_metrics(s, &r, st);
+    if (rc == PONDER_OK) rc = rollout_metrics(s, &r, st, err);
     step_arrays_free(&a);
     train_batch_free(&b);
     rollout_free(&r);

@@ -18,11 +18,13 @@
 #include "rewards/reward_set.h" /* RewardSet */
 #include "rollout/dataset.h"   /* Dataset */
 #include "trainer/config.h"    /* PonderConfig */
+#include "trainer/dist.h"      /* Dist */
 #include "trainer/optim.h"     /* Optimizer */
 #include "util/error.h"        /* PonderError */
 
 typedef struct RlStage {
     const PonderConfig *cfg;
+    Dist *dist;         /* ranks sharing the step (colocated); owned by the caller */
     int stage;
     Model *policy;      /* owned by the trainer */
     Optimizer *opt;     /* owned by the trainer */
@@ -56,8 +58,15 @@ typedef struct RlStepStats {
 
 /* Sets up reference, critic and rewards for cfg->stages[stage]. ckpt_dir is
  * where the reference and critic files live (rl_stage_save); with resume set
- * they are loaded from there instead of being created from the policy. */
-int rl_stage_begin(RlStage *s, const PonderConfig *cfg, int stage, Model *policy,
+ * they are loaded from there instead of being created from the policy.
+ *
+ * Ranks (colocated): each rank of `dist` generates and scores a contiguous
+ * share of the step's prompts (whole groups), mini-batches are ranges of
+ * groups of the step's global group order, and every normaliser (token and
+ * sequence counts of the loss, batch reward std, whitening moments, KL) and
+ * the gradients are summed over ranks, so every rank takes the same optimizer
+ * step that one rank with the whole batch would. Rank 0 writes files. */
+int rl_stage_begin(RlStage *s, Dist *dist, const PonderConfig *cfg, int stage, Model *policy,
                    Optimizer *opt, const Tokenizer *tok, const Dataset *train,
                    const char *ckpt_dir, int resume, int64_t step, PonderError *err);
 void rl_stage_end(RlStage *s);

@@ -54,6 +54,8 @@ static int text_append(TextBuf *b, const char *fmt, ...) {
 typedef struct Run {
     const PonderConfig *cfg;
     const TrainOptions *opts;
+    Dist *dist;         /* opts->dist, or `single` */
+    Dist single;
     char dir[CONFIG_PATH_MAX], ckpt_dir[CONFIG_PATH_MAX];
     Tokenizer *tok;
     Model *model;
@@ -84,7 +86,7 @@ static double now_s(void) {
 
 static void say(const Run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(const Run *r, const char *fmt, ...) {
-    if (!r->opts->console) return;
+    if (!r->opts->console || r->dist->rank != 0) return;
     va_list ap;
     va_start(ap, fmt);
     vfprintf(r->opts->console, fmt, ap);
@@ -117,9 +119,13 @@ static int64_t steps_before_stage(const PonderConfig *cfg, int stage) {
 
 /* --------------------------------------------------------------- set-up -- */
 
-static void set_threads(const PonderConfig *cfg) {
+/* runtime.threads 0: OMP_NUM_THREADS when set, else the node's cores shared
+ * among the ranks on it. */
+static void set_threads(const PonderConfig *cfg, const Dist *d) {
     int n = (int)cfg->runtime.threads;
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    const char *env = getenv("OMP_NUM_THREADS");
+    if (n <= 0 && env && atoi(env) > 0) n = atoi(env);
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN) / (d->local_size > 0 ? d->local_size : 1);
     if (n <= 0) n = 1;
     omp_set_num_threads(n);
     blas_set_threads(n);
@@ -231,6 +237,7 @@ static int resume_from_latest(Run *r, PonderError *err) {
 }
 
 static int open_metrics(Run *r, PonderError *err) {
+    if (r->dist->rank != 0) return PONDER_OK; /* rank 0 writes for the job */
     char path[CONFIG_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
     r->metrics = fopen(path, "w"); /* rewritten from the checkpoint's history on resume */
@@ -258,7 +265,7 @@ static int setup(Run *r, PonderError *err) {
     const PonderConfig *cfg = r->cfg;
     int rc = blas_load(cfg->runtime.blas, err);
     if (rc) return rc;
-    set_threads(cfg);
+    set_threads(cfg, r->dist);
     if ((rc = config_run_dir(cfg, r->dir, sizeof r->dir, err))) return rc;
     if ((rc = config_checkpoint_dir(cfg, r->ckpt_dir, sizeof r->ckpt_dir, err))) return rc;
     if ((rc = make_dirs(r->dir, err)) || (rc = make_dirs(r->ckpt_dir, err))) return rc;
@@ -353,6 +360,8 @@ static void print_plan(const Run *r) {
 static int save_checkpoint(Run *r, PonderError *err) {
     char path[1024];
     ckpt_path_for_step(r->ckpt_dir, r->step, path, sizeof path);
+    snprintf(r->summary->last_checkpoint, sizeof r->summary->last_checkpoint, "%s", path);
+    if (r->dist->rank != 0) return PONDER_OK; /* every rank holds the same state */
     CkptWrite w = {.model = r->model,
                    .opt = r->have_opt ? &r->opt : NULL,
                    .rngs = &r->rng,
@@ -367,10 +376,7 @@ static int save_checkpoint(Run *r, PonderError *err) {
     int rc = ckpt_save(path, &w, err);
     if (rc == PONDER_OK && r->rl_active) rc = rl_stage_save(&r->rl, r->ckpt_dir, r->step, err);
     if (rc == PONDER_OK) rc = ckpt_prune(r->ckpt_dir, r->cfg->checkpoint.keep_last, err);
-    if (rc == PONDER_OK) {
-        snprintf(r->summary->last_checkpoint, sizeof r->summary->last_checkpoint, "%s", path);
-        say(r, "  checkpoint %s\n", path);
-    }
+    if (rc == PONDER_OK) say(r, "  checkpoint %s\n", path);
     return rc;
 }
 
@@ -379,13 +385,27 @@ static int save_checkpoint(Run *r, PonderError *err) {
 static int emit_metrics(Run *r, const char *json_line, PonderError *err) {
     if (text_append(&r->history, "%s\n", json_line))
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for metrics");
-    fprintf(r->metrics, "%s\n", json_line);
-    fflush(r->metrics);
+    if (r->metrics) {
+        fprintf(r->metrics, "%s\n", json_line);
+        fflush(r->metrics);
+    }
     return PONDER_OK;
 }
 
+/* Rank 0 evaluates; the others wait for its accuracy (so every rank's
+ * summary agrees). */
+static int run_eval_rank0(Run *r, PonderError *err);
 static int run_eval(Run *r, PonderError *err) {
     if (!r->eval) return PONDER_OK;
+    dist_set_phase(r->dist, "evaluation", r->step);
+    int rc = r->dist->rank == 0 ? run_eval_rank0(r, err) : PONDER_OK;
+    double v[2] = {r->last_accuracy, r->last_think_ratio};
+    if (rc == PONDER_OK) rc = dist_bcast(r->dist, v, sizeof v, 0, "rank 0's evaluation", err);
+    r->last_accuracy = v[0], r->last_think_ratio = v[1];
+    return rc;
+}
+
+static int run_eval_rank0(Run *r, PonderError *err) {
     const ConfigEval *e = &r->cfg->eval;
     EvalSettings s = {.sampling = {(float)e->temperature, e->top_k, (float)e->top_p,
                                    (float)e->min_p, e->max_new_tokens},
@@ -436,15 +456,19 @@ static int fetch_items(Run *r, DataItem *items, int64_t n, PonderError *err) {
     return PONDER_OK;
 }
 
-/* Forward and backward over one micro-batch; accumulates into the grads. */
+/* Forward and backward over this rank's rows of one micro-batch (all of
+ * them with one rank); accumulates into the grads. */
 static int sft_micro(Run *r, const SftBatch *b, double norm, StepStats *st, PonderError *err) {
-    const int64_t N = b->B * b->T;
+    const int64_t R = r->dist->size, me = r->dist->rank;
+    const int64_t row0 = b->B * me / R, rows = b->B * (me + 1) / R - row0;
+    if (rows == 0) return PONDER_OK;
+    const int64_t N = rows * b->T, o = row0 * b->T;
     float *logp = malloc((size_t)N * sizeof(float)), *dlogp = malloc((size_t)N * sizeof(float));
     int rc = (!logp || !dlogp) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
-    ModelBatch mb = {b->B, b->T, b->tokens, b->targets, b->mask, NULL, 1.0f};
+    ModelBatch mb = {rows, b->T, b->tokens + o, b->targets + o, b->mask + o, NULL, 1.0f};
     if (rc == PONDER_OK) rc = model_forward(r->model, &mb, logp, NULL, NULL, err);
     if (rc == PONDER_OK) {
-        double loss = sft_loss(logp, b->mask, N, norm, dlogp);
+        double loss = sft_loss(logp, b->mask + o, N, norm, dlogp);
         st->loss += loss;
         if (!isfinite(loss)) st->finite = 0;
         else rc = model_backward(r->model, dlogp, NULL, NULL, err);
@@ -476,6 +500,12 @@ static int sft_step(Run *r, StepStats *st, PonderError *err) {
     model_zero_grad(r->model);
     for (int64_t k = 0; k < cs->grad_accum && rc == PONDER_OK && st->finite; k++)
         rc = sft_micro(r, &mb[k], (double)(st->target_tokens > 0 ? st->target_tokens : 1), st, err);
+    /* every rank built the whole batch (so the token counts are global);
+     * the loss parts and gradients of the ranks' rows are summed */
+    double v[2] = {st->loss, st->finite ? 0.0 : 1.0};
+    if (rc == PONDER_OK) rc = dist_allreduce_f64(r->dist, v, 2, DIST_SUM, "SFT loss", err);
+    st->loss = v[0], st->finite = v[1] == 0.0;
+    if (rc == PONDER_OK && st->finite) rc = dist_allreduce_grads(r->dist, r->model, err);
     for (int64_t k = 0; mb && k < cs->grad_accum; k++) sft_batch_free(&mb[k]);
     for (int64_t i = 0; items && i < n; i++) data_item_free(&items[i]);
     free(mb);
@@ -550,9 +580,13 @@ static void log_step(Run *r, const StepStats *st, PonderError *err) {
 
 /* ---------------------------------------------------------------- loop -- */
 
-static int stop_requested(const Run *r) {
-    if (r->opts->stop_at_step > 0 && r->step >= r->opts->stop_at_step) return 1;
-    return r->opts->stop_request && *r->opts->stop_request;
+/* A signal reaches each rank at its own moment: the ranks agree (any rank
+ * asked = all stop) so they stop at the same step. */
+static int stop_requested(Run *r, PonderError *err, int *rc) {
+    double v = (r->opts->stop_at_step > 0 && r->step >= r->opts->stop_at_step) ||
+               (r->opts->stop_request && *r->opts->stop_request);
+    *rc = dist_allreduce_f64(r->dist, &v, 1, DIST_MAX, "stop request", err);
+    return *rc == PONDER_OK && v > 0;
 }
 
 /* One RL step: rollout, scoring, update; metrics line and console line. */
@@ -587,18 +621,22 @@ static int run_stage(Run *r, PonderError *err) {
     const ConfigStage *cs = &cfg->stages[r->stage];
     const int rl = cs->type != CONFIG_STAGE_SFT;
     if (rl) {
-        int rc = rl_stage_begin(&r->rl, cfg, r->stage, r->model, &r->opt, r->tok, r->train,
+        int rc = rl_stage_begin(&r->rl, r->dist, cfg, r->stage, r->model, &r->opt, r->tok, r->train,
                                 r->ckpt_dir, r->stage_step > 0, r->step, err);
         if (rc) return rc;
         r->rl_active = 1;
     }
     const int64_t eval_every = config_stage_eval_every(cfg, r->stage);
     while (r->stage_step < cs->steps) {
-        if (stop_requested(r)) {
+        int stop_rc = PONDER_OK;
+        dist_set_phase(r->dist, "step start", r->step);
+        if (stop_requested(r, err, &stop_rc)) {
             r->summary->stopped_early = true;
             say(r, "stop requested: writing a checkpoint at step %lld\n", (long long)r->step);
             return save_checkpoint(r, err);
         }
+        if (stop_rc) return stop_rc;
+        dist_set_phase(r->dist, rl ? "rl step" : "sft step", r->step);
         StepStats st = {0};
         double t0 = now_s();
         int rc = rl ? rl_step(r, &st, err) : sft_step(r, &st, err);
@@ -653,6 +691,8 @@ int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *s
               PonderError *err) {
     memset(summary, 0, sizeof *summary);
     Run r = {.cfg = cfg, .opts = opts, .summary = summary};
+    dist_single(&r.single);
+    r.dist = opts->dist ? opts->dist : &r.single;
     r.t_start = now_s();
     int rc = setup(&r, err);
     if (rc == PONDER_OK) rc = run_all(&r, err);

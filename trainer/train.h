@@ -12,6 +12,7 @@
 #include <stdio.h>   /* FILE */
 
 #include "trainer/config.h" /* PonderConfig */
+#include "trainer/dist.h"   /* Dist */
 #include "util/error.h"     /* PonderError */
 
 typedef struct TrainOptions {
@@ -19,6 +20,7 @@ typedef struct TrainOptions {
     FILE *console;                       /* progress lines; NULL = silent */
     volatile sig_atomic_t *stop_request; /* set by a signal handler: checkpoint and stop */
     int64_t stop_at_step;                /* > 0: behave as if stopped when the global step gets here */
+    Dist *dist;                          /* ranks of an mpirun job; NULL = one rank */
 } TrainOptions;
 
 typedef struct TrainSummary {
@@ -32,7 +34,13 @@ typedef struct TrainSummary {
 } TrainSummary;
 
 /* Runs every stage of cfg. Returns 0 when the run completed or was stopped
- * on request (summary says which). */
+ * on request (summary says which).
+ *
+ * With several ranks (opts->dist, dist.mode colocated) every rank runs this
+ * with the same config: each takes a share of every batch (SFT: rows of each
+ * micro-batch; RL: whole groups, rl_stage.h), gradients and normalisers are
+ * summed over ranks, and all ranks hold the same weights. Rank 0 alone writes
+ * metrics, checkpoints and console lines and runs evaluations. */
 int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *summary,
               PonderError *err);
 
