@@ -19,6 +19,9 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static MPI_Comm comm_of(const Dist *d) { return MPI_Comm_f2c(d->comm); }
+static int mpi_error(const Dist *d, int code, const char *what, PonderError *err);
+
 static int launched_by_mpirun(void) {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK") ||
            getenv("PMI_SIZE");
@@ -43,6 +46,8 @@ int dist_init(Dist *d, int *argc, char ***argv, PonderError *err) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+    d->comm = (int)MPI_Comm_c2f(MPI_COMM_WORLD);
+    d->world_rank = d->rank;
     MPI_Comm node;
     if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node) ==
         MPI_SUCCESS) {
@@ -54,12 +59,35 @@ int dist_init(Dist *d, int *argc, char ***argv, PonderError *err) {
 }
 
 void dist_finalize(Dist *d) {
-    if (d->mpi) MPI_Finalize();
+    if (d->mpi == 1) MPI_Finalize();
     d->mpi = 0;
 }
 
 void dist_abort(Dist *d, int code) {
     if (d->mpi) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+int dist_split(Dist *parent, int color, Dist *child, PonderError *err) {
+    *child = *parent;
+    if (!parent->mpi) return PONDER_OK; /* one rank: the split is itself */
+    MPI_Comm c;
+    int rc = MPI_Comm_split(comm_of(parent), color, parent->rank, &c);
+    if (rc != MPI_SUCCESS) return mpi_error(parent, rc, "splitting the ranks", err);
+    MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(c, &child->rank);
+    MPI_Comm_size(c, &child->size);
+    child->comm = (int)MPI_Comm_c2f(c);
+    child->mpi = 2; /* a split: freed by dist_free_split, never finalised */
+    child->bytes_sent = child->bytes_received = 0;
+    return PONDER_OK;
+}
+
+void dist_free_split(Dist *child) {
+    if (child->mpi == 2) {
+        MPI_Comm c = comm_of(child);
+        MPI_Comm_free(&c);
+    }
+    child->mpi = 0;
 }
 
 void dist_set_phase(Dist *d, const char *phase, int64_t step) {
@@ -121,7 +149,7 @@ static int allreduce_block_f32(Dist *d, float *x, size_t n, float *scratch, cons
     const int mine = sc[d->rank];
     for (int q = 0; q < P; q++) rc_[q] = mine, rd[q] = q * mine;
     MPI_Request req;
-    int rc = MPI_Ialltoallv(x, sc, sd, MPI_FLOAT, scratch, rc_, rd, MPI_FLOAT, MPI_COMM_WORLD, &req);
+    int rc = MPI_Ialltoallv(x, sc, sd, MPI_FLOAT, scratch, rc_, rd, MPI_FLOAT, comm_of(d), &req);
     if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     if ((rc = wait_request(d, &req, NULL, what, err))) return rc;
     float *out = x + sd[d->rank];
@@ -132,7 +160,7 @@ static int allreduce_block_f32(Dist *d, float *x, size_t n, float *scratch, cons
     }
     d->bytes_sent += 2 * (n - (size_t)mine) * sizeof(float);
     d->bytes_received += 2 * (size_t)(P - 1) * (size_t)mine * sizeof(float);
-    rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, x, sc, sd, MPI_FLOAT, MPI_COMM_WORLD, &req);
+    rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, x, sc, sd, MPI_FLOAT, comm_of(d), &req);
     if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     return wait_request(d, &req, NULL, what, err);
 }
@@ -166,7 +194,7 @@ int dist_allgather(Dist *d, const void *mine, void *all, size_t bytes, const cha
     if (bytes > (size_t)INT_MAX)
         return ponder_error(err, PONDER_ERR_CONFIG, "all-gather of %s: %zu bytes is too large", what, bytes);
     MPI_Request req;
-    int rc = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, MPI_COMM_WORLD, &req);
+    int rc = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, comm_of(d), &req);
     if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     d->bytes_sent += bytes * (size_t)(d->size - 1);
     d->bytes_received += bytes * (size_t)(d->size - 1);
@@ -197,7 +225,7 @@ int dist_bcast(Dist *d, void *buf, size_t bytes, int root, const char *what, Pon
     for (size_t o = 0; o < bytes; o += DIST_BLOCK) {
         size_t n = bytes - o < DIST_BLOCK ? bytes - o : DIST_BLOCK;
         MPI_Request req;
-        int rc = MPI_Ibcast((char *)buf + o, (int)n, MPI_BYTE, root, MPI_COMM_WORLD, &req);
+        int rc = MPI_Ibcast((char *)buf + o, (int)n, MPI_BYTE, root, comm_of(d), &req);
         if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
         if ((rc = wait_request(d, &req, NULL, what, err))) return rc;
         if (d->rank == root) d->bytes_sent += n * (size_t)(d->size - 1);
@@ -209,7 +237,7 @@ int dist_bcast(Dist *d, void *buf, size_t bytes, int root, const char *what, Pon
 int dist_barrier(Dist *d, const char *what, PonderError *err) {
     if (d->size == 1) return PONDER_OK;
     MPI_Request req;
-    int rc = MPI_Ibarrier(MPI_COMM_WORLD, &req);
+    int rc = MPI_Ibarrier(comm_of(d), &req);
     if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     return wait_request(d, &req, NULL, what, err);
 }
@@ -225,6 +253,35 @@ int dist_send(Dist *d, const void *buf, size_t bytes, int to, int tag, const cha
     if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     d->bytes_sent += bytes;
     return wait_request(d, &req, NULL, what, err);
+}
+
+int dist_isend(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
+               DistRequest *req, PonderError *err) {
+    memset(req, 0, sizeof *req);
+    snprintf(req->what, sizeof req->what, "%s", what);
+    if (bytes > (size_t)INT_MAX)
+        return ponder_error(err, PONDER_ERR_CONFIG, "send of %s: %zu bytes is too large", what, bytes);
+    MPI_Request r;
+    int rc = MPI_Isend(buf, (int)bytes, MPI_BYTE, to, tag, MPI_COMM_WORLD, &r);
+    if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
+    d->bytes_sent += bytes;
+    req->handle = (int)MPI_Request_c2f(r);
+    req->active = 1;
+    return PONDER_OK;
+}
+
+int dist_wait(Dist *d, DistRequest *req, PonderError *err) {
+    if (!req->active) return PONDER_OK;
+    MPI_Request r = MPI_Request_f2c(req->handle);
+    int rc = wait_request(d, &r, NULL, req->what, err);
+    if (rc == PONDER_OK) req->active = 0;
+    return rc;
+}
+
+int dist_probe(Dist *d, int from, int tag, int *found, PonderError *err) {
+    *found = 0;
+    int rc = MPI_Iprobe(from < 0 ? MPI_ANY_SOURCE : from, tag, MPI_COMM_WORLD, found, MPI_STATUS_IGNORE);
+    return rc == MPI_SUCCESS ? PONDER_OK : mpi_error(d, rc, "probing for a message", err);
 }
 
 int dist_recv(Dist *d, void **buf, size_t *bytes, int from, int tag, int *source,

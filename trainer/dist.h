@@ -26,7 +26,9 @@
 typedef enum { DIST_SUM = 0, DIST_MAX = 1, DIST_MIN = 2 } DistOp;
 
 typedef struct Dist {
-    int rank, size;             /* in MPI_COMM_WORLD; 0 and 1 without MPI */
+    int rank, size;             /* in this communicator; 0 and 1 without MPI */
+    int comm;                   /* the communicator (MPI's Fortran handle; world after dist_init) */
+    int world_rank;             /* this process in MPI_COMM_WORLD (point-to-point addresses) */
     int local_rank, local_size; /* on this node (threads default to cores / local_size) */
     int mpi;                    /* 1 when this process initialised MPI */
     double timeout_s;           /* watchdog limit for one wait; <= 0 = wait forever */
@@ -46,6 +48,11 @@ void dist_finalize(Dist *d);
 /* Ends every rank of the job with `code` (MPI_Abort); without MPI returns. */
 void dist_abort(Dist *d, int code);
 
+/* A sub-communicator of the ranks that pass the same color (ranks ordered as
+ * in parent); inherits the timeout. Free with dist_free_split. */
+int dist_split(Dist *parent, int color, Dist *child, PonderError *err);
+void dist_free_split(Dist *child);
+
 /* What the rank is doing, for watchdog messages. */
 void dist_set_phase(Dist *d, const char *phase, int64_t step);
 
@@ -63,13 +70,28 @@ int dist_allgather(Dist *d, const void *mine, void *all, size_t bytes, const cha
 int dist_bcast(Dist *d, void *buf, size_t bytes, int root, const char *what, PonderError *err);
 int dist_barrier(Dist *d, const char *what, PonderError *err);
 
-/* Point to point (disaggregated rollouts). A message is `bytes` bytes with a tag. */
+/* Point to point (disaggregated rollouts), addressed by world rank. A message
+ * is `bytes` bytes with a tag; messages from one sender with one tag arrive
+ * in the order sent. */
 int dist_send(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
               PonderError *err);
 /* Receives from `from` (or any rank when from < 0) a message of tag `tag`
  * into a malloc'd buffer *buf of *bytes; *source gets the sender. */
 int dist_recv(Dist *d, void **buf, size_t *bytes, int from, int tag, int *source,
               const char *what, PonderError *err);
+
+/* A send that completes in the background: buf must stay untouched until
+ * dist_wait (which frees nothing). */
+typedef struct DistRequest {
+    int handle; /* MPI's Fortran handle; 0 when none */
+    int active;
+    char what[64];
+} DistRequest;
+int dist_isend(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
+               DistRequest *req, PonderError *err);
+int dist_wait(Dist *d, DistRequest *req, PonderError *err);
+/* Is a message of `tag` from `from` (world rank, < 0 any) waiting? Never blocks. */
+int dist_probe(Dist *d, int from, int tag, int *found, PonderError *err);
 
 /* Bytes sent by every rank together so far (a collective). */
 int dist_total_bytes(Dist *d, uint64_t *sent, PonderError *err);

@@ -22,9 +22,27 @@
 #include "trainer/optim.h"     /* Optimizer */
 #include "util/error.h"        /* PonderError */
 
+/* Which part of an RL step this process does (dist.mode, trainer/dist.h). */
+typedef enum {
+    RL_ROLE_COLOCATED = 0, /* generate, score and train (every rank of `comm`) */
+    RL_ROLE_LEARNER = 1,   /* disaggregated: train on samples received from rollout ranks */
+    RL_ROLE_ROLLOUT = 2,   /* disaggregated: generate and score, send samples, take weights */
+} RlRole;
+
+typedef struct RlRanks {
+    Dist *comm;            /* the ranks sharing this role's work */
+    Dist *world;           /* every rank: messages between the roles */
+    RlRole role;
+    int n_learners;        /* disaggregated: world ranks 0 .. n_learners-1 learn */
+    int64_t max_staleness; /* disaggregated: oldest policy version a trained sample may have */
+} RlRanks;
+
 typedef struct RlStage {
     const PonderConfig *cfg;
-    Dist *dist;         /* ranks sharing the step (colocated); owned by the caller */
+    Dist *dist;         /* ranks sharing this role's work (RlRanks.comm); owned by the caller */
+    RlRanks ranks;
+    struct PendingSend *pending; /* learner 0: weight messages still on their way */
+    int n_pending;
     int stage;
     Model *policy;      /* owned by the trainer */
     Optimizer *opt;     /* owned by the trainer */
@@ -53,6 +71,8 @@ typedef struct RlStepStats {
     double truncated;            /* share of samples that hit max_new_tokens */
     int64_t samples, tokens_generated, resample_rounds, groups_kept;
     double t_generate, t_score, t_train;
+    int64_t policy_version;     /* oldest policy version that generated the step's samples */
+    int64_t staleness_max;      /* step - policy_version (0 when on-policy) */
     int finite;
 } RlStepStats;
 
@@ -66,13 +86,31 @@ typedef struct RlStepStats {
  * sequence counts of the loss, batch reward std, whitening moments, KL) and
  * the gradients are summed over ranks, so every rank takes the same optimizer
  * step that one rank with the whole batch would. Rank 0 writes files. */
-int rl_stage_begin(RlStage *s, Dist *dist, const PonderConfig *cfg, int stage, Model *policy,
+int rl_stage_begin(RlStage *s, const RlRanks *ranks, const PonderConfig *cfg, int stage, Model *policy,
                    Optimizer *opt, const Tokenizer *tok, const Dataset *train,
                    const char *ckpt_dir, int resume, int64_t step, PonderError *err);
 void rl_stage_end(RlStage *s);
 
-/* One RL step at global step `step`: consumes prompts from *cursor. */
+/* One RL step at global step `step`: consumes prompts from *cursor. A
+ * learner receives the step's samples from the rollout ranks instead of
+ * generating them (*cursor then follows theirs). */
 int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, PonderError *err);
+
+/* Disaggregated mode.
+ * Learners: rl_stage_remote_start (before the first step: learner 0 sends
+ * the weights, version `step`, and the data cursor), rl_stage_step per step
+ * (learner 0 then sends the new weights), rl_stage_remote_finish (after the
+ * last step or a stop: the rollout ranks are told to stop and every learner
+ * takes what they still send, so no message is left in flight).
+ * Rollout ranks: rl_stage_serve runs the rollout side of the whole stage
+ * (through its last step, or until told to stop). A rollout rank generates
+ * step g with the newest weights it holds, waiting for weights while they
+ * are more than max_staleness versions older than g; with max_staleness > 0
+ * learners take the behaviour policy's (the sampler's) log-probs as the old
+ * ones in the importance ratio. */
+int rl_stage_remote_start(RlStage *s, int64_t step, int64_t cursor, PonderError *err);
+int rl_stage_remote_finish(RlStage *s, PonderError *err);
+int rl_stage_serve(RlStage *s, PonderError *err);
 
 /* Writes the critic (with its optimizer) for `step` next to the policy's
  * checkpoint; the reference is written once, by rl_stage_begin. */

@@ -54,8 +54,13 @@ static int text_append(TextBuf *b, const char *fmt, ...) {
 typedef struct Run {
     const PonderConfig *cfg;
     const TrainOptions *opts;
-    Dist *dist;         /* opts->dist, or `single` */
+    Dist *dist;         /* the ranks running the current stage loop: world, or this role's */
+    Dist *world;        /* opts->dist, or `single` */
     Dist single;
+    Dist role_comm;     /* disaggregated: the learners, or the rollout ranks */
+    int disaggregated;  /* dist.mode disaggregated with more than one rank */
+    RlRole role;
+    int n_learners;
     char dir[CONFIG_PATH_MAX], ckpt_dir[CONFIG_PATH_MAX];
     Tokenizer *tok;
     Model *model;
@@ -261,10 +266,28 @@ static int create_model(const PonderConfig *cfg, const ModelConfig *mc, Model **
     return model_create_on(out, mc, ops, err);
 }
 
+/* dist.mode disaggregated: world ranks 0 .. n_learners-1 learn, the rest
+ * generate (RL stages only; SFT stages use every rank). */
+static int setup_roles(Run *r, PonderError *err) {
+    const ConfigDist *d = &r->cfg->dist;
+    r->role = RL_ROLE_COLOCATED;
+    if (d->mode != CONFIG_DIST_DISAGGREGATED || r->world->size == 1) return PONDER_OK;
+    if (d->rollout_ranks >= r->world->size)
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "dist.rollout_ranks: %lld rollout ranks leave no learner among the job's %d "
+                            "ranks (mpirun -np); use at most %d",
+                            (long long)d->rollout_ranks, r->world->size, r->world->size - 1);
+    r->disaggregated = 1;
+    r->n_learners = r->world->size - (int)d->rollout_ranks;
+    r->role = r->world->rank < r->n_learners ? RL_ROLE_LEARNER : RL_ROLE_ROLLOUT;
+    return dist_split(r->world, (int)r->role, &r->role_comm, err);
+}
+
 static int setup(Run *r, PonderError *err) {
     const PonderConfig *cfg = r->cfg;
     int rc = blas_load(cfg->runtime.blas, err);
     if (rc) return rc;
+    if ((rc = setup_roles(r, err))) return rc;
     set_threads(cfg, r->dist);
     if ((rc = config_run_dir(cfg, r->dir, sizeof r->dir, err))) return rc;
     if ((rc = config_checkpoint_dir(cfg, r->ckpt_dir, sizeof r->ckpt_dir, err))) return rc;
@@ -289,6 +312,7 @@ static int setup(Run *r, PonderError *err) {
 
 static void teardown(Run *r) {
     if (r->rl_active) rl_stage_end(&r->rl);
+    if (r->disaggregated) dist_free_split(&r->role_comm);
     if (r->have_opt) optim_free(&r->opt);
     model_free(r->model);
     tokenizer_free(r->tok);
@@ -616,16 +640,10 @@ static int rl_step(Run *r, StepStats *st, PonderError *err) {
     return rc;
 }
 
-static int run_stage(Run *r, PonderError *err) {
+static int run_stage_steps(Run *r, PonderError *err) {
     const PonderConfig *cfg = r->cfg;
     const ConfigStage *cs = &cfg->stages[r->stage];
     const int rl = cs->type != CONFIG_STAGE_SFT;
-    if (rl) {
-        int rc = rl_stage_begin(&r->rl, r->dist, cfg, r->stage, r->model, &r->opt, r->tok, r->train,
-                                r->ckpt_dir, r->stage_step > 0, r->step, err);
-        if (rc) return rc;
-        r->rl_active = 1;
-    }
     const int64_t eval_every = config_stage_eval_every(cfg, r->stage);
     while (r->stage_step < cs->steps) {
         int stop_rc = PONDER_OK;
@@ -666,11 +684,57 @@ static int run_stage(Run *r, PonderError *err) {
     return PONDER_OK;
 }
 
+/* Sets up an RL stage's ranks and state, then runs the steps. Disaggregated:
+ * rollout ranks serve samples for the whole stage while the learners run the
+ * step loop among themselves. */
+static int run_stage(Run *r, PonderError *err) {
+    const PonderConfig *cfg = r->cfg;
+    if (cfg->stages[r->stage].type == CONFIG_STAGE_SFT) return run_stage_steps(r, err);
+    RlRanks ranks = {r->world, r->world, RL_ROLE_COLOCATED, 0, 0};
+    if (r->disaggregated)
+        ranks = (RlRanks){&r->role_comm, r->world, r->role, r->n_learners, cfg->dist.max_staleness};
+    int rc = rl_stage_begin(&r->rl, &ranks, cfg, r->stage, r->model, &r->opt, r->tok, r->train,
+                            r->ckpt_dir, r->stage_step > 0, r->step, err);
+    if (rc) return rc;
+    r->rl_active = 1;
+    if (r->role == RL_ROLE_ROLLOUT) return rl_stage_serve(&r->rl, err);
+    if (r->role == RL_ROLE_LEARNER) {
+        r->dist = &r->role_comm;
+        rc = rl_stage_remote_start(&r->rl, r->step, r->cursor, err);
+    }
+    if (rc == PONDER_OK) rc = run_stage_steps(r, err);
+    /* after an error the job is ended (launch/ponder_main.c), not wound down */
+    if (r->role == RL_ROLE_LEARNER && rc == PONDER_OK) rc = rl_stage_remote_finish(&r->rl, err);
+    r->dist = r->world;
+    return rc;
+}
+
+/* Disaggregated: after an RL stage the rollout ranks take the learners'
+ * state (weights, step, cursor, whether the run stopped) from rank 0. */
+static int sync_after_stage(Run *r, PonderError *err) {
+    if (!r->disaggregated || r->cfg->stages[r->stage].type == CONFIG_STAGE_SFT) return PONDER_OK;
+    int64_t v[6] = {r->step, r->stage_step, r->cursor, r->summary->stopped_early, r->bad_in_row,
+                    r->skipped};
+    int rc = dist_bcast(r->world, v, sizeof v, 0, "the learners' state after the stage", err);
+    float *p = model_params(r->model);
+    if (rc == PONDER_OK)
+        rc = dist_bcast(r->world, p, model_num_params(r->model) * sizeof(float), 0,
+                        "the learners' weights after the stage", err);
+    if (rc == PONDER_OK && r->world->rank != 0) {
+        model_params_upload(r->model);
+        r->step = v[0], r->stage_step = v[1], r->cursor = v[2];
+        r->summary->stopped_early = v[3] != 0;
+        r->bad_in_row = v[4], r->skipped = v[5];
+    }
+    return rc;
+}
+
 static int run_all(Run *r, PonderError *err) {
     int rc = open_metrics(r, err);
     print_plan(r);
     while (rc == PONDER_OK && r->stage < r->cfg->n_stages) {
         rc = run_stage(r, err);
+        if (rc == PONDER_OK) rc = sync_after_stage(r, err);
         if (rc || r->summary->stopped_early) return rc;
         rc = run_eval(r, err);
         if (r->rl_active) {
@@ -692,7 +756,8 @@ int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *s
     memset(summary, 0, sizeof *summary);
     Run r = {.cfg = cfg, .opts = opts, .summary = summary};
     dist_single(&r.single);
-    r.dist = opts->dist ? opts->dist : &r.single;
+    r.world = opts->dist ? opts->dist : &r.single;
+    r.dist = r.world;
     r.t_start = now_s();
     int rc = setup(&r, err);
     if (rc == PONDER_OK) rc = run_all(&r, err);

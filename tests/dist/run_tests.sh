@@ -3,7 +3,8 @@
 # mpirun (launch/ponder-mpi) with 1, 2 and 3 ranks, compared checkpoint by
 # checkpoint with `ponder compare`. CTest runs each case as its own test:
 #
-#   run_tests.sh BUILD_DIR CASE     CASE: colocated | resume | killed | stalled | disaggregated
+#   run_tests.sh BUILD_DIR CASE
+#   CASE: colocated | resume | killed | stalled | stalled_rollout | disaggregated
 #
 # Tolerance. Ranks sum gradients in another order than one rank does, so
 # weights agree to rounding, not bit for bit. AdamW divides each gradient by
@@ -110,18 +111,23 @@ resume)
     same "$WORK/full" "$WORK/a" 6 8
     same "$WORK/full" "$WORK/b" 6 8
     ;;
-killed | stalled)
+killed | stalled | stalled_rollout)
     # a long run; rank 1 is killed (SIGKILL) or frozen (SIGSTOP) mid-run: the
-    # job must end within the watchdog's timeout and leave a loadable checkpoint
+    # job must end within the watchdog's timeout and leave a loadable checkpoint.
+    # stalled_rollout: disaggregated, rank 1 is the rollout rank, and the
+    # learner's watchdog fires while it waits for samples.
     timeout=10
+    mode=()
+    [ "$CASE" = stalled_rollout ] && mode=(dist.mode=disaggregated dist.rollout_ranks=1)
     "$SRC/launch/ponder-mpi" -n 2 --ponder "$PONDER" train "$CFG" run.dir="$WORK/long" \
-        "${COMMON[@]}" stages.1.steps=500 checkpoint.every=3 dist.timeout_s=$timeout \
+        "${COMMON[@]}" stages.1.steps=500 checkpoint.every=3 dist.timeout_s=$timeout "${mode[@]}" \
         >"$WORK/long.log" 2>&1 &
     job=$!
     wait_for_step "$WORK/long" 9
     pid=$(rank_pid 1) || fail "rank 1's process not found"
     t0=$(date +%s)
     if [ "$CASE" = killed ]; then kill -KILL "$pid"; else kill -STOP "$pid"; fi
+    state=${CASE%_rollout}
     # the job must end by itself; give it the timeout plus start-up slack
     for i in $(seq $(((timeout + 20) * 10))); do
         kill -0 "$job" 2>/dev/null || break
@@ -136,8 +142,8 @@ killed | stalled)
     rc=$?
     elapsed=$(($(date +%s) - t0))
     [ $rc -ne 0 ] || fail "the job exited 0 after losing a rank"
-    echo "job ended $elapsed s after rank 1 was ${CASE} (exit $rc)"
-    if [ "$CASE" = stalled ]; then
+    echo "job ended $elapsed s after rank 1 was $state (exit $rc)"
+    if [ "$state" = stalled ]; then
         grep -q "watchdog: rank 0 of 2 waited" "$WORK/long.log" ||
             { tail -20 "$WORK/long.log"; fail "no watchdog message from rank 0"; }
         grep -m1 "watchdog" "$WORK/long.log"
@@ -151,8 +157,16 @@ disaggregated)
     # one rollout rank + one learner with max_staleness 0 trains what one
     # colocated rank trains; with staleness 2 no sample is older than 2
     run 0 "$WORK/plain"
+    run 2 "$WORK/colo"
     run 2 "$WORK/dis" dist.mode=disaggregated dist.rollout_ranks=1 dist.max_staleness=0
+    same "$WORK/colo" "$WORK/dis" 6 8
     same "$WORK/plain" "$WORK/dis" 6 8
+    grep -q '"staleness_max":0,' "$WORK/dis/metrics.jsonl" || fail "no staleness in the metrics"
+    ! grep -q '"staleness_max":[1-9]' "$WORK/dis/metrics.jsonl" || fail "stale samples with max_staleness 0"
+    # a disaggregated checkpoint resumes disaggregated on another rank count
+    run 3 "$WORK/disa" dist.mode=disaggregated dist.rollout_ranks=1 --stop-at 5
+    run 2 "$WORK/disa" dist.mode=disaggregated dist.rollout_ranks=1 --resume
+    same "$WORK/plain" "$WORK/disa" 6 8
     run 3 "$WORK/dis3" dist.mode=disaggregated dist.rollout_ranks=2 dist.max_staleness=0
     same "$WORK/plain" "$WORK/dis3" 6 8
     run 3 "$WORK/stale" dist.mode=disaggregated dist.rollout_ranks=2 dist.max_staleness=2 stages.1.steps=8
