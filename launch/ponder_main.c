@@ -127,6 +127,14 @@ static int cmd_train(int argc, char **argv) {
     if (sum.final_accuracy >= 0)
         printf(", final accuracy %.4f, think_ratio %.3f", sum.final_accuracy, sum.final_think_ratio);
     printf("\n");
+    if (sum.bytes_collectives + sum.bytes_weights + sum.bytes_samples > 0) {
+        double per = sum.rl_steps > 0 ? 1.0 / sum.rl_steps : 0.0;
+        printf("traffic between ranks: collectives %.2f MB, weights %.2f MB, samples %.2f MB "
+               "(per RL step, over %.0f: collectives %.3f MB, weights %.3f MB, samples %.3f MB)\n",
+               sum.bytes_collectives / 1e6, sum.bytes_weights / 1e6, sum.bytes_samples / 1e6,
+               sum.rl_steps, sum.bytes_collectives * per / 1e6, sum.bytes_weights * per / 1e6,
+               sum.bytes_samples * per / 1e6);
+    }
     return 0;
 }
 

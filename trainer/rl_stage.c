@@ -916,6 +916,7 @@ static int send_control(RlStage *s, int kind, int64_t version, int64_t cursor, P
     PendingSend *ps = &s->pending[s->n_pending++];
     memset(ps, 0, sizeof *ps);
     ps->buf = buf;
+    if (kind == CONTROL_WEIGHTS) s->bytes_weights += bytes * (uint64_t)(W - L);
     for (int q = L; q < W && rc == PONDER_OK && ps->n < 64; q++)
         rc = dist_isend(s->ranks.world, buf, bytes, q,
                         TAG_CONTROL, kind == CONTROL_WEIGHTS ? "sending weights" : "sending stop",
@@ -1073,6 +1074,7 @@ int rl_stage_serve(RlStage *s, PonderError *err) {
         if (rc == PONDER_OK && serialize_rollout(&r, &st, g, version, cursor, &slot->w))
             rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory (samples message)");
         rollout_free(&r);
+        if (rc == PONDER_OK) s->bytes_samples += slot->w.len * (uint64_t)L;
         for (int q = 0; q < L && q < 64 && rc == PONDER_OK; q++)
             rc = dist_isend(s->ranks.world, slot->w.p, slot->w.len, q, TAG_BATCH, "sending samples",
                             &slot->req[slot->n++], err);
@@ -1341,14 +1343,15 @@ char *rl_stats_json(const RlStage *s, const RlStepStats *st, int64_t step, int64
             "\"resample_rounds\":%lld,\"samples\":%lld,\"tokens_generated\":%lld,"
             "\"t_generate\":%.3f,\"t_score\":%.3f,\"t_train\":%.3f,"
             "\"gen_tokens_per_s\":%.1f,\"policy_version\":%lld,\"staleness_max\":%lld,"
-            "\"finite\":%s}",
+            "\"elapsed_s\":%.3f,\"finite\":%s}",
             st->accuracy, st->completion_length, st->think_ratio, st->truncated, st->kl,
             s->klc.value, st->clip_low, st->clip_high, st->dual_clip, st->entropy, st->grad_norm,
             st->lr, st->policy_loss, st->value_loss, st->value_clip, st->logp_mismatch_max,
             st->zero_variance_groups, (long long)st->groups_kept, (long long)st->resample_rounds,
             (long long)st->samples, (long long)st->tokens_generated, st->t_generate, st->t_score,
             st->t_train, st->t_generate > 0 ? (double)st->tokens_generated / st->t_generate : 0.0,
-            (long long)st->policy_version, (long long)st->staleness_max, st->finite ? "true" : "false");
+            (long long)st->policy_version, (long long)st->staleness_max, st->elapsed_s,
+            st->finite ? "true" : "false");
     fclose(f);
     return buf;
 }

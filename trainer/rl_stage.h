@@ -43,6 +43,7 @@ typedef struct RlStage {
     RlRanks ranks;
     struct PendingSend *pending; /* learner 0: weight messages still on their way */
     int n_pending;
+    uint64_t bytes_weights, bytes_samples; /* disaggregated: what this rank sent of each */
     int stage;
     Model *policy;      /* owned by the trainer */
     Optimizer *opt;     /* owned by the trainer */
@@ -73,6 +74,7 @@ typedef struct RlStepStats {
     double t_generate, t_score, t_train;
     int64_t policy_version;     /* oldest policy version that generated the step's samples */
     int64_t staleness_max;      /* step - policy_version (0 when on-policy) */
+    double elapsed_s;           /* set by the caller: run time when the step ended */
     int finite;
 } RlStepStats;
 

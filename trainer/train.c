@@ -80,6 +80,7 @@ typedef struct Run {
     double t_start, last_accuracy, last_think_ratio;
     TrainSummary *summary;
     RlStage rl;         /* the running RL stage's state */
+    double bytes_weights, bytes_samples, rl_steps; /* traffic of ended RL stages */
     int rl_active;
 } Run;
 
@@ -622,6 +623,7 @@ static int rl_step(Run *r, StepStats *st, PonderError *err) {
     st->lr = (float)rs.lr;
     st->grad_norm = rs.grad_norm;
     st->loss = rs.policy_loss;
+    rs.elapsed_s = now_s() - r->t_start;
     char *line = rl_stats_json(&r->rl, &rs, r->step + 1, r->stage_step + 1);
     if (!line) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for metrics");
     rc = emit_metrics(r, line, err);
@@ -670,6 +672,7 @@ static int run_stage_steps(Run *r, PonderError *err) {
             return rc;
         }
         if (!rl) r->cursor += cs->batch_size;
+        else r->rl_steps++;
         r->stage_step++;
         r->step++;
         st.seconds = now_s() - t0;
@@ -738,6 +741,8 @@ static int run_all(Run *r, PonderError *err) {
         if (rc || r->summary->stopped_early) return rc;
         rc = run_eval(r, err);
         if (r->rl_active) {
+            r->bytes_weights += (double)r->rl.bytes_weights;
+            r->bytes_samples += (double)r->rl.bytes_samples;
             rl_stage_end(&r->rl);
             r->rl_active = 0;
         }
@@ -751,6 +756,21 @@ static int run_all(Run *r, PonderError *err) {
     return rc;
 }
 
+/* The job's traffic, summed over ranks (a collective over every rank). */
+static int gather_traffic(Run *r, PonderError *err) {
+    if (r->world->size == 1) return PONDER_OK;
+    double v[4] = {(double)r->world->bytes_sent + (double)r->role_comm.bytes_sent, r->bytes_weights,
+                   r->bytes_samples, r->world->rank == 0 ? r->rl_steps : 0.0};
+    if (r->rl_active) v[1] += (double)r->rl.bytes_weights, v[2] += (double)r->rl.bytes_samples;
+    int rc = dist_allreduce_f64(r->world, v, 4, DIST_SUM, "traffic counters", err);
+    /* point-to-point messages are counted in bytes_sent too: keep them apart */
+    r->summary->bytes_collectives = v[0] - v[1] - v[2];
+    r->summary->bytes_weights = v[1];
+    r->summary->bytes_samples = v[2];
+    r->summary->rl_steps = v[3];
+    return rc;
+}
+
 int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *summary,
               PonderError *err) {
     memset(summary, 0, sizeof *summary);
@@ -761,6 +781,7 @@ int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *s
     r.t_start = now_s();
     int rc = setup(&r, err);
     if (rc == PONDER_OK) rc = run_all(&r, err);
+    if (rc == PONDER_OK) rc = gather_traffic(&r, err);
     summary->steps_done = r.step;
     summary->skipped_steps = r.skipped;
     summary->final_accuracy = r.last_accuracy;

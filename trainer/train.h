@@ -31,6 +31,11 @@ typedef struct TrainSummary {
     double final_think_ratio;
     double seconds;
     char last_checkpoint[1024];
+    /* bytes sent between ranks by the whole job (0 with one rank) */
+    double bytes_collectives; /* all-reduces, gathers, broadcasts: gradients, counts, metrics */
+    double bytes_weights;     /* disaggregated: learner 0 -> rollout ranks */
+    double bytes_samples;     /* disaggregated: rollout ranks -> learners */
+    double rl_steps;          /* RL steps taken in this run (to divide the above by) */
 } TrainSummary;
 
 /* Runs every stage of cfg. Returns 0 when the run completed or was stopped
