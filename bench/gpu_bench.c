@@ -2,6 +2,7 @@
  *
  *   gpu_bench --parity [--only a,b,...]   the parity suite of tests/cuda_parity.h
  *   gpu_bench --bench [--quick]           ceilings, training and decode timings
+ *   gpu_bench --bench --decode            copy bandwidth and decode timings only
  *   gpu_bench --parity --fake-device      the suite against tests/fake_device.h
  *                                         (any machine: checks this program)
  *
@@ -9,7 +10,8 @@
  * device copy bandwidth; training tokens/s and achieved TFLOP/s at the GPT-2
  * 124M shape (B=4, T=1024; smaller if that does not fit) in fp32 and TF32;
  * decode tokens/s at batch 1 and 64 against the bandwidth bound for reading
- * the weights once per token. Every number is printed as
+ * the weights once per token, each with CUDA graphs off and on (and batch 1
+ * also with cuBLAS instead of the small-N GEMV: the state before graphs). Every number is printed as
  *     RESULT | <name> | <value> <unit> | <note>
  * which bench/gpu_check.sh collects into its closing table.
  *
@@ -212,17 +214,24 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
     return rc;
 }
 
-static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick) {
+/* Decode at `slots` rows per step; graphs and gemv select the CUDA backend's
+ * paths (cuda_set_graphs / cuda_set_gemv) for this run only. */
+static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick,
+                        int graphs, int gemv) {
     ModelConfig cfg = gpt2_124m();
     Model *m = NULL;
     ModelKVCache *kv = NULL;
     PonderError err = {0};
     const int64_t prompt = 16, steps = quick ? 32 : 128, V = cfg.vocab_size;
+    const int graphs_before = cuda_graphs_enabled(), gemv_before = cuda_gemv_enabled();
+    cuda_set_graphs(graphs);
+    cuda_set_gemv(gemv);
     int rc = model_create_on(&m, &cfg, g, &err);
     if (!rc) rc = model_kv_create(&kv, m, slots, prompt + steps + 8, &err);
     if (rc) {
         printf("decode: %s\n", err.msg);
         model_free(m);
+        cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before);
         return 1;
     }
     model_init_weights(m, 99);
@@ -234,8 +243,11 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     rc = model_prefill(m, kv, 0, tok, prompt, logits, &err);
     for (int64_t s = 1; s < slots; s++) model_kv_copy_slot(kv, s, 0);
     for (int64_t s = 0; s < slots; s++) sl[s] = s;
+    long long cap0, launch0, ref0, cap1, launch1, ref1;
+    cuda_graph_stats(&cap0, &launch0, &ref0);
     double t0 = 0.0;
-    for (int64_t step = -2; step < steps && !rc; step++) { /* two warm-up steps */
+    /* two warm-up steps: the first of a size runs eagerly, the second captures */
+    for (int64_t step = -2; step < steps && !rc; step++) {
         if (step == 0) {
             cuda_synchronize();
             t0 = now_s();
@@ -245,29 +257,107 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     }
     cuda_synchronize();
     double dt = now_s() - t0;
+    cuda_graph_stats(&cap1, &launch1, &ref1);
     if (!rc) {
         double tps = (double)(slots * steps) / dt;
-        char name[64];
-        snprintf(name, sizeof name, "decode batch %lld", (long long)slots);
+        char name[96];
+        snprintf(name, sizeof name, "decode batch %lld graphs %s%s", (long long)slots,
+                 graphs ? "on" : "off", gemv ? "" : " cublas");
         double bytes = (double)model_num_params(m) * 4.0;
         double bound = k->copy_gbps * 1e9 / bytes; /* steps/s when reading fp32 weights once */
-        result(name, tps, "tok/s", "%.2f ms/step; %.0f%% of the weight-read bound (%.0f steps/s)",
-               1e3 * dt / (double)steps, 100.0 * ((double)steps / dt) / bound, bound);
+        result(name, tps, "tok/s",
+               "%.3f ms/step; %.0f%% of the weight-read bound (%.0f steps/s); graphs captured "
+               "%lld, replayed %lld, refused %lld; logits[0] %.6g",
+               1e3 * dt / (double)steps, 100.0 * ((double)steps / dt) / bound, bound,
+               cap1 - cap0, launch1 - launch0, ref1 - ref0, (double)logits[0]);
     } else {
         printf("decode batch %lld failed: %s\n", (long long)slots, err.msg);
     }
     free(logits), free(tok), free(sl);
     model_kv_free(kv);
     model_free(m);
+    cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before);
     return rc ? 1 : 0;
 }
 
-static int run_bench(const ModelOps *g, int quick) {
+/* Microseconds per call of the ops a batch-1 GPT-2 decode step is made of
+ * (launched back to back, so this is GPU time plus any launch gap): tells
+ * which op dominates a step. */
+static void bench_decode_ops(const ModelOps *g) {
+    const int64_t C = 768, NH = 12, hd = 64, L = 128, max_len = 160, V = 50257, it = 200;
+    float *x = g->alloc((size_t)(4 * C) * 4), *y = g->alloc((size_t)V * 4);
+    float *w = g->alloc((size_t)(V * C) * 4), *b = g->alloc((size_t)V * 4);
+    float *kc = g->alloc((size_t)(NH * max_len * hd) * 4), *vc = g->alloc((size_t)(NH * max_len * hd) * 4);
+    float **ptrs = g->alloc(2 * sizeof(float *));
+    int64_t *len = g->alloc(sizeof(int64_t));
+    if (!x || !y || !w || !b || !kc || !vc || !ptrs || !len) {
+        printf("decode ops: out of device memory\n");
+        return;
+    }
+    float *hp[2] = {kc, vc};
+    int64_t hl = L;
+    g->upload(ptrs, hp, sizeof hp);
+    g->upload(len, &hl, sizeof hl);
+    const int64_t mm[][2] = {{C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C}, {C, V}};
+    for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
+        for (int rep = 0; rep < 2; rep++) { /* rep 0 warms up */
+            cuda_synchronize();
+            double t0 = now_s();
+            for (int64_t k = 0; k < it; k++) g->matmul_forward(y, x, w, b, 1, mm[i][0], mm[i][1]);
+            cuda_synchronize();
+            double us = 1e6 * (now_s() - t0) / (double)it;
+            char name[64];
+            snprintf(name, sizeof name, "op matmul 1x%lldx%lld", (long long)mm[i][0], (long long)mm[i][1]);
+            if (rep) result(name, us, "us", "%.0f GB/s of weights", (double)(mm[i][0] * mm[i][1]) * 4e-3 / us);
+        }
+    }
+    OpsHeads q = {x, NH * hd};
+    for (int rep = 0; rep < 2; rep++) {
+        cuda_synchronize();
+        double t0 = now_s();
+        for (int64_t k = 0; k < it; k++)
+            g->attention_cached(y, q, ptrs, ptrs + 1, len, 1, NH, NH, hd, max_len);
+        cuda_synchronize();
+        if (rep) result("op attention_cached", 1e6 * (now_s() - t0) / (double)it, "us", "N=1, 12 heads of 64, 128 keys");
+    }
+    for (int rep = 0; rep < 2; rep++) {
+        cuda_synchronize();
+        double t0 = now_s();
+        for (int64_t k = 0; k < it; k++) g->layernorm_forward(y, b, b + 8, x, w, w, 1, C, 1e-5f);
+        cuda_synchronize();
+        if (rep) result("op layernorm_forward", 1e6 * (now_s() - t0) / (double)it, "us", "N=1, C=768");
+    }
+    g->free(x), g->free(y), g->free(w), g->free(b), g->free(kc), g->free(vc), g->free(ptrs), g->free(len);
+}
+
+/* Decode with graphs off and on in one run (batch 1 also with cuBLAS for
+ * every matmul and no graphs: the backend as it was before either). The
+ * same seeds feed every run, so logits[0] in the notes should agree. */
+static int bench_decode_all(const ModelOps *g, const Ceilings *k, int quick) {
+    int failed = 0;
+    bench_decode_ops(g);
+    failed |= bench_decode(g, k, 1, quick, 0, 0);
+    failed |= bench_decode(g, k, 1, quick, 0, 1);
+    failed |= bench_decode(g, k, 1, quick, 1, 1);
+    failed |= bench_decode(g, k, 64, quick, 0, 1);
+    failed |= bench_decode(g, k, 64, quick, 1, 1);
+    return failed;
+}
+
+static int run_bench(const ModelOps *g, int quick, int decode_only) {
     char desc[256];
     cuda_device_describe(desc, sizeof desc);
     printf("device: %s\n", desc);
     int failed = 0;
     double t0 = now_s();
+    if (decode_only) {
+        Ceilings k = {0};
+        k.copy_gbps = cuda_copy_gbps((size_t)2 << 30, 5);
+        result("device copy", k.copy_gbps, "GB/s", "2 GiB device-to-device, read+write bytes");
+        failed |= bench_decode_all(g, &k, quick);
+        printf("decode in %.1f s\n", now_s() - t0);
+        return failed ? 1 : 0;
+    }
     Ceilings k = bench_ceilings(quick);
     printf("ceilings in %.1f s\n", now_s() - t0);
     t0 = now_s();
@@ -277,8 +367,7 @@ static int run_bench(const ModelOps *g, int quick) {
     failed |= bench_train(g, &k, 1, quick);
     printf("tf32 training in %.1f s\n", now_s() - t0);
     t0 = now_s();
-    failed |= bench_decode(g, &k, 1, quick);
-    failed |= bench_decode(g, &k, 64, quick);
+    failed |= bench_decode_all(g, &k, quick);
     printf("decode in %.1f s\n", now_s() - t0);
     return failed ? 1 : 0;
 }
@@ -286,17 +375,18 @@ static int run_bench(const ModelOps *g, int quick) {
 #endif /* PONDER_HAVE_CUDA */
 
 int main(int argc, char **argv) {
-    int parity = 0, bench = 0, quick = 0, fake = 0;
+    int parity = 0, bench = 0, quick = 0, fake = 0, decode_only = 0;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--parity") == 0) parity = 1;
         else if (strcmp(argv[i], "--bench") == 0) bench = 1;
         else if (strcmp(argv[i], "--quick") == 0) quick = 1;
+        else if (strcmp(argv[i], "--decode") == 0) decode_only = 1;
         else if (strcmp(argv[i], "--fake-device") == 0) fake = 1;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr,
-                    "usage: gpu_bench [--parity [--only case,case] [--fake-device]] [--bench [--quick]]\n"
+                    "usage: gpu_bench [--parity [--only case,case] [--fake-device]] [--bench [--quick] [--decode]]\n"
                     "parity cases:");
             for (size_t c = 0; c < PARITY_N_CASES; c++) fprintf(stderr, " %s", PARITY_CASES[c].name);
             fprintf(stderr, "\n");
@@ -306,7 +396,10 @@ int main(int argc, char **argv) {
     if (!parity && !bench) parity = bench = 1;
     if (fake) {
         printf("gpu_bench: parity against the fake device (CPU ops behind device checks)\n");
-        return run_parity(&FAKE_DEVICE_OPS, only);
+        int frc = run_parity(&FAKE_DEVICE_OPS, only);
+        printf("fake device: %lld graph captures, %lld replays\n", g_fake.graph_captures,
+               g_fake.graph_launches);
+        return frc;
     }
     const ModelOps *g = ops_cuda();
     if (!g) {
@@ -317,9 +410,15 @@ int main(int argc, char **argv) {
     int rc = 0;
     if (parity) rc |= run_parity(g, only);
 #ifdef PONDER_HAVE_CUDA
-    if (bench) rc |= run_bench(g, quick);
+    if (parity) {
+        long long cap, launch, ref;
+        cuda_graph_stats(&cap, &launch, &ref);
+        printf("parity: CUDA graphs %s: %lld captured, %lld replayed, %lld refused\n",
+               cuda_graphs_enabled() ? "on" : "off", cap, launch, ref);
+    }
+    if (bench) rc |= run_bench(g, quick, decode_only);
 #else
-    (void)quick;
+    (void)quick, (void)decode_only;
 #endif
     return rc;
 }

@@ -10,9 +10,10 @@
 #      OpenBLAS if that is missing — it only serves the small CPU references)
 #   3. parity: bench/gpu_bench --parity (every op forward and backward, whole
 #      training steps and KV-cache decoding, CUDA vs CPU) with PONDER_CUDA_SYNC=1,
+#      the decode cases again without it (graph replays ordered by events alone),
 #      then tests/test_cuda (Criterion) when it was built
 #   4. bench: gpu_bench --bench: GEMM ceilings, training tok/s and TFLOP/s at the
-#      GPT-2 124M shape, decode tok/s at batch 1 and 64
+#      GPT-2 124M shape, decode tok/s at batch 1 and 64 with CUDA graphs off/on
 #   5. memcheck: compute-sanitizer over the op-level parity cases, if time is left
 # and prints a table last. Logs go to $OUT (on the lease machine, so they come
 # back) or build-gpu/logs. Exit status: 0 all parts passed, 1 a part failed,
@@ -20,16 +21,20 @@
 #
 # Options: --standalone forces the standalone build; --dry-run (for machines
 # without a GPU) skips the GPU gate, builds, and runs the parity suite against
-# the fake device (tests/fake_device.h) instead of the GPU parts.
+# the fake device (tests/fake_device.h) instead of the GPU parts; --decode
+# (a short GPU check of decode work) runs only the matmul, attention_cached and
+# decode parity cases and the decode benchmark.
 set -euo pipefail
 
 DRY_RUN=0
 FORCE_STANDALONE=0
+DECODE_ONLY=0
 for arg in "$@"; do
     case $arg in
     --dry-run) DRY_RUN=1 ;;
     --standalone) FORCE_STANDALONE=1 ;;
-    *) echo "usage: bench/gpu_check.sh [--standalone] [--dry-run]" >&2 && exit 2 ;;
+    --decode) DECODE_ONLY=1 ;;
+    *) echo "usage: bench/gpu_check.sh [--standalone] [--dry-run] [--decode]" >&2 && exit 2 ;;
     esac
 done
 
@@ -97,7 +102,7 @@ print_table() {
         case ${STATUS[$i]} in PASS) passed=$((passed + 1)) ;; FAIL | TIMEOUT) failed=$((failed + 1)) ;; esac
     done
     local f rfiles=()
-    for f in parity bench; do [[ -f $LOGDIR/$f.log ]] && rfiles+=("$LOGDIR/$f.log"); done
+    for f in parity parity_async bench; do [[ -f $LOGDIR/$f.log ]] && rfiles+=("$LOGDIR/$f.log"); done
     if ((${#rfiles[@]})) && grep -q '^RESULT |' "${rfiles[@]}"; then
         echo
         printf '%-28s %-20s %s\n' measurement value note
@@ -261,8 +266,18 @@ if ((DRY_RUN)); then
     exit
 fi
 
+if ((DECODE_ONLY)); then
+    run_part parity 120 env PONDER_CUDA_SYNC=1 "$BUILD/gpu_bench" --parity --only matmul,attention_cached,decode
+    run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,decode
+    run_part bench 120 "$BUILD/gpu_bench" --bench --decode
+    print_table
+    exit
+fi
+
 # ----------------------------------------------------------------- parity ---
 run_part parity 150 env PONDER_CUDA_SYNC=1 "$BUILD/gpu_bench" --parity
+# without the per-op sync that would hide a graph replay ordered wrongly
+run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,decode
 if [[ -x $BUILD/test_cuda ]]; then
     run_part test_cuda 120 "$BUILD/test_cuda" --verbose --filter 'cuda/*'
 fi

@@ -10,6 +10,20 @@
 #include <stdlib.h> /* calloc, free */
 #include <string.h> /* memcpy */
 
+/* A decode step of n rows captured once by the backend (ModelOps.graph_*) and
+ * replayed for every later step of n rows: its kernels read the step's
+ * tokens, positions, lengths and cache pointers from the packed step buffer,
+ * which is uploaded before each replay, so one graph serves any slots. */
+typedef struct DecodeGraph {
+    void *graph;         /* NULL: not captured (yet) */
+    int eager_runs;      /* steps of this size run without a graph so far */
+    int failures;        /* captures refused by the backend */
+    Model *m;            /* what the capture baked in: the model's weights ... */
+    const float *params;
+    ModelKVCache *kv;    /* ... this cache's buffers, and the row count */
+    int64_t n;
+} DecodeGraph;
+
 struct ModelKVCache {
     int64_t n_slots, max_len, max_rows;
     int64_t L, KV, hd;
@@ -31,6 +45,7 @@ struct ModelKVCache {
     float **d_kptr, **d_vptr;
     int32_t *h_tokens;
     float *d_logits; /* [max_rows, V] */
+    DecodeGraph *graphs; /* [max_rows]: entry n-1 for steps of n rows; NULL without graph ops */
 };
 
 static size_t slot_floats(const ModelKVCache *kv) { return (size_t)(kv->KV * kv->max_len * kv->hd); }
@@ -77,7 +92,8 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
         kv->step_host = calloc(1, kv->step_bytes);
         kv->step_dev = o->alloc(kv->step_bytes);
         kv->d_logits = o->alloc((size_t)(R * c->vocab_size) * f);
-        dev_ok = kv->step_host && kv->step_dev && kv->d_logits;
+        if (o->graph_capture) kv->graphs = calloc((size_t)R, sizeof(DecodeGraph));
+        dev_ok = kv->step_host && kv->step_dev && kv->d_logits && (!o->graph_capture || kv->graphs);
         if (dev_ok) {
             char *h = kv->step_host, *d = kv->step_dev;
             size_t at = 0;
@@ -111,6 +127,10 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
 void model_kv_free(ModelKVCache *kv) {
     if (!kv) return;
     const ModelOps *o = kv->ops;
+    if (kv->graphs) /* first: a graph refers to the buffers below */
+        for (int64_t i = 0; i < kv->max_rows; i++)
+            if (kv->graphs[i].graph) o->graph_free(kv->graphs[i].graph);
+    free(kv->graphs);
     void *dev[] = {kv->k, kv->v, kv->x, kv->ln, kv->qkv, kv->atty, kv->tmp,
                    kv->fc, kv->act, kv->mean, kv->rstd};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) o->free(dev[i]);
@@ -204,6 +224,105 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     o->accumulate(kv->x, kv->tmp, n * C);
 }
 
+/* Final norm and vocabulary projection of n_out rows of x into logits. */
+static void infer_head(Model *m, ModelKVCache *kv, const float *x, int64_t n_out, float *logits) {
+    const ModelConfig *c = &m->cfg;
+    const float *lnf_b = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.lnf_b : NULL;
+    infer_norm(m, kv, kv->ln, x, m->params + m->lay.lnf_w, lnf_b, n_out);
+    m->ops->matmul_forward(logits, kv->ln, m->params + m->lay.lm, NULL, n_out, c->d_model,
+                           c->vocab_size);
+}
+
+/* Device backends: embedding and every layer of n rows whose tokens,
+ * positions and cache pointers are already in the uploaded step buffer. */
+static void device_layers(Model *m, ModelKVCache *kv, int64_t n) {
+    const ModelConfig *c = &m->cfg;
+    const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
+    m->ops->embedding_forward(kv->x, kv->d_tokens, kv->d_pos, m->params + m->lay.wte, wpe, n,
+                              c->d_model);
+    for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, NULL, n);
+}
+
+/* A decode step's device work (every row is an output row), as one function
+ * of a DecodeGraph so the backend can capture it; run eagerly too, so a step
+ * issues the same ops with or without a graph. */
+static void decode_body(void *ctx) {
+    DecodeGraph *g = ctx;
+    device_layers(g->m, g->kv, g->n);
+    infer_head(g->m, g->kv, g->kv->x, g->n, g->kv->d_logits);
+}
+
+/* Runs a decode step of n rows (already uploaded) through its graph: the
+ * first step of each size runs eagerly (it sizes the backend's scratch and
+ * loads its kernels outside any capture), the second captures. Returns 0
+ * when the caller must run decode_body itself: no graph ops, capture refused
+ * (the backend disabled graphs, or it failed; given up after two refusals). */
+static int decode_graph_run(Model *m, ModelKVCache *kv, int64_t n) {
+    const ModelOps *o = m->ops;
+    if (!kv->graphs || n < 1 || n > kv->max_rows) return 0;
+    DecodeGraph *g = &kv->graphs[n - 1];
+    if (g->graph && (g->m != m || g->params != m->params)) { /* another model: recapture */
+        o->graph_free(g->graph);
+        memset(g, 0, sizeof *g);
+    }
+    if (!g->graph) {
+        if (g->failures >= 2 || g->eager_runs < 1) {
+            g->eager_runs++;
+            return 0;
+        }
+        g->m = m, g->params = m->params, g->kv = kv, g->n = n;
+        g->graph = o->graph_capture(decode_body, g);
+        if (!g->graph) {
+            g->failures++;
+            return 0;
+        }
+    }
+    o->graph_launch(g->graph);
+    return 1;
+}
+
+/* Device backends: every layer's cache rows, positions and tokens of the
+ * step in one upload. */
+static void upload_step(ModelKVCache *kv, const int64_t *slots, const int32_t *tokens, int64_t n) {
+    const int64_t R = kv->max_rows;
+    for (int64_t i = 0; i < n; i++) {
+        kv->row_len[i] = kv->pos[i] + 1;
+        kv->h_tokens[i] = tokens[i];
+        for (int64_t l = 0; l < kv->L; l++) {
+            kv->kptr[l * R + i] = cache_block(kv->k, kv, l, slots[i]);
+            kv->vptr[l * R + i] = cache_block(kv->v, kv, l, slots[i]);
+        }
+    }
+    kv->ops->upload(kv->step_dev, kv->step_host, kv->step_bytes);
+}
+
+/* Device backends: runs the uploaded step and downloads the logits of rows
+ * out_rows[0..n_out). A step whose output rows are all its rows in order (a
+ * decode step) may replay a graph; others (prefill) run eagerly. */
+static void device_rows(Model *m, ModelKVCache *kv, int64_t n, const int64_t *out_rows,
+                        int64_t n_out, float *logits) {
+    const ModelOps *o = m->ops;
+    const int64_t C = m->cfg.d_model;
+    int every_row = n_out == n;
+    for (int64_t r = 0; r < n_out && every_row; r++) every_row = out_rows[r] == r;
+    if (every_row) {
+        if (!decode_graph_run(m, kv, n)) {
+            DecodeGraph eager = {.m = m, .params = m->params, .kv = kv, .n = n};
+            decode_body(&eager);
+        }
+    } else {
+        device_layers(m, kv, n);
+        for (int64_t r = 0; r < n_out;) { /* one copy per run of consecutive rows */
+            int64_t e = r + 1;
+            while (e < n_out && out_rows[e] == out_rows[e - 1] + 1) e++;
+            o->copy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)((e - r) * C) * sizeof(float));
+            r = e;
+        }
+        infer_head(m, kv, kv->tmp, n_out, kv->d_logits);
+    }
+    o->download(logits, kv->d_logits, (size_t)(n_out * m->cfg.vocab_size) * sizeof(float));
+}
+
 /* Runs n <= max_rows rows; writes logits for rows out_rows[0..n_out). */
 static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const int32_t *tokens,
                       int64_t n, const int64_t *out_rows, int64_t n_out, float *logits,
@@ -227,43 +346,20 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
         kv->pos[i] = (int32_t)p;
     }
     const ModelOps *o = m->ops;
-    const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
-    if (o->device) { /* every layer's cache rows, positions and tokens in one upload */
-        const int64_t R = kv->max_rows;
-        for (int64_t i = 0; i < n; i++) {
-            kv->row_len[i] = kv->pos[i] + 1;
-            kv->h_tokens[i] = tokens[i];
-            for (int64_t l = 0; l < kv->L; l++) {
-                kv->kptr[l * R + i] = cache_block(kv->k, kv, l, slots[i]);
-                kv->vptr[l * R + i] = cache_block(kv->v, kv, l, slots[i]);
-            }
-        }
-        o->upload(kv->step_dev, kv->step_host, kv->step_bytes);
-        o->embedding_forward(kv->x, kv->d_tokens, kv->d_pos, m->params + m->lay.wte, wpe, n, C);
-    } else {
-        o->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);
-    }
-    for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, slots, n);
-    for (int64_t i = 0; i < n; i++)
-        if (kv->pos[i] + 1 > kv->len[slots[i]]) kv->len[slots[i]] = kv->pos[i] + 1;
-    /* final norm and vocabulary projection only for the rows asked for */
     if (o->device) {
-        for (int64_t r = 0; r < n_out;) { /* one copy per run of consecutive rows */
-            int64_t e = r + 1;
-            while (e < n_out && out_rows[e] == out_rows[e - 1] + 1) e++;
-            o->copy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)((e - r) * C) * sizeof(float));
-            r = e;
-        }
+        upload_step(kv, slots, tokens, n);
+        device_rows(m, kv, n, out_rows, n_out, logits);
     } else {
+        const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
+        o->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);
+        for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, slots, n);
+        /* final norm and vocabulary projection only for the rows asked for */
         for (int64_t r = 0; r < n_out; r++)
             memcpy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)C * sizeof(float));
+        infer_head(m, kv, kv->tmp, n_out, logits);
     }
-    const float *lnf_b = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.lnf_b : NULL;
-    infer_norm(m, kv, kv->ln, kv->tmp, m->params + m->lay.lnf_w, lnf_b, n_out);
-    o->matmul_forward(o->device ? kv->d_logits : logits, kv->ln, m->params + m->lay.lm, NULL,
-                      n_out, C, c->vocab_size);
-    if (o->device)
-        o->download(logits, kv->d_logits, (size_t)(n_out * c->vocab_size) * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        if (kv->pos[i] + 1 > kv->len[slots[i]]) kv->len[slots[i]] = kv->pos[i] + 1;
     return PONDER_OK;
 }
 

@@ -125,6 +125,17 @@ typedef struct ModelOps {
                              const float *lse, const float *mask, int64_t N, int64_t C,
                              int64_t V);
 
+    /* ---- replayable steps (optional; NULL on the CPU table) ---- */
+    /* graph_capture records the ops that body(ctx) issues, without running
+     * them, as one step that graph_launch replays in order with other ops;
+     * NULL when this step cannot be captured (the caller then calls body
+     * itself). A replay re-issues the same ops with the same arguments, so
+     * body must read everything that varies between replays from backend
+     * memory, and ctx must stay valid and unchanged until graph_free. */
+    void *(*graph_capture)(void (*body)(void *ctx), void *ctx);
+    void (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
+
     /* ---- optimizer ---- */
     /* sum of squares of x[0..n): float within 4096-value blocks, blocks added
      * in double, in a fixed order (independent of the thread count). */

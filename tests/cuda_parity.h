@@ -174,9 +174,10 @@ PARITY_FN int parity_compare(Parity *p, const char *what, const float *dev, cons
 
 PARITY_FN void parity_matmul(Parity *p) {
     const ModelOps *c = p->cpu, *g = p->gpu;
-    const int64_t shapes[][3] = {{37, 70, 51}, {256, 256, 512}, {5, 33, 1}};
+    /* the last two take the CUDA backend's small-N GEMV (scalar and float4 loads) */
+    const int64_t shapes[][3] = {{37, 70, 51}, {256, 256, 512}, {5, 33, 1}, {3, 64, 300}};
     char what[128];
-    for (int s = 0; s < 3; s++)
+    for (int s = 0; s < 4; s++)
         for (int with_bias = 0; with_bias < 2; with_bias++) {
             const int64_t N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
             float *inp = rnd(p, N * C, 1.0), *w = rnd(p, OC * C, 0.5);
@@ -721,9 +722,11 @@ PARITY_FN void parity_decode_arch(Parity *p, ModelArch arch) {
     if (rc) goto fail;
     snprintf(what, sizeof what, "prefill after reset %s", an);
     parity_compare_host(p, what, lg, lc, V, PARITY_TOL);
-    const int64_t orders[3][4] = {{3, 0, 2, -1}, {0, 1, 2, 3}, {2, 3, -1, -1}};
-    for (int step = 0; step < 6; step++) {
-        const int64_t *o = orders[step % 3];
+    /* Each size comes back, so a backend with graphs runs it eagerly, then
+     * captures, then replays; size 3 replays with another slot set. */
+    const int64_t orders[4][4] = {{3, 0, 2, -1}, {0, 1, 2, 3}, {2, 3, -1, -1}, {1, 3, 0, -1}};
+    for (int step = 0; step < 8; step++) {
+        const int64_t *o = orders[step % 4];
         int64_t n = 0, slots[4];
         while (n < 4 && o[n] >= 0) slots[n] = o[n], n++;
         int32_t *tk = rnd_ids(p, n, V);

@@ -26,7 +26,7 @@ static struct {
     char *ptr[FAKE_MAX_ALLOCS];
     size_t size[FAKE_MAX_ALLOCS];
     int n;
-    long long ops, uploads, downloads;
+    long long ops, uploads, downloads, graph_captures, graph_launches;
 } g_fake;
 
 static int fake_find(const void *p) {
@@ -259,6 +259,28 @@ static void fake_adamw(float *param, const float *grad, float *m, float *v, int6
     CPU->adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
 }
 
+/* Graphs as the GPU has them: capture records the step without running it,
+ * each launch runs it again from the same ctx (a replay re-issues the same
+ * ops with the same arguments; what varies must be read from the arena). */
+typedef struct FakeGraph {
+    void (*body)(void *);
+    void *ctx;
+} FakeGraph;
+
+static void *fake_graph_capture(void (*body)(void *), void *ctx) {
+    FakeGraph *g = malloc(sizeof *g);
+    if (!g) return NULL;
+    g->body = body, g->ctx = ctx;
+    g_fake.graph_captures++;
+    return g;
+}
+static void fake_graph_launch(void *graph) {
+    FakeGraph *g = graph;
+    g_fake.graph_launches++;
+    g->body(g->ctx);
+}
+static void fake_graph_free(void *graph) { free(graph); }
+
 #undef NEED
 #undef CPU
 
@@ -293,6 +315,9 @@ static const ModelOps FAKE_DEVICE_OPS = {
     .scale = fake_scale,
     .lm_head_forward = fake_lm_head_forward,
     .lm_head_backward = fake_lm_head_backward,
+    .graph_capture = fake_graph_capture,
+    .graph_launch = fake_graph_launch,
+    .graph_free = fake_graph_free,
     .sum_squares = fake_sum_squares,
     .adamw = fake_adamw,
 };

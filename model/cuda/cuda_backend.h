@@ -39,6 +39,19 @@ double cuda_copy_gbps(size_t bytes, int iters);
 /* Bytes of device memory in use by the backend's own scratch buffers. */
 size_t cuda_scratch_bytes(void);
 
+/* CUDA graphs for KV-cache decode steps (ops.h graph_*): on by default,
+ * PONDER_CUDA_GRAPHS=0 in the environment turns them off at start-up. Off,
+ * graph_capture refuses and the model runs each step op by op. A KV cache
+ * that saw a refusal for a step size retries once, then stops asking. */
+void cuda_set_graphs(int on);
+int cuda_graphs_enabled(void);
+/* The fused small-N GEMV for matmuls of <= 8 rows instead of cuBLAS: on by
+ * default, PONDER_CUDA_GEMV=0 turns it off at start-up. */
+void cuda_set_gemv(int on);
+int cuda_gemv_enabled(void);
+/* Counters since start-up: graphs captured, replays, captures that failed. */
+void cuda_graph_stats(long long *captures, long long *launches, long long *refusals);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,7 +5,14 @@
  *
  * Execution model: everything runs on the legacy default stream (cuBLAS too),
  * so ops are ordered as the model calls them; upload/download are synchronous
- * cudaMemcpy and give the host-facing model API its host semantics.
+ * cudaMemcpy and give the host-facing model API its host semantics. The one
+ * exception is graph capture (ops.h graph_*, used by KV-cache decode): while
+ * a step is captured every launch goes to a capture stream (non-blocking, as
+ * capture wants), and a captured graph is replayed on that stream between
+ * two events that order it after the legacy stream's earlier work and the
+ * legacy stream's later work after it. PONDER_CUDA_GRAPHS=0 turns graphs off.
+ * Small matmuls (N <= GEMV_MAX_ROWS rows, decode) use our own GEMV kernel
+ * with the bias fused instead of cuBLAS; PONDER_CUDA_GEMV=0 turns it off.
  *
  * Determinism: no floating-point atomics. Column reductions (bias, norm-weight
  * gradients) run in fixed-shape trees; embedding gradients add rows in row
@@ -32,7 +39,18 @@ extern "C" {
 
 /* ------------------------------------------------------------ errors ----- */
 
+static int g_capturing = 0;         /* a graph capture is under way */
+static char g_capture_error[256];   /* its first failure; "" = none */
+
+/* Aborts, except during a graph capture: there nothing has run yet, so the
+ * failure is noted, the capture is discarded and the step runs eagerly. */
 static void cuda_fail(const char *what, const char *msg, const char *file, int line) {
+    if (g_capturing) {
+        if (!g_capture_error[0])
+            snprintf(g_capture_error, sizeof g_capture_error, "%.100s at %.60s:%d: %.60s", what, file, line,
+                     msg);
+        return;
+    }
     fprintf(stderr, "ponder: CUDA error in %s at %s:%d: %s\n", what, file, line, msg);
     fflush(stderr);
     abort();
@@ -72,12 +90,24 @@ static int g_init = 0;     /* 0: not tried, 1: ready, -1: unavailable */
 static int g_sync_each = 0; /* PONDER_CUDA_SYNC=1 */
 static int g_tf32 = 0;
 static char g_status[512] = "the CUDA backend has not been initialised";
+static int g_graphs = 1; /* PONDER_CUDA_GRAPHS=0 sets 0: graph_capture refuses */
+static int g_gemv = 1;   /* PONDER_CUDA_GEMV=0 sets 0: every matmul through cuBLAS */
+/* Where kernels launch: the legacy stream, or the capture stream during a
+ * capture. Created at start-up: the capture stream and the cuBLAS workspace
+ * used while capturing (so cuBLAS allocates nothing inside a capture). */
+static cudaStream_t g_stream = 0;
+static cudaStream_t g_capture_stream = NULL;
+static cudaEvent_t g_ev_before = NULL, g_ev_after = NULL; /* order a replay with stream 0 */
+static void *g_blas_workspace = NULL;
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+static long long g_graph_captures = 0, g_graph_launches = 0, g_graph_refusals = 0;
 
 /* Called after each op's launches: reports launch errors, and with
  * PONDER_CUDA_SYNC=1 waits and reports execution errors, naming the op. */
 static void op_done(const char *op) {
     cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && g_sync_each) e = cudaDeviceSynchronize();
+    /* no waiting inside a capture: nothing runs, and the sync would break it */
+    if (e == cudaSuccess && g_sync_each && !g_capturing) e = cudaDeviceSynchronize();
     if (e != cudaSuccess) cuda_fail(op, cudaGetErrorString(e), __FILE__, __LINE__);
 }
 
@@ -86,9 +116,15 @@ static void op_done(const char *op) {
  * growing never frees memory a queued kernel still uses. */
 static void *g_scratch = NULL;
 static size_t g_scratch_size = 0;
+static unsigned g_scratch_gen = 0; /* bumped when the buffer moves: graphs made before are stale */
 
 static void *scratch(size_t bytes) {
+    if (bytes > g_scratch_size && g_capturing) { /* cannot allocate inside a capture */
+        cuda_fail("scratch", "scratch buffer too small during a graph capture", __FILE__, __LINE__);
+        return g_scratch;
+    }
     if (bytes > g_scratch_size) {
+        g_scratch_gen++;
         CUDA_CHECK(cudaDeviceSynchronize()); /* queued kernels may still use the old buffer */
         if (g_scratch) CUDA_CHECK(cudaFree(g_scratch));
         g_scratch = NULL;
@@ -152,11 +188,11 @@ static void cu_free(void *p) {
 }
 
 static void cu_zero(void *p, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0));
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream));
 }
 
 static void cu_copy(void *dst, const void *src, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
 }
 
 static void cu_upload(void *dst, const void *src, size_t bytes) {
@@ -275,9 +311,85 @@ static void column_reduce(float *dst0, float *dst1, const float *dout, const flo
     float *p0 = (float *)carve(&cv, (size_t)(chunks * C) * sizeof(float));
     float *p1 = (float *)carve(&cv, (size_t)(chunks * C) * sizeof(float));
     dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks), block(32, COLRED_ROWS);
-    k_colred_partial<MODE><<<grid, block>>>(p0, p1, dout, x, mean, rstd, N, C, rpc);
-    k_colred_final<<<grid_for(C, 256), 256>>>(dst0, p0, chunks, C);
-    if (MODE == 2) k_colred_final<<<grid_for(C, 256), 256>>>(dst1, p1, chunks, C);
+    k_colred_partial<MODE><<<grid, block, 0, g_stream>>>(p0, p1, dout, x, mean, rstd, N, C, rpc);
+    k_colred_final<<<grid_for(C, 256), 256, 0, g_stream>>>(dst0, p0, chunks, C);
+    if (MODE == 2) k_colred_final<<<grid_for(C, 256), 256, 0, g_stream>>>(dst1, p1, chunks, C);
+}
+
+/* Small-N matmul (decode): out[n, oc] = inp[n] . w[oc] (+ bias[oc]) for
+ * N <= GEMV_MAX_ROWS rows. cuBLAS at N = 1 reads the weights well below the
+ * memory bandwidth and needs a separate bias kernel; here each weight row is
+ * read once for all N rows, with the bias added in the same kernel. A block
+ * of 8 warps computes 8 / W outputs, W warps per output (more warps per
+ * output when there are few outputs, so enough loads are in flight); each
+ * warp sums a strided slice of the row, warps are added in a fixed order
+ * (deterministic). VEC: float4 loads (C % 4 == 0, 16-byte aligned). */
+#define GEMV_MAX_ROWS 8
+#define GEMV_WARPS 8
+
+template <int VEC>
+__global__ void k_gemv(float *out, const float *inp, const float *w, const float *bias, int N,
+                       int64_t C, int64_t OC, int W) {
+    __shared__ float part[GEMV_MAX_ROWS][GEMV_WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t oc = blockIdx.x * (int64_t)(GEMV_WARPS / W) + warp / W;
+    const int slice = warp % W;
+    float acc[GEMV_MAX_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.0f;
+    if (oc < OC) { /* no early return: every thread reaches __syncthreads */
+        const float *wr = w + oc * C;
+        if (VEC) {
+            const float4 *w4 = (const float4 *)wr;
+            for (int64_t c = slice * 32 + lane; c < C / 4; c += (int64_t)W * 32) {
+                const float4 a = w4[c];
+#pragma unroll
+                for (int r = 0; r < GEMV_MAX_ROWS; r++)
+                    if (r < N) {
+                        const float4 x = ((const float4 *)(inp + r * C))[c];
+                        acc[r] += a.x * x.x + a.y * x.y + a.z * x.z + a.w * x.w;
+                    }
+            }
+        } else {
+            for (int64_t c = slice * 32 + lane; c < C; c += (int64_t)W * 32) {
+                const float a = wr[c];
+#pragma unroll
+                for (int r = 0; r < GEMV_MAX_ROWS; r++)
+                    if (r < N) acc[r] += a * inp[r * C + c];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+        const float t = warp_sum(acc[r]); /* every lane of every warp takes part */
+        if (lane == 0) part[r][warp] = t;
+    }
+    __syncthreads();
+    if (oc < OC && slice == 0 && lane < N) { /* lane r writes row r */
+        float t = 0.0f;
+        for (int k = 0; k < W; k++) t += part[lane][warp + k];
+        out[(int64_t)lane * OC + oc] = bias ? t + bias[oc] : t;
+    }
+}
+
+/* Warps per output: enough warps in all (>= 4096) for the loads in flight to
+ * cover the memory latency, at most 8 (one block), a power of two. */
+static int gemv_warps_per_output(int64_t OC) {
+    int W = 1;
+    while (W < GEMV_WARPS && OC * W < 4096) W *= 2;
+    return W;
+}
+
+static void gemv_forward(float *out, const float *inp, const float *w, const float *bias,
+                         int64_t N, int64_t C, int64_t OC) {
+    const int W = gemv_warps_per_output(OC);
+    const int64_t per_block = GEMV_WARPS / W;
+    const unsigned blocks = (unsigned)((OC + per_block - 1) / per_block);
+    const int vec = C % 4 == 0 && ((uintptr_t)inp % 16) == 0 && ((uintptr_t)w % 16) == 0;
+    if (vec)
+        k_gemv<1><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(out, inp, w, bias, (int)N, C, OC, W);
+    else
+        k_gemv<0><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(out, inp, w, bias, (int)N, C, OC, W);
 }
 
 /* Row-major out[M,N] (ld N) = alpha * A[M,K] * op(B) + beta * out, written
@@ -285,9 +397,14 @@ static void column_reduce(float *dst0, float *dst1, const float *dout, const flo
 static void cu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                               int64_t N, int64_t C, int64_t OC) {
     /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias): column-major out^T = w * inp^T */
+    if (g_gemv && N >= 1 && N <= GEMV_MAX_ROWS && OC <= (int64_t)UINT32_MAX) {
+        gemv_forward(out, inp, w, bias, N, C, OC);
+        op_done("matmul_forward (gemv)");
+        return;
+    }
     float *beta = &ZERO;
     if (bias) {
-        k_fill_bias<<<grid_for(N * OC, 256), 256>>>(out, bias, N, OC);
+        k_fill_bias<<<grid_for(N * OC, 256), 256, 0, g_stream>>>(out, bias, N, OC);
         beta = &ONE;
     }
     CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)OC, (int)N, (int)C, &ONE, w,
@@ -326,7 +443,7 @@ __global__ void k_embedding_forward(float *out, const int32_t *tokens, const int
 
 static void cu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos,
                                  const float *wte, const float *wpe, int64_t N, int64_t C) {
-    k_embedding_forward<<<grid_for(N * C, 256), 256>>>(out, tokens, pos, wte, wpe, N, C);
+    k_embedding_forward<<<grid_for(N * C, 256), 256, 0, g_stream>>>(out, tokens, pos, wte, wpe, N, C);
     op_done("embedding_forward");
 }
 
@@ -351,8 +468,8 @@ static void cu_embedding_backward(float *dwte, float *dwpe, const float *dout,
                                   const int32_t *tokens, const int32_t *pos, int64_t N,
                                   int64_t C) {
     dim3 grid((unsigned)((C + 127) / 128), EMB_BUCKETS);
-    k_embedding_backward<<<grid, 128>>>(dwte, dout, tokens, N, C);
-    if (dwpe) k_embedding_backward<<<grid, 128>>>(dwpe, dout, pos, N, C);
+    k_embedding_backward<<<grid, 128, 0, g_stream>>>(dwte, dout, tokens, N, C);
+    if (dwpe) k_embedding_backward<<<grid, 128, 0, g_stream>>>(dwpe, dout, pos, N, C);
     op_done("embedding_backward");
 }
 
@@ -380,7 +497,7 @@ static unsigned row_blocks(int64_t N) { return (unsigned)((N + ROWS_PER_BLOCK - 
 
 static void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
                                int64_t N, int64_t C, float eps) {
-    if (N > 0) k_rmsnorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(out, rstd, inp, w, N, C, eps);
+    if (N > 0) k_rmsnorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(out, rstd, inp, w, N, C, eps);
     op_done("rmsnorm_forward");
 }
 
@@ -400,7 +517,7 @@ __global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *
 
 static void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
                                 const float *w, const float *rstd, int64_t N, int64_t C) {
-    if (N > 0) k_rmsnorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, rstd, N, C);
+    if (N > 0) k_rmsnorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(dinp, dout, inp, w, rstd, N, C);
     column_reduce<1>(dw, NULL, dout, inp, NULL, rstd, N, C);
     op_done("rmsnorm_backward");
 }
@@ -430,7 +547,7 @@ __global__ void k_layernorm_forward(float *out, float *mean, float *rstd, const 
 static void cu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                  const float *w, const float *b, int64_t N, int64_t C, float eps) {
     if (N > 0)
-        k_layernorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(out, mean, rstd, inp, w, b, N, C, eps);
+        k_layernorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(out, mean, rstd, inp, w, b, N, C, eps);
     op_done("layernorm_forward");
 }
 
@@ -461,7 +578,7 @@ static void cu_layernorm_backward(float *dinp, float *dw, float *db, const float
                                   const float *inp, const float *w, const float *mean,
                                   const float *rstd, int64_t N, int64_t C) {
     if (N > 0)
-        k_layernorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+        k_layernorm_backward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(dinp, dout, inp, w, mean, rstd, N, C);
     column_reduce<2>(dw, db, dout, inp, mean, rstd, N, C);
     op_done("layernorm_backward");
 }
@@ -485,7 +602,7 @@ __global__ void k_rope(float *base, int64_t stride, const int32_t *pos, const fl
 
 static void cu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64_t N, int64_t H,
                     int64_t hd, int inverse) {
-    k_rope<<<grid_for(N * H * (hd / 2), 256), 256>>>(x.base, x.row_stride, pos, cos_sin, N, H, hd,
+    k_rope<<<grid_for(N * H * (hd / 2), 256), 256, 0, g_stream>>>(x.base, x.row_stride, pos, cos_sin, N, H, hd,
                                                      inverse ? -1.0f : 1.0f);
     op_done("rope");
 }
@@ -616,14 +733,14 @@ static void cu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k,
     float *Q = (float *)carve(&cv, bytes), *K = (float *)carve(&cv, bytes);
     float *V = (float *)carve(&cv, bytes), *Y = (float *)carve(&cv, bytes);
     const unsigned g = grid_for(blk, 256);
-    k_pack_heads<<<g, 256>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
-    k_pack_heads<<<g, 256>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
-    k_pack_heads<<<g, 256>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
     bmm_scores(att, Q, K, T, hd, B * NH, 1.0f / sqrtf((float)hd));
     const int64_t rows = B * NH * T;
-    k_softmax_causal<<<row_blocks(rows), 32 * ROWS_PER_BLOCK>>>(att, start, B, NH, T);
+    k_softmax_causal<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(att, start, B, NH, T);
     bmm_pv(Y, att, V, T, hd, B * NH);
-    k_unpack_heads<<<g, 256>>>(out, Y, B, T, NH, hd);
+    k_unpack_heads<<<g, 256, 0, g_stream>>>(out, Y, B, T, NH, hd);
     op_done("attention_forward");
 }
 
@@ -640,29 +757,34 @@ static void cu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const f
     float *dQ = (float *)carve(&cv, bytes), *dK = (float *)carve(&cv, bytes);
     float *dV = (float *)carve(&cv, bytes), *datt = (float *)carve(&cv, att_bytes);
     const unsigned g = grid_for(blk, 256);
-    k_pack_heads<<<g, 256>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
-    k_pack_heads<<<g, 256>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
-    k_pack_heads<<<g, 256>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
-    k_pack_heads<<<g, 256>>>(dY, dout, NH * hd, B, T, NH, 1, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(Q, q.base, q.row_stride, B, T, NH, 1, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(K, k.base, k.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(V, v.base, v.row_stride, B, T, NH, group, hd);
+    k_pack_heads<<<g, 256, 0, g_stream>>>(dY, dout, NH * hd, B, T, NH, 1, hd);
     bmm_scores(datt, dY, V, T, hd, B * NH, 1.0f); /* datt_ij = dout_i . v_j */
     bmm_ptv(dV, att, dY, T, hd, B * NH);          /* dv_j = sum_i att_ij dout_i */
     const int64_t rows = B * NH * T;
-    k_softmax_backward<<<row_blocks(rows), 32 * ROWS_PER_BLOCK>>>(datt, att, start, B, NH, T,
+    k_softmax_backward<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(datt, att, start, B, NH, T,
                                                                   1.0f / sqrtf((float)hd));
     bmm_pv(dQ, datt, K, T, hd, B * NH);  /* dq_i = sum_j dpre_ij k_j */
     bmm_ptv(dK, datt, Q, T, hd, B * NH); /* dk_j = sum_i dpre_ij q_i */
-    k_accumulate_heads<<<g, 256>>>(dq.base, dq.row_stride, dQ, B, T, NH, 1, hd);
+    k_accumulate_heads<<<g, 256, 0, g_stream>>>(dq.base, dq.row_stride, dQ, B, T, NH, 1, hd);
     const unsigned gkv = grid_for(B * KV * T * hd, 256);
-    k_accumulate_heads<<<gkv, 256>>>(dk.base, dk.row_stride, dK, B, T, KV, group, hd);
-    k_accumulate_heads<<<gkv, 256>>>(dv.base, dv.row_stride, dV, B, T, KV, group, hd);
+    k_accumulate_heads<<<gkv, 256, 0, g_stream>>>(dk.base, dk.row_stride, dK, B, T, KV, group, hd);
+    k_accumulate_heads<<<gkv, 256, 0, g_stream>>>(dv.base, dv.row_stride, dV, B, T, KV, group, hd);
     op_done("attention_backward");
 }
 
-/* Cached attention: one block of 128 threads per (row n, query head h). The
- * row's scores live in scratch [N*NH, max_len]. */
-#define CACHED_THREADS 128
+/* Cached attention: one block of 512 threads per (row n, query head h). The
+ * row's scores live in scratch [N*NH, max_len]. At decode batch 1 there are
+ * only NH blocks, so each must keep many loads in flight: 16 warps share the
+ * keys for the scores, and the weighted sum of V splits the keys over
+ * CACHED_THREADS / hd thread groups (measured on an H200: with 128 threads
+ * and one serial pass over the keys per output, decode at batch 1 took
+ * ~1.1 ms/token whatever the launch overhead). */
+#define CACHED_THREADS 512
 
-__global__ void k_attention_cached(float *out, const float *qbase, int64_t qstride,
+__global__ void __launch_bounds__(CACHED_THREADS) k_attention_cached(float *out, const float *qbase, int64_t qstride,
                                    float *const *k_cache, float *const *v_cache,
                                    const int64_t *len, float *scores, int64_t NH, int64_t KV,
                                    int64_t hd, int64_t max_len) {
@@ -694,10 +816,27 @@ __global__ void k_attention_cached(float *out, const float *qbase, int64_t qstri
     for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
     __syncthreads();
     float *o = out + n * NH * hd + h * hd;
-    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < L; j++) acc += s[j] * vc[j * hd + d];
-        o[d] = acc;
+    if (hd > (int64_t)blockDim.x) { /* heads wider than the block: a thread per output */
+        for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < L; j++) acc += s[j] * vc[j * hd + d];
+            o[d] = acc;
+        }
+        return;
+    }
+    /* thread t: output d = t % hd over keys j = g, g + G, ... (g = t / hd);
+     * the G group sums are then added in group order (deterministic) */
+    __shared__ float part[CACHED_THREADS];
+    const int64_t G = (int64_t)blockDim.x / hd, t = threadIdx.x, d = t % hd, g = t / hd;
+    float acc = 0.0f;
+    if (g < G)
+        for (int64_t j = g; j < L; j += G) acc += s[j] * vc[j * hd + d];
+    part[t] = acc;
+    __syncthreads();
+    if (t < hd) {
+        float sum_g = 0.0f;
+        for (int64_t k = 0; k < G; k++) sum_g += part[k * hd + t];
+        o[t] = sum_g;
     }
 }
 
@@ -706,7 +845,7 @@ static void cu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                 int64_t KV, int64_t hd, int64_t max_len) {
     if (N <= 0) return;
     float *scores = (float *)scratch((size_t)(N * NH * max_len) * sizeof(float));
-    k_attention_cached<<<(unsigned)(N * NH), CACHED_THREADS>>>(
+    k_attention_cached<<<(unsigned)(N * NH), CACHED_THREADS, 0, g_stream>>>(
         out, q.base, q.row_stride, k_cache, v_cache, len, scores, NH, KV, hd, max_len);
     op_done("attention_cached");
 }
@@ -728,7 +867,7 @@ __global__ void k_kv_write(float *const *k_cache, float *const *v_cache, const f
 static void cu_kv_write(float *const *k_cache, float *const *v_cache, OpsHeads k, OpsHeads v,
                         const int32_t *pos, int64_t N, int64_t KV, int64_t hd, int64_t max_len) {
     if (N <= 0) return;
-    k_kv_write<<<grid_for(N * KV * hd, 256), 256>>>(k_cache, v_cache, k.base, k.row_stride, v.base,
+    k_kv_write<<<grid_for(N * KV * hd, 256), 256, 0, g_stream>>>(k_cache, v_cache, k.base, k.row_stride, v.base,
                                                     v.row_stride, pos, N, KV, hd, max_len);
     op_done("kv_write");
 }
@@ -798,32 +937,32 @@ __global__ void k_scale(float *out, const float *inp, float s, int64_t n) {
 }
 
 static void cu_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F) {
-    k_swiglu_forward<<<grid_for(N * F, 256), 256>>>(out, gate_up, N, F);
+    k_swiglu_forward<<<grid_for(N * F, 256), 256, 0, g_stream>>>(out, gate_up, N, F);
     op_done("swiglu_forward");
 }
 static void cu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up,
                                int64_t N, int64_t F) {
-    k_swiglu_backward<<<grid_for(N * F, 256), 256>>>(dgate_up, dout, gate_up, N, F);
+    k_swiglu_backward<<<grid_for(N * F, 256), 256, 0, g_stream>>>(dgate_up, dout, gate_up, N, F);
     op_done("swiglu_backward");
 }
 static void cu_gelu_forward(float *out, const float *inp, int64_t n) {
-    k_gelu_forward<<<grid_for(n, 256), 256>>>(out, inp, n);
+    k_gelu_forward<<<grid_for(n, 256), 256, 0, g_stream>>>(out, inp, n);
     op_done("gelu_forward");
 }
 static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
-    k_gelu_backward<<<grid_for(n, 256), 256>>>(dinp, inp, dout, n);
+    k_gelu_backward<<<grid_for(n, 256), 256, 0, g_stream>>>(dinp, inp, dout, n);
     op_done("gelu_backward");
 }
 static void cu_add(float *out, const float *a, const float *b, int64_t n) {
-    k_add<<<grid_for(n, 256), 256>>>(out, a, b, n);
+    k_add<<<grid_for(n, 256), 256, 0, g_stream>>>(out, a, b, n);
     op_done("add");
 }
 static void cu_accumulate(float *acc, const float *a, int64_t n) {
-    k_accumulate<<<grid_for(n, 256), 256>>>(acc, a, n);
+    k_accumulate<<<grid_for(n, 256), 256, 0, g_stream>>>(acc, a, n);
     op_done("accumulate");
 }
 static void cu_scale(float *out, const float *inp, float s, int64_t n) {
-    k_scale<<<grid_for(n, 256), 256>>>(out, inp, s, n);
+    k_scale<<<grid_for(n, 256), 256, 0, g_stream>>>(out, inp, s, n);
     op_done("scale");
 }
 
@@ -936,10 +1075,10 @@ static void cu_lm_head_forward(float *logp, float *entropy, float *lse, const fl
     const int64_t A = active_rows(idx, mask, N);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
-        k_gather_rows<<<grid_for(rows * C, 256), 256>>>(hc, h, idx + r0, rows, C);
+        k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
         CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
                                  w, (int)C, hc, (int)C, &ZERO, z, (int)V));
-        k_lm_head_rows<<<(unsigned)rows, HEAD_THREADS>>>(logp, entropy, lse, z, idx + r0, targets, V);
+        k_lm_head_rows<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(logp, entropy, lse, z, idx + r0, targets, V);
     }
     op_done("lm_head_forward");
 }
@@ -958,15 +1097,15 @@ static void cu_lm_head_backward(float *dh, float *dw, const float *dlogp, const 
     const int64_t A = active_rows(idx, mask, N);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
-        k_gather_rows<<<grid_for(rows * C, 256), 256>>>(hc, h, idx + r0, rows, C);
+        k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
         CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
                                  w, (int)C, hc, (int)C, &ZERO, z, (int)V));
-        k_lm_head_dlogits<<<(unsigned)rows, HEAD_THREADS>>>(z, idx + r0, lse, dlogp, dentropy,
+        k_lm_head_dlogits<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(z, idx + r0, lse, dlogp, dentropy,
                                                            targets, V);
         /* dhc[rows,C] = dz[rows,V] w[V,C] */
         CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, &ONE,
                                  w, (int)C, z, (int)V, &ZERO, dhc, (int)C));
-        k_scatter_add_rows<<<grid_for(rows * C, 256), 256>>>(dh, dhc, idx + r0, rows, C);
+        k_scatter_add_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(dh, dhc, idx + r0, rows, C);
         /* dw[V,C] += dz^T hc */
         CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, &ONE,
                                  hc, (int)C, z, (int)V, &ONE, dw, (int)C));
@@ -1007,8 +1146,8 @@ static double cu_sum_squares(const float *x, int64_t n) {
     if (n <= 0) return 0.0;
     const int64_t nb = (n + SS_BLOCK - 1) / SS_BLOCK;
     double *part = (double *)scratch((size_t)(nb + 1) * sizeof(double));
-    k_sum_squares_blocks<<<(unsigned)nb, 256>>>(part, x, n);
-    k_sum_doubles<<<1, 256>>>(part + nb, part, nb);
+    k_sum_squares_blocks<<<(unsigned)nb, 256, 0, g_stream>>>(part, x, n);
+    k_sum_doubles<<<1, 256, 0, g_stream>>>(part + nb, part, nb);
     double total = 0.0;
     cu_download(&total, part + nb, sizeof total);
     op_done("sum_squares");
@@ -1035,9 +1174,115 @@ static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_
                      int64_t t) {
     if (n <= 0) return;
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    k_adamw<<<grid_for(n, 256), 256>>>(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay,
+    k_adamw<<<grid_for(n, 256), 256, 0, g_stream>>>(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay,
                                        grad_scale, bc1, bc2);
     op_done("adamw");
+}
+
+/* ------------------------------------------------------------ graphs ----- */
+
+/* A captured step: the instantiated graph, the scratch generation its
+ * pointers belong to, and what to capture again if the scratch has moved. */
+typedef struct CuGraph {
+    cudaGraphExec_t exec;
+    unsigned scratch_gen;
+    void (*body)(void *);
+    void *ctx;
+} CuGraph;
+
+/* Captures g->body(g->ctx) into g->exec; 0 (and g->exec NULL) on failure,
+ * which is reported once per process and leaves no error pending. */
+static int capture_into(CuGraph *g) {
+    static int reported = 0;
+    g->exec = NULL;
+    if (!g_graphs || !g_capture_stream || !g_blas_workspace) {
+        g_graph_refusals++;
+        return 0;
+    }
+    cudaError_t e = cudaStreamBeginCapture(g_capture_stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(g_capture_error, sizeof g_capture_error, "cudaStreamBeginCapture: %s",
+                 cudaGetErrorString(e));
+    } else {
+        const unsigned gen = g_scratch_gen;
+        g_capture_error[0] = '\0';
+        g_capturing = 1;
+        g_stream = g_capture_stream;
+        /* cublasSetStream resets the workspace to cuBLAS's own pool, which
+         * may allocate: inside a capture cuBLAS uses our preallocated one */
+        CUBLAS_CHECK(cublasSetStream(g_blas, g_capture_stream));
+        CUBLAS_CHECK(cublasSetWorkspace(g_blas, g_blas_workspace, BLAS_WORKSPACE_BYTES));
+        g->body(g->ctx);
+        cudaGraph_t graph = NULL;
+        e = cudaStreamEndCapture(g_capture_stream, &graph);
+        g_capturing = 0;
+        g_stream = 0;
+        CUBLAS_CHECK(cublasSetStream(g_blas, 0)); /* and cuBLAS's own workspace again */
+        if (e != cudaSuccess && !g_capture_error[0])
+            snprintf(g_capture_error, sizeof g_capture_error, "cudaStreamEndCapture: %s",
+                     cudaGetErrorString(e));
+        if (!g_capture_error[0] && gen != g_scratch_gen)
+            snprintf(g_capture_error, sizeof g_capture_error, "scratch moved during the capture");
+        if (!g_capture_error[0] && graph) {
+            e = cudaGraphInstantiateWithFlags(&g->exec, graph, 0);
+            if (e != cudaSuccess) {
+                g->exec = NULL;
+                snprintf(g_capture_error, sizeof g_capture_error, "cudaGraphInstantiate: %s",
+                         cudaGetErrorString(e));
+            }
+        }
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError(); /* a failed capture leaves nothing pending for the next op */
+    }
+    if (!g->exec) {
+        g_graph_refusals++;
+        if (!reported++)
+            fprintf(stderr, "ponder: CUDA graph capture failed, running steps without graphs: %s\n",
+                    g_capture_error[0] ? g_capture_error : "unknown error");
+        return 0;
+    }
+    g->scratch_gen = g_scratch_gen;
+    g_graph_captures++;
+    return 1;
+}
+
+static void *cu_graph_capture(void (*body)(void *), void *ctx) {
+    if (!g_graphs) return NULL;
+    CuGraph *g = (CuGraph *)calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->body = body, g->ctx = ctx;
+    if (!capture_into(g)) {
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+static void cu_graph_free(void *p) {
+    CuGraph *g = (CuGraph *)p;
+    if (!g) return;
+    if (g->exec) CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+    free(g);
+}
+
+static void cu_graph_launch(void *p) {
+    CuGraph *g = (CuGraph *)p;
+    if (g->exec && g->scratch_gen != g_scratch_gen) { /* its scratch pointers are stale */
+        CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+        g->exec = NULL;
+    }
+    if (!g->exec && !capture_into(g)) {
+        g->body(g->ctx); /* eagerly: same ops, same results */
+        return;
+    }
+    CUDA_CHECK(cudaEventRecord(g_ev_before, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(g_capture_stream, g_ev_before, 0));
+    CUDA_CHECK(cudaGraphLaunch(g->exec, g_capture_stream));
+    CUDA_CHECK(cudaEventRecord(g_ev_after, g_capture_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(0, g_ev_after, 0));
+    g_graph_launches++;
+    op_done("graph_launch");
 }
 
 /* ------------------------------------------------------------- table ----- */
@@ -1075,6 +1320,9 @@ static ModelOps make_table(void) {
     o.scale = cu_scale;
     o.lm_head_forward = cu_lm_head_forward;
     o.lm_head_backward = cu_lm_head_backward;
+    o.graph_capture = cu_graph_capture;
+    o.graph_launch = cu_graph_launch;
+    o.graph_free = cu_graph_free;
     o.sum_squares = cu_sum_squares;
     o.adamw = cu_adamw;
     return o;
@@ -1114,6 +1362,18 @@ static int init_backend(void) {
     g_sync_each = sync && sync[0] == '1';
     const char *tf32 = getenv("PONDER_CUDA_TF32");
     g_tf32 = tf32 && tf32[0] == '1';
+    const char *graphs = getenv("PONDER_CUDA_GRAPHS"), *gemv = getenv("PONDER_CUDA_GEMV");
+    g_graphs = !(graphs && graphs[0] == '0');
+    g_gemv = !(gemv && gemv[0] == '0');
+    /* for graph capture only; without them graphs stay off (not an error) */
+    if (cudaStreamCreateWithFlags(&g_capture_stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&g_ev_before, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&g_ev_after, cudaEventDisableTiming) != cudaSuccess ||
+        cudaMalloc(&g_blas_workspace, BLAS_WORKSPACE_BYTES) != cudaSuccess) {
+        cudaGetLastError();
+        g_capture_stream = NULL, g_blas_workspace = NULL; /* graphs stay off */
+        g_graphs = 0;
+    }
     apply_math_mode();
     CUDA_OPS = make_table();
     char desc[256];
@@ -1170,6 +1430,17 @@ extern "C" void cuda_set_tf32(int on) {
 
 extern "C" size_t cuda_scratch_bytes(void) { return g_scratch_size; }
 
+extern "C" void cuda_set_graphs(int on) { g_graphs = on != 0 && g_capture_stream && g_blas_workspace; }
+extern "C" int cuda_graphs_enabled(void) { return g_graphs; }
+extern "C" void cuda_set_gemv(int on) { g_gemv = on != 0; }
+extern "C" int cuda_gemv_enabled(void) { return g_gemv; }
+
+extern "C" void cuda_graph_stats(long long *captures, long long *launches, long long *refusals) {
+    if (captures) *captures = g_graph_captures;
+    if (launches) *launches = g_graph_launches;
+    if (refusals) *refusals = g_graph_refusals;
+}
+
 __global__ void k_fill_random(float *x, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -1195,16 +1466,16 @@ extern "C" double cuda_gemm_tflops(int M, int N, int K, int mode, int iters) {
         cudaFree(A), cudaFree(B), cudaFree(Cm);
         return -1.0;
     }
-    k_fill_random<<<grid_for((int64_t)a, 256), 256>>>(A, (int64_t)a, 1u);
-    k_fill_random<<<grid_for((int64_t)b, 256), 256>>>(B, (int64_t)b, 2u);
+    k_fill_random<<<grid_for((int64_t)a, 256), 256, 0, g_stream>>>(A, (int64_t)a, 1u);
+    k_fill_random<<<grid_for((int64_t)b, 256), 256, 0, g_stream>>>(B, (int64_t)b, 2u);
     if (mode == 2) {
         if (cudaMalloc(&A16, a * 2) || cudaMalloc(&B16, b * 2) || cudaMalloc(&C16, c * 2)) {
             cudaGetLastError();
             cudaFree(A), cudaFree(B), cudaFree(Cm), cudaFree(A16), cudaFree(B16), cudaFree(C16);
             return -1.0;
         }
-        k_to_bf16<<<grid_for((int64_t)a, 256), 256>>>((__nv_bfloat16 *)A16, A, (int64_t)a);
-        k_to_bf16<<<grid_for((int64_t)b, 256), 256>>>((__nv_bfloat16 *)B16, B, (int64_t)b);
+        k_to_bf16<<<grid_for((int64_t)a, 256), 256, 0, g_stream>>>((__nv_bfloat16 *)A16, A, (int64_t)a);
+        k_to_bf16<<<grid_for((int64_t)b, 256), 256, 0, g_stream>>>((__nv_bfloat16 *)B16, B, (int64_t)b);
     }
     CUBLAS_CHECK(cublasSetMathMode(g_blas, mode == 1 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     cudaEvent_t e0, e1;
