@@ -2,7 +2,7 @@
  * batch size, against a naive generator that reruns the full forward over the
  * whole sequence for every new token (what generation costs without a cache).
  *
- *   decode_bench [tiny|gpt2] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive]
+ *   decode_bench [tiny|gpt2|llama768] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive]
  * prints one JSON line; with `naive` it also times the no-cache generator. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
@@ -21,6 +21,9 @@ static ModelConfig shape_config(const char *shape) {
         c.arch = MODEL_ARCH_GPT2;
         c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
         c.d_ff = 3072, c.max_seq_len = 1024;
+    } else if (strcmp(shape, "llama768") == 0) { /* GPT-2 124M's width and depth, llama blocks */
+        c.vocab_size = 32000, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
+        c.d_ff = 2048, c.max_seq_len = 1024;
     } else {
         c.vocab_size = 64, c.d_model = 128, c.n_layer = 4, c.n_head = 4, c.n_kv_head = 4;
         c.d_ff = 352, c.max_seq_len = 512;

@@ -172,6 +172,29 @@ Test(ops, matmul) {
     }
 }
 
+/* Decoding multiplies a few rows (N <= 4 takes a matrix-vector path that
+ * streams each weight row once); widths with and without a 32-wide tail. */
+Test(ops, matmul_small_batches) {
+    const ModelOps *o = ops_cpu();
+    const int64_t widths[] = {7, 16, 32, 48, 96, 200}, OC = 37;
+    Rng rng = rng_from_seed(150);
+    for (int64_t N = 1; N <= 5; N++)
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                const int64_t C = widths[wi];
+                float *inp = randn(&rng, N * C, 1.0, 0.0), *w = randn(&rng, OC * C, 0.5, 0.0);
+                float *bias = with_bias ? randn(&rng, OC, 1.0, 0.0) : NULL;
+                float *out = filled(N * OC, NAN);
+                o->matmul_forward(out, inp, w, bias, N, C, OC);
+                double *di = tod(inp, N * C), *dw = tod(w, OC * C), *db = bias ? tod(bias, OC) : NULL;
+                double *ref = malloc((size_t)(N * OC) * sizeof(double));
+                ref_matmul(ref, di, dw, db, N, C, OC);
+                printf("matmul N=%lld C=%lld bias=%d\n", (long long)N, (long long)C, with_bias);
+                CHECK("matmul forward, few rows", out, NULL, ref, N * OC, FWD_TOL);
+                free(inp), free(w), free(bias), free(out), free(di), free(dw), free(db), free(ref);
+            }
+}
+
 /* ---------------------------------------------------------- embedding ---- */
 
 static void ref_embedding(double *out, const int32_t *tok, const int32_t *pos, const double *wte,
@@ -622,6 +645,43 @@ Test(ops, attention_cached) {
     for (int64_t b = 0; b < B; b++) free(kc[b]), free(vc[b]);
     free(qkv), free(full), free(att), free(qr), free(out), free(want), free(qkvd), free(ref);
     free(want_ref);
+}
+
+/* The decode attention has vector forms for head sizes 32, 64 and 128 and a
+ * generic one; each against a double reference, for lengths on both sides of
+ * its 16-key blocks. */
+Test(ops, attention_cached_head_sizes) {
+    const ModelOps *o = ops_cpu();
+    const int64_t sizes[] = {8, 32, 64, 128}, NH = 2, KV = 1, max_len = 41;
+    Rng rng = rng_from_seed(710);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si];
+        for (int64_t L = 1; L <= 40; L += 3) {
+            float *q = randn(&rng, NH * hd, 1.0, 0.0);
+            float *k = randn(&rng, KV * max_len * hd, 1.0, 0.0), *v = randn(&rng, KV * max_len * hd, 1.0, 0.0);
+            float *out = filled(NH * hd, NAN);
+            float *kp[1] = {k}, *vp[1] = {v};
+            int64_t len[1] = {L};
+            OpsHeads qh = {q, NH * hd};
+            o->attention_cached(out, qh, kp, vp, len, 1, NH, KV, hd, max_len);
+            double *ref = calloc((size_t)(NH * hd), sizeof(double)), *p = malloc((size_t)L * sizeof(double));
+            for (int64_t h = 0; h < NH; h++) {
+                double mx = -INFINITY, sum = 0.0;
+                for (int64_t j = 0; j < L; j++) {
+                    double s = 0.0;
+                    for (int64_t d = 0; d < hd; d++) s += (double)q[h * hd + d] * k[j * hd + d];
+                    p[j] = s / sqrt((double)hd);
+                    mx = fmax(mx, p[j]);
+                }
+                for (int64_t j = 0; j < L; j++) sum += p[j] = exp(p[j] - mx);
+                for (int64_t j = 0; j < L; j++)
+                    for (int64_t d = 0; d < hd; d++) ref[h * hd + d] += p[j] / sum * v[j * hd + d];
+            }
+            printf("attention_cached hd=%lld L=%lld\n", (long long)hd, (long long)L);
+            CHECK("attention_cached vs double reference", out, NULL, ref, NH * hd, FWD_TOL);
+            free(q), free(k), free(v), free(out), free(ref), free(p);
+        }
+    }
 }
 
 /* -------------------------------------------------------- activations ---- */

@@ -26,11 +26,63 @@
  * the thread count. */
 #define LANES 16
 
+/* Pairwise, in a fixed order: each level is one vector add, where a running
+ * sum would be LANES dependent scalar adds (without -ffast-math the compiler
+ * must keep that order), which made a 32-wide dot product cost ~4x its
+ * multiply-adds in the decode attention. */
 static inline float combine_lanes(const float *acc) {
-    float s = 0.0f;
-    for (int k = 0; k < LANES; k++) s += acc[k];
-    return s;
+    float t[LANES];
+    for (int k = 0; k < LANES; k++) t[k] = acc[k];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int k = 0; k < w; k++) t[k] += t[k + w];
+    return t[0];
 }
+
+/* ------------------------------------------------------------- vectors --- */
+/* GCC vector types for the few loops the auto-vectoriser leaves scalar (lane
+ * sums, exp inside softmax, register-resident accumulators). */
+#pragma GCC diagnostic ignored "-Wpsabi" /* V16 never crosses a call: every helper is always_inline */
+typedef float V16 __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) V16 v16_load(const float *p) {
+    V16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+typedef int32_t V16i __attribute__((vector_size(64)));
+
+/* exp_fast (kernels.h) on 16 lanes: the same clamp, range reduction and
+ * polynomial; n is rounded to nearest by the 1.5 * 2^23 trick instead of
+ * floor(t + 0.5) (they differ only at exact halves, where both keep
+ * |r| <= ln2/2). */
+static inline __attribute__((always_inline)) V16 v16_exp(V16 x) {
+    V16i lo = x < -87.0f, hi = x > 88.0f;
+    x = (V16)(((V16i)x & ~lo) | ((V16i)((V16){0} - 87.0f) & lo));
+    x = (V16)(((V16i)x & ~hi) | ((V16i)((V16){0} + 88.0f) & hi));
+    const float magic = 12582912.0f;
+    V16 n = (x * 1.44269504088896341f + magic) - magic;
+    V16 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V16 p = (V16){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    V16i bits = (__builtin_convertvector(n, V16i) + 127) << 23;
+    return p * (V16)bits;
+}
+
+static inline __attribute__((always_inline)) float v16_sum(V16 v) {
+    V16 a = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    a = a + __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    a = a + __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    a = a + __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return a[0];
+}
+
 
 /* ------------------------------------------------------------- memory ---- */
 
@@ -41,9 +93,57 @@ static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src
 
 /* ------------------------------------------------------------- linear ---- */
 
+/* Outputs [o0, o1) of out[n, o] = inp[n, :] . w[o, :] (+ bias[o]) for n < N
+ * <= GEMV_MAX_N, streaming each weight row once for all N inputs. */
+#define GEMV_MAX_N 4
+/* N is a compile-time constant at each call (gemv_rows), so the
+ * accumulators live in registers. */
+static inline __attribute__((always_inline)) void gemv_rows_n(float *out, const float *inp,
+                                                              const float *w, const float *bias,
+                                                              const int64_t N, int64_t C, int64_t OC,
+                                                              int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; o++) {
+        const float *wr = w + o * C;
+        V16 a[GEMV_MAX_N], b[GEMV_MAX_N]; /* two chains per input: even and odd chunks */
+        for (int64_t n = 0; n < N; n++) a[n] = (V16){0}, b[n] = (V16){0};
+        int64_t c = 0;
+        for (; c + 32 <= C; c += 32) {
+            V16 w0 = v16_load(wr + c), w1 = v16_load(wr + c + 16);
+            for (int64_t n = 0; n < N; n++) {
+                a[n] += w0 * v16_load(inp + n * C + c);
+                b[n] += w1 * v16_load(inp + n * C + c + 16);
+            }
+        }
+        for (int64_t n = 0; n < N; n++) {
+            float sum = v16_sum(a[n] + b[n]);
+            for (int64_t k = c; k < C; k++) sum += wr[k] * inp[n * C + k];
+            out[n * OC + o] = bias ? sum + bias[o] : sum;
+        }
+    }
+}
+
+PONDER_HOT static void gemv_rows(float *out, const float *inp, const float *w, const float *bias,
+                                 int64_t N, int64_t C, int64_t OC, int64_t o0, int64_t o1) {
+    switch (N) {
+    case 1: gemv_rows_n(out, inp, w, bias, 1, C, OC, o0, o1); break;
+    case 2: gemv_rows_n(out, inp, w, bias, 2, C, OC, o0, o1); break;
+    case 3: gemv_rows_n(out, inp, w, bias, 3, C, OC, o0, o1); break;
+    default: gemv_rows_n(out, inp, w, bias, 4, C, OC, o0, o1); break;
+    }
+}
+
 static void cpu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                                int64_t N, int64_t C, int64_t OC) {
     // out[N,OC], inp[N,C], w[OC,C], bias[OC]
+    if (N <= GEMV_MAX_N) {
+        /* decoding a few sequences: a matrix-vector product is bound by
+         * reading the weights, which sgemm would first copy (pack) */
+        const int64_t block = 64, nb = (OC + block - 1) / block;
+#pragma omp parallel for if (N * OC * C > PAR_MIN_WORK) schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            gemv_rows(out, inp, w, bias, N, C, OC, b * block, b * block + block < OC ? b * block + block : OC);
+        return;
+    }
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for if (N * OC > PAR_MIN_WORK) schedule(static)
@@ -369,14 +469,59 @@ static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const 
     }
 }
 
-/* One query row against L cached keys of one head. */
-PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
+/* One query row against L cached keys of one head: the generic form. */
+static inline void attention_cached_row_any(float *o, float *row, const float *qi, const float *kc,
                                             const float *vc, int64_t L, int64_t hd, float scale) {
     for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, kc + j * hd, hd) * scale;
     memset(o, 0, (size_t)hd * sizeof(float));
     if (L == 0) return;
     softmax_inplace(row, L);
     for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
+}
+
+/* The decode form for head sizes 32, 64, 128 (a compile-time HD, so the
+ * query and the output stay in vector registers). Written with GCC vector
+ * types because plain loops left the per-key dot product's lane sum and the
+ * output accumulation going through memory (measured: the attention of a
+ * 128-wide, 4-layer model cost more than its matrix products). The lane sum
+ * is pairwise in a fixed order, so results do not depend on the CPU. */
+static inline __attribute__((always_inline)) void attention_cached_row_hd(float *o, float *row, const float *qi, const float *kc,
+                                           const float *vc, int64_t L, const int64_t HD, float scale) {
+    V16 q[8], acc[8];
+    for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c), acc[c] = (V16){0};
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < L; j++) {
+        V16 d = q[0] * v16_load(kc + j * HD);
+        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load(kc + j * HD + 16 * c);
+        row[j] = v16_sum(d) * scale;
+        mx = row[j] > mx ? row[j] : mx;
+    }
+    int64_t j = 0;
+    for (; j + 16 <= L; j += 16) {
+        V16 e = v16_exp(v16_load(row + j) - mx);
+        memcpy(row + j, &e, sizeof e);
+    }
+    for (; j < L; j++) row[j] = exp_fast(row[j] - mx);
+    float sum = 0.0f;
+    for (j = 0; j < L; j++) {
+        sum += row[j];
+        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load(vc + j * HD + 16 * c);
+    }
+    const float inv = L > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t c = 0; c < HD / 16; c++) {
+        V16 r = acc[c] * inv;
+        memcpy(o + 16 * c, &r, sizeof r);
+    }
+}
+
+PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
+                                            const float *vc, int64_t L, int64_t hd, float scale) {
+    switch (hd) {
+    case 32: attention_cached_row_hd(o, row, qi, kc, vc, L, 32, scale); break;
+    case 64: attention_cached_row_hd(o, row, qi, kc, vc, L, 64, scale); break;
+    case 128: attention_cached_row_hd(o, row, qi, kc, vc, L, 128, scale); break;
+    default: attention_cached_row_any(o, row, qi, kc, vc, L, hd, scale);
+    }
 }
 
 static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
