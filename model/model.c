@@ -402,6 +402,10 @@ void model_zero_grad(Model *m) { m->ops->zero(m->grads, m->num_params * sizeof(f
 /* This build has no CUDA backend (model/cuda is compiled only when CMake finds
  * nvcc and cuBLAS); the declarations in model/ops.h still resolve. */
 const ModelOps *ops_cuda(void) { return NULL; }
+int ops_cuda_choose_device(int index) {
+    (void)index;
+    return -1;
+}
 const char *ops_cuda_status(void) {
     return "this build has no CUDA backend (configure with -DPONDER_CUDA=ON on a machine with "
            "nvcc and cuBLAS)";

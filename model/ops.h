@@ -155,5 +155,11 @@ const ModelOps *ops_cpu(void);
  * is present; ops_cuda_status() then says why (never NULL). */
 const ModelOps *ops_cuda(void);
 const char *ops_cuda_status(void);
+/* Chooses the GPU that ops_cuda() initialises: index modulo the number of
+ * devices (several MPI ranks on a node pass their node-local rank). Call
+ * before the first ops_cuda(); returns 0, or -1 once the backend runs on a
+ * different device (and always -1 in a build without CUDA). Without a
+ * choice the device is PONDER_CUDA_DEVICE, else 0. */
+int ops_cuda_choose_device(int index);
 
 #endif

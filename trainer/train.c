@@ -254,11 +254,16 @@ static int open_metrics(Run *r, PonderError *err) {
     return PONDER_OK;
 }
 
-/* The policy on the configured device (model.device). */
-static int create_model(const PonderConfig *cfg, const ModelConfig *mc, Model **out,
-                        PonderError *err) {
+/* The policy on the configured device (model.device); ranks sharing a node
+ * take one GPU each (node-local rank modulo the node's GPUs). */
+static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Dist *world,
+                        Model **out, PonderError *err) {
     const ModelOps *ops = ops_cpu();
     if (cfg->model.device == CONFIG_DEVICE_CUDA) {
+        if (world->local_size > 1 && ops_cuda_choose_device(world->local_rank) != 0)
+            return ponder_error(err, PONDER_ERR_CONFIG,
+                                "model.device: cuda: cannot put node-local rank %d on its own GPU "
+                                "(the backend already runs on another device)", world->local_rank);
         ops = ops_cuda();
         if (!ops)
             return ponder_error(err, PONDER_ERR_CONFIG, "model.device: cuda is not usable here: %s",
@@ -298,7 +303,7 @@ static int setup(Run *r, PonderError *err) {
                             "tokenizer.type: only 'char' is available in this build");
     if ((rc = tokenizer_create_char(&r->tok, err))) return rc;
     if ((rc = config_model(cfg, &r->mcfg, tokenizer_vocab_size(r->tok), err))) return rc;
-    if ((rc = create_model(cfg, &r->mcfg, &r->model, err))) return rc;
+    if ((rc = create_model(cfg, &r->mcfg, r->world, &r->model, err))) return rc;
     r->config_yaml = config_to_yaml_string(cfg);
     if (!r->config_yaml) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
     if ((rc = open_data(r, err))) return rc;

@@ -1334,16 +1334,22 @@ static void apply_math_mode(void) {
     CUBLAS_CHECK(cublasSetMathMode(g_blas, g_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 }
 
+static int g_device_choice = -1; /* ops_cuda_choose_device, before init */
+static int g_device = -1;        /* the device in use once initialised */
+
 static int init_backend(void) {
     if (g_init) return g_init > 0;
     g_init = -1;
     char why[256];
-    if (cuda_device_count(why, sizeof why) <= 0) {
+    const int n_dev = cuda_device_count(why, sizeof why);
+    if (n_dev <= 0) {
         snprintf(g_status, sizeof g_status, "%s", why);
         return 0;
     }
     const char *dev_env = getenv("PONDER_CUDA_DEVICE");
-    int dev = dev_env ? atoi(dev_env) : 0;
+    int dev = g_device_choice >= 0 ? g_device_choice : dev_env ? atoi(dev_env) : 0;
+    dev = (dev % n_dev + n_dev) % n_dev;
+    g_device = dev;
     cudaError_t e = cudaSetDevice(dev);
     if (e != cudaSuccess) {
         snprintf(g_status, sizeof g_status, "cudaSetDevice(%d) failed: %s", dev,
@@ -1384,6 +1390,16 @@ static int init_backend(void) {
 }
 
 extern "C" const ModelOps *ops_cuda(void) { return init_backend() ? &CUDA_OPS : NULL; }
+
+extern "C" int ops_cuda_choose_device(int index) {
+    if (g_init > 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) return -1;
+        return ((index % n + n) % n) == g_device ? 0 : -1;
+    }
+    g_device_choice = index < 0 ? 0 : index;
+    return 0;
+}
 
 extern "C" const char *ops_cuda_status(void) {
     init_backend();
