@@ -45,6 +45,10 @@ struct ModelKVCache {
     float **d_kptr, **d_vptr;
     int32_t *h_tokens;
     float *d_logits; /* [max_rows, V] */
+    /* The step's rows are one token each of pairwise different slots (a
+     * decode step): the backend's attention_cached_write may write the cache
+     * inside the attention. Prefill (rows of one slot) keeps kv_write. */
+    int distinct_slots;
     DecodeGraph *graphs; /* [max_rows]: entry n-1 for steps of n rows; NULL without graph ops */
 };
 
@@ -190,47 +194,77 @@ static void infer_norm(const Model *m, ModelKVCache *kv, float *out, const float
         m->ops->layernorm_forward(out, kv->mean, kv->rstd, inp, w, b, n, c->d_model, c->norm_eps);
 }
 
+/* out[n,OC] = (resid +) act(norm(inp) w^T + bias): one linear_fused op when
+ * the backend has it, else the separate ops (norm into kv->ln, matmul, GELU
+ * in place, accumulate). norm_w == NULL: no norm. */
+static void infer_linear(const Model *m, ModelKVCache *kv, float *out, const float *inp,
+                         const float *norm_w, const float *norm_b, const float *w,
+                         const float *bias, int gelu, int residual, int64_t n, int64_t C,
+                         int64_t OC) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    if (o->linear_fused) {
+        const int norm = !norm_w ? OPS_NORM_NONE
+                         : c->arch == MODEL_ARCH_LLAMA ? OPS_NORM_RMS : OPS_NORM_LAYER;
+        o->linear_fused(out, inp, residual ? out : NULL, w, bias, norm_w, norm_b, n, C, OC, norm,
+                        c->norm_eps, gelu ? OPS_ACT_GELU : OPS_ACT_NONE);
+        return;
+    }
+    if (norm_w) {
+        infer_norm(m, kv, kv->ln, inp, norm_w, norm_b, n);
+        inp = kv->ln;
+    }
+    float *y = residual ? kv->tmp : out;
+    o->matmul_forward(y, inp, w, bias, n, C, OC);
+    if (gelu) o->gelu_forward(y, y, n * OC);
+    if (residual) o->accumulate(out, y, n * OC);
+}
+
 static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     const int64_t C = c->d_model, F = c->d_ff, NH = c->n_head, KV = c->n_kv_head;
     const int64_t hd = m->head_dim, QKV = m->qkv_dim, AD = m->attn_dim, FC = m->fc_dim;
+    const int llama = c->arch == MODEL_ARCH_LLAMA;
     LayerView p = model_layer_view(m, m->params, l);
-    infer_norm(m, kv, kv->ln, kv->x, p.ln1_w, p.ln1_b, n);
-    o->matmul_forward(kv->qkv, kv->ln, p.qkv_w, p.qkv_b, n, C, QKV);
+    infer_linear(m, kv, kv->qkv, kv->x, p.ln1_w, p.ln1_b, p.qkv_w, p.qkv_b, 0, 0, n, C, QKV);
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
     const int32_t *pos = o->device ? kv->d_pos : kv->pos;
-    if (c->arch == MODEL_ARCH_LLAMA) {
+    if (llama) {
         o->rope(q, pos, m->rope, n, NH, hd, 0);
         o->rope(k, pos, m->rope, n, KV, hd, 0);
     }
     if (o->device) {
         float *const *kp = kv->d_kptr + l * kv->max_rows, *const *vp = kv->d_vptr + l * kv->max_rows;
         OpsHeads v = {kv->qkv + AD + KV * hd, QKV};
-        o->kv_write(kp, vp, k, v, kv->d_pos, n, KV, hd, kv->max_len);
-        o->attention_cached(kv->atty, q, kp, vp, kv->d_row_len, n, NH, KV, hd, kv->max_len);
+        if (o->attention_cached_write && kv->distinct_slots) {
+            o->attention_cached_write(kv->atty, q, k, v, kp, vp, kv->d_pos, n, NH, KV, hd,
+                                      kv->max_len);
+        } else {
+            o->kv_write(kp, vp, k, v, kv->d_pos, n, KV, hd, kv->max_len);
+            o->attention_cached(kv->atty, q, kp, vp, kv->d_row_len, n, NH, KV, hd, kv->max_len);
+        }
     } else {
         write_cache_rows(kv, m, l, slots, n);
         o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
                             kv->max_len);
     }
-    o->matmul_forward(kv->tmp, kv->atty, p.o_w, p.o_b, n, AD, C);
-    o->accumulate(kv->x, kv->tmp, n * C);
-    infer_norm(m, kv, kv->ln, kv->x, p.ln2_w, p.ln2_b, n);
-    o->matmul_forward(kv->fc, kv->ln, p.fc_w, p.fc_b, n, C, FC);
-    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_forward(kv->act, kv->fc, n, F);
-    else o->gelu_forward(kv->act, kv->fc, n * F);
-    o->matmul_forward(kv->tmp, kv->act, p.proj_w, p.proj_b, n, F, C);
-    o->accumulate(kv->x, kv->tmp, n * C);
+    infer_linear(m, kv, kv->x, kv->atty, NULL, NULL, p.o_w, p.o_b, 0, 1, n, AD, C);
+    if (llama) {
+        infer_linear(m, kv, kv->fc, kv->x, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, 0, 0, n, C, FC);
+        o->swiglu_forward(kv->act, kv->fc, n, F);
+    } else {
+        infer_linear(m, kv, kv->act, kv->x, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, 1, 0, n, C, FC);
+    }
+    infer_linear(m, kv, kv->x, kv->act, NULL, NULL, p.proj_w, p.proj_b, 0, 1, n, F, C);
 }
 
 /* Final norm and vocabulary projection of n_out rows of x into logits. */
 static void infer_head(Model *m, ModelKVCache *kv, const float *x, int64_t n_out, float *logits) {
     const ModelConfig *c = &m->cfg;
     const float *lnf_b = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.lnf_b : NULL;
-    infer_norm(m, kv, kv->ln, x, m->params + m->lay.lnf_w, lnf_b, n_out);
-    m->ops->matmul_forward(logits, kv->ln, m->params + m->lay.lm, NULL, n_out, c->d_model,
-                           c->vocab_size);
+    infer_linear(m, kv, logits, x, m->params + m->lay.lnf_w, lnf_b, m->params + m->lay.lm, NULL,
+                 0, 0, n_out, c->d_model, c->vocab_size);
 }
 
 /* Device backends: embedding and every layer of n rows whose tokens,
@@ -300,13 +334,15 @@ static void upload_step(ModelKVCache *kv, const int64_t *slots, const int32_t *t
  * out_rows[0..n_out). A step whose output rows are all its rows in order (a
  * decode step) may replay a graph; others (prefill) run eagerly. */
 static void device_rows(Model *m, ModelKVCache *kv, int64_t n, const int64_t *out_rows,
-                        int64_t n_out, float *logits) {
+                        int64_t n_out, float *logits, int distinct_slots) {
     const ModelOps *o = m->ops;
     const int64_t C = m->cfg.d_model;
     int every_row = n_out == n;
     for (int64_t r = 0; r < n_out && every_row; r++) every_row = out_rows[r] == r;
+    /* graphs are captured with the fused cache write, so only such steps replay them */
+    kv->distinct_slots = distinct_slots;
     if (every_row) {
-        if (!decode_graph_run(m, kv, n)) {
+        if (!distinct_slots || !decode_graph_run(m, kv, n)) {
             DecodeGraph eager = {.m = m, .params = m->params, .kv = kv, .n = n};
             decode_body(&eager);
         }
@@ -329,6 +365,7 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
                       PonderError *err) {
     const ModelConfig *c = &m->cfg;
     const int64_t C = c->d_model;
+    int distinct_slots = 1;
     for (int64_t i = 0; i < n; i++) {
         if (slots[i] < 0 || slots[i] >= kv->n_slots)
             return ponder_error(err, PONDER_ERR_SHAPE, "KV cache: slot %lld out of range [0,%lld)",
@@ -339,6 +376,7 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
                                 (long long)c->vocab_size);
         int64_t p = kv->len[slots[i]];
         for (int64_t j = 0; j < i; j++) p += slots[j] == slots[i];
+        if (p != kv->len[slots[i]]) distinct_slots = 0;
         if (p >= kv->max_len)
             return ponder_error(err, PONDER_ERR_SHAPE,
                                 "KV cache: slot %lld is full (max_len %lld)",
@@ -348,7 +386,7 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
     const ModelOps *o = m->ops;
     if (o->device) {
         upload_step(kv, slots, tokens, n);
-        device_rows(m, kv, n, out_rows, n_out, logits);
+        device_rows(m, kv, n, out_rows, n_out, logits, distinct_slots);
     } else {
         const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
         o->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);

@@ -21,6 +21,10 @@ typedef struct OpsHeads {
     int64_t row_stride;
 } OpsHeads;
 
+/* linear_fused's prologue (norm) and activation (act). */
+enum { OPS_NORM_NONE = 0, OPS_NORM_RMS = 1, OPS_NORM_LAYER = 2 };
+enum { OPS_ACT_NONE = 0, OPS_ACT_GELU = 1 };
+
 typedef struct ModelOps {
     const char *name;
 
@@ -95,6 +99,15 @@ typedef struct ModelOps {
      * v_cache[i] at position pos[i]; caches laid out as for attention_cached. */
     void (*kv_write)(float *const *k_cache, float *const *v_cache, OpsHeads k, OpsHeads v,
                      const int32_t *pos, int64_t N, int64_t KV, int64_t hd, int64_t max_len);
+    /* Optional (NULL: kv_write, then attention_cached with len[i] = pos[i] + 1).
+     * The two in one op, for steps whose rows write to pairwise different
+     * caches (k_cache[i] != k_cache[j] for i != j: one decode token per
+     * slot); row i attends to positions [0, pos[i]] of its cache, its own
+     * key and value included. */
+    void (*attention_cached_write)(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                   float *const *k_cache, float *const *v_cache,
+                                   const int32_t *pos, int64_t N, int64_t NH, int64_t KV,
+                                   int64_t hd, int64_t max_len);
 
     /* ---- activations ---- */
     /* gate_up is [N, 2F] (gate in the first F columns, up in the next F);
@@ -111,6 +124,22 @@ typedef struct ModelOps {
     void (*accumulate)(float *acc, const float *a, int64_t n);
     /* Optional (NULL: the model loops, host backends only): out = s * inp. */
     void (*scale)(float *out, const float *inp, float s, int64_t n);
+
+    /* ---- fused linear sublayer (optional; NULL on the CPU table) ---- */
+    /* What the ops named on the right compute, in one op (inference: the
+     * norm's mean and rstd are not saved):
+     *   h   = norm(inp)        rmsnorm_forward (OPS_NORM_RMS, norm_w) or
+     *                          layernorm_forward (OPS_NORM_LAYER, norm_w, norm_b)
+     *                          with eps; h = inp for OPS_NORM_NONE
+     *   y   = h w^T + bias     matmul_forward (bias may be NULL)
+     *   y   = gelu(y)          gelu_forward, for OPS_ACT_GELU
+     *   out = resid + y        add, when resid != NULL (resid may be out: out += y);
+     *                          else out = y
+     * out, resid [N,OC]; inp [N,C] (must not overlap out); w [OC,C]. NULL:
+     * the model calls those ops one by one. */
+    void (*linear_fused)(float *out, const float *inp, const float *resid, const float *w,
+                         const float *bias, const float *norm_w, const float *norm_b,
+                         int64_t N, int64_t C, int64_t OC, int norm, float eps, int act);
 
     /* ---- language-model head ---- */
     /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and

@@ -174,10 +174,14 @@ PARITY_FN int parity_compare(Parity *p, const char *what, const float *dev, cons
 
 PARITY_FN void parity_matmul(Parity *p) {
     const ModelOps *c = p->cpu, *g = p->gpu;
-    /* the last two take the CUDA backend's small-N GEMV (scalar and float4 loads) */
-    const int64_t shapes[][3] = {{37, 70, 51}, {256, 256, 512}, {5, 33, 1}, {3, 64, 300}};
+    /* from the third on the CUDA backend's small-N GEMV: scalar and float4
+     * loads, several warps per output (1x768x50), inputs read from global
+     * memory (8x3072x64: too large for shared memory), more output rows than
+     * the persistent grid has warps (1x64x40000) */
+    const int64_t shapes[][3] = {{37, 70, 51}, {256, 256, 512}, {5, 33, 1}, {3, 64, 300},
+                                 {1, 768, 50}, {8, 3072, 64}, {1, 64, 40000}};
     char what[128];
-    for (int s = 0; s < 4; s++)
+    for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++)
         for (int with_bias = 0; with_bias < 2; with_bias++) {
             const int64_t N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
             float *inp = rnd(p, N * C, 1.0), *w = rnd(p, OC * C, 0.5);
@@ -406,6 +410,114 @@ PARITY_FN void parity_attention_cached(Parity *p) {
     g->attention_cached(g_out, gq, d_kp, d_vp, up(p, len, (size_t)N * sizeof(int64_t)), N, NH, KV,
                         hd, max_len);
     parity_compare(p, "attention_cached", g_out, out, N * AD, PARITY_TOL);
+}
+
+/* The fused cache write + attention of a decode step (optional op): rows
+ * with pairwise different caches, against the CPU's attention_cached after
+ * the reference write; keys up to 600 (more than a block's threads), GQA,
+ * head sizes with and without float4 loads. */
+PARITY_FN void parity_attention_cached_write_case(Parity *p, int64_t NH, int64_t KV, int64_t hd,
+                                                  int64_t max_len, const int64_t *lens, int64_t N) {
+    const ModelOps *c = p->cpu, *g = p->gpu;
+    const int64_t QKV = (NH + 2 * KV) * hd, AD = NH * hd, blk = KV * max_len * hd, S = N + 1;
+    char what[160];
+    float *cache_k = rnd(p, S * blk, 1.0), *cache_v = rnd(p, S * blk, 1.0);
+    float *g_ck = up(p, cache_k, F4(S * blk)), *g_cv = up(p, cache_v, F4(S * blk));
+    float *qkv = rnd(p, N * QKV, 1.0), *g_qkv = up(p, qkv, F4(N * QKV));
+    int32_t *pos = hbuf(p, I4(N));
+    int64_t *len = hbuf(p, (size_t)N * sizeof(int64_t));
+    float **kp = hbuf(p, (size_t)N * sizeof(float *)), **vp = hbuf(p, (size_t)N * sizeof(float *));
+    float **gkp = hbuf(p, (size_t)N * sizeof(float *)), **gvp = hbuf(p, (size_t)N * sizeof(float *));
+    for (int64_t i = 0; i < N; i++) {
+        int64_t slot = (i * 5 + 1) % S; /* distinct slots (5 is prime to S), scrambled; one unused */
+        pos[i] = (int32_t)(lens[i] - 1);
+        len[i] = lens[i];
+        kp[i] = cache_k + slot * blk, vp[i] = cache_v + slot * blk;
+        gkp[i] = g_ck + slot * blk, gvp[i] = g_cv + slot * blk;
+    }
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t h = 0; h < KV; h++) {
+            memcpy(kp[i] + (h * max_len + pos[i]) * hd, qkv + i * QKV + AD + h * hd, F4(hd));
+            memcpy(vp[i] + (h * max_len + pos[i]) * hd, qkv + i * QKV + AD + (KV + h) * hd, F4(hd));
+        }
+    float *out = hbuf(p, F4(N * AD)), *g_out = dbuf(p, F4(N * AD));
+    OpsHeads q = {qkv, QKV}, gq = {g_qkv, QKV};
+    OpsHeads gk = {g_qkv + AD, QKV}, gv = {g_qkv + AD + KV * hd, QKV};
+    c->attention_cached(out, q, kp, vp, len, N, NH, KV, hd, max_len);
+    g->attention_cached_write(g_out, gq, gk, gv, up(p, gkp, (size_t)N * sizeof(float *)),
+                              up(p, gvp, (size_t)N * sizeof(float *)), up(p, pos, I4(N)), N, NH,
+                              KV, hd, max_len);
+    snprintf(what, sizeof what, "attention_cached_write NH%lld KV%lld hd%lld N%lld",
+             (long long)NH, (long long)KV, (long long)hd, (long long)N);
+    parity_compare(p, what, g_out, out, N * AD, PARITY_TOL);
+    snprintf(what, sizeof what, "attention_cached_write k cache hd%lld", (long long)hd);
+    parity_compare(p, what, g_ck, cache_k, S * blk, 0.0);
+    snprintf(what, sizeof what, "attention_cached_write v cache hd%lld", (long long)hd);
+    parity_compare(p, what, g_cv, cache_v, S * blk, 0.0);
+}
+
+PARITY_FN void parity_attention_cached_write(Parity *p) {
+    if (!p->gpu->attention_cached_write) {
+        parity_fail(p, "attention_cached_write missing from the backend's table");
+        return;
+    }
+    const int64_t lens_a[5] = {1, 7, 40, 13, 2};
+    parity_attention_cached_write_case(p, 4, 2, 16, 40, lens_a, 5);  /* GQA, float4 */
+    const int64_t lens_b[3] = {600, 1, 333};
+    parity_attention_cached_write_case(p, 12, 12, 64, 640, lens_b, 3); /* GPT-2 heads */
+    const int64_t lens_c[2] = {9, 20};
+    parity_attention_cached_write_case(p, 3, 1, 6, 24, lens_c, 2); /* MQA, scalar loads */
+}
+
+/* The fused linear sublayer (optional op) against the CPU ops it stands
+ * for: every norm / activation / residual form, at decode sizes (the CUDA
+ * backend's one-kernel path, with inputs in shared or global memory, float4
+ * or scalar) and beyond them (its op-by-op fallback). */
+PARITY_FN void parity_linear_fused(Parity *p) {
+    const ModelOps *c = p->cpu, *g = p->gpu;
+    if (!g->linear_fused) {
+        parity_fail(p, "linear_fused missing from the backend's table");
+        return;
+    }
+    const int64_t shapes[][3] = {{1, 768, 2304}, {3, 96, 200}, {8, 3072, 64}, {20, 64, 50},
+                                 {2, 33, 10}, {1, 3072, 768}};
+    const float eps = 1e-5f;
+    char what[160];
+    for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+        const int64_t N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        float *inp = rnd(p, N * C, 2.0), *w = rnd(p, OC * C, 0.5), *bias = rnd(p, OC, 1.0);
+        float *nw = rnd(p, C, 1.0), *nb = rnd(p, C, 1.0), *resid0 = rnd(p, N * OC, 1.0);
+        float *g_inp = up(p, inp, F4(N * C)), *g_w = up(p, w, F4(OC * C)), *g_bias = up(p, bias, F4(OC));
+        float *g_nw = up(p, nw, F4(C)), *g_nb = up(p, nb, F4(C));
+        float *h = hbuf(p, F4(N * C)), *stats = hbuf(p, F4(2 * N)), *y = hbuf(p, F4(N * OC));
+        float *want = hbuf(p, F4(N * OC)), *g_out = dbuf(p, F4(N * OC)), *g_res = dbuf(p, F4(N * OC));
+        for (int form = 0; form < 6; form++) {
+            /* form: norm = form % 3; act, residual and bias vary with it so
+             * that each appears with each norm */
+            const int norm = form % 3, act = form >= 3 ? OPS_ACT_GELU : OPS_ACT_NONE;
+            const int residual = (form + s) % 3; /* 0 none, 1 separate, 2 in place */
+            const int with_bias = form != 4;
+            const float *x = inp;
+            if (norm == OPS_NORM_RMS) c->rmsnorm_forward(h, stats, inp, nw, N, C, eps), x = h;
+            if (norm == OPS_NORM_LAYER) c->layernorm_forward(h, stats, stats + N, inp, nw, nb, N, C, eps), x = h;
+            c->matmul_forward(y, x, w, with_bias ? bias : NULL, N, C, OC);
+            if (act == OPS_ACT_GELU) c->gelu_forward(y, y, N * OC);
+            if (residual) c->add(want, resid0, y, N * OC);
+            else memcpy(want, y, F4(N * OC));
+            p->gpu->upload(g_out, resid0, F4(N * OC));
+            p->gpu->upload(g_res, resid0, F4(N * OC));
+            const float *g_resid = residual == 1 ? g_res : residual == 2 ? g_out : NULL;
+            g->linear_fused(g_out, g_inp, g_resid, g_w, with_bias ? g_bias : NULL,
+                            norm ? g_nw : NULL, norm == OPS_NORM_LAYER ? g_nb : NULL, N, C, OC,
+                            norm, eps, act);
+            snprintf(what, sizeof what, "linear_fused %lldx%lldx%lld %s%s%s%s", (long long)N,
+                     (long long)C, (long long)OC,
+                     norm == OPS_NORM_RMS ? "rmsnorm " : norm == OPS_NORM_LAYER ? "layernorm " : "",
+                     with_bias ? "+bias " : "", act ? "gelu " : "",
+                     residual == 2 ? "+=resid" : residual ? "+resid" : "");
+            parity_compare(p, what, g_out, want, N * OC, PARITY_TOL);
+        }
+    }
 }
 
 /* -------------------------------------------------------- activations ---- */
@@ -736,6 +848,24 @@ PARITY_FN void parity_decode_arch(Parity *p, ModelArch arch) {
         snprintf(what, sizeof what, "decode step %d (%lld slots) %s", step, (long long)n, an);
         parity_compare_host(p, what, lg, lc, n * V, PARITY_TOL);
     }
+    /* a step that appends two tokens to one slot: rows share a cache, so a
+     * backend's fused cache write must not be used (nor the size-3 graph) */
+    {
+        const int64_t slots[3] = {1, 3, 1};
+        int32_t *tk = rnd_ids(p, 3, V);
+        rc = model_decode(mc, kc, slots, tk, 3, lc, &err);
+        if (!rc) rc = model_decode(mg, kg, slots, tk, 3, lg, &err);
+        if (rc) goto fail;
+        snprintf(what, sizeof what, "decode step with a repeated slot %s", an);
+        parity_compare_host(p, what, lg, lc, 3 * V, PARITY_TOL);
+        /* and a normal step after it, replaying the graph again */
+        const int64_t next[3] = {0, 2, 1};
+        rc = model_decode(mc, kc, next, tk, 3, lc, &err);
+        if (!rc) rc = model_decode(mg, kg, next, tk, 3, lg, &err);
+        if (rc) goto fail;
+        snprintf(what, sizeof what, "decode step after the repeated slot %s", an);
+        parity_compare_host(p, what, lg, lc, 3 * V, PARITY_TOL);
+    }
     goto done;
 fail:
     snprintf(what, sizeof what, "decode %s: %.100s", an, err.msg);
@@ -768,6 +898,8 @@ static const ParityCase PARITY_CASES[] __attribute__((unused)) = {
     {"rope", parity_rope},
     {"attention", parity_attention},
     {"attention_cached", parity_attention_cached},
+    {"attention_cached_write", parity_attention_cached_write},
+    {"linear_fused", parity_linear_fused},
     {"activations", parity_activations},
     {"lm_head", parity_lm_head},
     {"optimizer", parity_optimizer},

@@ -194,6 +194,27 @@ static void fake_kv_write(float *const *k_cache, float *const *v_cache, OpsHeads
         }
     }
 }
+/* The fused op as its definition: kv_write then attention_cached with
+ * len = pos + 1; aborts when two rows share a cache (the op's precondition). */
+static void fake_attention_cached_write(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                        float *const *k_cache, float *const *v_cache,
+                                        const int32_t *pos, int64_t N, int64_t NH, int64_t KV,
+                                        int64_t hd, int64_t max_len) {
+    NEED(out), NEED(q.base), NEED(k_cache), NEED(v_cache), NEED(pos);
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < i; j++)
+            if (k_cache[i] == k_cache[j] || v_cache[i] == v_cache[j]) {
+                fprintf(stderr, "fake device: attention_cached_write: rows %lld and %lld share a cache\n",
+                        (long long)j, (long long)i);
+                abort();
+            }
+    fake_kv_write(k_cache, v_cache, k, v, pos, N, KV, hd, max_len);
+    int64_t *len = malloc((size_t)(N > 0 ? N : 1) * sizeof(int64_t));
+    if (!len) abort();
+    for (int64_t i = 0; i < N; i++) len[i] = (int64_t)pos[i] + 1;
+    ops_cpu()->attention_cached(out, q, k_cache, v_cache, len, N, NH, KV, hd, max_len);
+    free(len);
+}
 static void fake_swiglu_forward(float *out, const float *gate_up, int64_t N, int64_t F) {
     NEED(out), NEED(gate_up);
     g_fake.ops++;
@@ -229,6 +250,29 @@ static void fake_scale(float *out, const float *inp, float s, int64_t n) {
     NEED(out), NEED(inp);
     g_fake.ops++;
     for (int64_t i = 0; i < n; i++) out[i] = inp[i] * s;
+}
+/* The fused linear sublayer as its definition: the CPU ops one by one, on
+ * host temporaries. */
+static void fake_linear_fused(float *out, const float *inp, const float *resid, const float *w,
+                              const float *bias, const float *norm_w, const float *norm_b,
+                              int64_t N, int64_t C, int64_t OC, int norm, float eps, int act) {
+    NEED(out), NEED(inp), NEED(resid), NEED(w), NEED(bias), NEED(norm_w), NEED(norm_b);
+    g_fake.ops++;
+    const ModelOps *c = ops_cpu();
+    float *h = NULL, *y = malloc((size_t)(N * OC > 0 ? N * OC : 1) * sizeof(float));
+    float *stats = malloc((size_t)(2 * N > 0 ? 2 * N : 1) * sizeof(float));
+    if (!y || !stats) abort();
+    if (norm != OPS_NORM_NONE) {
+        h = malloc((size_t)(N * C > 0 ? N * C : 1) * sizeof(float));
+        if (!h) abort();
+        if (norm == OPS_NORM_RMS) c->rmsnorm_forward(h, stats, inp, norm_w, N, C, eps);
+        else c->layernorm_forward(h, stats, stats + N, inp, norm_w, norm_b, N, C, eps);
+    }
+    c->matmul_forward(y, h ? h : inp, w, bias, N, C, OC);
+    if (act == OPS_ACT_GELU) c->gelu_forward(y, y, N * OC);
+    if (resid) c->add(out, resid, y, N * OC);
+    else memcpy(out, y, (size_t)(N * OC) * sizeof(float));
+    free(h), free(y), free(stats);
 }
 static void fake_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                  const float *w, const int32_t *targets, const float *mask,
@@ -306,6 +350,7 @@ static const ModelOps FAKE_DEVICE_OPS = {
     .attention_backward = fake_attention_backward,
     .attention_cached = fake_attention_cached,
     .kv_write = fake_kv_write,
+    .attention_cached_write = fake_attention_cached_write,
     .swiglu_forward = fake_swiglu_forward,
     .swiglu_backward = fake_swiglu_backward,
     .gelu_forward = fake_gelu_forward,
@@ -313,6 +358,7 @@ static const ModelOps FAKE_DEVICE_OPS = {
     .add = fake_add,
     .accumulate = fake_accumulate,
     .scale = fake_scale,
+    .linear_fused = fake_linear_fused,
     .lm_head_forward = fake_lm_head_forward,
     .lm_head_backward = fake_lm_head_backward,
     .graph_capture = fake_graph_capture,

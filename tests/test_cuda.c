@@ -51,6 +51,8 @@ Test(cuda, norms) { run_case("norms", parity_norms); }
 Test(cuda, rope) { run_case("rope", parity_rope); }
 Test(cuda, attention) { run_case("attention", parity_attention); }
 Test(cuda, attention_cached) { run_case("attention_cached", parity_attention_cached); }
+Test(cuda, attention_cached_write) { run_case("attention_cached_write", parity_attention_cached_write); }
+Test(cuda, linear_fused) { run_case("linear_fused", parity_linear_fused); }
 Test(cuda, activations) { run_case("activations", parity_activations); }
 Test(cuda, lm_head) { run_case("lm_head", parity_lm_head); }
 Test(cuda, optimizer) { run_case("optimizer", parity_optimizer); }
@@ -101,6 +103,8 @@ Test(fake_device, ops) {
     run_fake("rope", parity_rope);
     run_fake("attention", parity_attention);
     run_fake("attention_cached", parity_attention_cached);
+    run_fake("attention_cached_write", parity_attention_cached_write);
+    run_fake("linear_fused", parity_linear_fused);
     run_fake("activations", parity_activations);
     run_fake("lm_head", parity_lm_head);
     run_fake("optimizer", parity_optimizer);

@@ -49,6 +49,13 @@ int cuda_graphs_enabled(void);
  * default, PONDER_CUDA_GEMV=0 turns it off at start-up. */
 void cuda_set_gemv(int on);
 int cuda_gemv_enabled(void);
+/* The fused decode ops (ops.h linear_fused: norm + GEMV + bias/GELU/residual
+ * in one kernel; attention_cached_write: cache write inside the attention):
+ * on by default, PONDER_CUDA_FUSED=0 turns them off at start-up. Off, the
+ * same table entries run the kernels of the ops they stand for one by one
+ * (the step as it was before the fusion, for comparisons). */
+void cuda_set_fused(int on);
+int cuda_fused_enabled(void);
 /* Counters since start-up: graphs captured, replays, captures that failed. */
 void cuda_graph_stats(long long *captures, long long *launches, long long *refusals);
 

@@ -12,7 +12,10 @@
  * two events that order it after the legacy stream's earlier work and the
  * legacy stream's later work after it. PONDER_CUDA_GRAPHS=0 turns graphs off.
  * Small matmuls (N <= GEMV_MAX_ROWS rows, decode) use our own GEMV kernel
- * with the bias fused instead of cuBLAS; PONDER_CUDA_GEMV=0 turns it off.
+ * (k_linear_small) with the bias fused instead of cuBLAS; PONDER_CUDA_GEMV=0
+ * turns it off. The optional fused decode ops (linear_fused: norm + GEMV +
+ * bias/GELU/residual; attention_cached_write: the cache write inside the
+ * attention) run op by op with PONDER_CUDA_FUSED=0.
  *
  * Determinism: no floating-point atomics. Column reductions (bias, norm-weight
  * gradients) run in fixed-shape trees; embedding gradients add rows in row
@@ -92,6 +95,8 @@ static int g_tf32 = 0;
 static char g_status[512] = "the CUDA backend has not been initialised";
 static int g_graphs = 1; /* PONDER_CUDA_GRAPHS=0 sets 0: graph_capture refuses */
 static int g_gemv = 1;   /* PONDER_CUDA_GEMV=0 sets 0: every matmul through cuBLAS */
+static int g_fused = 1;  /* PONDER_CUDA_FUSED=0 sets 0: linear_fused and attention_cached_write
+                            run the kernels of the ops they stand for, one by one */
 /* Where kernels launch: the legacy stream, or the capture stream during a
  * capture. Created at start-up: the capture stream and the cuBLAS workspace
  * used while capturing (so cuBLAS allocates nothing inside a capture). */
@@ -316,80 +321,248 @@ static void column_reduce(float *dst0, float *dst1, const float *dout, const flo
     if (MODE == 2) k_colred_final<<<grid_for(C, 256), 256, 0, g_stream>>>(dst1, p1, chunks, C);
 }
 
-/* Small-N matmul (decode): out[n, oc] = inp[n] . w[oc] (+ bias[oc]) for
- * N <= GEMV_MAX_ROWS rows. cuBLAS at N = 1 reads the weights well below the
- * memory bandwidth and needs a separate bias kernel; here each weight row is
- * read once for all N rows, with the bias added in the same kernel. A block
- * of 8 warps computes 8 / W outputs, W warps per output (more warps per
- * output when there are few outputs, so enough loads are in flight); each
- * warp sums a strided slice of the row, warps are added in a fixed order
- * (deterministic). VEC: float4 loads (C % 4 == 0, 16-byte aligned). */
+/* Small-N linear layers (decode): out[n, oc] = (resid +) act(h[n] . w[oc] +
+ * bias[oc]) for N <= GEMV_MAX_ROWS rows, h = inp or its RMSNorm/LayerNorm
+ * (ops.h linear_fused; matmul_forward is the case without norm, act, resid).
+ * At N = 1 this is a matrix-vector product bound by reading w once, so the
+ * kernel is built for memory-level parallelism:
+ *  - the N input rows are staged in shared memory once per block (normalised
+ *    there when a norm is asked for: each block computes the rows' mean and
+ *    rstd itself, in a fixed order, so every block gets the same values),
+ *    or read from global memory when N*C is too large for shared memory;
+ *  - W warps per output row (W = 1 for many rows, up to 8 for few), each
+ *    lane loading GEMV_UNROLL float4 of the weight row before using any, with
+ *    streaming loads (__ldcs: the weights are read once per token, keep the
+ *    activations in L2 instead);
+ *  - a persistent grid (as many blocks as fit on the GPU at once) walks the
+ *    output rows, so the prologue is paid once per block, not per row;
+ *  - sums in a fixed order: each lane in order of its loads, the warp by a
+ *    shuffle tree, the W warps in warp order: deterministic for a given W,
+ *    and W depends only on the shape.
+ * VEC: float4 loads (C % 4 == 0, inp and w 16-byte aligned). XS: inputs
+ * staged in shared memory (N*C <= GEMV_XS_FLOATS). */
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+#define GEMV_THREADS (32 * GEMV_WARPS)
+#define GEMV_UNROLL 4
+#define GEMV_XS_FLOATS 12288 /* 48 KB: the default limit of dynamic shared memory */
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 
-template <int VEC>
-__global__ void k_gemv(float *out, const float *inp, const float *w, const float *bias, int N,
-                       int64_t C, int64_t OC, int W) {
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+template <int VEC, int XS>
+__global__ void __launch_bounds__(GEMV_THREADS)
+    k_linear_small(float *out, const float *inp, const float *resid, const float *w,
+                   const float *bias, const float *norm_w, const float *norm_b, int N, int C,
+                   int64_t OC, int norm, float eps, int act, int W) {
+    extern __shared__ float4 xs4[]; /* [N, C] when XS */
+    float *xs = (float *)xs4;
     __shared__ float part[GEMV_MAX_ROWS][GEMV_WARPS];
+    __shared__ float stat_mean[GEMV_MAX_ROWS], stat_rstd[GEMV_MAX_ROWS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t oc = blockIdx.x * (int64_t)(GEMV_WARPS / W) + warp / W;
-    const int slice = warp % W;
-    float acc[GEMV_MAX_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.0f;
-    if (oc < OC) { /* no early return: every thread reaches __syncthreads */
-        const float *wr = w + oc * C;
-        if (VEC) {
-            const float4 *w4 = (const float4 *)wr;
-            for (int64_t c = slice * 32 + lane; c < C / 4; c += (int64_t)W * 32) {
-                const float4 a = w4[c];
-#pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; r++)
-                    if (r < N) {
-                        const float4 x = ((const float4 *)(inp + r * C))[c];
-                        acc[r] += a.x * x.x + a.y * x.y + a.z * x.z + a.w * x.w;
-                    }
+    if (XS) {
+        const int total = N * C;
+        for (int i = threadIdx.x; i < total; i += GEMV_THREADS) xs[i] = inp[i];
+        if (norm != OPS_NORM_NONE) {
+            __syncthreads();
+            if (warp < N) { /* warp r: row r's statistics, as k_layernorm/k_rmsnorm_forward */
+                const float *x = xs + warp * C;
+                float m = 0.0f, r;
+                if (norm == OPS_NORM_LAYER) {
+                    float sum = 0.0f;
+                    for (int c = lane; c < C; c += 32) sum += x[c];
+                    m = warp_sum(sum) / (float)C;
+                    float v = 0.0f;
+                    for (int c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
+                    r = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
+                } else {
+                    float ss = 0.0f;
+                    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+                    r = 1.0f / sqrtf(warp_sum(ss) / (float)C + eps);
+                }
+                if (lane == 0) stat_mean[warp] = m, stat_rstd[warp] = r;
             }
-        } else {
-            for (int64_t c = slice * 32 + lane; c < C; c += (int64_t)W * 32) {
-                const float a = wr[c];
-#pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; r++)
-                    if (r < N) acc[r] += a * inp[r * C + c];
+            __syncthreads();
+            for (int i = threadIdx.x; i < total; i += GEMV_THREADS) {
+                const int r = i / C, c = i - r * C;
+                xs[i] = norm == OPS_NORM_LAYER
+                            ? (xs[i] - stat_mean[r]) * stat_rstd[r] * norm_w[c] + norm_b[c]
+                            : xs[i] * stat_rstd[r] * norm_w[c];
             }
         }
+        __syncthreads();
     }
+    const int per_block = GEMV_WARPS / W, slice = warp % W, step = W * 32;
+    const int64_t units_stride = (int64_t)gridDim.x * per_block;
+    /* base is the same for the whole block: every thread meets the barriers */
+    for (int64_t base = (int64_t)blockIdx.x * per_block; base < OC; base += units_stride) {
+        const int64_t oc = base + warp / W;
+        float acc[GEMV_MAX_ROWS];
 #pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
-        const float t = warp_sum(acc[r]); /* every lane of every warp takes part */
-        if (lane == 0) part[r][warp] = t;
-    }
-    __syncthreads();
-    if (oc < OC && slice == 0 && lane < N) { /* lane r writes row r */
+        for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.0f;
+        if (oc < OC) {
+            if (VEC) {
+                const int C4 = C >> 2;
+                const float4 *w4 = (const float4 *)(w + oc * (int64_t)C);
+                for (int c0 = slice * 32 + lane; c0 < C4; c0 += step * GEMV_UNROLL) {
+                    float4 a[GEMV_UNROLL];
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++) { /* all loads first */
+                        const int c = c0 + u * step;
+                        a[u] = c < C4 ? __ldcs(w4 + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    }
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++) {
+                        const int c = c0 + u * step;
+                        if (c < C4) {
+#pragma unroll
+                            for (int r = 0; r < GEMV_MAX_ROWS; r++)
+                                if (r < N) {
+                                    const float4 x = XS ? xs4[r * C4 + c]
+                                                        : __ldg((const float4 *)(inp + (int64_t)r * C) + c);
+                                    acc[r] += a[u].x * x.x + a[u].y * x.y + a[u].z * x.z + a[u].w * x.w;
+                                }
+                        }
+                    }
+                }
+            } else {
+                const float *wr = w + oc * (int64_t)C;
+                for (int c0 = slice * 32 + lane; c0 < C; c0 += step * GEMV_UNROLL) {
+                    float a[GEMV_UNROLL];
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++) {
+                        const int c = c0 + u * step;
+                        a[u] = c < C ? __ldcs(wr + c) : 0.0f;
+                    }
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++) {
+                        const int c = c0 + u * step;
+                        if (c < C) {
+#pragma unroll
+                            for (int r = 0; r < GEMV_MAX_ROWS; r++)
+                                if (r < N) acc[r] += a[u] * (XS ? xs[r * C + c] : __ldg(inp + (int64_t)r * C + c));
+                        }
+                    }
+                }
+            }
+        }
+        /* N is the same for every thread, so whole warps take part in each sum */
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; r++)
+            if (r < N) {
+                acc[r] = warp_sum(acc[r]);
+                if (W > 1 && lane == 0) part[r][warp] = acc[r];
+            }
+        int row = -1; /* the row this lane writes, and its sum */
         float t = 0.0f;
-        for (int k = 0; k < W; k++) t += part[lane][warp + k];
-        out[(int64_t)lane * OC + oc] = bias ? t + bias[oc] : t;
+        if (W > 1) {
+            __syncthreads();
+            if (oc < OC && slice == 0 && lane < N) {
+                for (int k = 0; k < W; k++) t += part[lane][warp + k];
+                row = lane;
+            }
+            __syncthreads(); /* part is written again by the next row */
+        } else if (oc < OC && lane < N) {
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_ROWS; r++)
+                if (r == lane) t = acc[r];
+            row = lane;
+        }
+        if (row >= 0) {
+            if (bias) t += bias[oc];
+            if (act == OPS_ACT_GELU) t = gelu_tanh(t);
+            const int64_t at = (int64_t)row * OC + oc;
+            if (resid) t = resid[at] + t; /* resid may be out: this thread reads, then writes */
+            out[at] = t;
+        }
     }
 }
 
-/* Warps per output: enough warps in all (>= 4096) for the loads in flight to
- * cover the memory latency, at most 8 (one block), a power of two. */
-static int gemv_warps_per_output(int64_t OC) {
+/* Warps per output row: enough warps in all (>= 4096) for the loads in
+ * flight to cover the memory latency, at most 8 (one block) and at most one
+ * per 32 loads of a row (no idle lanes), a power of two. */
+static int gemv_warps_per_output(int64_t OC, int64_t loads_per_row) {
     int W = 1;
-    while (W < GEMV_WARPS && OC * W < 4096) W *= 2;
+    while (W < GEMV_WARPS && OC * W < 4096 && (int64_t)W * 2 * 32 <= loads_per_row) W *= 2;
     return W;
 }
 
-static void gemv_forward(float *out, const float *inp, const float *w, const float *bias,
-                         int64_t N, int64_t C, int64_t OC) {
-    const int W = gemv_warps_per_output(OC);
+static int g_sm_count = 0; /* set at start-up */
+
+/* Can k_linear_small take this shape? N rows within GEMV_MAX_ROWS, int
+ * indexing, and a norm only when the rows fit in shared memory. */
+static int linear_small_fits(int64_t N, int64_t C, int64_t OC, int norm) {
+    if (!g_gemv || N < 1 || N > GEMV_MAX_ROWS || C < 1 || C > (1 << 26) || OC < 1) return 0;
+    return N * C <= GEMV_XS_FLOATS || norm == OPS_NORM_NONE;
+}
+
+/* Blocks of a persistent grid: as many as can be resident at once, from
+ * the register-limited occupancy of each kernel (queried once at start-up,
+ * outside any graph capture) and the shared memory a launch asks for. Too
+ * many blocks would only cost a second wave, never a wrong result. */
+static int g_linear_occupancy[2][2]; /* [VEC][XS]: blocks per SM without dynamic shared memory */
+static int g_smem_per_sm = 0;
+
+template <int VEC, int XS>
+static void linear_small_occupancy(void) {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_linear_small<VEC, XS>,
+                                                      GEMV_THREADS, 0) != cudaSuccess) {
+        cudaGetLastError();
+        per_sm = 0;
+    }
+    g_linear_occupancy[VEC][XS] = per_sm > 0 ? per_sm : 2;
+}
+
+static void linear_small_init(void) {
+    linear_small_occupancy<0, 0>();
+    linear_small_occupancy<0, 1>();
+    linear_small_occupancy<1, 0>();
+    linear_small_occupancy<1, 1>();
+}
+
+template <int VEC, int XS>
+static unsigned linear_small_grid(size_t smem, int64_t units) {
+    int64_t per_sm = g_linear_occupancy[VEC][XS] > 0 ? g_linear_occupancy[VEC][XS] : 2;
+    if (smem > 0 && g_smem_per_sm > 0) { /* static part ~0.3 KB, plus ~1 KB the system keeps */
+        const int64_t by_smem = (int64_t)g_smem_per_sm / (int64_t)(smem + 2048);
+        if (by_smem < per_sm) per_sm = by_smem;
+    }
+    if (per_sm < 1) per_sm = 1;
+    const int64_t max_blocks = per_sm * (g_sm_count > 0 ? g_sm_count : 1);
+    const int64_t b = units < max_blocks ? units : max_blocks;
+    return (unsigned)(b < 1 ? 1 : b);
+}
+
+template <int VEC, int XS>
+static void launch_linear_small(float *out, const float *inp, const float *resid, const float *w,
+                                const float *bias, const float *norm_w, const float *norm_b,
+                                int64_t N, int64_t C, int64_t OC, int norm, float eps, int act) {
+    const int W = gemv_warps_per_output(OC, VEC ? C / 4 : C);
     const int64_t per_block = GEMV_WARPS / W;
-    const unsigned blocks = (unsigned)((OC + per_block - 1) / per_block);
+    const size_t smem = XS ? (size_t)(N * C) * sizeof(float) : 0;
+    const unsigned blocks = linear_small_grid<VEC, XS>(smem, (OC + per_block - 1) / per_block);
+    k_linear_small<VEC, XS><<<blocks, GEMV_THREADS, smem, g_stream>>>(
+        out, inp, resid, w, bias, norm_w, norm_b, (int)N, (int)C, OC, norm, eps, act, W);
+}
+
+/* The kernel for a shape linear_small_fits() accepted. */
+static void linear_small(float *out, const float *inp, const float *resid, const float *w,
+                         const float *bias, const float *norm_w, const float *norm_b, int64_t N,
+                         int64_t C, int64_t OC, int norm, float eps, int act) {
+    const int xs = N * C <= GEMV_XS_FLOATS;
     const int vec = C % 4 == 0 && ((uintptr_t)inp % 16) == 0 && ((uintptr_t)w % 16) == 0;
-    if (vec)
-        k_gemv<1><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(out, inp, w, bias, (int)N, C, OC, W);
+    if (vec && xs)
+        launch_linear_small<1, 1>(out, inp, resid, w, bias, norm_w, norm_b, N, C, OC, norm, eps, act);
+    else if (vec)
+        launch_linear_small<1, 0>(out, inp, resid, w, bias, norm_w, norm_b, N, C, OC, norm, eps, act);
+    else if (xs)
+        launch_linear_small<0, 1>(out, inp, resid, w, bias, norm_w, norm_b, N, C, OC, norm, eps, act);
     else
-        k_gemv<0><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(out, inp, w, bias, (int)N, C, OC, W);
+        launch_linear_small<0, 0>(out, inp, resid, w, bias, norm_w, norm_b, N, C, OC, norm, eps, act);
 }
 
 /* Row-major out[M,N] (ld N) = alpha * A[M,K] * op(B) + beta * out, written
@@ -397,8 +570,9 @@ static void gemv_forward(float *out, const float *inp, const float *w, const flo
 static void cu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                               int64_t N, int64_t C, int64_t OC) {
     /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias): column-major out^T = w * inp^T */
-    if (g_gemv && N >= 1 && N <= GEMV_MAX_ROWS && OC <= (int64_t)UINT32_MAX) {
-        gemv_forward(out, inp, w, bias, N, C, OC);
+    if (linear_small_fits(N, C, OC, OPS_NORM_NONE)) {
+        linear_small(out, inp, NULL, w, bias, NULL, NULL, N, C, OC, OPS_NORM_NONE, 0.0f,
+                     OPS_ACT_NONE);
         op_done("matmul_forward (gemv)");
         return;
     }
@@ -850,6 +1024,12 @@ static void cu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
     op_done("attention_cached");
 }
 
+__global__ void k_pos_to_len(int64_t *len, const int32_t *pos, int64_t N) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N;
+         i += (int64_t)gridDim.x * blockDim.x)
+        len[i] = (int64_t)pos[i] + 1;
+}
+
 __global__ void k_kv_write(float *const *k_cache, float *const *v_cache, const float *kbase,
                            int64_t kstride, const float *vbase, int64_t vstride,
                            const int32_t *pos, int64_t N, int64_t KV, int64_t hd,
@@ -872,9 +1052,129 @@ static void cu_kv_write(float *const *k_cache, float *const *v_cache, OpsHeads k
     op_done("kv_write");
 }
 
-/* -------------------------------------------------------- activations ---- */
+/* ops.h attention_cached_write: the cache write and the attention of a
+ * decode step in one kernel, a block per (row n, query head h) as above.
+ * Row n's new key and value (position pos[n]) are read from k/v, not from
+ * the cache, so no block waits for another: the first query head of each
+ * kv head writes them into the cache, and no block of this launch reads
+ * that position from the cache (rows have pairwise different caches, the
+ * op's precondition). Scores: a thread per key, its dot product over d in
+ * order (float4 when hd % 4 == 0), so a key costs one round of independent
+ * loads instead of a warp reduction per key. Softmax and the weighted sum
+ * of V as in k_attention_cached. q is staged in shared memory (hd floats).
+ * VEC (hd % 4 == 0, k 16-byte aligned) also reads the cache as float4: cache
+ * blocks must then be 16-byte aligned, as the model's are (cudaMalloc base +
+ * multiples of KV * max_len * hd floats). */
+template <int VEC>
+__global__ void __launch_bounds__(CACHED_THREADS)
+    k_attention_cached_write(float *out, const float *qbase, int64_t qstride, const float *kbase,
+                             int64_t kstride, const float *vbase, int64_t vstride,
+                             float *const *k_cache, float *const *v_cache, const int32_t *pos,
+                             float *scores, int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
+    __shared__ float sh[32];
+    __shared__ float part[CACHED_THREADS];
+    extern __shared__ float4 q4[]; /* [hd] */
+    float *qs = (float *)q4;
+    const int64_t nh = blockIdx.x, n = nh / NH, h = nh % NH, group = NH / KV, kvh = h / group;
+    const int64_t p = pos[n], L = p + 1;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *qi = qbase + n * qstride + h * hd;
+    const float *knew = kbase + n * kstride + kvh * hd, *vnew = vbase + n * vstride + kvh * hd;
+    float *kc = k_cache[n] + kvh * max_len * hd, *vc = v_cache[n] + kvh * max_len * hd;
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qi[d];
+    if (h % group == 0)
+        for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+            kc[p * hd + d] = knew[d];
+            vc[p * hd + d] = vnew[d];
+        }
+    __syncthreads();
+    float *s = scores + nh * max_len;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
+        const float *kj = j == p ? knew : kc + j * hd;
+        float dot = 0.0f;
+        if (VEC) {
+            const float4 *k4 = (const float4 *)kj;
+#pragma unroll 8
+            for (int64_t d4 = 0; d4 < hd / 4; d4++) {
+                const float4 a = k4[d4], b = q4[d4];
+                dot += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
+            }
+        } else {
+#pragma unroll 8
+            for (int64_t d = 0; d < hd; d++) dot += qs[d] * kj[d];
+        }
+        s[j] = dot * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_max(mx, sh);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
+        float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / block_sum(sum, sh);
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
+    __syncthreads();
+    float *o = out + n * NH * hd + h * hd;
+    if (hd > (int64_t)blockDim.x) { /* heads wider than the block: a thread per output */
+        for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < L; j++) acc += s[j] * (j == p ? vnew : vc + j * hd)[d];
+            o[d] = acc;
+        }
+        return;
+    }
+    const int64_t G = (int64_t)blockDim.x / hd, t = threadIdx.x, d = t % hd, g = t / hd;
+    float acc = 0.0f;
+    if (g < G) {
+#pragma unroll 4
+        for (int64_t j = g; j < L; j += G) acc += s[j] * (j == p ? vnew : vc + j * hd)[d];
+    }
+    part[t] = acc;
+    __syncthreads();
+    if (t < hd) {
+        float sum_g = 0.0f;
+        for (int64_t k = 0; k < G; k++) sum_g += part[k * hd + t];
+        o[t] = sum_g;
+    }
+}
 
-#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+static void cu_attention_cached_write(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                      float *const *k_cache, float *const *v_cache,
+                                      const int32_t *pos, int64_t N, int64_t NH, int64_t KV,
+                                      int64_t hd, int64_t max_len) {
+    if (N <= 0) return;
+    if (!g_fused) { /* the two ops it stands for; row lengths pos + 1 into scratch */
+        Carve cv = {(char *)scratch(align256((size_t)N * sizeof(int64_t)) +
+                                    align256((size_t)(N * NH * max_len) * sizeof(float))), 0};
+        int64_t *len = (int64_t *)carve(&cv, (size_t)N * sizeof(int64_t));
+        float *scores = (float *)carve(&cv, (size_t)(N * NH * max_len) * sizeof(float));
+        k_pos_to_len<<<grid_for(N, 256), 256, 0, g_stream>>>(len, pos, N);
+        k_kv_write<<<grid_for(N * KV * hd, 256), 256, 0, g_stream>>>(k_cache, v_cache, k.base, k.row_stride,
+                                                                   v.base, v.row_stride, pos, N, KV, hd, max_len);
+        k_attention_cached<<<(unsigned)(N * NH), CACHED_THREADS, 0, g_stream>>>(
+            out, q.base, q.row_stride, k_cache, v_cache, len, scores, NH, KV, hd, max_len);
+        op_done("attention_cached_write (unfused)");
+        return;
+    }
+    float *scores = (float *)scratch((size_t)(N * NH * max_len) * sizeof(float));
+    const int vec = hd % 4 == 0 && (uintptr_t)k.base % 16 == 0 && k.row_stride % 4 == 0;
+    const size_t smem = align256((size_t)hd * sizeof(float));
+    if (vec)
+        k_attention_cached_write<1><<<(unsigned)(N * NH), CACHED_THREADS, smem, g_stream>>>(
+            out, q.base, q.row_stride, k.base, k.row_stride, v.base, v.row_stride, k_cache, v_cache,
+            pos, scores, NH, KV, hd, max_len);
+    else
+        k_attention_cached_write<0><<<(unsigned)(N * NH), CACHED_THREADS, smem, g_stream>>>(
+            out, q.base, q.row_stride, k.base, k.row_stride, v.base, v.row_stride, k_cache, v_cache,
+            pos, scores, NH, KV, hd, max_len);
+    op_done("attention_cached_write");
+}
+
+/* -------------------------------------------------------- activations ---- */
 
 __global__ void k_swiglu_forward(float *out, const float *gu, int64_t N, int64_t F) {
     const int64_t total = N * F;
@@ -964,6 +1264,43 @@ static void cu_accumulate(float *acc, const float *a, int64_t n) {
 static void cu_scale(float *out, const float *inp, float s, int64_t n) {
     k_scale<<<grid_for(n, 256), 256, 0, g_stream>>>(out, inp, s, n);
     op_done("scale");
+}
+
+/* ------------------------------------------------- fused linear layer ---- */
+
+/* ops.h linear_fused. Small N: one k_linear_small launch (norm in its
+ * prologue, bias, GELU and the residual add in its epilogue). Otherwise, or
+ * with PONDER_CUDA_FUSED=0, the ops it stands for, one kernel each, with
+ * temporaries from the scratch buffer. */
+static void cu_linear_fused(float *out, const float *inp, const float *resid, const float *w,
+                            const float *bias, const float *norm_w, const float *norm_b,
+                            int64_t N, int64_t C, int64_t OC, int norm, float eps, int act) {
+    if (N <= 0 || OC <= 0) return;
+    if (g_fused && linear_small_fits(N, C, OC, norm)) {
+        linear_small(out, inp, resid, w, bias, norm_w, norm_b, N, C, OC, norm, eps, act);
+        op_done("linear_fused (gemv)");
+        return;
+    }
+    const size_t hbytes = norm != OPS_NORM_NONE ? (size_t)(N * C) * sizeof(float) : 0;
+    const size_t ybytes = resid ? (size_t)(N * OC) * sizeof(float) : 0;
+    const size_t sbytes = (size_t)N * sizeof(float);
+    Carve cv = {(char *)scratch(align256(hbytes) + align256(ybytes) + 2 * align256(sbytes)), 0};
+    const float *h = inp;
+    if (norm != OPS_NORM_NONE) {
+        float *hn = (float *)carve(&cv, hbytes);
+        float *mean = (float *)carve(&cv, sbytes), *rstd = (float *)carve(&cv, sbytes);
+        if (norm == OPS_NORM_RMS)
+            k_rmsnorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(hn, rstd, inp, norm_w, N, C, eps);
+        else
+            k_layernorm_forward<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, g_stream>>>(hn, mean, rstd, inp, norm_w,
+                                                                                norm_b, N, C, eps);
+        h = hn;
+    }
+    float *y = resid ? (float *)carve(&cv, ybytes) : out;
+    cu_matmul_forward(y, h, w, bias, N, C, OC);
+    if (act == OPS_ACT_GELU) k_gelu_forward<<<grid_for(N * OC, 256), 256, 0, g_stream>>>(y, y, N * OC);
+    if (resid) k_add<<<grid_for(N * OC, 256), 256, 0, g_stream>>>(out, resid, y, N * OC);
+    op_done("linear_fused");
 }
 
 /* ------------------------------------------------------------ LM head ---- */
@@ -1311,6 +1648,8 @@ static ModelOps make_table(void) {
     o.attention_backward = cu_attention_backward;
     o.attention_cached = cu_attention_cached;
     o.kv_write = cu_kv_write;
+    o.attention_cached_write = cu_attention_cached_write;
+    o.linear_fused = cu_linear_fused;
     o.swiglu_forward = cu_swiglu_forward;
     o.swiglu_backward = cu_swiglu_backward;
     o.gelu_forward = cu_gelu_forward;
@@ -1371,6 +1710,15 @@ static int init_backend(void) {
     const char *graphs = getenv("PONDER_CUDA_GRAPHS"), *gemv = getenv("PONDER_CUDA_GEMV");
     g_graphs = !(graphs && graphs[0] == '0');
     g_gemv = !(gemv && gemv[0] == '0');
+    const char *fused = getenv("PONDER_CUDA_FUSED");
+    g_fused = !(fused && fused[0] == '0');
+    if (cudaDeviceGetAttribute(&g_sm_count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&g_smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) !=
+            cudaSuccess) {
+        cudaGetLastError();
+        g_sm_count = 1, g_smem_per_sm = 0;
+    }
+    linear_small_init();
     /* for graph capture only; without them graphs stay off (not an error) */
     if (cudaStreamCreateWithFlags(&g_capture_stream, cudaStreamNonBlocking) != cudaSuccess ||
         cudaEventCreateWithFlags(&g_ev_before, cudaEventDisableTiming) != cudaSuccess ||
@@ -1450,6 +1798,8 @@ extern "C" void cuda_set_graphs(int on) { g_graphs = on != 0 && g_capture_stream
 extern "C" int cuda_graphs_enabled(void) { return g_graphs; }
 extern "C" void cuda_set_gemv(int on) { g_gemv = on != 0; }
 extern "C" int cuda_gemv_enabled(void) { return g_gemv; }
+extern "C" void cuda_set_fused(int on) { g_fused = on != 0; }
+extern "C" int cuda_fused_enabled(void) { return g_fused; }
 
 extern "C" void cuda_graph_stats(long long *captures, long long *launches, long long *refusals) {
     if (captures) *captures = g_graph_captures;
