@@ -11,7 +11,9 @@
  * 124M shape (B=4, T=1024; smaller if that does not fit) in fp32 and TF32;
  * decode tokens/s at batch 1 and 64 against the bandwidth bound for reading
  * the weights once per token, each with CUDA graphs off and on (and batch 1
- * also with cuBLAS instead of the small-N GEMV: the state before graphs). Every number is printed as
+ * also with cuBLAS instead of the small-N GEMV: the state before graphs; and
+ * with the fused decode ops off and on), and per-op timings of a batch-1
+ * GPT-2 step's ops, fused and op by op. Every number is printed as
  *     RESULT | <name> | <value> <unit> | <note>
  * which bench/gpu_check.sh collects into its closing table.
  *
@@ -217,21 +219,23 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
 /* Decode at `slots` rows per step; graphs and gemv select the CUDA backend's
  * paths (cuda_set_graphs / cuda_set_gemv) for this run only. */
 static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick,
-                        int graphs, int gemv) {
+                        int graphs, int gemv, int fused) {
     ModelConfig cfg = gpt2_124m();
     Model *m = NULL;
     ModelKVCache *kv = NULL;
     PonderError err = {0};
     const int64_t prompt = 16, steps = quick ? 32 : 128, V = cfg.vocab_size;
     const int graphs_before = cuda_graphs_enabled(), gemv_before = cuda_gemv_enabled();
+    const int fused_before = cuda_fused_enabled();
     cuda_set_graphs(graphs);
     cuda_set_gemv(gemv);
+    cuda_set_fused(fused);
     int rc = model_create_on(&m, &cfg, g, &err);
     if (!rc) rc = model_kv_create(&kv, m, slots, prompt + steps + 8, &err);
     if (rc) {
         printf("decode: %s\n", err.msg);
         model_free(m);
-        cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before);
+        cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before), cuda_set_fused(fused_before);
         return 1;
     }
     model_init_weights(m, 99);
@@ -261,8 +265,8 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     if (!rc) {
         double tps = (double)(slots * steps) / dt;
         char name[96];
-        snprintf(name, sizeof name, "decode batch %lld graphs %s%s", (long long)slots,
-                 graphs ? "on" : "off", gemv ? "" : " cublas");
+        snprintf(name, sizeof name, "decode batch %lld graphs %s%s%s", (long long)slots,
+                 graphs ? "on" : "off", gemv ? "" : " cublas", fused ? " fused" : "");
         double bytes = (double)model_num_params(m) * 4.0;
         double bound = k->copy_gbps * 1e9 / bytes; /* steps/s when reading fp32 weights once */
         result(name, tps, "tok/s",
@@ -276,7 +280,7 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     free(logits), free(tok), free(sl);
     model_kv_free(kv);
     model_free(m);
-    cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before);
+    cuda_set_graphs(graphs_before), cuda_set_gemv(gemv_before), cuda_set_fused(fused_before);
     return rc ? 1 : 0;
 }
 
@@ -285,7 +289,7 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
  * which op dominates a step. */
 static void bench_decode_ops(const ModelOps *g) {
     const int64_t C = 768, NH = 12, hd = 64, L = 128, max_len = 160, V = 50257, it = 200;
-    float *x = g->alloc((size_t)(4 * C) * 4), *y = g->alloc((size_t)V * 4);
+    float *x = g->alloc((size_t)(4 * C) * 4), *y = g->alloc((size_t)V * 4); /* x: 3072 wide */
     float *w = g->alloc((size_t)(V * C) * 4), *b = g->alloc((size_t)V * 4);
     float *kc = g->alloc((size_t)(NH * max_len * hd) * 4), *vc = g->alloc((size_t)(NH * max_len * hd) * 4);
     float **ptrs = g->alloc(2 * sizeof(float *));
@@ -311,6 +315,31 @@ static void bench_decode_ops(const ModelOps *g) {
             if (rep) result(name, us, "us", "%.0f GB/s of weights", (double)(mm[i][0] * mm[i][1]) * 4e-3 / us);
         }
     }
+    /* the fused forms a GPT-2 layer is made of (ops.h linear_fused) */
+    struct {
+        const char *name;
+        int64_t C, OC;
+        int norm, act, resid;
+    } fl[] = {{"op fused LN+1x768x2304 (qkv)", C, 3 * C, OPS_NORM_LAYER, OPS_ACT_NONE, 0},
+              {"op fused 1x768x768+resid (o)", C, C, OPS_NORM_NONE, OPS_ACT_NONE, 1},
+              {"op fused LN+1x768x3072+gelu (fc)", C, 4 * C, OPS_NORM_LAYER, OPS_ACT_GELU, 0},
+              {"op fused 1x3072x768+resid (proj)", 4 * C, C, OPS_NORM_NONE, OPS_ACT_NONE, 1},
+              {"op fused LN+1x768x50257 (head)", C, V, OPS_NORM_LAYER, OPS_ACT_NONE, 0}};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) {
+        for (int rep = 0; rep < 2; rep++) {
+            cuda_synchronize();
+            double t0 = now_s();
+            for (int64_t k = 0; k < it; k++)
+                g->linear_fused(y, x, fl[i].resid ? y : NULL, w, fl[i].OC == V ? NULL : b,
+                                fl[i].norm ? b : NULL, fl[i].norm ? b + 16 : NULL, 1, fl[i].C,
+                                fl[i].OC, fl[i].norm, 1e-5f, fl[i].act);
+            cuda_synchronize();
+            double us = 1e6 * (now_s() - t0) / (double)it;
+            if (rep)
+                result(fl[i].name, us, "us", "%.0f GB/s of weights; fused %s",
+                       (double)(fl[i].C * fl[i].OC) * 4e-3 / us, cuda_fused_enabled() ? "on" : "off");
+        }
+    }
     OpsHeads q = {x, NH * hd};
     for (int rep = 0; rep < 2; rep++) {
         cuda_synchronize();
@@ -319,6 +348,25 @@ static void bench_decode_ops(const ModelOps *g) {
             g->attention_cached(y, q, ptrs, ptrs + 1, len, 1, NH, NH, hd, max_len);
         cuda_synchronize();
         if (rep) result("op attention_cached", 1e6 * (now_s() - t0) / (double)it, "us", "N=1, 12 heads of 64, 128 keys");
+    }
+    /* the same attention with the cache write fused in (position 127, so 128 keys) */
+    int32_t *posd = g->alloc(sizeof(int32_t));
+    if (posd) {
+        int32_t hp127 = (int32_t)(L - 1);
+        g->upload(posd, &hp127, sizeof hp127);
+        OpsHeads kh = {x + C, NH * hd}, vh = {x + 2 * C, NH * hd};
+        for (int rep = 0; rep < 2; rep++) {
+            cuda_synchronize();
+            double t0 = now_s();
+            for (int64_t k = 0; k < it; k++)
+                g->attention_cached_write(y, q, kh, vh, ptrs, ptrs + 1, posd, 1, NH, NH, hd, max_len);
+            cuda_synchronize();
+            if (rep)
+                result("op attention_cached_write", 1e6 * (now_s() - t0) / (double)it, "us",
+                       "N=1, 12 heads of 64, 128 keys, cache write fused; fused %s",
+                       cuda_fused_enabled() ? "on" : "off");
+        }
+        g->free(posd);
     }
     for (int rep = 0; rep < 2; rep++) {
         cuda_synchronize();
@@ -336,11 +384,19 @@ static void bench_decode_ops(const ModelOps *g) {
 static int bench_decode_all(const ModelOps *g, const Ceilings *k, int quick) {
     int failed = 0;
     bench_decode_ops(g);
-    failed |= bench_decode(g, k, 1, quick, 0, 0);
-    failed |= bench_decode(g, k, 1, quick, 0, 1);
-    failed |= bench_decode(g, k, 1, quick, 1, 1);
-    failed |= bench_decode(g, k, 64, quick, 0, 1);
-    failed |= bench_decode(g, k, 64, quick, 1, 1);
+    /* the fused entries run op by op (the step as before the fusion), for comparison */
+    const int fused_before = cuda_fused_enabled();
+    cuda_set_fused(0);
+    bench_decode_ops(g);
+    cuda_set_fused(fused_before);
+    /* graphs, gemv, fused */
+    failed |= bench_decode(g, k, 1, quick, 0, 0, 0); /* cuBLAS, op by op: the oldest path */
+    failed |= bench_decode(g, k, 1, quick, 0, 1, 0);
+    failed |= bench_decode(g, k, 1, quick, 1, 1, 0); /* the 0.905 ms/step row of 6b62e85 */
+    failed |= bench_decode(g, k, 1, quick, 0, 1, 1);
+    failed |= bench_decode(g, k, 1, quick, 1, 1, 1);
+    failed |= bench_decode(g, k, 64, quick, 0, 1, 1);
+    failed |= bench_decode(g, k, 64, quick, 1, 1, 1);
     return failed;
 }
 

@@ -22,7 +22,8 @@
 # Options: --standalone forces the standalone build; --dry-run (for machines
 # without a GPU) skips the GPU gate, builds, and runs the parity suite against
 # the fake device (tests/fake_device.h) instead of the GPU parts; --decode
-# (a short GPU check of decode work) runs only the matmul, attention_cached and
+# (a short GPU check of decode work) runs only the matmul, attention_cached,
+# attention_cached_write, linear_fused and
 # decode parity cases and the decode benchmark.
 set -euo pipefail
 
@@ -261,14 +262,14 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS}
 
 if ((DRY_RUN)); then
-    run_part parity 150 "$BUILD/gpu_bench" --parity --fake-device --only rope,attention_cached,model_step,decode
+    run_part parity 150 "$BUILD/gpu_bench" --parity --fake-device --only matmul,rope,attention_cached,attention_cached_write,linear_fused,model_step,decode
     print_table
     exit
 fi
 
 if ((DECODE_ONLY)); then
-    run_part parity 120 env PONDER_CUDA_SYNC=1 "$BUILD/gpu_bench" --parity --only matmul,attention_cached,decode
-    run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,decode
+    run_part parity 120 env PONDER_CUDA_SYNC=1 "$BUILD/gpu_bench" --parity --only matmul,attention_cached,attention_cached_write,linear_fused,decode
+    run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,linear_fused,decode
     run_part bench 120 "$BUILD/gpu_bench" --bench --decode
     print_table
     exit
@@ -277,7 +278,7 @@ fi
 # ----------------------------------------------------------------- parity ---
 run_part parity 150 env PONDER_CUDA_SYNC=1 "$BUILD/gpu_bench" --parity
 # without the per-op sync that would hide a graph replay ordered wrongly
-run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,decode
+run_part parity_async 60 "$BUILD/gpu_bench" --parity --only matmul,linear_fused,decode
 if [[ -x $BUILD/test_cuda ]]; then
     run_part test_cuda 120 "$BUILD/test_cuda" --verbose --filter 'cuda/*'
 fi
@@ -288,7 +289,7 @@ run_part bench 210 "$BUILD/gpu_bench" --bench
 # --------------------------------------------------------------- memcheck ---
 if command -v compute-sanitizer >/dev/null 2>&1; then
     run_part memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
-        "$BUILD/gpu_bench" --parity --only matmul,embedding,norms,rope,attention,attention_cached,activations,optimizer
+        "$BUILD/gpu_bench" --parity --only matmul,embedding,norms,rope,attention,attention_cached,attention_cached_write,linear_fused,activations,optimizer
 else
     record memcheck SKIPPED "compute-sanitizer not installed"
 fi
