@@ -117,6 +117,12 @@ Test(rl, dynamic_sampling_refills_dropped_groups, .timeout = 120) {
         if (rounds >= 1 && groups == 6) refilled++;
         if (rounds == 20 && groups < 6) limited++;
         if (rounds >= 1) cr_expect(zero > 0, "resampled without dropping a group");
+        /* every generated token counts, kept or dropped: at least the kept ones */
+        double tokens = json_number(line, "tokens_generated"), samples = json_number(line, "samples");
+        double kept_tokens = samples * json_number(line, "completion_length");
+        cr_expect(tokens >= kept_tokens - 0.5 && tokens > 0, "tokens_generated %g < %g kept", tokens,
+                  kept_tokens);
+        if (rounds >= 1) cr_expect(tokens > kept_tokens, "dropped groups' tokens not counted");
     }
     fclose(f);
     cr_expect_eq(rl_lines, 3);

@@ -384,13 +384,14 @@ static int collect(RlStage *s, int64_t step, int64_t *cursor, Rollout *r, RlStep
         if (rc == PONDER_OK) rc = score_round(s, &rd, err);
         st->t_generate += t1 - t0;
         st->t_score += now_s() - t1;
+        /* counted before adopt_group moves the samples out of the round */
+        for (int64_t i = 0; i < rd.P * G && rc == PONDER_OK; i++)
+            st->tokens_generated += rd.samples[i].n;
         for (int64_t p = 0; p < rd.P && rc == PONDER_OK; p++) {
             int constant = group_is_constant(&rd, p, G);
             constant_groups += constant;
             if (!cs->dynamic_sampling || !constant) adopt_group(r, &rd, p);
         }
-        for (int64_t i = 0; i < rd.P * G && rc == PONDER_OK; i++)
-            st->tokens_generated += rd.samples[i].n;
         generated_groups += rd.P;
         st->resample_rounds = round;
         round_free(&rd, G);
