@@ -22,7 +22,11 @@ static inline float exp_fast(float x) {
     /* e^x = 2^n * e^r with n = round(x / ln2), |r| <= ln2/2 */
     if (x < -87.0f) x = -87.0f; /* below this e^x is denormal; treat as tiny */
     if (x > 88.0f) x = 88.0f;
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    /* rint, not floor(t + 0.5): GCC vectorises rint (it may raise inexact,
+     * like the vector round instruction) but not floor without
+     * -fno-trapping-math, and one scalar floor kept every loop that calls
+     * exp_fast (SwiGLU, GELU, softmax) scalar. Both round to within 1/2. */
+    float n = __builtin_rintf(x * 1.44269504088896341f);
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
