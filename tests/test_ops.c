@@ -509,14 +509,14 @@ static double attention_loss(const void *p) {
     return L;
 }
 
-static void check_attention(int64_t KV, const int32_t *start, uint64_t seed) {
+static void check_attention_hd(int64_t KV, const int32_t *start, uint64_t seed, int64_t hd) {
     const ModelOps *o = ops_cpu();
-    const int64_t B = B_, T = T_, NH = NH_, hd = HD_, N = B * T, stride = (NH + 2 * KV) * hd;
+    const int64_t B = B_, T = T_, NH = NH_, N = B * T, stride = (NH + 2 * KV) * hd;
     const int64_t C = NH * hd;
     if (start)
-        printf("attention NH=%ld KV=%ld start={%d,%d}\n", (long)NH, (long)KV, start[0], start[1]);
+        printf("attention NH=%ld KV=%ld hd=%ld start={%d,%d}\n", (long)NH, (long)KV, (long)hd, start[0], start[1]);
     else
-        printf("attention NH=%ld KV=%ld start=NULL\n", (long)NH, (long)KV);
+        printf("attention NH=%ld KV=%ld hd=%ld start=NULL\n", (long)NH, (long)KV, (long)hd);
     Rng rng = rng_from_seed(seed);
     float *qkv = randn(&rng, N * stride, 1.0, 0.0);
     OpsHeads q = {qkv, stride}, k = {qkv + NH * hd, stride}, v = {qkv + (NH + KV) * hd, stride};
@@ -582,7 +582,21 @@ static void check_attention(int64_t KV, const int32_t *start, uint64_t seed) {
     free(pre), free(g), free(fd);
 }
 
+static void check_attention(int64_t KV, const int32_t *start, uint64_t seed) {
+    check_attention_hd(KV, start, seed, HD_);
+}
+
 Test(ops, attention_causal_mha) { check_attention(NH_, NULL, 600); }
+/* head sizes with the vector forms (attention_row_hd, attention_head_backward_hd) */
+Test(ops, attention_head_size_32) {
+    const int32_t start[B_] = {0, 2};
+    check_attention_hd(KV_, start, 602, 32);
+}
+Test(ops, attention_head_size_64) { check_attention_hd(NH_, NULL, 603, 64); }
+Test(ops, attention_head_size_128) {
+    const int32_t start[B_] = {1, 0};
+    check_attention_hd(1, start, 604, 128);
+}
 Test(ops, attention_gqa) { check_attention(KV_, NULL, 601); }
 Test(ops, attention_gqa_left_padding) {
     static const int32_t start[B_] = {0, 2};

@@ -385,6 +385,44 @@ static inline void softmax_inplace(float *row, int64_t n) {
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
+/* One query row against L keys and values (rows ks / vs floats apart):
+ * o = softmax(q k^T * scale) v. row[0..L) receives the probabilities when
+ * `normalise` (the training forward keeps them for the backward), else the
+ * unnormalised exponentials. */
+static inline __attribute__((always_inline)) void attention_row_hd(float *o, float *row, const float *qi,
+                                                                   const float *kc, int64_t ks,
+                                                                   const float *vc, int64_t vs,
+                                                                   int64_t L, const int64_t HD,
+                                                                   float scale, int normalise) {
+    V16 q[8], acc[8];
+    for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c), acc[c] = (V16){0};
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < L; j++) {
+        V16 d = q[0] * v16_load(kc + j * ks);
+        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load(kc + j * ks + 16 * c);
+        row[j] = v16_sum(d) * scale;
+        mx = row[j] > mx ? row[j] : mx;
+    }
+    int64_t j = 0;
+    for (; j + 16 <= L; j += 16) {
+        V16 e = v16_exp(v16_load(row + j) - mx);
+        memcpy(row + j, &e, sizeof e);
+    }
+    for (; j < L; j++) row[j] = exp_fast(row[j] - mx);
+    float sum = 0.0f;
+    for (j = 0; j < L; j++) {
+        sum += row[j];
+        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load(vc + j * vs + 16 * c);
+    }
+    const float inv = L > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t c = 0; c < HD / 16; c++) {
+        V16 r = acc[c] * inv;
+        memcpy(o + 16 * c, &r, sizeof r);
+    }
+    if (normalise)
+        for (j = 0; j < L; j++) row[j] *= inv;
+}
+
 /* One (batch, head) of causal attention: queries and keys [s, T). */
 PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
                                    int64_t qs, const float *k, int64_t ks, const float *v,
@@ -396,6 +434,13 @@ PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, fl
         memset(o, 0, (size_t)hd * sizeof(float));
         if (i < s) continue; // padding before the sequence starts: no output
         const float *qi = q + i * qs;
+        const int64_t L = i - s + 1;
+        switch (hd) { /* register-resident forms (see attention_row_hd) */
+        case 32: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 32, scale, 1); continue;
+        case 64: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 64, scale, 1); continue;
+        case 128: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 128, scale, 1); continue;
+        default: break;
+        }
         for (int64_t j = s; j <= i; j++) arow[j] = dot_hd(qi, k + j * ks, hd) * scale;
         softmax_inplace(arow + s, i - s + 1);
         for (int64_t j = s; j <= i; j++) axpy_hd(o, arow[j], v + j * vs, hd);
@@ -419,11 +464,67 @@ static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k
 
 /* Backward of one query head; dk/dv belong to its kv head and are shared by
  * the heads of the group, which the caller runs in order on one thread. */
+/* The backward of one head with a compile-time HD: the output gradient,
+ * the query and dq's running sum stay in vector registers (dq accumulated in
+ * memory made every key's update wait for the previous one). */
+static inline __attribute__((always_inline)) void attention_head_backward_hd(
+    float *dq, float *dk, float *dv, const float *dout, int64_t dout_stride, const float *att,
+    const float *q, const float *k, const float *v, int64_t stride_q, int64_t stride_kv,
+    int64_t dstride_q, int64_t dstride_kv, float *drow, int64_t s, int64_t T, const int64_t HD) {
+    const float scale = 1.0f / sqrtf((float)HD);
+    for (int64_t i = s; i < T; i++) {
+        const float *arow = att + i * T, *go = dout + i * dout_stride, *qi = q + i * stride_q;
+        V16 g[8], qv[8], dqa[8];
+        for (int64_t c = 0; c < HD / 16; c++)
+            g[c] = v16_load(go + 16 * c), qv[c] = v16_load(qi + 16 * c), dqa[c] = (V16){0};
+        float dsum = 0.0f;
+        for (int64_t j = s; j <= i; j++) {
+            const float *vj = v + j * stride_kv;
+            float *dvj = dv + j * dstride_kv;
+            V16 d = g[0] * v16_load(vj);
+            for (int64_t c = 1; c < HD / 16; c++) d += g[c] * v16_load(vj + 16 * c);
+            drow[j] = v16_sum(d); // d(att_ij)
+            dsum += drow[j] * arow[j];
+            for (int64_t c = 0; c < HD / 16; c++) {
+                V16 r = v16_load(dvj + 16 * c) + arow[j] * g[c];
+                memcpy(dvj + 16 * c, &r, sizeof r);
+            }
+        }
+        for (int64_t j = s; j <= i; j++) {
+            const float dpre = arow[j] * (drow[j] - dsum) * scale;
+            const float *kj = k + j * stride_kv;
+            float *dkj = dk + j * dstride_kv;
+            for (int64_t c = 0; c < HD / 16; c++) {
+                dqa[c] += dpre * v16_load(kj + 16 * c);
+                V16 r = v16_load(dkj + 16 * c) + dpre * qv[c];
+                memcpy(dkj + 16 * c, &r, sizeof r);
+            }
+        }
+        float *dqi = dq + i * dstride_q;
+        for (int64_t c = 0; c < HD / 16; c++) {
+            V16 r = v16_load(dqi + 16 * c) + dqa[c];
+            memcpy(dqi + 16 * c, &r, sizeof r);
+        }
+    }
+}
+
 PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
                                     int64_t dout_stride, const float *att, const float *q,
                                     const float *k, const float *v, int64_t stride_q,
                                     int64_t stride_kv, int64_t dstride_q, int64_t dstride_kv,
                                     float *drow, int64_t s, int64_t T, int64_t hd) {
+    switch (hd) {
+#define HD_CASE(n)                                                                              \
+    case n:                                                                                     \
+        attention_head_backward_hd(dq, dk, dv, dout, dout_stride, att, q, k, v, stride_q,       \
+                                   stride_kv, dstride_q, dstride_kv, drow, s, T, n);            \
+        return;
+        HD_CASE(32)
+        HD_CASE(64)
+        HD_CASE(128)
+#undef HD_CASE
+    default: break;
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t i = s; i < T; i++) {
         const float *arow = att + i * T, *go = dout + i * dout_stride;
@@ -487,31 +588,7 @@ static inline void attention_cached_row_any(float *o, float *row, const float *q
  * is pairwise in a fixed order, so results do not depend on the CPU. */
 static inline __attribute__((always_inline)) void attention_cached_row_hd(float *o, float *row, const float *qi, const float *kc,
                                            const float *vc, int64_t L, const int64_t HD, float scale) {
-    V16 q[8], acc[8];
-    for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c), acc[c] = (V16){0};
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < L; j++) {
-        V16 d = q[0] * v16_load(kc + j * HD);
-        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load(kc + j * HD + 16 * c);
-        row[j] = v16_sum(d) * scale;
-        mx = row[j] > mx ? row[j] : mx;
-    }
-    int64_t j = 0;
-    for (; j + 16 <= L; j += 16) {
-        V16 e = v16_exp(v16_load(row + j) - mx);
-        memcpy(row + j, &e, sizeof e);
-    }
-    for (; j < L; j++) row[j] = exp_fast(row[j] - mx);
-    float sum = 0.0f;
-    for (j = 0; j < L; j++) {
-        sum += row[j];
-        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load(vc + j * HD + 16 * c);
-    }
-    const float inv = L > 0 ? 1.0f / sum : 0.0f;
-    for (int64_t c = 0; c < HD / 16; c++) {
-        V16 r = acc[c] * inv;
-        memcpy(o + 16 * c, &r, sizeof r);
-    }
+    attention_row_hd(o, row, qi, kc, HD, vc, HD, L, HD, scale, 0);
 }
 
 PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
