@@ -96,6 +96,10 @@ static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src
 /* Outputs [o0, o1) of out[n, o] = inp[n, :] . w[o, :] (+ bias[o]) for n < N
  * <= GEMV_MAX_N, streaming each weight row once for all N inputs. */
 #define GEMV_MAX_N 4
+/* A matrix-vector product is worth two threads from far less work than a
+ * general loop: each thread streams its own rows (measured on the tiny
+ * model's decode). */
+#define GEMV_PAR_MIN_WORK 16384
 /* N is a compile-time constant at each call (gemv_rows), so the
  * accumulators live in registers. */
 static inline __attribute__((always_inline)) void gemv_rows_n(float *out, const float *inp,
@@ -139,7 +143,7 @@ static void cpu_matmul_forward(float *out, const float *inp, const float *w, con
         /* decoding a few sequences: a matrix-vector product is bound by
          * reading the weights, which sgemm would first copy (pack) */
         const int64_t block = 64, nb = (OC + block - 1) / block;
-#pragma omp parallel for if (N * OC * C > PAR_MIN_WORK) schedule(static)
+#pragma omp parallel for if (N * OC * C > GEMV_PAR_MIN_WORK) schedule(static)
         for (int64_t b = 0; b < nb; b++)
             gemv_rows(out, inp, w, bias, N, C, OC, b * block, b * block + block < OC ? b * block + block : OC);
         return;
