@@ -32,8 +32,8 @@ int sampling_validate(const SamplingParams *p, PonderError *err) {
 int sampler_init(Sampler *s, int64_t V, PonderError *err) {
     s->V = V;
     s->probs = malloc((size_t)V * sizeof(float));
-    s->order = malloc((size_t)V * sizeof(int32_t));
-    if (!s->probs || !s->order) {
+    s->cand = malloc((size_t)V * sizeof(SamplerCandidate));
+    if (!s->probs || !s->cand) {
         sampler_free(s);
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for the sampler");
     }
@@ -42,9 +42,9 @@ int sampler_init(Sampler *s, int64_t V, PonderError *err) {
 
 void sampler_free(Sampler *s) {
     free(s->probs);
-    free(s->order);
+    free(s->cand);
     s->probs = NULL;
-    s->order = NULL;
+    s->cand = NULL;
 }
 
 static int32_t argmax(const float *x, int64_t n) {
@@ -67,40 +67,57 @@ static float scaled_softmax(float *probs, const float *logits, int64_t V, float 
     return mx / T + (float)log(sum);
 }
 
-static const float *g_sort_probs; /* qsort has no context argument; used only inside sort_desc */
-
 static int cmp_prob_desc(const void *a, const void *b) {
-    float pa = g_sort_probs[*(const int32_t *)a], pb = g_sort_probs[*(const int32_t *)b];
-    if (pa != pb) return pa < pb ? 1 : -1;
-    return *(const int32_t *)a - *(const int32_t *)b; /* ties: lower id first, deterministic */
+    const SamplerCandidate *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->id - y->id; /* ties: lower id first, deterministic */
 }
 
-/* Sorts candidate ids by probability (descending) and truncates by top-k,
- * min-p and top-p; returns the number kept. */
+/* Whether the params restrict the support at all (else no sort is needed). */
+static int truncates(const Sampler *s, const SamplingParams *p) {
+    return (p->top_k > 0 && p->top_k < s->V) || p->min_p > 0.0f || p->top_p < 1.0f;
+}
+
+/* Sorts the candidates by probability (descending) and truncates by top-k,
+ * min-p and top-p; returns the number kept (s->cand[0..n)). */
 static int64_t truncate_candidates(Sampler *s, const SamplingParams *p) {
     const int64_t V = s->V;
-    for (int64_t i = 0; i < V; i++) s->order[i] = (int32_t)i;
-    g_sort_probs = s->probs;
-    qsort(s->order, (size_t)V, sizeof(int32_t), cmp_prob_desc);
+    for (int64_t i = 0; i < V; i++) s->cand[i] = (SamplerCandidate){s->probs[i], (int32_t)i};
+    qsort(s->cand, (size_t)V, sizeof(SamplerCandidate), cmp_prob_desc);
     int64_t n = V;
     if (p->top_k > 0 && p->top_k < n) n = p->top_k;
     if (p->min_p > 0.0f) {
-        float floor_p = p->min_p * s->probs[s->order[0]];
+        float floor_p = p->min_p * s->cand[0].p;
         int64_t k = 1;
-        while (k < n && s->probs[s->order[k]] >= floor_p) k++;
+        while (k < n && s->cand[k].p >= floor_p) k++;
         n = k;
     }
     if (p->top_p < 1.0f) {
         double cum = 0.0;
         int64_t k = 0;
         while (k < n) {
-            cum += s->probs[s->order[k]];
+            cum += s->cand[k].p;
             k++;
             if (cum >= p->top_p) break;
         }
         n = k;
     }
     return n;
+}
+
+/* Inverse-CDF draw over the whole vocabulary in id order: sampling without
+ * top-k/top-p/min-p needs no sort (it cost more than the draw). */
+static int32_t draw_full(const Sampler *s, Rng *rng) {
+    double total = 0.0;
+    for (int64_t i = 0; i < s->V; i++) total += s->probs[i];
+    double u = rng_uniform_double(rng) * total, cum = 0.0;
+    for (int64_t i = 0; i < s->V; i++) {
+        cum += s->probs[i];
+        if (u < cum) return (int32_t)i;
+    }
+    for (int64_t i = s->V - 1; i > 0; i--) /* rounding left u at the very top */
+        if (s->probs[i] > 0.0f) return (int32_t)i;
+    return 0;
 }
 
 int32_t sampler_pick(Sampler *s, const float *logits, const SamplingParams *p, Rng *rng,
@@ -112,15 +129,20 @@ int32_t sampler_pick(Sampler *s, const float *logits, const SamplingParams *p, R
         return t;
     }
     float log_norm = scaled_softmax(s->probs, logits, V, p->temperature);
+    if (!truncates(s, p)) {
+        int32_t chosen = draw_full(s, rng);
+        if (logp) *logp = logits[chosen] / p->temperature - log_norm;
+        return chosen;
+    }
     int64_t n = truncate_candidates(s, p);
     double mass = 0.0;
-    for (int64_t k = 0; k < n; k++) mass += s->probs[s->order[k]];
+    for (int64_t k = 0; k < n; k++) mass += s->cand[k].p;
     double u = rng_uniform_double(rng) * mass, cum = 0.0;
-    int32_t chosen = s->order[n - 1];
+    int32_t chosen = s->cand[n - 1].id;
     for (int64_t k = 0; k < n; k++) {
-        cum += s->probs[s->order[k]];
+        cum += s->cand[k].p;
         if (u < cum) {
-            chosen = s->order[k];
+            chosen = s->cand[k].id;
             break;
         }
     }
@@ -136,6 +158,6 @@ int64_t sampler_support(Sampler *s, const float *logits, const SamplingParams *p
     }
     scaled_softmax(s->probs, logits, s->V, p->temperature);
     int64_t n = truncate_candidates(s, p);
-    for (int64_t k = 0; k < n; k++) keep[s->order[k]] = 1;
+    for (int64_t k = 0; k < n; k++) keep[s->cand[k].id] = 1;
     return n;
 }

@@ -25,10 +25,15 @@ typedef struct SamplingParams {
 SamplingParams sampling_greedy(int64_t max_new_tokens);
 int sampling_validate(const SamplingParams *p, PonderError *err);
 
+typedef struct SamplerCandidate {
+    float p;
+    int32_t id;
+} SamplerCandidate;
+
 typedef struct Sampler {
     int64_t V;
-    float *probs;     /* [V] */
-    int32_t *order;   /* [V] candidate ids */
+    float *probs;           /* [V] */
+    SamplerCandidate *cand; /* [V] sorted candidates (top-k / top-p / min-p only) */
 } Sampler;
 
 int sampler_init(Sampler *s, int64_t vocab_size, PonderError *err);

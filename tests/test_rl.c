@@ -87,15 +87,16 @@ static double json_number(const char *line, const char *key) {
     return strtod(p + strlen(pat), NULL);
 }
 
-/* DAPO refill: with a length reward most groups of an untrained model are
- * constant (every sample runs to max_new_tokens), so rounds are drawn until
- * the batch is full again; the last step hits the round limit and trains on
- * what it kept. Measured with these seeds: 8, 14 and 20 rounds. */
-Test(rl, dynamic_sampling_refills_dropped_groups, .timeout = 120) {
+/* Runs 3 DAPO steps with a length reward (most groups of an untrained model
+ * are constant: every sample runs to max_new_tokens) and a round limit;
+ * counts the steps that refilled the batch and those stopped by the limit. */
+static void refill_run(const char *max_rounds, int *rl_lines, int *refilled, int *limited) {
     char d[] = "/tmp/ponder_rl_refill_XXXXXX";
     cr_assert(mkdtemp(d));
+    char rounds_kv[64];
+    snprintf(rounds_kv, sizeof rounds_kv, "stages.1.max_resample_rounds=%s", max_rounds);
     char *extra[] = {"stages.1.steps=3", "stages.1.prompts_per_step=6", "stages.1.num_generations=2",
-                     "stages.1.dynamic_sampling=true", "stages.1.max_resample_rounds=20",
+                     "stages.1.dynamic_sampling=true", rounds_kv,
                      "rewards.0.type=length", "rewards.0.cap=12", "rewards.1.weight=0"};
     PonderConfig c = rl_config(d, 8, extra);
     TrainOptions o = {0};
@@ -106,16 +107,17 @@ Test(rl, dynamic_sampling_refills_dropped_groups, .timeout = 120) {
     snprintf(path, sizeof path, "%s/metrics.jsonl", d);
     FILE *f = fopen(path, "r");
     cr_assert(f != NULL);
-    int rl_lines = 0, refilled = 0, limited = 0;
+    const double limit = strtod(max_rounds, NULL);
+    *rl_lines = *refilled = *limited = 0;
     while (fgets(line, sizeof line, f)) {
         if (!strstr(line, "\"kind\":\"rl\"")) continue;
-        rl_lines++;
+        (*rl_lines)++;
         double groups = json_number(line, "groups"), rounds = json_number(line, "resample_rounds");
         double zero = json_number(line, "zero_variance_groups");
         cr_expect(groups >= 1 && groups <= 6, "groups %g", groups);
-        cr_expect(rounds <= 20, "more rounds than the limit: %g", rounds);
-        if (rounds >= 1 && groups == 6) refilled++;
-        if (rounds == 20 && groups < 6) limited++;
+        cr_expect(rounds <= limit, "more rounds (%g) than the limit %g", rounds, limit);
+        if (rounds >= 1 && groups == 6) (*refilled)++;
+        if (rounds == limit && groups < 6) (*limited)++;
         if (rounds >= 1) cr_expect(zero > 0, "resampled without dropping a group");
         /* every generated token counts, kept or dropped: at least the kept ones */
         double tokens = json_number(line, "tokens_generated"), samples = json_number(line, "samples");
@@ -125,10 +127,20 @@ Test(rl, dynamic_sampling_refills_dropped_groups, .timeout = 120) {
         if (rounds >= 1) cr_expect(tokens > kept_tokens, "dropped groups' tokens not counted");
     }
     fclose(f);
-    cr_expect_eq(rl_lines, 3);
-    cr_expect(refilled >= 1, "no step refilled its batch after dropping groups");
-    cr_expect(limited >= 1, "no step reached the round limit (the path this test also covers)");
     remove_dir(d);
+}
+
+/* DAPO refill: with room for 40 rounds every step refills its 6 groups
+ * (measured: 12, 19 and 14 rounds); with 1 round every step stops at the
+ * limit and trains on the groups it kept (measured: 2, 1 and 2 of 6). */
+Test(rl, dynamic_sampling_refills_dropped_groups, .timeout = 120) {
+    int lines, refilled, limited;
+    refill_run("40", &lines, &refilled, &limited);
+    cr_expect_eq(lines, 3);
+    cr_expect_eq(refilled, 3, "only %d of 3 steps refilled their batch", refilled);
+    refill_run("1", &lines, &refilled, &limited);
+    cr_expect_eq(lines, 3);
+    cr_expect(limited >= 1, "no step stopped at the round limit with fewer groups");
 }
 
 /* Mean reward of RL metric lines [from, to) of a run directory. */
@@ -152,9 +164,9 @@ static double mean_reward(const char *dir, int from, int to) {
 /* GRPO learns: an untrained model writes until max_new_tokens, and the
  * overlong reward (-1 there, 0 at 2 tokens or fewer) pays for stopping early,
  * which the policy can learn from its own samples. 40 steps take under a
- * second. Measured with these seeds: mean reward of steps 1-5 -0.935, of
- * steps 36-40 -0.116; with the learning rate at 1e-9 (the control: the same
- * samples' chance fluctuation) -0.926 and -0.923. Required: a rise of at
+ * second. Measured with these seeds: mean reward of steps 1-5 -0.957, of
+ * steps 36-40 -0.135; with the learning rate at 1e-9 (the control: the same
+ * samples' chance fluctuation) -0.957 and -0.922. Required: a rise of at
  * least 0.5 when learning, under 0.1 in the control. */
 static double reward_rise(const char *lr) {
     char d[] = "/tmp/ponder_rl_learn_XXXXXX";
