@@ -883,14 +883,17 @@ static double cpu_sum_squares(const float *x, int64_t n) {
     return total;
 }
 
+/* One division per element (the bias corrections are multiplications by
+ * their reciprocals, computed once): three divides per element made the
+ * update compute-bound on top of its memory traffic. */
 PONDER_HOT static void adamw_block(float *p, const float *g, float *m, float *v, int64_t n,
                                    float lr, float b1, float b2, float eps, float wd,
-                                   float grad_scale, float bc1, float bc2) {
+                                   float grad_scale, float inv_bc1, float inv_bc2) {
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i] * grad_scale;
         m[i] = b1 * m[i] + (1.0f - b1) * gi;
         v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-        float mhat = m[i] / bc1, vhat = v[i] / bc2;
+        float mhat = m[i] * inv_bc1, vhat = v[i] * inv_bc2;
         p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
     }
 }
@@ -898,13 +901,13 @@ PONDER_HOT static void adamw_block(float *p, const float *g, float *m, float *v,
 static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
                       float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                       int64_t t) {
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    float inv_bc1 = 1.0f / (1.0f - powf(beta1, (float)t)), inv_bc2 = 1.0f / (1.0f - powf(beta2, (float)t));
     int64_t nb = (n + ELEMENTWISE_BLOCK - 1) / ELEMENTWISE_BLOCK;
 #pragma omp parallel for if (n > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * ELEMENTWISE_BLOCK, len = n - i0 < ELEMENTWISE_BLOCK ? n - i0 : ELEMENTWISE_BLOCK;
         adamw_block(param + i0, grad + i0, m + i0, v + i0, len, lr, beta1, beta2, eps,
-                    weight_decay, grad_scale, bc1, bc2);
+                    weight_decay, grad_scale, inv_bc1, inv_bc2);
     }
 }
 
