@@ -12,6 +12,26 @@
 #include <time.h>   /* clock_gettime */
 
 #include "model/cpu/blas.h" /* blas_sgemm */
+#include "model/model.h"    /* ModelConfig */
+
+/* The benchmark shapes: "gpt2" (GPT-2 124M), "llama768" (GPT-2's width and
+ * depth with llama blocks and a 32000 vocabulary), anything else the tiny
+ * config (configs/tiny.yaml's model with a 64-token vocabulary). */
+static inline ModelConfig bench_shape_config(const char *shape) {
+    ModelConfig c = model_config_default();
+    if (strcmp(shape, "gpt2") == 0) {
+        c.arch = MODEL_ARCH_GPT2;
+        c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
+        c.d_ff = 3072, c.max_seq_len = 1024;
+    } else if (strcmp(shape, "llama768") == 0) {
+        c.vocab_size = 32000, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
+        c.d_ff = 2048, c.max_seq_len = 1024;
+    } else {
+        c.vocab_size = 64, c.d_model = 128, c.n_layer = 4, c.n_head = 4, c.n_kv_head = 4;
+        c.d_ff = 352, c.max_seq_len = 512;
+    }
+    return c;
+}
 
 static inline double bench_now(void) {
     struct timespec ts;

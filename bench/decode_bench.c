@@ -15,22 +15,6 @@
 #include "util/omp_env.h"      /* omp_env_use_short_spin */
 #include "util/rng.h"         /* Rng */
 
-static ModelConfig shape_config(const char *shape) {
-    ModelConfig c = model_config_default();
-    if (strcmp(shape, "gpt2") == 0) {
-        c.arch = MODEL_ARCH_GPT2;
-        c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
-        c.d_ff = 3072, c.max_seq_len = 1024;
-    } else if (strcmp(shape, "llama768") == 0) { /* GPT-2 124M's width and depth, llama blocks */
-        c.vocab_size = 32000, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12;
-        c.d_ff = 2048, c.max_seq_len = 1024;
-    } else {
-        c.vocab_size = 64, c.d_model = 128, c.n_layer = 4, c.n_head = 4, c.n_kv_head = 4;
-        c.d_ff = 352, c.max_seq_len = 512;
-    }
-    return c;
-}
-
 static int32_t argmax(const float *x, int64_t n) {
     int32_t b = 0;
     for (int64_t i = 1; i < n; i++)
@@ -94,7 +78,7 @@ int main(int argc, char **argv) {
     if (blas_load(NULL, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     omp_set_num_threads(threads);
     blas_set_threads(threads);
-    ModelConfig cfg = shape_config(shape);
+    ModelConfig cfg = bench_shape_config(shape);
     Model *m = NULL;
     if (model_create(&m, &cfg, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     model_init_weights(m, 1);

@@ -24,17 +24,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h" /* bench_shape_config */
 #include "tests/cuda_parity.h"
 #include "tests/fake_device.h"
 #ifdef PONDER_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
 #endif
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void result(const char *name, double value, const char *unit, const char *fmt, ...) {
     char note[256] = "";
@@ -75,12 +70,12 @@ static int run_parity(const ModelOps *g, const char *only) {
         if (!in_list(only, PARITY_CASES[i].name)) continue;
         printf("[%s]\n", PARITY_CASES[i].name);
         fflush(stdout);
-        double t0 = now_s();
+        double t0 = bench_now();
         int before = p->failed;
         PARITY_CASES[i].fn(p);
         parity_release(p);
         printf("[%s] %s in %.1f s\n", PARITY_CASES[i].name, p->failed > before ? "FAILED" : "ok",
-               now_s() - t0);
+               bench_now() - t0);
     }
     int failed = p->failed, checks = p->checks;
     printf("parity: %d passed, %d failed\n", checks - failed, failed);
@@ -94,21 +89,6 @@ static int run_parity(const ModelOps *g, const char *only) {
 #ifdef PONDER_HAVE_CUDA
 
 /* ------------------------------------------------------------- bench ----- */
-
-static ModelConfig gpt2_124m(void) {
-    ModelConfig c = model_config_default();
-    c.arch = MODEL_ARCH_GPT2;
-    c.vocab_size = 50257;
-    c.d_model = 768;
-    c.n_layer = 12;
-    c.n_head = 12;
-    c.n_kv_head = 12;
-    c.d_ff = 3072;
-    c.max_seq_len = 1024;
-    c.tie_embeddings = true;
-    c.init_std = 0.02f;
-    return c;
-}
 
 /* Model FLOPs per trained token (PaLM's convention): 6 per matmul weight
  * (forward and backward; the tied LM head counts once) + 12 L T C for
@@ -143,7 +123,7 @@ static Ceilings bench_ceilings(int quick) {
 }
 
 static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick) {
-    ModelConfig cfg = gpt2_124m();
+    ModelConfig cfg = bench_shape_config("gpt2");
     const int64_t shapes[][2] = {{4, 1024}, {2, 1024}, {1, 1024}, {4, 256}};
     Model *m = NULL;
     PonderError err = {0};
@@ -181,7 +161,7 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
         for (int s = -1; s < steps && ok; s++) { /* step -1 warms up (allocations, cuBLAS) */
             if (s == 0) {
                 cuda_synchronize();
-                t0 = now_s();
+                t0 = bench_now();
             }
             model_zero_grad(m);
             ok = model_forward(m, &batch, logp, ent, NULL, &err) == PONDER_OK &&
@@ -189,7 +169,7 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
                  optim_step(&opt, m, NULL, &err) == PONDER_OK;
         }
         cuda_synchronize();
-        double dt = now_s() - t0;
+        double dt = bench_now() - t0;
         if (ok) {
             double tps = (double)(N * steps) / dt;
             double tflops = tps * flops_per_token(&cfg, T) / 1e12;
@@ -220,7 +200,7 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
  * paths (cuda_set_graphs / cuda_set_gemv) for this run only. */
 static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick,
                         int graphs, int gemv, int fused) {
-    ModelConfig cfg = gpt2_124m();
+    ModelConfig cfg = bench_shape_config("gpt2");
     Model *m = NULL;
     ModelKVCache *kv = NULL;
     PonderError err = {0};
@@ -254,13 +234,13 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     for (int64_t step = -2; step < steps && !rc; step++) {
         if (step == 0) {
             cuda_synchronize();
-            t0 = now_s();
+            t0 = bench_now();
         }
         for (int64_t s = 0; s < slots; s++) tok[s] = (int32_t)rng_below(&r, (uint64_t)V);
         rc = model_decode(m, kv, sl, tok, slots, logits, &err);
     }
     cuda_synchronize();
-    double dt = now_s() - t0;
+    double dt = bench_now() - t0;
     cuda_graph_stats(&cap1, &launch1, &ref1);
     if (!rc) {
         double tps = (double)(slots * steps) / dt;
@@ -306,10 +286,10 @@ static void bench_decode_ops(const ModelOps *g) {
     for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
         for (int rep = 0; rep < 2; rep++) { /* rep 0 warms up */
             cuda_synchronize();
-            double t0 = now_s();
+            double t0 = bench_now();
             for (int64_t k = 0; k < it; k++) g->matmul_forward(y, x, w, b, 1, mm[i][0], mm[i][1]);
             cuda_synchronize();
-            double us = 1e6 * (now_s() - t0) / (double)it;
+            double us = 1e6 * (bench_now() - t0) / (double)it;
             char name[64];
             snprintf(name, sizeof name, "op matmul 1x%lldx%lld", (long long)mm[i][0], (long long)mm[i][1]);
             if (rep) result(name, us, "us", "%.0f GB/s of weights", (double)(mm[i][0] * mm[i][1]) * 4e-3 / us);
@@ -328,13 +308,13 @@ static void bench_decode_ops(const ModelOps *g) {
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) {
         for (int rep = 0; rep < 2; rep++) {
             cuda_synchronize();
-            double t0 = now_s();
+            double t0 = bench_now();
             for (int64_t k = 0; k < it; k++)
                 g->linear_fused(y, x, fl[i].resid ? y : NULL, w, fl[i].OC == V ? NULL : b,
                                 fl[i].norm ? b : NULL, fl[i].norm ? b + 16 : NULL, 1, fl[i].C,
                                 fl[i].OC, fl[i].norm, 1e-5f, fl[i].act);
             cuda_synchronize();
-            double us = 1e6 * (now_s() - t0) / (double)it;
+            double us = 1e6 * (bench_now() - t0) / (double)it;
             if (rep)
                 result(fl[i].name, us, "us", "%.0f GB/s of weights; fused %s",
                        (double)(fl[i].C * fl[i].OC) * 4e-3 / us, cuda_fused_enabled() ? "on" : "off");
@@ -343,11 +323,11 @@ static void bench_decode_ops(const ModelOps *g) {
     OpsHeads q = {x, NH * hd};
     for (int rep = 0; rep < 2; rep++) {
         cuda_synchronize();
-        double t0 = now_s();
+        double t0 = bench_now();
         for (int64_t k = 0; k < it; k++)
             g->attention_cached(y, q, ptrs, ptrs + 1, len, 1, NH, NH, hd, max_len);
         cuda_synchronize();
-        if (rep) result("op attention_cached", 1e6 * (now_s() - t0) / (double)it, "us", "N=1, 12 heads of 64, 128 keys");
+        if (rep) result("op attention_cached", 1e6 * (bench_now() - t0) / (double)it, "us", "N=1, 12 heads of 64, 128 keys");
     }
     /* the same attention with the cache write fused in (position 127, so 128 keys) */
     int32_t *posd = g->alloc(sizeof(int32_t));
@@ -357,12 +337,12 @@ static void bench_decode_ops(const ModelOps *g) {
         OpsHeads kh = {x + C, NH * hd}, vh = {x + 2 * C, NH * hd};
         for (int rep = 0; rep < 2; rep++) {
             cuda_synchronize();
-            double t0 = now_s();
+            double t0 = bench_now();
             for (int64_t k = 0; k < it; k++)
                 g->attention_cached_write(y, q, kh, vh, ptrs, ptrs + 1, posd, 1, NH, NH, hd, max_len);
             cuda_synchronize();
             if (rep)
-                result("op attention_cached_write", 1e6 * (now_s() - t0) / (double)it, "us",
+                result("op attention_cached_write", 1e6 * (bench_now() - t0) / (double)it, "us",
                        "N=1, 12 heads of 64, 128 keys, cache write fused; fused %s",
                        cuda_fused_enabled() ? "on" : "off");
         }
@@ -370,10 +350,10 @@ static void bench_decode_ops(const ModelOps *g) {
     }
     for (int rep = 0; rep < 2; rep++) {
         cuda_synchronize();
-        double t0 = now_s();
+        double t0 = bench_now();
         for (int64_t k = 0; k < it; k++) g->layernorm_forward(y, b, b + 8, x, w, w, 1, C, 1e-5f);
         cuda_synchronize();
-        if (rep) result("op layernorm_forward", 1e6 * (now_s() - t0) / (double)it, "us", "N=1, C=768");
+        if (rep) result("op layernorm_forward", 1e6 * (bench_now() - t0) / (double)it, "us", "N=1, C=768");
     }
     g->free(x), g->free(y), g->free(w), g->free(b), g->free(kc), g->free(vc), g->free(ptrs), g->free(len);
 }
@@ -405,26 +385,26 @@ static int run_bench(const ModelOps *g, int quick, int decode_only) {
     cuda_device_describe(desc, sizeof desc);
     printf("device: %s\n", desc);
     int failed = 0;
-    double t0 = now_s();
+    double t0 = bench_now();
     if (decode_only) {
         Ceilings k = {0};
         k.copy_gbps = cuda_copy_gbps((size_t)2 << 30, 5);
         result("device copy", k.copy_gbps, "GB/s", "2 GiB device-to-device, read+write bytes");
         failed |= bench_decode_all(g, &k, quick);
-        printf("decode in %.1f s\n", now_s() - t0);
+        printf("decode in %.1f s\n", bench_now() - t0);
         return failed ? 1 : 0;
     }
     Ceilings k = bench_ceilings(quick);
-    printf("ceilings in %.1f s\n", now_s() - t0);
-    t0 = now_s();
+    printf("ceilings in %.1f s\n", bench_now() - t0);
+    t0 = bench_now();
     failed |= bench_train(g, &k, 0, quick);
-    printf("fp32 training in %.1f s\n", now_s() - t0);
-    t0 = now_s();
+    printf("fp32 training in %.1f s\n", bench_now() - t0);
+    t0 = bench_now();
     failed |= bench_train(g, &k, 1, quick);
-    printf("tf32 training in %.1f s\n", now_s() - t0);
-    t0 = now_s();
+    printf("tf32 training in %.1f s\n", bench_now() - t0);
+    t0 = bench_now();
     failed |= bench_decode_all(g, &k, quick);
-    printf("decode in %.1f s\n", now_s() - t0);
+    printf("decode in %.1f s\n", bench_now() - t0);
     return failed ? 1 : 0;
 }
 

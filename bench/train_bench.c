@@ -20,29 +20,6 @@
 #include "util/omp_env.h"      /* omp_env_use_short_spin */
 #include "util/rng.h"         /* Rng */
 
-static ModelConfig shape_config(const char *shape) {
-    ModelConfig c = model_config_default();
-    if (strcmp(shape, "gpt2") == 0) {
-        c.arch = MODEL_ARCH_GPT2;
-        c.vocab_size = 50257;
-        c.d_model = 768;
-        c.n_layer = 12;
-        c.n_head = 12;
-        c.n_kv_head = 12;
-        c.d_ff = 3072;
-        c.max_seq_len = 1024;
-    } else {
-        c.vocab_size = 64;
-        c.d_model = 128;
-        c.n_layer = 4;
-        c.n_head = 4;
-        c.n_kv_head = 4;
-        c.d_ff = 352;
-        c.max_seq_len = 512;
-    }
-    return c;
-}
-
 /* FLOPs of one forward+backward per token (x3 of forward). */
 static double flops_per_token(const Model *m, int64_t T) {
     const ModelConfig *c = model_config(m);
@@ -68,7 +45,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     blas_set_threads(threads);
-    ModelConfig cfg = shape_config(shape);
+    ModelConfig cfg = bench_shape_config(shape);
     Model *m = NULL;
     if (model_create(&m, &cfg, &err)) {
         fprintf(stderr, "%s\n", err.msg);

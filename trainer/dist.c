@@ -319,10 +319,3 @@ int dist_recv(Dist *d, void **buf, size_t *bytes, int from, int tag, int *source
     if (source) *source = st.MPI_SOURCE;
     return PONDER_OK;
 }
-
-int dist_total_bytes(Dist *d, uint64_t *sent, PonderError *err) {
-    double v = (double)d->bytes_sent;
-    int rc = dist_allreduce_f64(d, &v, 1, DIST_SUM, "traffic counters", err);
-    *sent = (uint64_t)v;
-    return rc;
-}

@@ -93,7 +93,4 @@ int dist_wait(Dist *d, DistRequest *req, PonderError *err);
 /* Is a message of `tag` from `from` (world rank, < 0 any) waiting? Never blocks. */
 int dist_probe(Dist *d, int from, int tag, int *found, PonderError *err);
 
-/* Bytes sent by every rank together so far (a collective). */
-int dist_total_bytes(Dist *d, uint64_t *sent, PonderError *err);
-
 #endif

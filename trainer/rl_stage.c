@@ -625,13 +625,13 @@ static int reduce_and_step(RlStage *s, Model *m, Optimizer *opt, OptimStepInfo *
     return PONDER_OK;
 }
 
+/* seqs, tokens: the mini-batch's counts over every rank (minibatch_counts). */
 static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                            RlStepStats *st, double weight, PonderError *err) {
+                            double seqs, double tokens, RlStepStats *st, double weight,
+                            PonderError *err) {
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
-    double seqs, tokens;
-    int rc = minibatch_counts(s, b, r0, rows, &seqs, &tokens, err);
-    if (rc) return rc;
+    int rc = PONDER_OK;
     const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
     float *lp = malloc(full * sizeof(float)), *ent = malloc(full * sizeof(float));
     float *lpc = calloc(comp, sizeof(float)), *entc = calloc(comp, sizeof(float));
@@ -692,12 +692,11 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
 }
 
 static int critic_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                            RlStepStats *st, double weight, PonderError *err) {
+                            double seqs, double tokens, RlStepStats *st, double weight,
+                            PonderError *err) {
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
-    double seqs, tokens;
-    int rc = minibatch_counts(s, b, r0, rows, &seqs, &tokens, err);
-    if (rc) return rc;
+    int rc = PONDER_OK;
     const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
     float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
     float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
@@ -753,8 +752,11 @@ static int update(RlStage *s, const UpdateInputs *u, int64_t groups, RlStepStats
             g0 = g0 < 0 ? 0 : g0 > groups ? groups : g0;
             g1 = g1 < 0 ? 0 : g1 > groups ? groups : g1;
             const int64_t r0 = g0 * G, rows = (g1 - g0) * G;
-            rc = policy_minibatch(s, u, r0, rows, st, weight, err);
-            if (rc == PONDER_OK && s->critic) rc = critic_minibatch(s, u, r0, rows, st, weight, err);
+            double seqs, tokens;
+            rc = minibatch_counts(s, u->b, r0, rows, &seqs, &tokens, err);
+            if (rc == PONDER_OK) rc = policy_minibatch(s, u, r0, rows, seqs, tokens, st, weight, err);
+            if (rc == PONDER_OK && s->critic)
+                rc = critic_minibatch(s, u, r0, rows, seqs, tokens, st, weight, err);
         }
     return rc;
 }

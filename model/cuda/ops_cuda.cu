@@ -958,6 +958,22 @@ static void cu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const f
  * ~1.1 ms/token whatever the launch overhead). */
 #define CACHED_THREADS 512
 
+/* Softmax of the block-shared scores s[0..L) in place (every thread of the
+ * block calls it; sh is the reduction scratch of block_max/block_sum). */
+__device__ static void block_softmax(float *s, int64_t L, float *sh) {
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_max(mx, sh);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
+        float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / block_sum(sum, sh);
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
+}
+
 __global__ void __launch_bounds__(CACHED_THREADS) k_attention_cached(float *out, const float *qbase, int64_t qstride,
                                    float *const *k_cache, float *const *v_cache,
                                    const int64_t *len, float *scores, int64_t NH, int64_t KV,
@@ -977,17 +993,7 @@ __global__ void __launch_bounds__(CACHED_THREADS) k_attention_cached(float *out,
         if (lane == 0) s[j] = dot * scale;
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) mx = fmaxf(mx, s[j]);
-    mx = block_max(mx, sh);
-    float sum = 0.0f;
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
-        float e = expf(s[j] - mx);
-        s[j] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / block_sum(sum, sh);
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
+    block_softmax(s, L, sh);
     __syncthreads();
     float *o = out + n * NH * hd + h * hd;
     if (hd > (int64_t)blockDim.x) { /* heads wider than the block: a thread per output */
@@ -1106,17 +1112,7 @@ __global__ void __launch_bounds__(CACHED_THREADS)
         s[j] = dot * scale;
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) mx = fmaxf(mx, s[j]);
-    mx = block_max(mx, sh);
-    float sum = 0.0f;
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) {
-        float e = expf(s[j] - mx);
-        s[j] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / block_sum(sum, sh);
-    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) s[j] *= inv;
+    block_softmax(s, L, sh);
     __syncthreads();
     float *o = out + n * NH * hd + h * hd;
     if (hd > (int64_t)blockDim.x) { /* heads wider than the block: a thread per output */
