@@ -11,6 +11,7 @@
 #include <omp.h>    /* omp_get_thread_num */
 #include <stdlib.h> /* calloc, free, malloc */
 #include <string.h> /* memset, memcpy */
+#include <sys/mman.h> /* madvise */
 
 #include "model/cpu/blas.h"    /* blas_sgemm */
 #include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
@@ -86,7 +87,22 @@ static inline __attribute__((always_inline)) float v16_sum(V16 v) {
 
 /* ------------------------------------------------------------- memory ---- */
 
-static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+/* Large buffers (weights, gradients, optimizer moments, the KV cache) go on
+ * 2 MiB-aligned memory the kernel may back with huge pages: batched decode
+ * walks dozens of per-slot KV regions per step, and with 4 KiB pages nearly
+ * every region started with a TLB miss. */
+#define CPU_HUGE_MIN ((size_t)4 << 20)
+#define CPU_HUGE_ALIGN ((size_t)2 << 20)
+static void *cpu_alloc(size_t bytes) {
+    if (bytes < CPU_HUGE_MIN) return calloc(1, bytes ? bytes : 1);
+    void *p = NULL;
+    if (posix_memalign(&p, CPU_HUGE_ALIGN, bytes)) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure leaves 4 KiB pages */
+#endif
+    memset(p, 0, bytes);
+    return p;
+}
 static void cpu_free(void *p) { free(p); }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
