@@ -138,6 +138,8 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
                     PonderError *err);
 void model_kv_free(ModelKVCache *kv);
 int64_t model_kv_length(const ModelKVCache *kv, int64_t slot);
+int64_t model_kv_slots(const ModelKVCache *kv);
+int64_t model_kv_max_len(const ModelKVCache *kv);
 void model_kv_reset(ModelKVCache *kv, int64_t slot);
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src);
 

@@ -153,6 +153,8 @@ void model_kv_free(ModelKVCache *kv) {
 }
 
 int64_t model_kv_length(const ModelKVCache *kv, int64_t slot) { return kv->len[slot]; }
+int64_t model_kv_slots(const ModelKVCache *kv) { return kv->n_slots; }
+int64_t model_kv_max_len(const ModelKVCache *kv) { return kv->max_len; }
 void model_kv_reset(ModelKVCache *kv, int64_t slot) { kv->len[slot] = 0; }
 
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src) {

@@ -41,6 +41,7 @@ typedef struct Engine {
     const GenConfig *gc;
     GenSample *out;
     ModelKVCache *kv;
+    int own_kv; /* kv was made by this call (else the caller's GenConfig.kv) */
     Sampler sampler;
     Running *slots;
     int64_t n_slots, staging, staged_prompt, V, max_len;
@@ -187,7 +188,7 @@ static int any_running(const Engine *e) {
 }
 
 static void engine_free(Engine *e) {
-    model_kv_free(e->kv);
+    if (e->own_kv) model_kv_free(e->kv);
     sampler_free(&e->sampler);
     free(e->slots);
     free(e->prompt_logits);
@@ -206,7 +207,14 @@ static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t to
     e->n_slots = gc->max_batch < total ? gc->max_batch : total;
     e->staging = e->n_slots;
     e->staged_prompt = -1;
-    int rc = model_kv_create(&e->kv, m, e->n_slots + 1, e->max_len, err);
+    int rc = PONDER_OK;
+    if (gc->kv && model_kv_slots(gc->kv) >= e->n_slots + 1 && model_kv_max_len(gc->kv) == e->max_len) {
+        e->kv = gc->kv;
+        for (int64_t s = 0; s <= e->n_slots; s++) model_kv_reset(e->kv, s);
+    } else {
+        rc = model_kv_create(&e->kv, m, e->n_slots + 1, e->max_len, err);
+        e->own_kv = 1;
+    }
     if (rc) return rc;
     rc = sampler_init(&e->sampler, e->V, err);
     if (rc) return rc;

@@ -43,6 +43,13 @@ typedef struct GenConfig {
     const char *stop[GEN_MAX_STOPS];
     int n_stop;
     int64_t policy_version;
+    /* Optional: a KV cache to generate in, kept by the caller across calls
+     * (an RL stage generates every step; creating the cache each time cost
+     * zeroing tens of MB of fresh pages per step). It needs at least
+     * min(max_batch, P*G) + 1 slots of model.max_seq_len positions, else the
+     * call makes its own. Made for the same model; its slots are reset.
+     * NULL: one is made per call. */
+    ModelKVCache *kv;
 } GenConfig;
 
 typedef struct GenSample {

@@ -180,6 +180,37 @@ Test(generate, samples_do_not_depend_on_batching) {
     model_free(m);
 }
 
+/* A cache kept by the caller across calls (GenConfig.kv, as an RL stage
+ * does) gives the same samples as a fresh cache per call, also when the
+ * previous call left longer sequences in its slots; a cache too small for
+ * the call is not used (the call makes its own). */
+Test(generate, reused_cache_gives_the_same_samples) {
+    Model *m = random_model(MODEL_ARCH_LLAMA);
+    Prompts ps;
+    make_prompts(&ps);
+    const int64_t G = 3, n = 4 * G;
+    GenSample fresh[12], first[12], again[12], small[12];
+    PonderError err = {0};
+    GenConfig gc = sampled_config(G, 5);
+    cr_assert_eq(rollout_generate(m, ps.p, 4, &gc, fresh, &err), 0, "%s", err.msg);
+    ModelKVCache *kv = NULL, *tiny = NULL;
+    cr_assert_eq(model_kv_create(&kv, m, 6, model_config(m)->max_seq_len, &err), 0, "%s", err.msg);
+    cr_assert_eq(model_kv_create(&tiny, m, 2, model_config(m)->max_seq_len, &err), 0, "%s", err.msg);
+    GenConfig reuse = gc, too_small = gc;
+    reuse.kv = kv, too_small.kv = tiny;
+    cr_assert_eq(rollout_generate(m, ps.p, 4, &reuse, first, &err), 0, "%s", err.msg);
+    cr_assert_eq(rollout_generate(m, ps.p, 4, &reuse, again, &err), 0, "%s", err.msg);
+    cr_assert_eq(rollout_generate(m, ps.p, 4, &too_small, small, &err), 0, "%s", err.msg);
+    expect_same_samples(fresh, first, n);
+    expect_same_samples(fresh, again, n);
+    expect_same_samples(fresh, small, n);
+    cr_expect_eq(model_kv_length(tiny, 0), 0, "a too-small cache was written to");
+    gen_samples_free(fresh, n), gen_samples_free(first, n), gen_samples_free(again, n);
+    gen_samples_free(small, n);
+    model_kv_free(kv), model_kv_free(tiny);
+    model_free(m);
+}
+
 /* The group's shared prompt cache gives the same tokens as prefilling each
  * sample's prompt on its own (G = 1 calls with the sample's stream). */
 Test(generate, shared_prompt_cache_equals_independent_prefill) {

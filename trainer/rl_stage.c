@@ -158,6 +158,7 @@ void rl_stage_end(RlStage *s) {
     model_free(s->critic);
     if (s->have_critic_opt) optim_free(&s->critic_opt);
     reward_set_free(s->rewards);
+    model_kv_free(s->gen_kv);
     memset(s, 0, sizeof *s);
 }
 
@@ -288,7 +289,11 @@ static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, 
                         .step = step,
                         .eos_id = tokenizer_special(s->tok, TOK_EOS),
                         .policy_version = step};
-        rc = rollout_generate(s->policy, gp, P, &gc, rd->samples, err);
+        if (!s->gen_kv)
+            rc = model_kv_create(&s->gen_kv, s->policy, gc.max_batch + 1,
+                                 model_config(s->policy)->max_seq_len, err);
+        gc.kv = s->gen_kv;
+        if (rc == PONDER_OK) rc = rollout_generate(s->policy, gp, P, &gc, rd->samples, err);
         if (rc) memset(rd->samples, 0, (size_t)(P * G) * sizeof(GenSample));
     }
     for (int64_t i = 0; i < P * G && rc == PONDER_OK; i++)

@@ -59,6 +59,7 @@ typedef struct RlStage {
     char reward_names[8][64];
     int accuracy_component; /* index of the correctness reward, -1 if none */
     AlgoKlController klc;
+    ModelKVCache *gen_kv; /* the policy's generation cache, kept across steps; NULL until first used */
 } RlStage;
 
 /* Per-step measurements (also the metrics line). */
