@@ -10,6 +10,7 @@
 #include <stdlib.h> /* free, system */
 #include <string.h> /* memcmp, strcmp, strstr */
 #include <sys/wait.h> /* WEXITSTATUS */
+#include <unistd.h>   /* getpid */
 
 #include "trainer/config.h"
 #include "rewards/reward_set.h"    /* reward_set_create: config rewards build real ones */
@@ -79,6 +80,7 @@ Test(config_schema, defaults_match_the_documented_values) {
     cr_assert_eq(c.model.init_std, 0.02);
     cr_assert(c.model.tie_embeddings && !c.model.qkv_bias && !c.model.scalar_head);
     cr_assert_eq(c.model.device, CONFIG_DEVICE_CPU);
+    cr_assert_eq(c.model.precision, CONFIG_PRECISION_FP32);
     cr_assert_eq(c.tokenizer.type, CONFIG_TOKENIZER_CHAR);
     cr_assert_eq(c.optim.lr, 3e-4);
     cr_assert_eq(c.optim.beta1, 0.9);
@@ -289,6 +291,13 @@ Test(config_contradictions, n_kv_head_must_divide_n_head) {
 Test(config_contradictions, gpt2_has_no_grouped_query_attention) {
     expect_error("model:\n  arch: gpt2\n  n_kv_head: 2\n",
                  "t.yaml:3:14: model.n_kv_head: gpt2 has no grouped-query attention; use 0 or model.n_head (4), found 2");
+}
+
+Test(config_contradictions, reduced_precision_needs_cuda) {
+    expect_error("model: {precision: bf16}\n",
+                 "t.yaml:1:20: model.precision: bf16 needs model.device: cuda");
+    expect_error("model:\n  device: cpu\n  precision: tf32\n",
+                 "t.yaml:3:14: model.precision: tf32 needs model.device: cuda");
 }
 
 Test(config_contradictions, gpt2_qkv_bias) {
@@ -1267,8 +1276,9 @@ Test(config_shipped, gpt2_124m_shapes) {
 
 /* Runs `ponder args`, capturing stdout and stderr; returns the exit status. */
 static int run_ponder(const char *args, char *out, size_t out_size) {
-    char cmd[2048];
-    const char *capture = PONDER_BINARY_DIR "/test_config_cli.txt";
+    char cmd[2048], capture[1024];
+    /* one file per process: Criterion runs tests in parallel processes */
+    snprintf(capture, sizeof capture, "%s/test_config_cli_%ld.txt", PONDER_BINARY_DIR, (long)getpid());
     snprintf(cmd, sizeof cmd, "%s/ponder %s > %s 2>&1", PONDER_BINARY_DIR, args, capture);
     int status = system(cmd);
     FILE *f = fopen(capture, "rb");

@@ -60,6 +60,9 @@
 #define CONFIG_TEXT_MAX 1024 /* shell lines, JSON text; the longest string field */
 
 typedef enum { CONFIG_DEVICE_CPU = 0, CONFIG_DEVICE_CUDA = 1 } ConfigDevice;
+/* Matmul precision: fp32 everywhere (the default; the only one on the CPU),
+ * TF32 tensor cores, or bf16 products with fp32 master weights (CUDA). */
+typedef enum { CONFIG_PRECISION_FP32 = 0, CONFIG_PRECISION_TF32 = 1, CONFIG_PRECISION_BF16 = 2 } ConfigPrecision;
 typedef enum { CONFIG_TOKENIZER_CHAR = 0, CONFIG_TOKENIZER_BPE = 1 } ConfigTokenizerType;
 typedef enum {
     CONFIG_SCHEDULE_CONSTANT = 0,
@@ -97,6 +100,7 @@ typedef struct ConfigModel {
     bool qkv_bias;
     bool scalar_head;
     ConfigDevice device;
+    ConfigPrecision precision;
     char init_from[CONFIG_PATH_MAX]; /* checkpoint to start from, "" = fresh init */
 } ConfigModel;
 

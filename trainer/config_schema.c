@@ -21,6 +21,7 @@
 
 static const char *const ARCH_NAMES[] = {"llama", "gpt2", NULL};
 static const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
+static const char *const PRECISION_NAMES[] = {"fp32", "tf32", "bf16", NULL};
 static const char *const TOKENIZER_NAMES[] = {"char", "bpe", NULL};
 static const char *const SCHEDULE_NAMES[] = {"constant", "linear", "cosine", NULL};
 static const char *const TASK_NAMES[] = {"arith", "jsonl", NULL};
@@ -68,6 +69,8 @@ static const ConfigKey KEYS[] = {
     KEY("model.qkv_bias", CONFIG_BOOL, model.qkv_bias, "false", NULL, NULL, "biases on q/k/v (llama, as Qwen2)"),
     KEY("model.scalar_head", CONFIG_BOOL, model.scalar_head, "false", NULL, NULL, "scalar head for a value or reward model"),
     KEY("model.device", CONFIG_ENUM, model.device, "cpu", NULL, DEVICE_NAMES, "where the model runs"),
+    KEY("model.precision", CONFIG_ENUM, model.precision, "fp32", NULL, PRECISION_NAMES,
+        "matmul precision: fp32, tf32 or bf16 (bf16 products, fp32 master weights; cuda only)"),
     KEY("model.init_from", CONFIG_STRING, model.init_from, "", NULL, NULL, "checkpoint to start from; \"\" = random init"),
 
     KEY("tokenizer.type", CONFIG_ENUM, tokenizer.type, "char", NULL, TOKENIZER_NAMES, "char (built-in alphabet) or bpe"),

@@ -116,6 +116,10 @@ static int check_model(const Check *c) {
         return fail(c, "model.n_head", "model.d_model",
                     "RoPE needs an even head size, but model.d_model / model.n_head = %" PRId64,
                     m->d_model / m->n_head);
+    if (m->precision != CONFIG_PRECISION_FP32 && m->device != CONFIG_DEVICE_CUDA)
+        return fail(c, "model.precision", "model.device",
+                    "%s needs model.device: cuda (the CPU backend computes in fp32)",
+                    m->precision == CONFIG_PRECISION_BF16 ? "bf16" : "tf32");
     if (m->arch == MODEL_ARCH_GPT2 && m->qkv_bias)
         return fail(c, "model.qkv_bias", "model.arch", "applies to llama only (gpt2 always has biases)");
     if (c->cfg->tokenizer.type == CONFIG_TOKENIZER_BPE && !c->cfg->tokenizer.path[0])

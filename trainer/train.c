@@ -15,6 +15,9 @@
 #include "algos/sft.h"          /* sft_batch_build, sft_loss */
 #include "model/cpu/blas.h"     /* blas_load */
 #include "model/ops.h"          /* ops_cpu, ops_cuda */
+#ifdef PONDER_HAVE_CUDA
+#include "model/cuda/cuda_backend.h" /* cuda_set_tf32, cuda_set_bf16 */
+#endif
 #include "model/tokenizer.h"    /* Tokenizer */
 #include "rollout/dataset.h"    /* Dataset */
 #include "rollout/evaluate.h"   /* eval_run */
@@ -268,6 +271,11 @@ static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Di
         if (!ops)
             return ponder_error(err, PONDER_ERR_CONFIG, "model.device: cuda is not usable here: %s",
                                 ops_cuda_status());
+#ifdef PONDER_HAVE_CUDA
+        /* fp32 (the default) leaves the backend as PONDER_CUDA_TF32/BF16 started it */
+        if (cfg->model.precision == CONFIG_PRECISION_TF32) cuda_set_bf16(0), cuda_set_tf32(1);
+        if (cfg->model.precision == CONFIG_PRECISION_BF16) cuda_set_tf32(0), cuda_set_bf16(1);
+#endif
     }
     return model_create_on(out, mc, ops, err);
 }

@@ -92,6 +92,7 @@ static cublasHandle_t g_blas;
 static int g_init = 0;     /* 0: not tried, 1: ready, -1: unavailable */
 static int g_sync_each = 0; /* PONDER_CUDA_SYNC=1 */
 static int g_tf32 = 0;
+static int g_bf16 = 0; /* PONDER_CUDA_BF16=1 or cuda_set_bf16: linear and LM-head GEMMs in bf16 */
 static char g_status[512] = "the CUDA backend has not been initialised";
 static int g_graphs = 1; /* PONDER_CUDA_GRAPHS=0 sets 0: graph_capture refuses */
 static int g_gemv = 1;   /* PONDER_CUDA_GEMV=0 sets 0: every matmul through cuBLAS */
@@ -152,6 +153,29 @@ static void *carve(Carve *c, size_t bytes) {
     void *p = c->base + c->at;
     c->at += align256(bytes);
     return p;
+}
+
+/* bf16 copies of GEMM operands (cuda_set_bf16): a second grow-only buffer,
+ * because the ops that call gemm_f32 already hold scratch() for their own
+ * temporaries (the LM head's gathered rows and logits). */
+static void *g_scratch16 = NULL;
+static size_t g_scratch16_size = 0;
+
+static void *scratch16(size_t bytes) {
+    if (bytes > g_scratch16_size && g_capturing) {
+        cuda_fail("scratch16", "bf16 scratch buffer too small during a graph capture", __FILE__, __LINE__);
+        return g_scratch16;
+    }
+    if (bytes > g_scratch16_size) {
+        g_scratch_gen++; /* graphs captured before refer to the old buffer */
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (g_scratch16) CUDA_CHECK(cudaFree(g_scratch16));
+        g_scratch16 = NULL;
+        size_t want = bytes + bytes / 4;
+        CUDA_CHECK(cudaMalloc(&g_scratch16, want));
+        g_scratch16_size = want;
+    }
+    return g_scratch16;
 }
 
 /* Host scratch (for the LM head's active-row list). */
@@ -567,6 +591,35 @@ static void linear_small(float *out, const float *inp, const float *resid, const
 
 /* Row-major out[M,N] (ld N) = alpha * A[M,K] * op(B) + beta * out, written
  * through the column-major cuBLAS with the usual transpose trick. */
+__global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, int64_t n);
+
+/* Elements a column-major operand spans: rows x cols with leading dimension ld. */
+static int64_t gemm_span(int rows, int cols, int ld) { return (int64_t)ld * (cols - 1) + rows; }
+
+/* C = A B (+ beta C), column-major, fp32 in and out (cublasSgemm's contract).
+ * In bf16 mode (cuda_set_bf16) both operands are rounded to bf16 copies and
+ * multiplied on the tensor cores with fp32 accumulation into the fp32 C, so
+ * the weights, their gradients and the optimizer stay fp32 (master weights)
+ * and only the products are bf16. */
+static void gemm_f32(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                     const float *A, int lda, const float *B, int ldb, const float *beta,
+                     float *Cm, int ldc) {
+    if (!g_bf16) {
+        CUBLAS_CHECK(cublasSgemm(g_blas, ta, tb, m, n, k, &ONE, A, lda, B, ldb, beta, Cm, ldc));
+        return;
+    }
+    const int64_t a_n = ta == CUBLAS_OP_N ? gemm_span(m, k, lda) : gemm_span(k, m, lda);
+    const int64_t b_n = tb == CUBLAS_OP_N ? gemm_span(k, n, ldb) : gemm_span(n, k, ldb);
+    const size_t a_b = align256((size_t)a_n * sizeof(__nv_bfloat16));
+    char *buf = (char *)scratch16(a_b + (size_t)b_n * sizeof(__nv_bfloat16));
+    __nv_bfloat16 *a16 = (__nv_bfloat16 *)buf, *b16 = (__nv_bfloat16 *)(buf + a_b);
+    k_to_bf16<<<grid_for(a_n, 256), 256, 0, g_stream>>>(a16, A, a_n);
+    k_to_bf16<<<grid_for(b_n, 256), 256, 0, g_stream>>>(b16, B, b_n);
+    CUBLAS_CHECK(cublasGemmEx(g_blas, ta, tb, m, n, k, &ONE, a16, CUDA_R_16BF, lda, b16,
+                              CUDA_R_16BF, ldb, beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
 static void cu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                               int64_t N, int64_t C, int64_t OC) {
     /* out[N,OC] = inp[N,C] w[OC,C]^T (+ bias): column-major out^T = w * inp^T */
@@ -581,8 +634,8 @@ static void cu_matmul_forward(float *out, const float *inp, const float *w, cons
         k_fill_bias<<<grid_for(N * OC, 256), 256, 0, g_stream>>>(out, bias, N, OC);
         beta = &ONE;
     }
-    CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)OC, (int)N, (int)C, &ONE, w,
-                             (int)C, inp, (int)C, beta, out, (int)OC));
+    gemm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)OC, (int)N, (int)C, w, (int)C, inp, (int)C, beta, out,
+             (int)OC);
     op_done("matmul_forward");
 }
 
@@ -591,12 +644,12 @@ static void cu_matmul_backward(float *dinp, float *dw, float *dbias, const float
                                int64_t OC) {
     /* dinp[N,C] += dout[N,OC] w[OC,C]: column-major dinp^T = w^T(as stored) * dout^T */
     if (dinp)
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)OC, &ONE,
-                                 w, (int)C, dout, (int)OC, &ONE, dinp, (int)C));
+        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)OC, w, (int)C, dout, (int)OC, &ONE,
+                 dinp, (int)C);
     /* dw[OC,C] += dout^T inp: column-major dw^T[C,OC] = inp^T[C,N] * dout[N,OC] */
     if (dw)
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)OC, (int)N, &ONE,
-                                 inp, (int)C, dout, (int)OC, &ONE, dw, (int)C));
+        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)OC, (int)N, inp, (int)C, dout, (int)OC, &ONE,
+                 dw, (int)C);
     if (dbias) column_reduce<0>(dbias, NULL, dout, NULL, NULL, NULL, N, OC);
     op_done("matmul_backward");
 }
@@ -1409,8 +1462,8 @@ static void cu_lm_head_forward(float *logp, float *entropy, float *lse, const fl
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
         k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
-                                 w, (int)C, hc, (int)C, &ZERO, z, (int)V));
+        gemm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C, &ZERO,
+                 z, (int)V);
         k_lm_head_rows<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(logp, entropy, lse, z, idx + r0, targets, V);
     }
     op_done("lm_head_forward");
@@ -1431,17 +1484,17 @@ static void cu_lm_head_backward(float *dh, float *dw, const float *dlogp, const 
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
         k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, &ONE,
-                                 w, (int)C, hc, (int)C, &ZERO, z, (int)V));
+        gemm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C, &ZERO,
+                 z, (int)V);
         k_lm_head_dlogits<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(z, idx + r0, lse, dlogp, dentropy,
                                                            targets, V);
         /* dhc[rows,C] = dz[rows,V] w[V,C] */
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, &ONE,
-                                 w, (int)C, z, (int)V, &ZERO, dhc, (int)C));
+        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, w, (int)C, z, (int)V, &ZERO,
+                 dhc, (int)C);
         k_scatter_add_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(dh, dhc, idx + r0, rows, C);
         /* dw[V,C] += dz^T hc */
-        CUBLAS_CHECK(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, &ONE,
-                                 hc, (int)C, z, (int)V, &ONE, dw, (int)C));
+        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, hc, (int)C, z, (int)V, &ONE, dw,
+                 (int)C);
     }
     op_done("lm_head_backward");
 }
@@ -1703,6 +1756,8 @@ static int init_backend(void) {
     g_sync_each = sync && sync[0] == '1';
     const char *tf32 = getenv("PONDER_CUDA_TF32");
     g_tf32 = tf32 && tf32[0] == '1';
+    const char *bf16 = getenv("PONDER_CUDA_BF16");
+    g_bf16 = bf16 && bf16[0] == '1';
     const char *graphs = getenv("PONDER_CUDA_GRAPHS"), *gemv = getenv("PONDER_CUDA_GEMV");
     g_graphs = !(graphs && graphs[0] == '0');
     g_gemv = !(gemv && gemv[0] == '0');
@@ -1728,7 +1783,8 @@ static int init_backend(void) {
     CUDA_OPS = make_table();
     char desc[256];
     cuda_device_describe(desc, sizeof desc);
-    snprintf(g_status, sizeof g_status, "ready: %s%s", desc, g_tf32 ? " (TF32 matmuls)" : "");
+    snprintf(g_status, sizeof g_status, "ready: %s%s%s", desc, g_tf32 ? " (TF32 matmuls)" : "",
+             g_bf16 ? " (bf16 linear and LM-head products)" : "");
     g_init = 1;
     return 1;
 }
@@ -1788,7 +1844,10 @@ extern "C" void cuda_set_tf32(int on) {
     if (g_init > 0) apply_math_mode();
 }
 
-extern "C" size_t cuda_scratch_bytes(void) { return g_scratch_size; }
+extern "C" void cuda_set_bf16(int on) { g_bf16 = on != 0; }
+extern "C" int cuda_bf16_enabled(void) { return g_bf16; }
+
+extern "C" size_t cuda_scratch_bytes(void) { return g_scratch_size + g_scratch16_size; }
 
 extern "C" void cuda_set_graphs(int on) { g_graphs = on != 0 && g_capture_stream && g_blas_workspace; }
 extern "C" int cuda_graphs_enabled(void) { return g_graphs; }
