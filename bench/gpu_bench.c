@@ -8,7 +8,8 @@
  *
  * --bench measures, in one run: cuBLAS GEMM ceilings (fp32, TF32, bf16) and the
  * device copy bandwidth; training tokens/s and achieved TFLOP/s at the GPT-2
- * 124M shape (B=4, T=1024; smaller if that does not fit) in fp32 and TF32;
+ * 124M shape (B=4, T=1024; smaller if that does not fit) in fp32, TF32 and bf16
+ * (bf16 products, fp32 master weights);
  * decode tokens/s at batch 1 and 64 against the bandwidth bound for reading
  * the weights once per token, each with CUDA graphs off and on (and batch 1
  * also with cuBLAS instead of the small-N GEMV: the state before graphs; and
@@ -122,7 +123,12 @@ static Ceilings bench_ceilings(int quick) {
     return k;
 }
 
-static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick) {
+static const char *const PRECISION_NAME[] = {"fp32", "tf32", "bf16"};
+
+/* precision: 0 fp32, 1 TF32, 2 bf16 products with fp32 master weights. */
+static int bench_train(const ModelOps *g, const Ceilings *k, int precision, int quick) {
+    const char *pn = PRECISION_NAME[precision];
+    const double ceiling = precision == 2 ? k->bf16 : precision == 1 ? k->tf32 : k->fp32;
     ModelConfig cfg = bench_shape_config("gpt2");
     const int64_t shapes[][2] = {{4, 1024}, {2, 1024}, {1, 1024}, {4, 256}};
     Model *m = NULL;
@@ -132,7 +138,8 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
         return 1;
     }
     model_init_weights(m, 1234);
-    cuda_set_tf32(tf32);
+    cuda_set_tf32(precision == 1);
+    cuda_set_bf16(precision == 2);
     OptimSettings os = optim_settings_default();
     os.lr = 1e-4f;
     Optimizer opt;
@@ -174,15 +181,14 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
             double tps = (double)(N * steps) / dt;
             double tflops = tps * flops_per_token(&cfg, T) / 1e12;
             char name[96];
-            snprintf(name, sizeof name, "train %s B=%lld T=%lld", tf32 ? "tf32" : "fp32",
-                     (long long)B, (long long)T);
+            snprintf(name, sizeof name, "train %s B=%lld T=%lld", pn, (long long)B, (long long)T);
             result(name, tps, "tok/s", "%.1f ms/step, mean logp %.3f", 1e3 * dt / steps,
                    (double)logp[0]);
-            snprintf(name, sizeof name, "train %s achieved", tf32 ? "tf32" : "fp32");
+            snprintf(name, sizeof name, "train %s achieved", pn);
             result(name, tflops, "TFLOP/s",
                    "%.0f%% of the %s GEMM ceiling, %.0f%% of bf16 (%.3g GFLOP/token)",
-                   100.0 * tflops / (tf32 ? k->tf32 : k->fp32), tf32 ? "tf32" : "fp32",
-                   100.0 * tflops / k->bf16, flops_per_token(&cfg, T) / 1e9);
+                   100.0 * tflops / ceiling, pn, 100.0 * tflops / k->bf16,
+                   flops_per_token(&cfg, T) / 1e9);
             rc = 0;
         } else {
             printf("train B=%lld T=%lld failed: %s (trying a smaller batch)\n", (long long)B,
@@ -191,6 +197,7 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int tf32, int quick
         free(tok), free(tgt), free(logp), free(ent), free(dl);
     }
     cuda_set_tf32(0);
+    cuda_set_bf16(0);
     optim_free(&opt);
     model_free(m);
     return rc;
@@ -402,6 +409,9 @@ static int run_bench(const ModelOps *g, int quick, int decode_only) {
     t0 = bench_now();
     failed |= bench_train(g, &k, 1, quick);
     printf("tf32 training in %.1f s\n", bench_now() - t0);
+    t0 = bench_now();
+    failed |= bench_train(g, &k, 2, quick);
+    printf("bf16 training in %.1f s\n", bench_now() - t0);
     t0 = bench_now();
     failed |= bench_decode_all(g, &k, quick);
     printf("decode in %.1f s\n", bench_now() - t0);
