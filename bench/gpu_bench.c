@@ -30,6 +30,8 @@
 #include "tests/fake_device.h"
 #ifdef PONDER_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
+#include "model/cuda/cuda_nccl.h"
+#include <cuda_runtime.h> /* cudaMemcpy for the NCCL smoke test */
 #endif
 
 static void result(const char *name, double value, const char *unit, const char *fmt, ...) {
@@ -418,6 +420,37 @@ static int run_bench(const ModelOps *g, int quick, int decode_only) {
     return failed ? 1 : 0;
 }
 
+/* NCCL on this one GPU: a one-rank communicator made the way trainer/dist.c
+ * makes one (id, non-blocking init under a timeout), then an in-place sum
+ * over that one rank, which must leave the values as they were. Multi-GPU
+ * sums need several GPUs; this checks the set-up, the polling and the call.
+ * 0 passed or skipped (no NCCL in this build), 1 failed. */
+static int nccl_smoke(void) {
+    if (!cuda_nccl_available()) {
+        printf("SKIP nccl: this build has no NCCL\n");
+        return 0;
+    }
+    char why[256] = "";
+    unsigned char id[CUDA_NCCL_ID_BYTES];
+    CudaNccl *c = NULL;
+    const size_t n = 1000003;
+    float *h = malloc(n * sizeof(float)), *back = malloc(n * sizeof(float)), *dev = NULL;
+    int ok = h && back && cudaMalloc((void **)&dev, n * sizeof(float)) == cudaSuccess;
+    for (size_t i = 0; ok && i < n; i++) h[i] = (float)(i % 977) * 0.25f - 3.0f;
+    ok = ok && cudaMemcpy(dev, h, n * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cuda_nccl_unique_id(id, why, sizeof why) == 0;
+    ok = ok && cuda_nccl_create(&c, id, 1, 0, 60.0, why, sizeof why) == 0;
+    ok = ok && cuda_nccl_allreduce_sum(c, dev, n, 60.0, why, sizeof why) == 0;
+    ok = ok && cudaMemcpy(back, dev, n * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+    ok = ok && memcmp(h, back, n * sizeof(float)) == 0;
+    printf("%s nccl: one-rank communicator and in-place all-reduce of %zu floats%s%s\n",
+           ok ? "ok  " : "FAIL", n, why[0] ? ": " : "", why);
+    cuda_nccl_free(c);
+    cudaFree(dev);
+    free(h), free(back);
+    return ok ? 0 : 1;
+}
+
 #endif /* PONDER_HAVE_CUDA */
 
 int main(int argc, char **argv) {
@@ -456,6 +489,7 @@ int main(int argc, char **argv) {
     int rc = 0;
     if (parity) rc |= run_parity(g, only);
 #ifdef PONDER_HAVE_CUDA
+    if (parity && !only) rc |= nccl_smoke();
     if (parity) {
         long long cap, launch, ref;
         cuda_graph_stats(&cap, &launch, &ref);

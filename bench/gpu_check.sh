@@ -179,6 +179,12 @@ build_standalone() {
     local obj=$BUILD/standalone
     rm -rf "$obj" && mkdir -p "$obj"
     local cflags=(-O2 -g -std=gnu11 -fopenmp -I"$ROOT" -I"$CUDA_HOME/include" -DPONDER_HAVE_CUDA=1)
+    local libdir=$CUDA_HOME/lib64
+    [[ -d $libdir ]] || libdir=$(dirname "$(find "$CUDA_HOME" -name 'libcublas.so*' | head -1)")
+    local nccl=()
+    if [[ -f $CUDA_HOME/include/nccl.h ]] && ls "$libdir"/libnccl.so* >/dev/null 2>&1; then
+        cflags+=(-DPONDER_HAVE_NCCL=1) && nccl=(-lnccl) && echo "standalone: with NCCL"
+    fi
     local srcs=(util/error.c util/rng.c model/model.c model/model_train.c model/model_infer.c
         model/cpu/ops_cpu.c model/cpu/blas.c trainer/optim.c bench/gpu_bench.c)
     local pids=() s
@@ -192,9 +198,7 @@ build_standalone() {
         pids+=($!)
     done
     for s in "${pids[@]}"; do wait "$s"; done
-    local libdir=$CUDA_HOME/lib64
-    [[ -d $libdir ]] || libdir=$(dirname "$(find "$CUDA_HOME" -name 'libcublas.so*' | head -1)")
-    g++ -fopenmp "$obj"/*.o -L"$libdir" -Wl,-rpath,"$libdir" -lcublas -lcudart -ldl -lm -lpthread \
+    g++ -fopenmp "$obj"/*.o -L"$libdir" -Wl,-rpath,"$libdir" "${nccl[@]}" -lcublas -lcudart -ldl -lm -lpthread \
         -o "$BUILD/gpu_bench"
     echo "standalone gpu_bench built: $BUILD/gpu_bench"
 }

@@ -100,6 +100,7 @@ static int cmd_train(int argc, char **argv) {
         return 1;
     }
     dist.timeout_s = cfg.dist.timeout_s;
+    dist.grad_allreduce = (DistGradAllreduce)cfg.dist.grad_allreduce;
     install_stop_handlers();
     TrainOptions opts = {.resume = resume, .console = stdout, .stop_request = &g_stop_request,
                          .stop_at_step = stop_at, .dist = &dist};

@@ -347,6 +347,8 @@ float *model_grads(Model *m) {
     return m->host_grads;
 }
 
+float *model_grads_backend(Model *m) { return m->grads; }
+
 void model_params_upload(Model *m) {
     if (m->ops->device)
         m->ops->upload(m->params, m->host_params, m->num_params * sizeof(float));

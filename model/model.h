@@ -100,6 +100,9 @@ void model_params_upload(Model *m);
 /* Pushes the host mirror of model_grads() to the device (after an all-reduce
  * on the host, say); no-op on the CPU. */
 void model_grads_upload(Model *m);
+/* The gradient buffer itself, in backend memory (device memory on a GPU):
+ * for transports that work on it in place (NCCL). */
+float *model_grads_backend(Model *m);
 /* Name of the backend the model runs on ("cpu", "cuda"). */
 const char *model_backend(const Model *m);
 /* The ops table the model runs on (to create siblings on the same backend). */

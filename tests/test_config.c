@@ -300,6 +300,11 @@ Test(config_contradictions, reduced_precision_needs_cuda) {
                  "t.yaml:3:14: model.precision: tf32 needs model.device: cuda");
 }
 
+Test(config_contradictions, nccl_needs_cuda) {
+    expect_error("dist: {grad_allreduce: nccl}\n",
+                 "dist.grad_allreduce: nccl sums gradients on GPUs, which needs model.device: cuda");
+}
+
 Test(config_contradictions, gpt2_qkv_bias) {
     expect_error("model: {arch: gpt2, qkv_bias: true}\n", "model.qkv_bias: applies to llama only");
 }

@@ -129,6 +129,9 @@ typedef struct ConfigRuntime {
 } ConfigRuntime;
 
 typedef enum { CONFIG_DIST_COLOCATED = 0, CONFIG_DIST_DISAGGREGATED = 1 } ConfigDistMode;
+/* How gradients are summed over ranks: NCCL on the GPUs when the model is on
+ * cuda and the build has NCCL (auto), always through MPI, or NCCL required. */
+typedef enum { CONFIG_GRADS_AUTO = 0, CONFIG_GRADS_MPI = 1, CONFIG_GRADS_NCCL = 2 } ConfigGradAllreduce;
 
 /* Ranks under mpirun (trainer/dist.h); ignored by a single rank. */
 typedef struct ConfigDist {
@@ -136,6 +139,7 @@ typedef struct ConfigDist {
     int64_t rollout_ranks; /* disaggregated: ranks that only generate and score */
     int64_t max_staleness; /* disaggregated: oldest policy version trained on, in steps */
     double timeout_s;      /* watchdog: longest wait for a collective, samples or weights */
+    ConfigGradAllreduce grad_allreduce;
 } ConfigDist;
 
 typedef struct ConfigData {

@@ -26,6 +26,7 @@ static const char *const TOKENIZER_NAMES[] = {"char", "bpe", NULL};
 static const char *const SCHEDULE_NAMES[] = {"constant", "linear", "cosine", NULL};
 static const char *const TASK_NAMES[] = {"arith", "jsonl", NULL};
 static const char *const DIST_MODE_NAMES[] = {"colocated", "disaggregated", NULL};
+static const char *const GRAD_ALLREDUCE_NAMES[] = {"auto", "mpi", "nccl", NULL};
 static const char *const STAGE_TYPE_NAMES[] = {"sft", "grpo", "ppo", "rloo", "reinforce_pp", NULL};
 /* The names below follow the C enums of algos/ and rewards/ in order;
  * config_schema_check compares them with those modules' own names. */
@@ -95,6 +96,8 @@ static const ConfigKey KEYS[] = {
     KEY("dist.rollout_ranks", CONFIG_INT, dist.rollout_ranks, "1", "[1,65536]", NULL, "disaggregated: ranks that only generate and score"),
     KEY("dist.max_staleness", CONFIG_INT, dist.max_staleness, "0", "[0,1000000]", NULL, "disaggregated: most policy versions a trained sample may lag; 0 = on-policy"),
     KEY("dist.timeout_s", CONFIG_FLOAT, dist.timeout_s, "600", "(0,inf)", NULL, "watchdog: longest wait for another rank before the job is ended"),
+    KEY("dist.grad_allreduce", CONFIG_ENUM, dist.grad_allreduce, "auto", NULL, GRAD_ALLREDUCE_NAMES,
+        "gradient sums over ranks: auto (NCCL when the model is on cuda and NCCL is built), mpi, nccl"),
 
     KEY("data.task", CONFIG_ENUM, data.task, "arith", NULL, TASK_NAMES, "built-in arith task or a jsonl dataset"),
     KEY("data.train", CONFIG_STRING, data.train, "", NULL, NULL, "training JSONL (task jsonl)"),

@@ -120,6 +120,9 @@ static int check_model(const Check *c) {
         return fail(c, "model.precision", "model.device",
                     "%s needs model.device: cuda (the CPU backend computes in fp32)",
                     m->precision == CONFIG_PRECISION_BF16 ? "bf16" : "tf32");
+    if (c->cfg->dist.grad_allreduce == CONFIG_GRADS_NCCL && m->device != CONFIG_DEVICE_CUDA)
+        return fail(c, "dist.grad_allreduce", "model.device",
+                    "nccl sums gradients on GPUs, which needs model.device: cuda");
     if (m->arch == MODEL_ARCH_GPT2 && m->qkv_bias)
         return fail(c, "model.qkv_bias", "model.arch", "applies to llama only (gpt2 always has biases)");
     if (c->cfg->tokenizer.type == CONFIG_TOKENIZER_BPE && !c->cfg->tokenizer.path[0])

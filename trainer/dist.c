@@ -9,6 +9,11 @@
 #include <string.h> /* memcpy, memset */
 #include <time.h>   /* clock_gettime, nanosleep */
 
+#include "model/ops.h" /* ModelOps.device */
+#ifdef PONDER_HAVE_CUDA
+#include "model/cuda/cuda_nccl.h" /* cuda_nccl_* */
+#endif
+
 /* Messages and collective pieces stay below INT_MAX elements (MPI counts are
  * int) and bound the scratch memory of the all-reduce. */
 #define DIST_BLOCK ((size_t)1 << 26)
@@ -58,7 +63,15 @@ int dist_init(Dist *d, int *argc, char ***argv, PonderError *err) {
     return PONDER_OK;
 }
 
+static void free_nccl(Dist *d) {
+#ifdef PONDER_HAVE_CUDA
+    cuda_nccl_free(d->nccl);
+#endif
+    d->nccl = NULL;
+}
+
 void dist_finalize(Dist *d) {
+    free_nccl(d);
     if (d->mpi == 1) MPI_Finalize();
     d->mpi = 0;
 }
@@ -69,6 +82,7 @@ void dist_abort(Dist *d, int code) {
 
 int dist_split(Dist *parent, int color, Dist *child, PonderError *err) {
     *child = *parent;
+    child->nccl = NULL; /* the parent's communicator spans other ranks */
     if (!parent->mpi) return PONDER_OK; /* one rank: the split is itself */
     MPI_Comm c;
     int rc = MPI_Comm_split(comm_of(parent), color, parent->rank, &c);
@@ -83,6 +97,7 @@ int dist_split(Dist *parent, int color, Dist *child, PonderError *err) {
 }
 
 void dist_free_split(Dist *child) {
+    free_nccl(child);
     if (child->mpi == 2) {
         MPI_Comm c = comm_of(child);
         MPI_Comm_free(&c);
@@ -177,8 +192,64 @@ int dist_allreduce_f32(Dist *d, float *x, size_t n, const char *what, PonderErro
     return rc;
 }
 
+/* Should d sum m's gradients with NCCL? An error when it must but cannot. */
+static int grads_by_nccl(const Dist *d, const Model *m, int *use, PonderError *err) {
+    *use = 0;
+    if (d->grad_allreduce == DIST_GRADS_MPI) return PONDER_OK;
+    const int on_device = model_ops(m)->device != 0;
+#ifdef PONDER_HAVE_CUDA
+    const int have = cuda_nccl_available();
+#else
+    const int have = 0;
+#endif
+    if (d->grad_allreduce == DIST_GRADS_NCCL && (!on_device || !have))
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "dist.grad_allreduce: nccl, but %s; use auto or mpi",
+                            !on_device ? "the model is not on a GPU"
+                                       : "this build has no NCCL (CMake found no nccl.h / libnccl)");
+    *use = on_device && have;
+    return PONDER_OK;
+}
+
+#ifdef PONDER_HAVE_CUDA
+/* All ranks of d: rank 0 makes the id, MPI carries it, every rank joins. */
+static int nccl_join(Dist *d, PonderError *err) {
+    unsigned char id[CUDA_NCCL_ID_BYTES] = {0};
+    char why[256] = "";
+    int ok = d->rank != 0 || cuda_nccl_unique_id(id, why, sizeof why) == 0;
+    /* a failed id still goes out (zeros): the others then fail to join and time out */
+    int rc = dist_bcast(d, id, sizeof id, 0, "the NCCL communicator id", err);
+    if (rc) return rc;
+    if (!ok) return ponder_error(err, PONDER_ERR_RUNTIME, "rank %d: %s", d->rank, why);
+    int r = cuda_nccl_create(&d->nccl, id, d->size, d->rank, d->timeout_s, why, sizeof why);
+    if (r == 1) return watchdog_error(d, why, d->timeout_s, err);
+    if (r) return ponder_error(err, PONDER_ERR_RUNTIME, "rank %d: %s", d->rank, why);
+    return PONDER_OK;
+}
+
+static int allreduce_grads_nccl(Dist *d, Model *m, PonderError *err) {
+    if (!d->nccl) {
+        int rc = nccl_join(d, err);
+        if (rc) return rc;
+    }
+    char why[256] = "";
+    const double t0 = now_s();
+    int r = cuda_nccl_allreduce_sum(d->nccl, model_grads_backend(m), model_num_params(m),
+                                    d->timeout_s, why, sizeof why);
+    if (r == 1) return watchdog_error(d, why, now_s() - t0, err);
+    if (r) return ponder_error(err, PONDER_ERR_RUNTIME, "rank %d: %s", d->rank, why);
+    d->bytes_sent += model_num_params(m) * sizeof(float);
+    return PONDER_OK;
+}
+#endif
+
 int dist_allreduce_grads(Dist *d, Model *m, PonderError *err) {
     if (d->size == 1) return PONDER_OK;
+    int nccl = 0, rc0 = grads_by_nccl(d, m, &nccl, err);
+    if (rc0) return rc0;
+#ifdef PONDER_HAVE_CUDA
+    if (nccl) return allreduce_grads_nccl(d, m, err);
+#endif
     float *g = model_grads(m);
     int rc = dist_allreduce_f32(d, g, model_num_params(m), "gradients", err);
     if (rc == PONDER_OK) model_grads_upload(m);

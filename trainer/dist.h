@@ -25,6 +25,9 @@
 
 typedef enum { DIST_SUM = 0, DIST_MAX = 1, DIST_MIN = 2 } DistOp;
 
+/* dist_allreduce_grads' transport (the values match config's dist.grad_allreduce). */
+typedef enum { DIST_GRADS_AUTO = 0, DIST_GRADS_MPI = 1, DIST_GRADS_NCCL = 2 } DistGradAllreduce;
+
 typedef struct Dist {
     int rank, size;             /* in this communicator; 0 and 1 without MPI */
     int comm;                   /* the communicator (MPI's Fortran handle; world after dist_init) */
@@ -37,6 +40,8 @@ typedef struct Dist {
     int64_t step;
     /* traffic counted by this rank: bytes it sent in collectives and messages */
     uint64_t bytes_sent, bytes_received;
+    DistGradAllreduce grad_allreduce; /* inherited by splits */
+    struct CudaNccl *nccl;            /* this communicator's NCCL twin, made on first use; not inherited */
 } Dist;
 
 /* Starts MPI when launched by mpirun (else a single rank). argc/argv may be NULL. */
@@ -60,8 +65,12 @@ void dist_set_phase(Dist *d, const char *phase, int64_t step);
 int dist_allreduce_f32(Dist *d, float *x, size_t n, const char *what, PonderError *err);
 int dist_allreduce_f64(Dist *d, double *x, size_t n, DistOp op, const char *what,
                        PonderError *err);
-/* Sums the model's gradients over ranks (on a device backend through the
- * host mirror, then back to the device). */
+/* Sums the model's gradients over ranks. On a device backend with NCCL (and
+ * grad_allreduce auto or nccl) NCCL sums them in device memory (its own
+ * order: deterministic for a fixed set of ranks and GPUs, not bit-identical
+ * to the MPI path); else through the host mirror in rank order and back to
+ * the device. The NCCL communicator is made here on first use, by all ranks
+ * of d together (its id travels by MPI). */
 int dist_allreduce_grads(Dist *d, Model *m, PonderError *err);
 /* Every rank's `bytes` bytes, in rank order, into all[size * bytes]. */
 int dist_allgather(Dist *d, const void *mine, void *all, size_t bytes, const char *what,

@@ -119,6 +119,45 @@ static void test_watchdog(Dist *d) {
     dist_barrier(d, "after the watchdog test", &err);
 }
 
+/* A CPU model's gradients: grad_allreduce nccl is refused with the reason
+ * (before any communication, on every rank), auto and mpi sum through MPI in
+ * rank order. */
+static void test_grads_transport(Dist *d) {
+    if (d->size < 2) return;
+    ModelConfig cfg = model_config_default();
+    cfg.vocab_size = 11, cfg.d_model = 8, cfg.n_layer = 1, cfg.n_head = 2, cfg.n_kv_head = 2,
+    cfg.d_ff = 16;
+    cfg.max_seq_len = 8;
+    Model *m = NULL;
+    PonderError err = {0};
+    if (model_create(&m, &cfg, &err)) {
+        check(d, 0, err.msg);
+        return;
+    }
+    Dist n = *d;
+    n.grad_allreduce = DIST_GRADS_NCCL;
+    int rc = dist_allreduce_grads(&n, m, &err);
+    check(d, rc == PONDER_ERR_CONFIG && strstr(err.msg, "dist.grad_allreduce: nccl, but the model is not on a GPU"),
+          "grad_allreduce nccl refuses a CPU model, naming the key");
+    for (int mode = DIST_GRADS_AUTO; mode <= DIST_GRADS_MPI; mode++) {
+        Dist a = *d;
+        a.grad_allreduce = (DistGradAllreduce)mode;
+        float *g = model_grads(m);
+        const size_t P = model_num_params(m);
+        for (size_t i = 0; i < P; i++) g[i] = value_of(d->rank, i);
+        rc = dist_allreduce_grads(&a, m, &err);
+        int ok = rc == PONDER_OK;
+        for (size_t i = 0; i < P && ok; i++) {
+            float want = value_of(0, i);
+            for (int r = 1; r < d->size; r++) want += value_of(r, i);
+            ok = g[i] == want;
+        }
+        check(d, ok, mode == DIST_GRADS_AUTO ? "grad_allreduce auto on a CPU model: MPI, rank order"
+                                             : "grad_allreduce mpi: rank order");
+    }
+    model_free(m);
+}
+
 int main(int argc, char **argv) {
     Dist d;
     PonderError err = {0};
@@ -134,6 +173,7 @@ int main(int argc, char **argv) {
     test_gather_bcast(&d);
     test_split_and_messages(&d);
     test_watchdog(&d);
+    test_grads_transport(&d);
     double failed = g_failed;
     dist_allreduce_f64(&d, &failed, 1, DIST_MAX, "failures", &err);
     if (d.rank == 0) printf("%s\n", failed ? "FAILED" : "all passed");
