@@ -927,28 +927,49 @@ __global__ void k_softmax_backward(float *datt, const float *att, const int32_t 
  *  scores[T,T] = alpha * X[T,hd] Y[T,hd]^T        (nt)
  *  out[T,hd]   = P[T,T] Y[T,hd]                   (nn)
  *  out[T,hd]   = P[T,T]^T Y[T,hd]                 (tn) */
+/* cublasSgemmStridedBatched's contract (C = alpha A B, beta 0), or in bf16
+ * mode (cuda_set_bf16) the same products on bf16 copies of A and B with fp32
+ * accumulation into the fp32 C, as gemm_f32. The operands are whole packed
+ * buffers (batch blocks of sA / sB elements), converted in one launch each. */
+static void bmm_f32(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                    const float *A, int lda, long long sA, const float *B, int ldb, long long sB,
+                    float *Cm, int ldc, long long sC, int batch) {
+    if (!g_bf16) {
+        CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, ta, tb, m, n, k, &alpha, A, lda, sA, B, ldb,
+                                               sB, &ZERO, Cm, ldc, sC, batch));
+        return;
+    }
+    const int64_t a_n = (int64_t)sA * batch, b_n = (int64_t)sB * batch;
+    const size_t a_b = align256((size_t)a_n * sizeof(__nv_bfloat16));
+    char *buf = (char *)scratch16(a_b + (size_t)b_n * sizeof(__nv_bfloat16));
+    __nv_bfloat16 *a16 = (__nv_bfloat16 *)buf, *b16 = (__nv_bfloat16 *)(buf + a_b);
+    k_to_bf16<<<grid_for(a_n, 256), 256, 0, g_stream>>>(a16, A, a_n);
+    k_to_bf16<<<grid_for(b_n, 256), 256, 0, g_stream>>>(b16, B, b_n);
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(g_blas, ta, tb, m, n, k, &alpha, a16, CUDA_R_16BF,
+                                            lda, sA, b16, CUDA_R_16BF, ldb, sB, &ZERO, Cm,
+                                            CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
 static void bmm_scores(float *scores, const float *X, const float *Y, int64_t T, int64_t hd,
                        int64_t batch, float alpha) {
-    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)T, (int)T,
-                                           (int)hd, &alpha, Y, (int)hd, (long long)(T * hd), X,
-                                           (int)hd, (long long)(T * hd), &ZERO, scores, (int)T,
-                                           (long long)(T * T), (int)batch));
+    bmm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)T, (int)T, (int)hd, alpha, Y, (int)hd,
+            (long long)(T * hd), X, (int)hd, (long long)(T * hd), scores, (int)T,
+            (long long)(T * T), (int)batch);
 }
 
 static void bmm_pv(float *out, const float *P, const float *Y, int64_t T, int64_t hd,
                    int64_t batch) {
-    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)hd, (int)T,
-                                           (int)T, &ONE, Y, (int)hd, (long long)(T * hd), P,
-                                           (int)T, (long long)(T * T), &ZERO, out, (int)hd,
-                                           (long long)(T * hd), (int)batch));
+    bmm_f32(CUBLAS_OP_N, CUBLAS_OP_N, (int)hd, (int)T, (int)T, 1.0f, Y, (int)hd,
+            (long long)(T * hd), P, (int)T, (long long)(T * T), out, (int)hd, (long long)(T * hd),
+            (int)batch);
 }
 
 static void bmm_ptv(float *out, const float *P, const float *Y, int64_t T, int64_t hd,
                     int64_t batch) {
-    CUBLAS_CHECK(cublasSgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)hd, (int)T,
-                                           (int)T, &ONE, Y, (int)hd, (long long)(T * hd), P,
-                                           (int)T, (long long)(T * T), &ZERO, out, (int)hd,
-                                           (long long)(T * hd), (int)batch));
+    bmm_f32(CUBLAS_OP_N, CUBLAS_OP_T, (int)hd, (int)T, (int)T, 1.0f, Y, (int)hd,
+            (long long)(T * hd), P, (int)T, (long long)(T * T), out, (int)hd, (long long)(T * hd),
+            (int)batch);
 }
 
 static void cu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
