@@ -27,10 +27,11 @@ void cuda_synchronize(void);
  * PONDER_CUDA_TF32=1 in the environment sets 1 at start-up. */
 void cuda_set_tf32(int on);
 
-/* bf16 products with fp32 master weights: on, the linear layers' and the LM
- * head's GEMMs (forward and backward) round both operands to bf16 and run on
- * the tensor cores with fp32 accumulation into fp32 outputs; weights,
- * gradients, optimizer state, norms, attention and losses stay fp32. Off by
+/* bf16 products with fp32 master weights: on, every GEMM of the model (the
+ * linear layers', the LM head's and attention's, forward and backward)
+ * rounds both operands to bf16 and runs on the tensor cores with fp32
+ * accumulation into fp32 outputs; weights, gradients, optimizer state,
+ * activations, norms, softmax and losses stay fp32. Off by
  * default (fp32 is the parity mode); PONDER_CUDA_BF16=1 sets it at start-up,
  * model.precision: bf16 in a config sets it for the run. */
 void cuda_set_bf16(int on);
