@@ -5,40 +5,15 @@
 #include <math.h>   /* exp, isfinite */
 #include <string.h> /* strcmp */
 
-/* verl kl_penalty's stability clamps for k3 (METHODS.md 0). */
-#define KL_DELTA_CLAMP 20.0
-#define KL_VALUE_CLAMP 10.0
+#include "algos/loss_token.h" /* algo_token_kl */
+
+/* the per-token formulas are shared with the device kernels */
+_Static_assert(ALGO_KL_K1 == ALGO_TOKEN_KL_K1 && ALGO_KL_K2 == ALGO_TOKEN_KL_K2 &&
+                   ALGO_KL_K3 == ALGO_TOKEN_KL_K3,
+               "algos/loss_token.h numbers the KL estimators as AlgoKlEstimator does");
 
 double algo_kl_token(AlgoKlEstimator est, int clamp, double logp, double ref, double *dkl_dlogp) {
-    double diff = logp - ref, value, grad;
-    switch (est) {
-    case ALGO_KL_K1:
-        value = diff;
-        grad = 1.0;
-        break;
-    case ALGO_KL_K2:
-        value = 0.5 * diff * diff;
-        grad = diff;
-        break;
-    case ALGO_KL_K3:
-    default: {
-        double d = ref - logp, dd_dlogp = -1.0;
-        if (clamp && (d < -KL_DELTA_CLAMP || d > KL_DELTA_CLAMP)) {
-            d = d < 0.0 ? -KL_DELTA_CLAMP : KL_DELTA_CLAMP;
-            dd_dlogp = 0.0; /* torch.clamp passes no gradient outside its interval */
-        }
-        double e = exp(d);
-        value = e - d - 1.0;
-        grad = (e - 1.0) * dd_dlogp;
-        if (clamp && (value < -KL_VALUE_CLAMP || value > KL_VALUE_CLAMP)) {
-            value = value < 0.0 ? -KL_VALUE_CLAMP : KL_VALUE_CLAMP;
-            grad = 0.0;
-        }
-        break;
-    }
-    }
-    if (dkl_dlogp) *dkl_dlogp = grad;
-    return value;
+    return algo_token_kl((int)est, clamp, logp, ref, dkl_dlogp);
 }
 
 const char *algo_kl_name(AlgoKlEstimator est) {

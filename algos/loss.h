@@ -49,6 +49,11 @@ typedef struct AlgoAgg {
 const char *algo_loss_type_name(AlgoLossType t);
 int algo_loss_type_parse(const char *name, AlgoLossType *out, PonderError *err);
 
+/* D of the table above for this batch (the normalizer when > 0). A caller
+ * that hands the loss to a backend op (model/ops.h policy_loss) resolves D
+ * with this, as the host losses do. */
+double algo_agg_denominator(const AlgoBatch *b, const AlgoAgg *agg);
+
 /* loss = agg(x); dx (may be NULL) = d loss / d x[i,t] (the aggregation weights).
  * Also useful for any per-token loss (SFT cross-entropy, entropy). */
 int algo_agg_loss(const AlgoBatch *b, const AlgoAgg *agg, const float *x, double *loss, float *dx,

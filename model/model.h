@@ -128,6 +128,27 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
 int model_backward(Model *m, const float *dlogp, const float *dentropy,
                    const float *dvalues, PonderError *err);
 
+/* ------------------------------------------------- backend-resident I/O --
+ * The same forward and backward with the per-token arrays left in (and taken
+ * from) backend memory, for losses computed on the backend (model/ops.h
+ * policy_loss): on a device nothing per-token crosses to the host. The
+ * arrays are the model's own [B,T] buffers, valid until the next forward.
+ * Differences from the host API, both about mask-0 positions: values are
+ * NOT zeroed there (nothing downstream may read them), and dvalues must be
+ * 0 there (the model does not mask them). logp and entropy are 0 at mask-0
+ * positions as on the host API. entropy is computed when want_entropy is
+ * set (else out->entropy is NULL); values iff the model has a scalar head. */
+typedef struct ModelOutputs {
+    const float *logp, *entropy, *values; /* backend memory, [B,T] */
+} ModelOutputs;
+
+int model_forward_backend(Model *m, const ModelBatch *batch, int want_entropy, ModelOutputs *out,
+                          PonderError *err);
+/* model_backward with dlogp / dentropy / dvalues in backend memory (any may
+ * be NULL, as there). */
+int model_backward_backend(Model *m, const float *dlogp, const float *dentropy,
+                           const float *dvalues, PonderError *err);
+
 /* Full logits [B,T,V] for the batch (tests and tools only: allocates B*T*V). */
 int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, PonderError *err);
 

@@ -74,10 +74,12 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     ALLOC(dact, N * F);
     ALLOC(dlnf, N * C);
     ALLOC(dvalues, N);
+    /* the heads' outputs in backend memory: model_forward_backend's on any
+     * backend, model_forward's staging on a device */
+    ALLOC(d_logp, N);
+    ALLOC(d_entropy, N);
+    ALLOC(d_values, N);
     if (o->device) {
-        ALLOC(d_logp, N);
-        ALLOC(d_entropy, N);
-        ALLOC(d_values, N);
         ALLOC(d_dlogp, N);
         ALLOC(d_dentropy, N);
 #define HOST_ALLOC(field, count) \
@@ -258,6 +260,38 @@ static int prepare(Model *m, const ModelBatch *batch, int need_targets, PonderEr
     return PONDER_OK;
 }
 
+/* The heads on act.lnf after forward_trunk, into backend arrays: logp and
+ * entropy (may be NULL) of softmax(logits / temperature), and the scalar
+ * head's values (values NULL: skipped), not masked. */
+static void forward_heads(Model *m, float temperature, float *logp, float *entropy,
+                          float *values) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    Activations *a = &m->act;
+    const int64_t N = a->B * a->T, C = c->d_model;
+    /* softmax(h W^T / T) = softmax((h / T) W^T): scale the head's input */
+    a->head_scale = (temperature > 0.0f) ? 1.0f / temperature : 1.0f;
+    const float *head_in = a->lnf;
+    if (a->head_scale != 1.0f) {
+        scale_rows(m, a->lnf_scaled, a->lnf, a->head_scale, N * C);
+        head_in = a->lnf_scaled;
+    }
+    o->lm_head_forward(logp, entropy, a->lse, head_in, m->params + m->lay.lm, a->targets, a->mask,
+                       N, C, c->vocab_size);
+    if (values)
+        o->matmul_forward(values, a->lnf, m->params + m->lay.score_w, m->params + m->lay.score_b,
+                          N, C, 1);
+}
+
+static int forward_start(Model *m, const ModelBatch *batch, PonderError *err) {
+    m->act.has_forward = 0;
+    if (!batch->targets)
+        return ponder_error(err, PONDER_ERR_SHAPE, "model_forward: batch has no targets");
+    int rc = prepare(m, batch, 1, err);
+    if (rc == PONDER_OK) forward_trunk(m);
+    return rc;
+}
+
 int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy, float *values,
                   PonderError *err) {
     const ModelConfig *c = &m->cfg;
@@ -267,39 +301,43 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
     if (c->scalar_head && !values)
         return ponder_error(err, PONDER_ERR_SHAPE,
                             "model_forward: the model has a scalar head; pass a values buffer");
-    int rc = prepare(m, batch, 1, err);
+    int rc = forward_start(m, batch, err);
     if (rc) return rc;
     Activations *a = &m->act;
-    const int64_t N = a->B * a->T, C = c->d_model;
-    forward_trunk(m);
-    /* softmax(h W^T / T) = softmax((h / T) W^T): scale the head's input */
-    a->head_scale = (batch->temperature > 0.0f) ? 1.0f / batch->temperature : 1.0f;
-    const float *head_in = a->lnf;
-    if (a->head_scale != 1.0f) {
-        scale_rows(m, a->lnf_scaled, a->lnf, a->head_scale, N * C);
-        head_in = a->lnf_scaled;
-    }
+    const int64_t N = a->B * a->T;
     /* a device backend writes into device buffers that are downloaded below */
     const ModelOps *o = m->ops;
     const int dev = o->device;
     const size_t row_bytes = (size_t)N * sizeof(float);
-    float *out_logp = dev ? a->d_logp : logp;
-    float *out_entropy = dev && entropy ? a->d_entropy : entropy;
-    o->lm_head_forward(out_logp, out_entropy, a->lse, head_in, m->params + m->lay.lm, a->targets,
-                       a->mask, N, C, c->vocab_size);
+    float *out_values = c->scalar_head ? (dev ? a->d_values : values) : NULL;
+    forward_heads(m, batch->temperature, dev ? a->d_logp : logp,
+                  dev && entropy ? a->d_entropy : entropy, out_values);
     if (dev) {
         o->download(logp, a->d_logp, row_bytes);
         if (entropy) o->download(entropy, a->d_entropy, row_bytes);
     }
     if (c->scalar_head) {
-        o->matmul_forward(dev ? a->d_values : values, a->lnf, m->params + m->lay.score_w,
-                          m->params + m->lay.score_b, N, C, 1);
         if (dev) o->download(values, a->d_values, row_bytes);
         const float *mask = host_mask(m);
         for (int64_t i = 0; i < N; i++) values[i] *= mask[i];
     } else if (values) {
-        memset(values, 0, (size_t)N * sizeof(float));
+        memset(values, 0, row_bytes);
     }
+    a->has_forward = 1;
+    return PONDER_OK;
+}
+
+int model_forward_backend(Model *m, const ModelBatch *batch, int want_entropy, ModelOutputs *out,
+                          PonderError *err) {
+    int rc = forward_start(m, batch, err);
+    if (rc) return rc;
+    Activations *a = &m->act;
+    const int scalar = m->cfg.scalar_head;
+    out->logp = a->d_logp;
+    out->entropy = want_entropy ? a->d_entropy : NULL;
+    out->values = scalar ? a->d_values : NULL;
+    forward_heads(m, batch->temperature, a->d_logp, want_entropy ? a->d_entropy : NULL,
+                  scalar ? a->d_values : NULL);
     a->has_forward = 1;
     return PONDER_OK;
 }
@@ -371,19 +409,54 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
                   a->ln1_rstd + l * N, N);
 }
 
-int model_backward(Model *m, const float *dlogp, const float *dentropy, const float *dvalues,
-                   PonderError *err) {
+static int check_forward(const Model *m, PonderError *err) {
+    if (m->act.has_forward) return PONDER_OK;
+    return ponder_error(err, PONDER_ERR_RUNTIME,
+                        "model_backward: no forward pass to differentiate (call model_forward "
+                        "first)");
+}
+
+/* The backward pass from per-token gradients in backend memory (dvalues
+ * already 0 at mask-0 positions, NULL without a scalar head's gradient). */
+static void backward_from(Model *m, const float *dlogp, const float *dentropy,
+                          const float *dvalues) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     Activations *a = &m->act;
-    if (!a->has_forward)
-        return ponder_error(err, PONDER_ERR_RUNTIME,
-                            "model_backward: no forward pass to differentiate (call "
-                            "model_forward first)");
     const int64_t N = a->B * a->T, C = c->d_model, L = c->n_layer;
     const int gpt2 = c->arch == MODEL_ARCH_GPT2;
     float *G = m->grads;
 
+    /* heads: d(final normed hidden) */
+    o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
+    const int scaled = a->head_scale != 1.0f;
+    if (dlogp || dentropy) { /* a critic trains only its value head: skip the LM head */
+        o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy,
+                            scaled ? a->lnf_scaled : a->lnf, m->params + m->lay.lm, a->targets,
+                            a->lse, a->mask, N, C, c->vocab_size);
+        if (scaled) /* chain rule through h / T */
+            scale_rows(m, a->dlnf, a->dlnf, a->head_scale, N * C);
+    }
+    if (c->scalar_head && dvalues)
+        o->matmul_backward(a->dlnf, G + m->lay.score_w, G + m->lay.score_b, dvalues, a->lnf,
+                           m->params + m->lay.score_w, N, C, 1);
+    /* final norm, then the layers in reverse */
+    float *dres = a->dresid;
+    o->zero(dres, (size_t)(N * C) * sizeof(float));
+    norm_backward(m, dres, G + m->lay.lnf_w, gpt2 ? G + m->lay.lnf_b : NULL, a->dlnf,
+                  a->resid + L * N * C, m->params + m->lay.lnf_w, a->lnf_mean, a->lnf_rstd, N);
+    for (int64_t l = L - 1; l >= 0; l--) layer_backward(m, l, dres);
+    o->embedding_backward(G + m->lay.wte, gpt2 ? G + m->lay.wpe : NULL, dres, a->tokens, a->pos,
+                          N, C);
+}
+
+int model_backward(Model *m, const float *dlogp, const float *dentropy, const float *dvalues,
+                   PonderError *err) {
+    int rc = check_forward(m, err);
+    if (rc) return rc;
+    const ModelOps *o = m->ops;
+    Activations *a = &m->act;
+    const int64_t N = a->B * a->T;
     /* a device backend reads the per-token gradients from device copies */
     const int dev = o->device;
     const size_t row_bytes = (size_t)N * sizeof(float);
@@ -395,31 +468,21 @@ int model_backward(Model *m, const float *dlogp, const float *dentropy, const fl
         o->upload(a->d_dentropy, dentropy, row_bytes);
         dentropy = a->d_dentropy;
     }
-    /* heads: d(final normed hidden) */
-    o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
-    const int scaled = a->head_scale != 1.0f;
-    if (dlogp || dentropy) { /* a critic trains only its value head: skip the LM head */
-        o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy,
-                            scaled ? a->lnf_scaled : a->lnf, m->params + m->lay.lm, a->targets,
-                            a->lse, a->mask, N, C, c->vocab_size);
-        if (scaled) /* chain rule through h / T */
-            scale_rows(m, a->dlnf, a->dlnf, a->head_scale, N * C);
-    }
-    if (c->scalar_head && dvalues) {
+    const float *dv_backend = NULL;
+    if (m->cfg.scalar_head && dvalues) { /* masked on the host, then moved */
         const float *mask = host_mask(m);
         float *dv = dev ? a->h_rows : a->dvalues;
         for (int64_t i = 0; i < N; i++) dv[i] = dvalues[i] * mask[i];
         if (dev) o->upload(a->dvalues, dv, row_bytes);
-        o->matmul_backward(a->dlnf, G + m->lay.score_w, G + m->lay.score_b, a->dvalues, a->lnf,
-                           m->params + m->lay.score_w, N, C, 1);
+        dv_backend = a->dvalues;
     }
-    /* final norm, then the layers in reverse */
-    float *dres = a->dresid;
-    o->zero(dres, (size_t)(N * C) * sizeof(float));
-    norm_backward(m, dres, G + m->lay.lnf_w, gpt2 ? G + m->lay.lnf_b : NULL, a->dlnf,
-                  a->resid + L * N * C, m->params + m->lay.lnf_w, a->lnf_mean, a->lnf_rstd, N);
-    for (int64_t l = L - 1; l >= 0; l--) layer_backward(m, l, dres);
-    o->embedding_backward(G + m->lay.wte, gpt2 ? G + m->lay.wpe : NULL, dres, a->tokens, a->pos,
-                          N, C);
+    backward_from(m, dlogp, dentropy, dv_backend);
     return PONDER_OK;
+}
+
+int model_backward_backend(Model *m, const float *dlogp, const float *dentropy,
+                           const float *dvalues, PonderError *err) {
+    int rc = check_forward(m, err);
+    if (rc == PONDER_OK) backward_from(m, dlogp, dentropy, m->cfg.scalar_head ? dvalues : NULL);
+    return rc;
 }

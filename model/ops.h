@@ -25,6 +25,55 @@ typedef struct OpsHeads {
 enum { OPS_NORM_NONE = 0, OPS_NORM_RMS = 1, OPS_NORM_LAYER = 2 };
 enum { OPS_ACT_NONE = 0, OPS_ACT_GELU = 1 };
 
+/* The policy loss's configuration for the policy_loss op: algos/loss.h's
+ * AlgoPolicyConfig resolved to plain numbers (the model does not depend on
+ * algos/; trainer/rl_device.c converts). Passed by value: host data. */
+typedef struct OpsPolicyLoss {
+    double epsilon_low, epsilon_high; /* clip range [1 - low, 1 + high] */
+    double dual_clip_c;               /* 0 = off, else > 1 */
+    double log_ratio_clamp;           /* 0 = no clamp */
+    int sequence_ratio;               /* 1: one ratio per row (GSPO), 0: per token */
+    int kl_estimator;                 /* AlgoKlEstimator: 0 k1, 1 k2, 2 k3 */
+    int kl_clamp;                     /* verl's k3 clamps */
+    double kl_coef;                   /* 0: KL only as a metric (when ref_logp is given) */
+    double entropy_coef;
+    int loss_type; /* AlgoLossType: 0 (grpo) weighs row i's tokens 1 / (max(1, n_i) D), others 1 / D */
+    double denom;  /* D > 0, as algo_agg_denominator resolves it */
+} OpsPolicyLoss;
+
+/* What policy_loss reduces to (the fields of AlgoPolicySums, in order):
+ * sums of weight * term for the loss parts, plain sums for the metrics. */
+enum {
+    OPS_POLICY_PG = 0,  /* sum w * pg */
+    OPS_POLICY_KL,      /* sum w * KL (only when kl_coef != 0) */
+    OPS_POLICY_ENT,     /* sum w * H (when entropy is given) */
+    OPS_POLICY_TOKENS,  /* mask-1 tokens */
+    OPS_POLICY_LOW,     /* low-clipped tokens */
+    OPS_POLICY_HIGH,    /* high-clipped tokens */
+    OPS_POLICY_DUAL,    /* dual-clipped tokens */
+    OPS_POLICY_RATIO,   /* sum rho */
+    OPS_POLICY_KL_SUM,  /* sum KL (when ref_logp is given) */
+    OPS_POLICY_OLD_KL,  /* sum (old - logp), clamped */
+    OPS_POLICY_ENT_SUM, /* sum H */
+    OPS_POLICY_NSUMS
+};
+
+/* The value loss's configuration (algos/loss.h AlgoValueConfig resolved). */
+typedef struct OpsValueLoss {
+    double clip_range; /* 0 = no clipping */
+    int loss_type;     /* as OpsPolicyLoss.loss_type */
+    double denom;      /* D > 0 */
+} OpsValueLoss;
+
+/* What value_loss reduces to (AlgoValueSums, in order). */
+enum {
+    OPS_VALUE_LOSS = 0, /* sum w * max((V - R)^2, (Vc - R)^2), before the 0.5 */
+    OPS_VALUE_CLIPPED,  /* tokens where the clipped error is strictly larger */
+    OPS_VALUE_TOKENS,   /* mask-1 tokens */
+    OPS_VALUE_SUM,      /* sum V */
+    OPS_VALUE_NSUMS
+};
+
 typedef struct ModelOps {
     const char *name;
 
@@ -164,6 +213,39 @@ typedef struct ModelOps {
     void *(*graph_capture)(void (*body)(void *ctx), void *ctx);
     void (*graph_launch)(void *graph);
     void (*graph_free)(void *graph);
+
+    /* ---- RL losses on the backend (optional; NULL on the CPU table) ---- */
+    /* So that a device-resident RL update needs no per-token copy to the
+     * host: the trainer keeps logp / entropy / values where the model left
+     * them (model_forward_backend), computes the loss here and hands the
+     * per-token gradients straight to model_backward_backend. With these
+     * NULL the trainer runs algos/ on host copies (the CPU backend always).
+     * Per-token arrays are [S,T] row-major; each op writes every position of
+     * its gradient outputs (0 at mask-0 tokens); `sums` is backend memory. */
+
+    /* algo_policy_loss (algos/loss.h) with the same formulas, tie rules and
+     * metrics; entropy, old_logp (NULL: old = logp detached), ref_logp
+     * (NULL: no KL, cfg.kl_coef must be 0) and dentropy (NULL: not written)
+     * may be NULL. sums[OPS_POLICY_NSUMS] receives AlgoPolicySums
+     * (algos/loss_core.h) in its order. */
+    void (*policy_loss)(float *dlogp, float *dentropy, double *sums, const float *logp,
+                        const float *entropy, const float *old_logp, const float *ref_logp,
+                        const float *advantages, const float *mask, OpsPolicyLoss cfg, int64_t S,
+                        int64_t T);
+    /* algo_value_loss: dvalues [S,T]; old_values may be NULL when
+     * cfg.clip_range is 0. sums[OPS_VALUE_NSUMS] receives AlgoValueSums. */
+    void (*value_loss)(float *dvalues, double *sums, const float *values, const float *old_values,
+                       const float *returns, const float *mask, OpsValueLoss cfg, int64_t S,
+                       int64_t T);
+    /* out[0] = max |a - b| over the n positions with mask != 0 (in double; 0
+     * when there is none; NaN at mask-0 positions is never read). */
+    void (*masked_max_abs_diff)(double *out, const float *a, const float *b, const float *mask,
+                                int64_t n);
+    /* Strided block copy, backend to backend: dst[r*dst_stride + c] =
+     * src[r*src_stride + c] for r < rows, c < cols (the blocks must not
+     * overlap). Optional on its own: NULL means one `copy` per row. */
+    void (*copy_2d)(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
+                    int64_t rows, int64_t cols);
 
     /* ---- optimizer ---- */
     /* sum of squares of x[0..n): float within 4096-value blocks, blocks added

@@ -21,9 +21,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "algos/loss_core.h"     /* the losses' host loops: the reference of the loss ops */
 #include "model/model.h"
 #include "model/ops.h"
 #include "trainer/optim.h"
+#include "trainer/rl_device.h"     /* AlgoPolicyConfig -> OpsPolicyLoss (header-only part) */
 #include "util/rng.h"
 
 #define PARITY_FN static __attribute__((unused))
@@ -882,6 +884,250 @@ PARITY_FN void parity_decode(Parity *p) {
     parity_decode_arch(p, MODEL_ARCH_GPT2);
 }
 
+/* ---------------------------------------------------------- RL losses ---- */
+
+/* The loss ops (policy_loss, value_loss, masked_max_abs_diff, copy_2d)
+ * against algos' host loops (algos/loss_core.h: the code algo_policy_loss and
+ * algo_value_loss run; called directly because gpu_bench's standalone build
+ * links no algos/ object). Inputs plant every branch: rows without tokens and
+ * a fully used row, padding, tokens on both clip sides and past the dual
+ * clip, on-policy ties (old = logp: rho = exp(0) = 1 exactly, on the clip
+ * boundary when an epsilon is 0), log-ratios exactly at the clamp (inputs on
+ * a 1/1024 grid so differences are exact), sequence-level rows whose mean
+ * log-ratio is exactly 0 or the clamp, k3 beyond and exactly at verl's
+ * clamps, zero advantages, value errors exactly at the value clip, and NaN at
+ * every mask-0 position (never to be read).
+ * Tolerances: per-token gradients PARITY_TOL relative to the largest (both
+ * sides compute in double and round once to float; the sequence-level sum and
+ * exp may differ in the last double bits). Sums: |gpu - host| / max(|host|,
+ * 1e-6) <= PARITY_TOL each (double sums in another order; counts exact
+ * unless a tie fell differently, which this check is there to catch). Ties
+ * reached through exp of a nonzero argument are left out: CUDA's exp need not
+ * round as glibc's, so such a tie may fall either way (tests/test_cuda.c
+ * plants those against the fake device). */
+
+/* loss_type names (algo_loss_type_name lives in algos/loss.c, not linked here) */
+PARITY_FN const char *parity_loss_type(int type) {
+    static const char *const names[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
+    return type >= 0 && type < 4 ? names[type] : "?";
+}
+
+typedef struct ParityLossData {
+    int64_t S, T;
+    float *mask, *logp, *old, *ref, *adv, *ent, *val, *old_val, *ret;
+} ParityLossData;
+
+/* x on the 1/1024 grid: sums and differences of a few such values are exact. */
+PARITY_FN float parity_grid(double x) { return (float)(nearbyint(x * 1024.0) / 1024.0); }
+
+PARITY_FN ParityLossData parity_loss_data(Parity *p, int64_t S, int64_t T, int kl_extremes) {
+    ParityLossData d = {S, T, hbuf(p, F4(S * T)), hbuf(p, F4(S * T)), hbuf(p, F4(S * T)),
+                        hbuf(p, F4(S * T)), hbuf(p, F4(S * T)), hbuf(p, F4(S * T)),
+                        hbuf(p, F4(S * T)), hbuf(p, F4(S * T)), hbuf(p, F4(S * T))};
+    Rng *r = &p->rng;
+    for (int64_t i = 0; i < S; i++) {
+        const double row_adv = rng_normal(r);
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t k = i * T + t;
+            int on = rng_uniform_double(r) < 0.8;
+            if (i == 0) on = 1;                  /* a full row */
+            if (i == 1) on = t < T / 2;          /* right padding */
+            if (i == 2 || i == S - 1) on = 0;    /* rows without tokens */
+            d.mask[k] = on ? 1.0f : 0.0f;
+            float lp = parity_grid(-fabs(rng_normal(r)) - 0.1);
+            d.logp[k] = lp;
+            double u = rng_uniform_double(r);
+            float old = u < 0.25 ? lp                                  /* on-policy tie */
+                        : u < 0.35 ? lp - 0.5f                          /* lr = +0.5 */
+                        : u < 0.45 ? lp + 0.5f                          /* lr = -0.5 */
+                        : u < 0.55 ? lp - 1.5f                          /* rho 4.5: high / dual */
+                        : u < 0.65 ? lp + 1.0f                          /* rho 0.37: low */
+                                   : (float)(lp + 0.3 * rng_normal(r));
+            if (i == 3) old = lp;        /* sequence level: mean log-ratio exactly 0 */
+            if (i == 4) old = lp - 0.5f; /* ... and exactly 0.5 */
+            d.old[k] = old;
+            u = rng_uniform_double(r);
+            float ref = (float)(lp + 0.5 * rng_normal(r));
+            if (kl_extremes) /* verl's k3 clamps: beyond, and exactly at, |d| = 20 */
+                ref = u < 0.05 ? lp + 25.0f : u < 0.1 ? lp - 25.0f : u < 0.13 ? lp + 20.0f
+                      : u < 0.16 ? lp - 20.0f : ref;
+            d.ref[k] = ref;
+            u = rng_uniform_double(r);
+            d.adv[k] = u < 0.1 ? 0.0f : (float)(i % 2 ? row_adv : rng_normal(r));
+            d.ent[k] = (float)(3.0 * rng_uniform_double(r));
+            float v = parity_grid(rng_normal(r));
+            d.val[k] = v;
+            u = rng_uniform_double(r);
+            d.old_val[k] = u < 0.1 ? v - 0.5f : u < 0.2 ? v + 0.5f : (float)(v + 0.5 * rng_normal(r));
+            d.ret[k] = (float)rng_normal(r);
+            if (!on) { /* never read */
+                d.logp[k] = d.old[k] = d.ref[k] = d.adv[k] = d.ent[k] = NAN;
+                d.val[k] = d.old_val[k] = d.ret[k] = NAN;
+            }
+        }
+    }
+    return d;
+}
+
+/* Compares n sums: worst |got - want| / max(|want|, 1e-6). */
+PARITY_FN void parity_compare_sums(Parity *p, const char *what, const double *got,
+                                   const double *want, int n) {
+    double worst = 0.0, ref = 0.0;
+    for (int j = 0; j < n; j++) {
+        double e = fabs(got[j] - want[j]) / fmax(fabs(want[j]), 1e-6);
+        if (isnan(e)) e = INFINITY;
+        worst = fmax(worst, e);
+        ref = fmax(ref, fabs(want[j]));
+    }
+    parity_record(p, what, worst, PARITY_TOL, ref);
+}
+
+/* A device copy with the mask-0 positions' NaN kept (what the op must skip). */
+PARITY_FN float *parity_garbage(Parity *p, int64_t n) {
+    float *h = hbuf(p, F4(n));
+    for (int64_t i = 0; i < n; i++) h[i] = 1e30f; /* the op must overwrite every position */
+    return h;
+}
+
+typedef struct ParityPolicyCase {
+    const char *name;
+    int seq, use_old, use_ref, use_ent, want_dent, dual, kl_est, kl_clamp;
+    double eps_low, eps_high, clamp, kl_coef, ent_coef, normalizer;
+} ParityPolicyCase;
+
+/* One configuration; returns the host's sums (the caller checks coverage). */
+PARITY_FN AlgoPolicySums parity_policy_case(Parity *p, const ParityLossData *d,
+                                            const ParityPolicyCase *pc, int type) {
+    const int64_t S = d->S, T = d->T, N = S * T;
+    char what[200];
+    AlgoPolicyConfig c;
+    c.epsilon_low = pc->eps_low;
+    c.epsilon_high = pc->eps_high;
+    c.dual_clip_c = pc->dual ? 3.0 : 0.0;
+    c.ratio_level = pc->seq ? ALGO_RATIO_SEQUENCE : ALGO_RATIO_TOKEN;
+    c.log_ratio_clamp = pc->clamp;
+    c.agg = (AlgoAgg){(AlgoLossType)type, T + 3, pc->normalizer};
+    c.kl = (AlgoKl){(AlgoKlEstimator)pc->kl_est, pc->kl_coef, pc->kl_clamp};
+    c.entropy_coef = pc->ent_coef;
+    AlgoBatch b = {S, T, d->mask};
+    const double denom = algo_core_denominator(&b, &c.agg);
+    AlgoPolicyInputs in = {d->logp, pc->use_old ? d->old : NULL, pc->use_ref ? d->ref : NULL,
+                           d->adv, pc->use_ent ? d->ent : NULL};
+    float *dl = parity_garbage(p, N), *de = pc->want_dent ? parity_garbage(p, N) : NULL;
+    float *g_dl = up(p, dl, F4(N)), *g_de = up(p, de, F4(N));
+    AlgoPolicySums acc;
+    algo_core_policy_loss(&b, &c, &in, denom, &acc, dl, de);
+    const double want[OPS_POLICY_NSUMS] = {acc.pg,  acc.kl,    acc.ent,   acc.tokens,
+                                           acc.low, acc.high,  acc.dual,  acc.ratio,
+                                           acc.kl_sum, acc.old_kl, acc.ent_sum};
+    double *g_sums = dbuf(p, OPS_POLICY_NSUMS * sizeof(double));
+    p->gpu->policy_loss(g_dl, g_de, g_sums, up(p, d->logp, F4(N)),
+                        pc->use_ent ? up(p, d->ent, F4(N)) : NULL,
+                        pc->use_old ? up(p, d->old, F4(N)) : NULL,
+                        pc->use_ref ? up(p, d->ref, F4(N)) : NULL, up(p, d->adv, F4(N)),
+                        up(p, d->mask, F4(N)), rl_device_policy_cfg(&c, denom), S, T);
+    double got[OPS_POLICY_NSUMS];
+    p->gpu->download(got, g_sums, sizeof got);
+    snprintf(what, sizeof what, "policy_loss %s %s dlogp", pc->name, parity_loss_type(type));
+    parity_compare(p, what, g_dl, dl, N, PARITY_TOL);
+    if (de) {
+        snprintf(what, sizeof what, "policy_loss %s %s dentropy", pc->name, parity_loss_type(type));
+        parity_compare(p, what, g_de, de, N, PARITY_TOL);
+    }
+    snprintf(what, sizeof what, "policy_loss %s %s sums", pc->name, parity_loss_type(type));
+    parity_compare_sums(p, what, got, want, OPS_POLICY_NSUMS);
+    return acc;
+}
+
+PARITY_FN void parity_policy_loss(Parity *p) {
+    if (!p->gpu->policy_loss) {
+        parity_fail(p, "policy_loss: the backend has no policy_loss op");
+        return;
+    }
+    /* name, seq, old, ref, ent, dent, dual, kl_est, kl_clamp, eps_low, eps_high, clamp, kl_coef,
+     * ent_coef, normalizer */
+    static const ParityPolicyCase cases[] = {
+        {"token dual k3-clamped kl+ent", 0, 1, 1, 1, 1, 1, 2, 1, 0.2, 0.28, 20.0, 0.05, 0.01, 0},
+        {"token eps0 ties clamp0.5 k1", 0, 1, 1, 1, 0, 0, 0, 0, 0.0, 0.0, 0.5, 0.1, 0.0, 0},
+        {"sequence dual clamp0.5 k2", 1, 1, 1, 1, 1, 1, 1, 0, 0.2, 0.2, 0.5, 0.02, 0.01, 0},
+        {"sequence eps_low0 k3 metric only", 1, 1, 1, 1, 1, 0, 2, 0, 0.0, 0.28, 20.0, 0.0, 0.0, 0},
+        {"token on-policy no ref/entropy", 0, 0, 0, 0, 0, 1, 2, 0, 0.2, 0.2, 0.0, 0.0, 0.0, 0},
+        {"sequence on-policy normaliser 37", 1, 0, 1, 1, 1, 1, 0, 0, 0.2, 0.28, 20.0, 0.03, 0.02, 37},
+    };
+    const int64_t S = 9, T = 300; /* T > the kernel's 256 threads: some threads take two tokens */
+    double low = 0.0, high = 0.0, dual = 0.0;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        ParityLossData d = parity_loss_data(p, S, T, cases[k].kl_clamp);
+        for (int type = ALGO_LOSS_GRPO; type <= ALGO_LOSS_DAPO; type++) {
+            AlgoPolicySums s = parity_policy_case(p, &d, &cases[k], type);
+            low += s.low, high += s.high, dual += s.dual;
+        }
+    }
+    if (low == 0.0 || high == 0.0 || dual == 0.0) /* the inputs must reach every clip branch */
+        parity_fail(p, "policy_loss inputs: a clip branch (low, high or dual) was never taken");
+}
+
+PARITY_FN void parity_value_loss(Parity *p) {
+    if (!p->gpu->value_loss) {
+        parity_fail(p, "value_loss: the backend has no value_loss op");
+        return;
+    }
+    const int64_t S = 7, T = 270, N = S * T;
+    char what[160];
+    ParityLossData d = parity_loss_data(p, S, T, 0);
+    AlgoBatch b = {S, T, d.mask};
+    double clipped = 0.0;
+    for (int clip = 0; clip < 2; clip++)
+        for (int type = ALGO_LOSS_GRPO; type <= ALGO_LOSS_DAPO; type++) {
+            AlgoValueConfig c = {clip ? 0.5 : 0.0, {(AlgoLossType)type, T, 0.0}};
+            const double denom = algo_core_denominator(&b, &c.agg);
+            float *dv = parity_garbage(p, N), *g_dv = up(p, dv, F4(N));
+            AlgoValueSums acc;
+            algo_core_value_loss(&b, &c, d.val, clip ? d.old_val : NULL, d.ret, denom, &acc, dv);
+            const double want[OPS_VALUE_NSUMS] = {acc.loss, acc.clipped, acc.tokens, acc.value_sum};
+            double *g_sums = dbuf(p, OPS_VALUE_NSUMS * sizeof(double)), got[OPS_VALUE_NSUMS];
+            p->gpu->value_loss(g_dv, g_sums, up(p, d.val, F4(N)),
+                               clip ? up(p, d.old_val, F4(N)) : NULL, up(p, d.ret, F4(N)),
+                               up(p, d.mask, F4(N)), rl_device_value_cfg(&c, denom), S, T);
+            p->gpu->download(got, g_sums, sizeof got);
+            snprintf(what, sizeof what, "value_loss %s %s dvalues", clip ? "clip 0.5" : "no clip",
+                     parity_loss_type(type));
+            parity_compare(p, what, g_dv, dv, N, PARITY_TOL);
+            snprintf(what, sizeof what, "value_loss %s %s sums", clip ? "clip 0.5" : "no clip",
+                     parity_loss_type(type));
+            parity_compare_sums(p, what, got, want, OPS_VALUE_NSUMS);
+            clipped += acc.clipped;
+        }
+    if (clipped == 0.0) parity_fail(p, "value_loss inputs: the clipped branch was never taken");
+}
+
+/* The update's helpers: exact on any backend (a copy; a max of exact |a - b|). */
+PARITY_FN void parity_loss_helpers(Parity *p) {
+    if (!p->gpu->masked_max_abs_diff || !p->gpu->copy_2d) {
+        parity_fail(p, "loss helpers: the backend lacks masked_max_abs_diff or copy_2d");
+        return;
+    }
+    const int64_t S = 11, T = 2000, N = S * T; /* several elements per thread of the block */
+    ParityLossData d = parity_loss_data(p, S, T, 0);
+    double want = 0.0, got = -1.0;
+    for (int64_t i = 0; i < N; i++)
+        if (d.mask[i] != 0.0f) want = fmax(want, fabs((double)d.logp[i] - (double)d.old[i]));
+    double *g_out = dbuf(p, sizeof(double));
+    p->gpu->masked_max_abs_diff(g_out, up(p, d.logp, F4(N)), up(p, d.old, F4(N)),
+                                up(p, d.mask, F4(N)), N);
+    p->gpu->download(&got, g_out, sizeof got);
+    float a = (float)got, b = (float)want;
+    parity_compare_host(p, "masked_max_abs_diff", &a, &b, 1, 0.0);
+    if (got != want) parity_fail(p, "masked_max_abs_diff: not bit-identical in double");
+    /* completion rows [3, 9) of [S, 37] <- columns 5 .. 41 of a [6, 50] block */
+    const int64_t R = 6, W = 50, Tc = 37;
+    float *src = rnd(p, R * W, 1.0), *dst = rnd(p, S * Tc, 1.0);
+    float *g_src = up(p, src, F4(R * W)), *g_dst = up(p, dst, F4(S * Tc));
+    for (int64_t r = 0; r < R; r++) memcpy(dst + (3 + r) * Tc, src + r * W + 5, F4(Tc));
+    p->gpu->copy_2d(g_dst + 3 * Tc, Tc, g_src + 5, W, R, Tc);
+    parity_compare(p, "copy_2d (strided rows)", g_dst, dst, S * Tc, 0.0);
+}
+
 /* ----------------------------------------------------------- the suite --- */
 
 typedef void (*ParityFn)(Parity *);
@@ -905,6 +1151,9 @@ static const ParityCase PARITY_CASES[] __attribute__((unused)) = {
     {"optimizer", parity_optimizer},
     {"model_step", parity_model},
     {"decode", parity_decode},
+    {"policy_loss", parity_policy_loss},
+    {"value_loss", parity_value_loss},
+    {"loss_helpers", parity_loss_helpers},
 };
 
 #define PARITY_N_CASES (sizeof PARITY_CASES / sizeof PARITY_CASES[0])

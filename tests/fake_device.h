@@ -4,8 +4,11 @@
  * given lies inside an arena allocation (and that upload/download move data
  * between the arena and ordinary host memory). So the model's device code
  * path — staging the batch, host mirrors of the weights, the packed decode
- * step, kv_write and scale — runs and is checked on any machine: a host
- * pointer handed to a "device" op aborts with the op's name.
+ * step, kv_write and scale, the RL update's device path (the loss ops run
+ * algos' own loops, algos/loss_core.h) — runs and is checked on any machine:
+ * a host pointer handed to a "device" op aborts with the op's name. It also
+ * counts transfers (and their bytes), so tests can assert what crosses to
+ * the host.
  *
  * Used by tests/test_cuda.c to run the parity suite against this table where
  * there is no GPU. Header-only; not thread-safe (the model calls ops from one
@@ -13,12 +16,15 @@
 #ifndef PONDER_TESTS_FAKE_DEVICE_H
 #define PONDER_TESTS_FAKE_DEVICE_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "algos/loss_core.h"  /* the losses' reference loops */
 #include "model/ops.h"
+#include "trainer/rl_device.h" /* OpsPolicyLoss <-> AlgoPolicyConfig (header-only part) */
 
 #define FAKE_MAX_ALLOCS 8192
 
@@ -27,7 +33,15 @@ static struct {
     size_t size[FAKE_MAX_ALLOCS];
     int n;
     long long ops, uploads, downloads, graph_captures, graph_launches;
+    /* Transfer accounting for the RL update's tests: bytes moved, downloads
+     * larger than FAKE_SMALL_DOWNLOAD (per-token arrays, not a loss's sums),
+     * and how many of those came after the first loss op since the counters
+     * were last cleared (the update's part of a step). */
+    long long upload_bytes, download_bytes, big_downloads, loss_ops, big_downloads_after_loss;
 } g_fake;
+
+/* A loss op's sums are at most 12 doubles; anything above 256 bytes is an array. */
+#define FAKE_SMALL_DOWNLOAD 256
 
 static int fake_find(const void *p) {
     const char *c = p;
@@ -88,12 +102,18 @@ static void fake_upload(void *dst, const void *src, size_t bytes) {
     NEED(dst);
     fake_need_host(src, __func__, "src");
     g_fake.uploads++;
+    g_fake.upload_bytes += (long long)bytes;
     memcpy(dst, src, bytes);
 }
 static void fake_download(void *dst, const void *src, size_t bytes) {
     NEED(src);
     fake_need_host(dst, __func__, "dst");
     g_fake.downloads++;
+    g_fake.download_bytes += (long long)bytes;
+    if (bytes > FAKE_SMALL_DOWNLOAD) {
+        g_fake.big_downloads++;
+        if (g_fake.loss_ops > 0) g_fake.big_downloads_after_loss++;
+    }
     memcpy(dst, src, bytes);
 }
 
@@ -303,6 +323,60 @@ static void fake_adamw(float *param, const float *grad, float *m, float *v, int6
     CPU->adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
 }
 
+/* The RL loss ops as their definition: algos' loops (algos/loss_core.h, the
+ * code algo_policy_loss and algo_value_loss run) on the arena's memory. */
+static void fake_policy_loss(float *dlogp, float *dentropy, double *sums, const float *logp,
+                             const float *entropy, const float *old_logp, const float *ref_logp,
+                             const float *advantages, const float *mask, OpsPolicyLoss cfg,
+                             int64_t S, int64_t T) {
+    NEED(dlogp), NEED(dentropy), NEED(sums), NEED(logp), NEED(entropy), NEED(old_logp);
+    NEED(ref_logp), NEED(advantages), NEED(mask);
+    g_fake.ops++;
+    g_fake.loss_ops++;
+    AlgoBatch b = {S, T, mask};
+    AlgoPolicyConfig c = rl_device_algo_policy_cfg(&cfg);
+    AlgoPolicyInputs in = {logp, old_logp, ref_logp, advantages, entropy};
+    AlgoPolicySums acc;
+    algo_core_policy_loss(&b, &c, &in, cfg.denom, &acc, dlogp, dentropy);
+    const double v[OPS_POLICY_NSUMS] = {acc.pg,    acc.kl,   acc.ent,   acc.tokens,
+                                        acc.low,   acc.high, acc.dual,  acc.ratio,
+                                        acc.kl_sum, acc.old_kl, acc.ent_sum};
+    memcpy(sums, v, sizeof v);
+}
+static void fake_value_loss(float *dvalues, double *sums, const float *values,
+                            const float *old_values, const float *returns, const float *mask,
+                            OpsValueLoss cfg, int64_t S, int64_t T) {
+    NEED(dvalues), NEED(sums), NEED(values), NEED(old_values), NEED(returns), NEED(mask);
+    g_fake.ops++;
+    g_fake.loss_ops++;
+    AlgoBatch b = {S, T, mask};
+    AlgoValueConfig c = rl_device_algo_value_cfg(&cfg);
+    AlgoValueSums acc;
+    algo_core_value_loss(&b, &c, values, old_values, returns, cfg.denom, &acc, dvalues);
+    const double v[OPS_VALUE_NSUMS] = {acc.loss, acc.clipped, acc.tokens, acc.value_sum};
+    memcpy(sums, v, sizeof v);
+}
+static void fake_masked_max_abs_diff(double *out, const float *a, const float *b,
+                                     const float *mask, int64_t n) {
+    NEED(out), NEED(a), NEED(b), NEED(mask);
+    g_fake.ops++;
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (mask[i] == 0.0f) continue;
+        double d = fabs((double)a[i] - (double)b[i]);
+        m = d > m ? d : m;
+    }
+    *out = m;
+}
+static void fake_copy_2d(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
+                         int64_t rows, int64_t cols) {
+    NEED(dst), NEED(src);
+    if (rows > 0) NEED(dst + (rows - 1) * dst_stride + cols - 1), NEED(src + (rows - 1) * src_stride + cols - 1);
+    g_fake.ops++;
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)cols * sizeof(float));
+}
+
 /* Graphs as the GPU has them: capture records the step without running it,
  * each launch runs it again from the same ctx (a replay re-issues the same
  * ops with the same arguments; what varies must be read from the arena). */
@@ -364,6 +438,10 @@ static const ModelOps FAKE_DEVICE_OPS = {
     .graph_capture = fake_graph_capture,
     .graph_launch = fake_graph_launch,
     .graph_free = fake_graph_free,
+    .policy_loss = fake_policy_loss,
+    .value_loss = fake_value_loss,
+    .masked_max_abs_diff = fake_masked_max_abs_diff,
+    .copy_2d = fake_copy_2d,
     .sum_squares = fake_sum_squares,
     .adamw = fake_adamw,
 };

@@ -21,6 +21,7 @@
 #include "rollout/evaluate.h"   /* eval_thinks */
 #include "rollout/generate.h"   /* rollout_generate */
 #include "trainer/checkpoint.h" /* ckpt_save, ckpt_load */
+#include "trainer/rl_device.h" /* the update's losses on a device backend */
 #include "trainer/rl_internal.h" /* Rollout; the disaggregated side is in rl_remote.c */
 
 static double now_s(void) {
@@ -597,6 +598,10 @@ static int advantages(RlStage *s, const Rollout *r, const TrainBatch *b, const f
 typedef struct UpdateInputs {
     const TrainBatch *b;
     const float *old_logp, *ref_logp, *adv, *returns, *old_values; /* [S,Tc] */
+    /* the same on the policy's device when its losses run there (rl_device.h);
+     * NULL: the host path */
+    RlDeviceBatch *dev;
+    int dev_policy, dev_value; /* which of the two losses run on the device */
 } UpdateInputs;
 
 /* The loss's denominator over every rank's rows of this mini-batch (algos
@@ -630,9 +635,11 @@ static int reduce_and_step(RlStage *s, Model *m, Optimizer *opt, OptimStepInfo *
     return PONDER_OK;
 }
 
-/* seqs, tokens: the mini-batch's counts over every rank (minibatch_counts). */
-static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                            double seqs, double tokens, RlStepStats *st, double weight,
+/* The policy loss of rows [r0, r0 + rows) on host copies: forward (per-token
+ * outputs downloaded on a device), algo_policy_loss, backward. *mismatch:
+ * max |logp - sampler logp| when on-policy, else left as is. */
+static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
@@ -644,21 +651,60 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
     float *dfull = malloc(full * sizeof(float)), *defull = malloc(full * sizeof(float));
     if (!lp || !ent || !lpc || !entc || !dl || !de || !dfull || !defull)
         rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
-    model_zero_grad(s->policy);
     ModelBatch mb = rows_of(b, r0, rows, (float)cs->temperature);
-    if (rc == PONDER_OK && rows > 0) rc = model_forward(s->policy, &mb, lp, ent, NULL, err);
-    if (rc == PONDER_OK && rows > 0) {
+    if (rc == PONDER_OK) rc = model_forward(s->policy, &mb, lp, ent, NULL, err);
+    if (rc == PONDER_OK) {
         model_to_completion(b, r0, rows, lp, lpc);
         model_to_completion(b, r0, rows, ent, entc);
         /* the algos batch is this mini-batch's rows: offset every array */
         const size_t o = (size_t)(r0 * b->Tc);
         AlgoBatch ab = {rows, b->Tc, b->cmask + o};
-        AlgoPolicyConfig pc = policy_config(s);
-        pc.agg.normalizer = loss_normalizer(&pc.agg, seqs, tokens);
         AlgoPolicyInputs in = {lpc + o, u->old_logp ? u->old_logp + o : NULL,
                                u->ref_logp ? u->ref_logp + o : NULL, u->adv + o, entc + o};
+        rc = algo_policy_loss(&ab, pc, &in, res, dl + o, de + o, err);
+        if (rc == PONDER_OK && !u->old_logp) { /* on-policy: the sampler's log-probs are the old ones */
+            for (int64_t i = 0; i < rows * b->Tc; i++) {
+                if (b->cmask[o + i] == 0.0f) continue;
+                double d = fabs((double)lpc[o + i] - b->sample_logp[o + i]);
+                *mismatch = d > *mismatch ? d : *mismatch;
+            }
+        }
+    }
+    if (rc == PONDER_OK) {
+        completion_to_model(b, r0, rows, dl, dfull);
+        completion_to_model(b, r0, rows, de, defull);
+        rc = model_backward(s->policy, dfull, cs->entropy_coef != 0 ? defull : NULL, NULL, err);
+    }
+    free(lp), free(ent), free(lpc), free(entc), free(dl), free(de), free(dfull), free(defull);
+    return rc;
+}
+
+/* The same with the per-token arrays left on the policy's device. */
+static int policy_loss_device(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                              const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
+                              PonderError *err) {
+    const TrainBatch *b = u->b;
+    ModelBatch mb = rows_of(b, r0, rows, (float)s->cfg->stages[s->stage].temperature);
+    AlgoBatch ab = {rows, b->Tc, b->cmask + r0 * b->Tc};
+    double mm = 0.0;
+    int rc = rl_device_policy_minibatch(s->policy, u->dev, &mb, r0, &ab, pc, u->old_logp != NULL,
+                                        res, u->old_logp ? NULL : &mm, err);
+    if (rc == PONDER_OK && mm > *mismatch) *mismatch = mm;
+    return rc;
+}
+
+/* seqs, tokens: the mini-batch's counts over every rank (minibatch_counts). */
+static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            double seqs, double tokens, RlStepStats *st, double weight,
+                            PonderError *err) {
+    int rc = PONDER_OK;
+    model_zero_grad(s->policy);
+    if (rows > 0) {
+        AlgoPolicyConfig pc = policy_config(s);
+        pc.agg.normalizer = loss_normalizer(&pc.agg, seqs, tokens);
         AlgoPolicyResult res;
-        rc = algo_policy_loss(&ab, &pc, &in, &res, dl + o, de + o, err);
+        rc = u->dev_policy ? policy_loss_device(s, u, r0, rows, &pc, &res, &st->logp_mismatch_max, err)
+                           : policy_loss_host(s, u, r0, rows, &pc, &res, &st->logp_mismatch_max, err);
         if (rc == PONDER_OK) {
             /* token means become this rank's share of the global mean */
             const double share = res.tokens / (tokens > 0 ? tokens : 1.0);
@@ -668,19 +714,7 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
             st->dual_clip += weight * share * res.dual_clip_frac;
             st->entropy += weight * share * res.entropy_mean;
             st->kl += weight * share * res.kl_mean;
-            if (!u->old_logp) { /* on-policy: the sampler's log-probs are the old ones */
-                for (int64_t i = 0; i < rows * b->Tc; i++) {
-                    if (b->cmask[o + i] == 0.0f) continue;
-                    double d = fabs((double)lpc[o + i] - b->sample_logp[o + i]);
-                    st->logp_mismatch_max = d > st->logp_mismatch_max ? d : st->logp_mismatch_max;
-                }
-            }
         }
-    }
-    if (rc == PONDER_OK && rows > 0) {
-        completion_to_model(b, r0, rows, dl, dfull);
-        completion_to_model(b, r0, rows, de, defull);
-        rc = model_backward(s->policy, dfull, cs->entropy_coef != 0 ? defull : NULL, NULL, err);
     }
     if (rc == PONDER_OK) {
         OptimStepInfo info = {0};
@@ -692,7 +726,32 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
         }
         if (!finite) st->finite = 0;
     }
-    free(lp), free(ent), free(lpc), free(entc), free(dl), free(de), free(dfull), free(defull);
+    return rc;
+}
+
+/* The value loss of rows [r0, r0 + rows) on host copies. */
+static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                           const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
+    const TrainBatch *b = u->b;
+    int rc = PONDER_OK;
+    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
+    float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
+    float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
+    float *dvfull = malloc(full * sizeof(float));
+    if (!lp || !v || !vc || !dv || !dvfull) rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    ModelBatch mb = rows_of(b, r0, rows, 1.0f);
+    if (rc == PONDER_OK) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
+    if (rc == PONDER_OK) {
+        model_to_completion(b, r0, rows, v, vc);
+        const size_t o = (size_t)(r0 * b->Tc);
+        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
+        rc = algo_value_loss(&ab, vcfg, vc + o, u->old_values + o, u->returns + o, res, dv + o, err);
+    }
+    if (rc == PONDER_OK) {
+        completion_to_model(b, r0, rows, dv, dvfull);
+        rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
+    }
+    free(lp), free(v), free(vc), free(dv), free(dvfull);
     return rc;
 }
 
@@ -702,35 +761,47 @@ static int critic_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
     const TrainBatch *b = u->b;
     const ConfigStage *cs = &s->cfg->stages[s->stage];
     int rc = PONDER_OK;
-    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
-    float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
-    float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
-    float *dvfull = malloc(full * sizeof(float));
-    if (!lp || !v || !vc || !dv || !dvfull) rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
     model_zero_grad(s->critic);
-    ModelBatch mb = rows_of(b, r0, rows, 1.0f);
-    if (rc == PONDER_OK && rows > 0) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
-    if (rc == PONDER_OK && rows > 0) {
-        model_to_completion(b, r0, rows, v, vc);
-        const size_t o = (size_t)(r0 * b->Tc);
-        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
+    if (rows > 0) {
         AlgoValueConfig vcfg = {cs->cliprange_value, {ALGO_LOSS_BNPO, cs->max_new_tokens, 0}};
         vcfg.agg.normalizer = loss_normalizer(&vcfg.agg, seqs, tokens);
         AlgoValueResult res;
-        rc = algo_value_loss(&ab, &vcfg, vc + o, u->old_values + o, u->returns + o, &res, dv + o, err);
+        if (u->dev_value) {
+            ModelBatch mb = rows_of(b, r0, rows, 1.0f);
+            AlgoBatch ab = {rows, b->Tc, b->cmask + r0 * b->Tc};
+            rc = rl_device_value_minibatch(s->critic, u->dev, &mb, r0, &ab, &vcfg, &res, err);
+        } else {
+            rc = value_loss_host(s, u, r0, rows, &vcfg, &res, err);
+        }
         if (rc == PONDER_OK) {
             st->value_loss += weight * res.loss;
             st->value_clip += weight * res.clip_frac * res.tokens / (tokens > 0 ? tokens : 1.0);
         }
     }
-    if (rc == PONDER_OK && rows > 0) {
-        completion_to_model(b, r0, rows, dv, dvfull);
-        rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
-    }
     int finite = 1;
     if (rc == PONDER_OK) rc = reduce_and_step(s, s->critic, &s->critic_opt, NULL, &finite, err);
     if (!finite) st->finite = 0;
-    free(lp), free(v), free(vc), free(dv), free(dvfull);
+    return rc;
+}
+
+/* Uploads the rollout's per-token inputs once when a loss runs on the
+ * device (rl_device.h): the policy's, and the critic's when it has one. A
+ * rank without samples keeps the host path (it only joins the reductions). */
+static int device_inputs(RlStage *s, UpdateInputs *u, RlDeviceBatch *dev, PonderError *err) {
+    const TrainBatch *b = u->b;
+    u->dev_policy = b->S > 0 && rl_device_policy_usable(s->policy);
+    u->dev_value = b->S > 0 && s->critic && rl_device_value_usable(s->critic) &&
+                   model_ops(s->critic) == model_ops(s->policy);
+    if (!u->dev_policy && !u->dev_value) return PONDER_OK;
+    RlDeviceInputs in = {b->cmask,
+                         u->adv,
+                         u->dev_policy ? u->old_logp : NULL,
+                         u->dev_policy ? u->ref_logp : NULL,
+                         u->dev_policy && !u->old_logp ? b->sample_logp : NULL,
+                         u->dev_value ? u->returns : NULL,
+                         u->dev_value ? u->old_values : NULL};
+    int rc = rl_device_batch_create(dev, model_ops(s->policy), b->S, b->T, b->Tc, b->Pmax, &in, err);
+    if (rc == PONDER_OK) u->dev = dev;
     return rc;
 }
 
@@ -867,8 +938,12 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
         rc = advantages(s, &r, &b, a.old_logp ? a.old_logp : b.sample_logp, a.ref_logp, a.values,
                         a.adv, a.returns, &kl_sum, err);
     if (rc == PONDER_OK) {
-        UpdateInputs u = {&b, multi ? a.old_logp : NULL, a.ref_logp, a.adv, a.returns, a.values};
-        rc = update(s, &u, r.P, st, err);
+        UpdateInputs u = {&b, multi ? a.old_logp : NULL, a.ref_logp, a.adv, a.returns, a.values,
+                          NULL, 0, 0};
+        RlDeviceBatch dev = {0};
+        rc = device_inputs(s, &u, &dev, err);
+        if (rc == PONDER_OK) rc = update(s, &u, r.P, st, err);
+        rl_device_batch_free(&dev);
     }
     if (rc == PONDER_OK && s->klc.adaptive && cs->kl_in_reward) {
         double kl[2] = {kl_sum, (double)b.S};

@@ -30,6 +30,10 @@ extern "C" {
 }
 #include "model/cuda/cuda_backend.h"
 
+/* the policy and value losses' per-token formulas, compiled for host and device */
+#define ALGO_TOKEN_FN static __host__ __device__ __forceinline__
+#include "algos/loss_token.h"
+
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -1586,6 +1590,238 @@ static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_
     op_done("adamw");
 }
 
+/* ---------------------------------------------------------- RL losses ---- */
+
+/* The policy and value losses of algos/loss.h on per-token arrays [S,T]
+ * (ops.h policy_loss / value_loss). Per-token arithmetic is algos/
+ * loss_token.h itself, compiled for the device: the same formulas and tie
+ * rules as the host, in double as there. One block per row: the row's token
+ * count (grpo weights), its mean log-ratio (sequence level), every token's
+ * gradient, and the row's partial sums by fixed-order block reductions; then
+ * one block per sum adds the rows' partials in a fixed order. No atomics:
+ * the result repeats bit for bit. Differences from the host come from the
+ * summation order (the host adds tokens one by one) and from the device's
+ * exp (CUDA's double exp need not round as glibc's does); a tie the host
+ * reaches through exp of a nonzero argument may therefore fall the other way
+ * here. exp(0) = 1 on both, so on-policy ties (rho = 1) agree. */
+
+#define LOSS_THREADS 256
+#define POLICY_PARTS (OPS_POLICY_NSUMS + 1) /* the sums, then sequence level's sum_t w dpg/drho */
+
+/* Sum over a block (a multiple of 32 threads, at most 1024), in double;
+ * every thread gets the result. `sh` holds 32 doubles. Fixed order. */
+__device__ double block_sum_d(double v, double *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    double t = lane < nw ? sh[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+/* Mask-1 tokens of row `row` (a block's count). */
+__device__ int64_t row_tokens(const float *mask, int64_t row, int64_t T, double *sh) {
+    double c = 0.0;
+    for (int64_t t = threadIdx.x; t < T; t += blockDim.x) c += mask[row + t] != 0.0f;
+    return (int64_t)block_sum_d(c, sh);
+}
+
+/* One block per row i: dlogp / dentropy of its tokens, and its partial sums
+ * in part[j * S + i] (j < POLICY_PARTS). The per-token steps follow
+ * algos/loss_core.h algo_core_policy_row line by line. */
+__global__ void __launch_bounds__(LOSS_THREADS)
+    k_policy_loss_rows(float *dlogp, float *dentropy, double *part, const float *logp,
+                       const float *entropy, const float *old_logp, const float *ref_logp,
+                       const float *adv, const float *mask, OpsPolicyLoss c, int64_t S,
+                       int64_t T) {
+    __shared__ double sh[32];
+    const int64_t i = blockIdx.x, row = i * T;
+    const int64_t n_i = row_tokens(mask, row, T, sh);
+    const double w = algo_token_row_weight(c.loss_type == 0, c.denom, n_i);
+    const int seq = c.sequence_ratio;
+    double seq_pass = 0.0, seq_lr = 0.0;
+    if (seq) { /* GSPO: the row's clamped mean log-ratio */
+        double s = 0.0;
+        for (int64_t t = threadIdx.x; t < T; t += blockDim.x)
+            if (mask[row + t] != 0.0f && old_logp)
+                s += (double)logp[row + t] - (double)old_logp[row + t];
+        s = block_sum_d(s, sh);
+        seq_lr = algo_token_clamp_log_ratio(s / (n_i > 0 ? (double)n_i : 1.0), c.log_ratio_clamp,
+                                            &seq_pass);
+    }
+    double acc[OPS_POLICY_NSUMS];
+#pragma unroll
+    for (int j = 0; j < OPS_POLICY_NSUMS; j++) acc[j] = 0.0;
+    double seq_drho = 0.0;
+    for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+        const int64_t k = row + t;
+        if (mask[k] == 0.0f) {
+            dlogp[k] = 0.0f;
+            if (dentropy) dentropy[k] = 0.0f;
+            continue;
+        }
+        double pass, lr = algo_token_clamp_log_ratio(
+                         old_logp ? (double)logp[k] - (double)old_logp[k] : 0.0,
+                         c.log_ratio_clamp, &pass);
+        double rho = exp(seq ? seq_lr : lr);
+        AlgoPgToken p = algo_token_pg(c.epsilon_low, c.epsilon_high, c.dual_clip_c, rho, adv[k]);
+        acc[OPS_POLICY_PG] += w * p.value;
+        acc[OPS_POLICY_TOKENS] += 1.0;
+        acc[OPS_POLICY_LOW] += p.low, acc[OPS_POLICY_HIGH] += p.high;
+        acc[OPS_POLICY_DUAL] += p.dual;
+        acc[OPS_POLICY_RATIO] += rho;
+        acc[OPS_POLICY_OLD_KL] += -lr;
+        double g = 0.0; /* algo_core_token_extras */
+        if (ref_logp) {
+            double dk;
+            double kv = algo_token_kl(c.kl_estimator, c.kl_clamp, logp[k], ref_logp[k], &dk);
+            acc[OPS_POLICY_KL_SUM] += kv;
+            if (c.kl_coef != 0.0) {
+                acc[OPS_POLICY_KL] += w * kv;
+                g += c.kl_coef * w * dk;
+            }
+        }
+        if (entropy) {
+            acc[OPS_POLICY_ENT_SUM] += entropy[k];
+            acc[OPS_POLICY_ENT] += w * entropy[k];
+        }
+        if (dentropy) dentropy[k] = (float)(-c.entropy_coef * w);
+        if (seq)
+            seq_drho += w * p.drho;
+        else
+            g += w * p.drho * rho * pass;
+        dlogp[k] = (float)g;
+    }
+#pragma unroll
+    for (int j = 0; j < OPS_POLICY_NSUMS; j++) acc[j] = block_sum_d(acc[j], sh);
+    if (seq) seq_drho = block_sum_d(seq_drho, sh);
+    if (seq && n_i > 0) { /* each thread revisits the tokens it wrote above */
+        const double g_seq = seq_drho * exp(seq_lr) * seq_pass / (double)n_i;
+        for (int64_t t = threadIdx.x; t < T; t += blockDim.x)
+            if (mask[row + t] != 0.0f) dlogp[row + t] = (float)((double)dlogp[row + t] + g_seq);
+    }
+    if (threadIdx.x == 0) {
+        for (int j = 0; j < OPS_POLICY_NSUMS; j++) part[(int64_t)j * S + i] = acc[j];
+        part[(int64_t)OPS_POLICY_NSUMS * S + i] = seq_drho;
+    }
+}
+
+/* Block j: out[j] = sum_i part[j * n + i], by a fixed-shape tree. */
+__global__ void k_sum_columns(double *out, const double *part, int64_t n) {
+    __shared__ double sh[LOSS_THREADS];
+    const double *p = part + (int64_t)blockIdx.x * n;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += p[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
+}
+
+static void cu_policy_loss(float *dlogp, float *dentropy, double *sums, const float *logp,
+                           const float *entropy, const float *old_logp, const float *ref_logp,
+                           const float *advantages, const float *mask, OpsPolicyLoss cfg,
+                           int64_t S, int64_t T) {
+    if (S <= 0 || T <= 0) {
+        cu_zero(sums, OPS_POLICY_NSUMS * sizeof(double));
+        return;
+    }
+    double *part = (double *)scratch((size_t)(POLICY_PARTS * S) * sizeof(double));
+    k_policy_loss_rows<<<(unsigned)S, LOSS_THREADS, 0, g_stream>>>(
+        dlogp, dentropy, part, logp, entropy, old_logp, ref_logp, advantages, mask, cfg, S, T);
+    k_sum_columns<<<OPS_POLICY_NSUMS, LOSS_THREADS, 0, g_stream>>>(sums, part, S);
+    op_done("policy_loss");
+}
+
+/* One block per row: dvalues and the row's partial sums (algo_core_value_loss). */
+__global__ void __launch_bounds__(LOSS_THREADS)
+    k_value_loss_rows(float *dvalues, double *part, const float *values, const float *old_values,
+                      const float *returns, const float *mask, OpsValueLoss c, int64_t S,
+                      int64_t T) {
+    __shared__ double sh[32];
+    const int64_t i = blockIdx.x, row = i * T;
+    const int64_t n_i = row_tokens(mask, row, T, sh);
+    const double w = algo_token_row_weight(c.loss_type == 0, c.denom, n_i);
+    const int clip = c.clip_range > 0.0;
+    double acc[OPS_VALUE_NSUMS] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+        const int64_t k = row + t;
+        dvalues[k] = 0.0f;
+        if (mask[k] == 0.0f) continue;
+        double dv;
+        int clipped;
+        acc[OPS_VALUE_LOSS] += w * algo_token_value(values[k], returns[k],
+                                                    clip ? old_values[k] : 0.0, c.clip_range,
+                                                    clip, &dv, &clipped);
+        dvalues[k] = (float)(0.5 * w * dv); /* loss = 0.5 * agg(...) */
+        acc[OPS_VALUE_CLIPPED] += clipped;
+        acc[OPS_VALUE_TOKENS] += 1.0;
+        acc[OPS_VALUE_SUM] += values[k];
+    }
+#pragma unroll
+    for (int j = 0; j < OPS_VALUE_NSUMS; j++) acc[j] = block_sum_d(acc[j], sh);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < OPS_VALUE_NSUMS; j++) part[(int64_t)j * S + i] = acc[j];
+}
+
+static void cu_value_loss(float *dvalues, double *sums, const float *values,
+                          const float *old_values, const float *returns, const float *mask,
+                          OpsValueLoss cfg, int64_t S, int64_t T) {
+    if (S <= 0 || T <= 0) {
+        cu_zero(sums, OPS_VALUE_NSUMS * sizeof(double));
+        return;
+    }
+    double *part = (double *)scratch((size_t)(OPS_VALUE_NSUMS * S) * sizeof(double));
+    k_value_loss_rows<<<(unsigned)S, LOSS_THREADS, 0, g_stream>>>(dvalues, part, values, old_values,
+                                                                  returns, mask, cfg, S, T);
+    k_sum_columns<<<OPS_VALUE_NSUMS, LOSS_THREADS, 0, g_stream>>>(sums, part, S);
+    op_done("value_loss");
+}
+
+#define MAXDIFF_THREADS 1024
+
+/* One block: the largest |a - b| over mask-1 positions (max is exact in any
+ * order; `d > m` skips NaN as the host's comparison does). */
+__global__ void __launch_bounds__(MAXDIFF_THREADS)
+    k_masked_max_abs_diff(double *out, const float *a, const float *b, const float *mask,
+                          int64_t n) {
+    __shared__ double sh[MAXDIFF_THREADS];
+    double m = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        if (mask[i] == 0.0f) continue;
+        double d = fabs((double)a[i] - (double)b[i]);
+        m = d > m ? d : m;
+    }
+    sh[threadIdx.x] = m;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w && sh[threadIdx.x + w] > sh[threadIdx.x])
+            sh[threadIdx.x] = sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = sh[0];
+}
+
+static void cu_masked_max_abs_diff(double *out, const float *a, const float *b,
+                                   const float *mask, int64_t n) {
+    k_masked_max_abs_diff<<<1, MAXDIFF_THREADS, 0, g_stream>>>(out, a, b, mask, n);
+    op_done("masked_max_abs_diff");
+}
+
+static void cu_copy_2d(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
+                       int64_t rows, int64_t cols) {
+    if (rows <= 0 || cols <= 0) return;
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_stride * sizeof(float), src,
+                                 (size_t)src_stride * sizeof(float), (size_t)cols * sizeof(float),
+                                 (size_t)rows, cudaMemcpyDeviceToDevice, g_stream));
+    op_done("copy_2d");
+}
+
 /* ------------------------------------------------------------ graphs ----- */
 
 /* A captured step: the instantiated graph, the scratch generation its
@@ -1732,6 +1968,10 @@ static ModelOps make_table(void) {
     o.graph_capture = cu_graph_capture;
     o.graph_launch = cu_graph_launch;
     o.graph_free = cu_graph_free;
+    o.policy_loss = cu_policy_loss;
+    o.value_loss = cu_value_loss;
+    o.masked_max_abs_diff = cu_masked_max_abs_diff;
+    o.copy_2d = cu_copy_2d;
     o.sum_squares = cu_sum_squares;
     o.adamw = cu_adamw;
     return o;
