@@ -182,20 +182,6 @@ static void *scratch16(size_t bytes) {
     return g_scratch16;
 }
 
-/* Host scratch (for the LM head's active-row list). */
-static void *g_host_scratch = NULL;
-static size_t g_host_scratch_size = 0;
-
-static void *host_scratch(size_t bytes) {
-    if (bytes > g_host_scratch_size) {
-        free(g_host_scratch);
-        g_host_scratch = malloc(bytes);
-        if (!g_host_scratch) cuda_fail("host_scratch", "out of host memory", __FILE__, __LINE__);
-        g_host_scratch_size = bytes;
-    }
-    return g_host_scratch;
-}
-
 static unsigned grid_for(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;
     if (b < 1) b = 1;
@@ -1385,19 +1371,46 @@ static int64_t lm_chunk_rows(int64_t V) {
     return r < 32 ? 32 : (r > 8192 ? 8192 : r);
 }
 
-/* Indices of rows with mask != 0 (downloaded mask, host list, uploaded). */
-static int64_t active_rows(int32_t *d_idx, const float *mask, int64_t N) {
-    float *hm = (float *)host_scratch((size_t)N * (sizeof(float) + sizeof(int32_t)));
-    int32_t *hi = (int32_t *)(hm + N);
-    int64_t a = 0;
-    if (mask) {
-        cu_download(hm, mask, (size_t)N * sizeof(float));
-        for (int64_t n = 0; n < N; n++)
-            if (hm[n] != 0.0f) hi[a++] = (int32_t)n;
-    } else {
-        for (int64_t n = 0; n < N; n++) hi[a++] = (int32_t)n;
+#define ACTIVE_THREADS 1024
+
+/* Indices of the rows with mask != 0 (every row when mask is NULL), in row
+ * order, and their count. One block: thread j takes the j-th contiguous
+ * segment of rows; thread 0 turns the segments' counts into offsets. */
+__global__ void __launch_bounds__(ACTIVE_THREADS)
+    k_active_rows(int32_t *idx, int64_t *count, const float *mask, int64_t N) {
+    __shared__ int64_t off[ACTIVE_THREADS];
+    const int64_t per = (N + blockDim.x - 1) / blockDim.x;
+    const int64_t lo = (int64_t)threadIdx.x * per < N ? (int64_t)threadIdx.x * per : N;
+    const int64_t hi = lo + per < N ? lo + per : N;
+    int64_t c = 0;
+    for (int64_t n = lo; n < hi; n++) c += !mask || mask[n] != 0.0f;
+    off[threadIdx.x] = c;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int64_t sum = 0;
+        for (unsigned j = 0; j < blockDim.x; j++) {
+            const int64_t v = off[j];
+            off[j] = sum;
+            sum += v;
+        }
+        *count = sum;
     }
-    if (a) cu_upload(d_idx, hi, (size_t)a * sizeof(int32_t));
+    __syncthreads();
+    int64_t at = off[threadIdx.x];
+    for (int64_t n = lo; n < hi; n++)
+        if (!mask || mask[n] != 0.0f) idx[at++] = (int32_t)n;
+}
+
+/* Lists the active rows on the device; only their count comes to the host
+ * (it sizes the chunk loop): no per-token copy, so an RL update whose losses
+ * run on the device (ops.h policy_loss) moves nothing per-token to the host. */
+static int64_t *g_active_count = NULL;
+
+static int64_t active_rows(int32_t *d_idx, const float *mask, int64_t N) {
+    if (!g_active_count) CUDA_CHECK(cudaMalloc((void **)&g_active_count, sizeof(int64_t)));
+    k_active_rows<<<1, ACTIVE_THREADS, 0, g_stream>>>(d_idx, g_active_count, mask, N);
+    int64_t a = 0;
+    cu_download(&a, g_active_count, sizeof a);
     return a;
 }
 
