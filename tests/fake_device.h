@@ -35,9 +35,10 @@ static struct {
     long long ops, uploads, downloads, graph_captures, graph_launches;
     /* Transfer accounting for the RL update's tests: bytes moved, downloads
      * larger than FAKE_SMALL_DOWNLOAD (per-token arrays, not a loss's sums),
-     * and how many of those came after the first loss op since the counters
-     * were last cleared (the update's part of a step). */
-    long long upload_bytes, download_bytes, big_downloads, loss_ops, big_downloads_after_loss;
+     * calls of the ops only the RL update's device path makes (the loss ops,
+     * masked_max_abs_diff, copy_2d), and how many big downloads came after
+     * the first of those since the counters were last cleared. */
+    long long upload_bytes, download_bytes, big_downloads, rl_ops, big_downloads_after_rl_op;
 } g_fake;
 
 /* A loss op's sums are at most 12 doubles; anything above 256 bytes is an array. */
@@ -112,7 +113,7 @@ static void fake_download(void *dst, const void *src, size_t bytes) {
     g_fake.download_bytes += (long long)bytes;
     if (bytes > FAKE_SMALL_DOWNLOAD) {
         g_fake.big_downloads++;
-        if (g_fake.loss_ops > 0) g_fake.big_downloads_after_loss++;
+        if (g_fake.rl_ops > 0) g_fake.big_downloads_after_rl_op++;
     }
     memcpy(dst, src, bytes);
 }
@@ -332,7 +333,7 @@ static void fake_policy_loss(float *dlogp, float *dentropy, double *sums, const 
     NEED(dlogp), NEED(dentropy), NEED(sums), NEED(logp), NEED(entropy), NEED(old_logp);
     NEED(ref_logp), NEED(advantages), NEED(mask);
     g_fake.ops++;
-    g_fake.loss_ops++;
+    g_fake.rl_ops++;
     AlgoBatch b = {S, T, mask};
     AlgoPolicyConfig c = rl_device_algo_policy_cfg(&cfg);
     AlgoPolicyInputs in = {logp, old_logp, ref_logp, advantages, entropy};
@@ -348,7 +349,7 @@ static void fake_value_loss(float *dvalues, double *sums, const float *values,
                             OpsValueLoss cfg, int64_t S, int64_t T) {
     NEED(dvalues), NEED(sums), NEED(values), NEED(old_values), NEED(returns), NEED(mask);
     g_fake.ops++;
-    g_fake.loss_ops++;
+    g_fake.rl_ops++;
     AlgoBatch b = {S, T, mask};
     AlgoValueConfig c = rl_device_algo_value_cfg(&cfg);
     AlgoValueSums acc;
@@ -360,6 +361,7 @@ static void fake_masked_max_abs_diff(double *out, const float *a, const float *b
                                      const float *mask, int64_t n) {
     NEED(out), NEED(a), NEED(b), NEED(mask);
     g_fake.ops++;
+    g_fake.rl_ops++;
     double m = 0.0;
     for (int64_t i = 0; i < n; i++) {
         if (mask[i] == 0.0f) continue;
@@ -373,6 +375,7 @@ static void fake_copy_2d(float *dst, int64_t dst_stride, const float *src, int64
     NEED(dst), NEED(src);
     if (rows > 0) NEED(dst + (rows - 1) * dst_stride + cols - 1), NEED(src + (rows - 1) * src_stride + cols - 1);
     g_fake.ops++;
+    g_fake.rl_ops++;
     for (int64_t r = 0; r < rows; r++)
         memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)cols * sizeof(float));
 }

@@ -530,85 +530,120 @@ static void rig_end(RlRig *r) {
     tokenizer_free(r->tok);
 }
 
-/* Two steps of one configuration on the CPU (host path) and on the fake
- * device (device path): the same weights after each step, bit for bit (the
- * fake device's ops are the CPU's, its loss ops algos' own loops), the same
- * metrics, and in the device run's update no download bigger than a loss's
- * sums (FAKE_SMALL_DOWNLOAD): nothing per-token goes to the host there. */
-static void same_steps(const char *yaml, char **extra, int n_extra) {
+/* The fake device without the RL ops: the host path on a device backend
+ * (every per-token array downloaded), the baseline the transfers are
+ * counted against. */
+static const ModelOps *fake_without_rl_ops(void) {
+    static ModelOps t;
+    t = FAKE_DEVICE_OPS;
+    t.name = "fake-device-host-losses";
+    t.policy_loss = NULL, t.value_loss = NULL, t.masked_max_abs_diff = NULL, t.copy_2d = NULL;
+    return &t;
+}
+
+static void expect_same_weights(Model *a, Model *b, const char *what, int64_t step) {
+    cr_expect(memcmp(model_params(a), model_params(b), model_num_params(a) * sizeof(float)) == 0,
+              "step %lld: %s", (long long)step, what);
+}
+
+static void stats_vector(const RlStepStats *st, double *v) {
+    const double x[] = {st->reward_mean, st->policy_loss, st->clip_low,   st->clip_high,
+                        st->dual_clip,   st->entropy,     st->kl,         st->grad_norm,
+                        st->value_loss,  st->value_clip,  st->logp_mismatch_max};
+    memcpy(v, x, sizeof x);
+}
+
+/* Two steps of one configuration three ways: the CPU backend (host path), the
+ * fake device with the RL ops (device path) and the fake device without them
+ * (host path on a device backend). All three give the same weights and
+ * metrics, bit for bit (the fake device's ops are the CPU's, its loss ops
+ * algos' own loops). In the device run no download bigger than a loss's sums
+ * (FAKE_SMALL_DOWNLOAD) follows the step's first RL op, and it makes exactly
+ * `saved` fewer per-token downloads than the host path on the same backend
+ * (the mini-batches' logp / entropy / values, and the rollout scoring that
+ * moved to the device). */
+static void same_steps(const char *yaml, char **extra, int n_extra, long long saved) {
     char d1[] = "/tmp/ponder_rlcpu_XXXXXX", d2[] = "/tmp/ponder_rldev_XXXXXX";
-    cr_assert(mkdtemp(d1) && mkdtemp(d2));
-    RlRig *cpu = calloc(1, sizeof *cpu), *dev = calloc(1, sizeof *dev);
-    cr_assert(cpu && dev);
+    char d3[] = "/tmp/ponder_rlhst_XXXXXX";
+    cr_assert(mkdtemp(d1) && mkdtemp(d2) && mkdtemp(d3));
+    RlRig *cpu = calloc(1, sizeof *cpu), *dev = calloc(1, sizeof *dev), *hst = calloc(1, sizeof *hst);
+    cr_assert(cpu && dev && hst);
     rig_start(cpu, d1, yaml, ops_cpu(), extra, n_extra);
     rig_start(dev, d2, yaml, &FAKE_DEVICE_OPS, extra, n_extra);
+    rig_start(hst, d3, yaml, fake_without_rl_ops(), extra, n_extra);
     const size_t np = model_num_params(cpu->policy);
     double moved = 0.0;
     for (int64_t step = 0; step < 2; step++) {
         float *before = malloc(np * sizeof(float));
         cr_assert_not_null(before);
         memcpy(before, model_params(cpu->policy), np * sizeof(float));
-        RlStepStats a, b;
+        RlStepStats a, b, c;
         rig_step(cpu, step, &a);
-        g_fake.loss_ops = g_fake.big_downloads_after_loss = 0;
-        const long long downloads0 = g_fake.downloads, big0 = g_fake.big_downloads;
+        g_fake.rl_ops = g_fake.big_downloads_after_rl_op = 0;
+        const long long big0 = g_fake.big_downloads;
         rig_step(dev, step, &b);
-        printf("%s step %lld: reward %.3f, policy loss %.6g, device run: %lld loss ops, %lld "
-               "downloads (%lld over %d bytes: generation and scoring), %lld over after the "
-               "first loss op\n",
-               yaml, (long long)step, a.reward_mean, a.policy_loss, g_fake.loss_ops,
-               g_fake.downloads - downloads0, g_fake.big_downloads - big0, FAKE_SMALL_DOWNLOAD,
-               g_fake.big_downloads_after_loss);
-        cr_expect_gt(g_fake.loss_ops, 0, "step %lld did not take the device path", (long long)step);
-        cr_expect_eq(g_fake.big_downloads_after_loss, 0,
-                     "step %lld: %lld per-token downloads in the update", (long long)step,
-                     g_fake.big_downloads_after_loss);
-        cr_expect(memcmp(model_params(cpu->policy), model_params(dev->policy), np * sizeof(float)) == 0,
-                  "step %lld: weights differ between the host and the device path", (long long)step);
-        if (cpu->stage.critic)
-            cr_expect(memcmp(model_params(cpu->stage.critic), model_params(dev->stage.critic),
-                             model_num_params(cpu->stage.critic) * sizeof(float)) == 0,
-                      "step %lld: critic weights differ", (long long)step);
-        const double ma[] = {a.reward_mean, a.policy_loss, a.clip_low, a.clip_high, a.dual_clip,
-                             a.entropy, a.kl, a.grad_norm, a.value_loss, a.value_clip,
-                             a.logp_mismatch_max};
-        const double mb[] = {b.reward_mean, b.policy_loss, b.clip_low, b.clip_high, b.dual_clip,
-                             b.entropy, b.kl, b.grad_norm, b.value_loss, b.value_clip,
-                             b.logp_mismatch_max};
-        cr_expect(memcmp(ma, mb, sizeof ma) == 0, "step %lld: metrics differ", (long long)step);
+        const long long big_dev = g_fake.big_downloads - big0, rl_ops = g_fake.rl_ops;
+        const long long after = g_fake.big_downloads_after_rl_op;
+        const long long big1 = g_fake.big_downloads;
+        rig_step(hst, step, &c);
+        const long long big_host = g_fake.big_downloads - big1;
+        printf("%s step %lld: reward %.3f, policy loss %.6g; downloads over %d bytes: %lld on the "
+               "device path (%lld after its first of %lld RL ops), %lld on the host path\n",
+               strrchr(yaml, '/') + 1, (long long)step, a.reward_mean, a.policy_loss,
+               FAKE_SMALL_DOWNLOAD, big_dev, after, rl_ops, big_host);
+        cr_expect_gt(rl_ops, 0, "step %lld did not take the device path", (long long)step);
+        cr_expect_eq(after, 0, "step %lld: %lld per-token downloads after the first RL op",
+                     (long long)step, after);
+        cr_expect_eq(big_host - big_dev, saved,
+                     "step %lld: the device path saved %lld per-token downloads, expected %lld",
+                     (long long)step, big_host - big_dev, saved);
+        expect_same_weights(cpu->policy, dev->policy, "device path weights differ from the CPU's", step);
+        expect_same_weights(cpu->policy, hst->policy, "host path on the fake device differs", step);
+        if (cpu->stage.critic) {
+            expect_same_weights(cpu->stage.critic, dev->stage.critic, "critic weights differ", step);
+            expect_same_weights(cpu->stage.critic, hst->stage.critic, "critic weights differ (host)", step);
+        }
+        double va[11], vb[11], vc[11];
+        stats_vector(&a, va), stats_vector(&b, vb), stats_vector(&c, vc);
+        cr_expect(memcmp(va, vb, sizeof va) == 0 && memcmp(va, vc, sizeof va) == 0,
+                  "step %lld: metrics differ", (long long)step);
         for (size_t i = 0; i < np; i++)
             moved = fmax(moved, fabs((double)model_params(cpu->policy)[i] - before[i]));
         free(before);
     }
     cr_expect_gt(moved, 0.0, "the policy never moved: the test compares nothing");
-    rig_end(cpu), rig_end(dev);
-    free(cpu), free(dev);
+    rig_end(cpu), rig_end(dev), rig_end(hst);
+    free(cpu), free(dev), free(hst);
     char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s", d1, d2);
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s", d1, d2, d3);
     cr_expect_eq(system(cmd), 0);
 }
 
-/* GRPO on-policy (the mismatch metric on the device), KL in the loss (k3),
- * entropy bonus, clip-higher and dual clip. */
+/* GRPO on-policy (logp_mismatch reduced on the device), KL in the loss
+ * (k3), entropy bonus, clip-higher and dual clip. One mini-batch: its logp
+ * and entropy stay on the device (2), and so does the reference's scoring (1). */
 Test(fake_device, rl_grpo_steps_match_cpu, .timeout = 300) {
     char *extra[] = {"stages.1.beta=0.04", "stages.1.entropy_coef=0.01",
                      "stages.1.epsilon_high=0.28", "stages.1.dual_clip=3"};
-    same_steps(PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", extra, 4);
+    same_steps(PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", extra, 4, 2 + 1);
 }
 
-/* GSPO: sequence-level ratio, two updates per rollout (old log-probs
- * uploaded), loss_type grpo, k2 estimator. */
+/* GSPO: sequence-level ratio, two mini-batches and two passes (old
+ * log-probs scored on the device, with their mismatch), loss_type grpo, k2.
+ * Saved: 4 mini-batches x (logp, entropy) + the old and reference scoring. */
 Test(fake_device, rl_gspo_steps_match_cpu, .timeout = 300) {
     char *extra[] = {"stages.1.ratio_level=sequence", "stages.1.mini_batches=2",
                      "stages.1.num_iterations=2", "stages.1.loss_type=grpo",
                      "stages.1.beta=0.02", "stages.1.kl_estimator=k2"};
-    same_steps(PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", extra, 6);
+    same_steps(PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", extra, 6, 4 * 2 + 2);
 }
 
-/* PPO: critic on the device (clipped value loss), GAE advantages, two
- * mini-batches and two epochs, KL in the reward, loss_type bnpo. */
+/* PPO: the critic's value loss on the device (clipped), GAE advantages (on
+ * the host: old / reference log-probs and values are scored there), two
+ * mini-batches and two epochs, KL in the reward, loss_type bnpo. Saved:
+ * 4 mini-batches x (policy logp, entropy; critic logp, values). */
 Test(fake_device, rl_ppo_steps_match_cpu, .timeout = 300) {
     char *extra[] = {"stages.1.beta=0.05", "stages.1.kl_in_reward=true",
                      "stages.1.loss_type=bnpo", "stages.1.entropy_coef=0.01"};
-    same_steps(PONDER_SOURCE_DIR "/configs/ppo_arith.yaml", extra, 4);
+    same_steps(PONDER_SOURCE_DIR "/configs/ppo_arith.yaml", extra, 4, 4 * 4);
 }

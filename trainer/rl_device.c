@@ -47,8 +47,8 @@ static float *upload_or_null(const ModelOps *o, const float *host, size_t n, int
 int rl_device_batch_create(RlDeviceBatch *d, const ModelOps *ops, int64_t S, int64_t T,
                            int64_t Tc, int64_t Pmax, const RlDeviceInputs *in, PonderError *err) {
     memset(d, 0, sizeof *d);
-    if (!in->cmask || !in->adv)
-        return ponder_error(err, PONDER_ERR_CONFIG, "rl device batch: mask and advantages needed");
+    if (!in->cmask)
+        return ponder_error(err, PONDER_ERR_CONFIG, "rl device batch: the completion mask is needed");
     d->ops = ops, d->S = S, d->T = T, d->Tc = Tc, d->Pmax = Pmax;
     const size_t n = (size_t)(S * Tc), full = (size_t)(S * T);
     int ok = 1;
@@ -70,6 +70,15 @@ int rl_device_batch_create(RlDeviceBatch *d, const ModelOps *ops, int64_t S, int
     return ponder_error(err, PONDER_ERR_NOMEM,
                         "out of %s memory for the RL update's per-token arrays ([%lld,%lld])",
                         ops->name, (long long)S, (long long)T);
+}
+
+int rl_device_upload(RlDeviceBatch *d, float **dst, const float *host, PonderError *err) {
+    const size_t bytes = (size_t)(d->S * d->Tc) * sizeof(float);
+    if (!*dst && !(*dst = d->ops->alloc(bytes)))
+        return ponder_error(err, PONDER_ERR_NOMEM, "out of %s memory for a [%lld,%lld] array",
+                            d->ops->name, (long long)d->S, (long long)d->Tc);
+    d->ops->upload(*dst, host, bytes);
+    return PONDER_OK;
 }
 
 /* ---------------------------------------------------- layout changes ---- */
@@ -110,6 +119,32 @@ static int check_rows(const RlDeviceBatch *d, const ModelBatch *mb, int64_t r0,
     return PONDER_OK;
 }
 
+/* ----------------------------------------------------------- scoring ---- */
+
+int rl_device_score_logp(Model *m, RlDeviceBatch *d, const ModelBatch *all, float **dst,
+                         PonderError *err) {
+    if (all->B != d->S || all->T != d->T)
+        return ponder_error(err, PONDER_ERR_SHAPE,
+                            "rl device batch: scoring a [%lld,%lld] batch, expected [%lld,%lld]",
+                            (long long)all->B, (long long)all->T, (long long)d->S,
+                            (long long)d->T);
+    const size_t bytes = (size_t)(d->S * d->Tc) * sizeof(float);
+    if (!*dst && !(*dst = d->ops->alloc(bytes)))
+        return ponder_error(err, PONDER_ERR_NOMEM, "out of %s memory for scored log-probs",
+                            d->ops->name);
+    ModelOutputs out;
+    int rc = model_forward_backend(m, all, 0, &out, err);
+    if (rc == PONDER_OK) to_completion(d, 0, d->S, out.logp, *dst);
+    return rc;
+}
+
+double rl_device_max_abs_diff(RlDeviceBatch *d, const float *a, const float *b) {
+    double m = 0.0;
+    d->ops->masked_max_abs_diff(d->sums, a, b, d->cmask, d->S * d->Tc);
+    d->ops->download(&m, d->sums, sizeof m);
+    return m;
+}
+
 /* ------------------------------------------------------------ policy ---- */
 
 int rl_device_policy_minibatch(Model *policy, RlDeviceBatch *d, const ModelBatch *mb, int64_t r0,
@@ -121,9 +156,9 @@ int rl_device_policy_minibatch(Model *policy, RlDeviceBatch *d, const ModelBatch
     if (!rc && pc->kl.coef != 0.0 && !d->ref_logp)
         rc = ponder_error(err, PONDER_ERR_CONFIG, "policy loss: KL coefficient %g needs ref_logp",
                           pc->kl.coef);
-    if (!rc && ((use_old && !d->old_logp) || (mismatch && !d->sample_logp)))
+    if (!rc && (!d->adv || (use_old && !d->old_logp) || (mismatch && !d->sample_logp)))
         rc = ponder_error(err, PONDER_ERR_CONFIG,
-                          "rl device batch: old or sampler log-probs were not uploaded");
+                          "rl device batch: advantages, old or sampler log-probs were not uploaded");
     ModelOutputs out;
     if (!rc) rc = model_forward_backend(policy, mb, 1, &out, err);
     if (rc) return rc;

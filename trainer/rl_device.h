@@ -90,10 +90,12 @@ static inline AlgoValueConfig rl_device_algo_value_cfg(const OpsValueLoss *o) {
 int rl_device_policy_usable(const Model *m);
 int rl_device_value_usable(const Model *m);
 
-/* Host arrays [S,Tc] of one rollout; NULL where the step has none. */
+/* Host arrays [S,Tc] of one rollout; NULL where the step has none (or
+ * where they are made on the device: rl_device_score_logp, or uploaded later:
+ * rl_device_upload). */
 typedef struct RlDeviceInputs {
     const float *cmask;       /* required */
-    const float *adv;         /* required */
+    const float *adv;         /* required before the first mini-batch */
     const float *old_logp;    /* the policy before the update (several updates per rollout) */
     const float *ref_logp;    /* the frozen reference (KL) */
     const float *sample_logp; /* the sampler's (logp_mismatch on-policy) */
@@ -116,6 +118,20 @@ typedef struct RlDeviceBatch {
 int rl_device_batch_create(RlDeviceBatch *d, const ModelOps *ops, int64_t S, int64_t T,
                            int64_t Tc, int64_t Pmax, const RlDeviceInputs *in, PonderError *err);
 void rl_device_batch_free(RlDeviceBatch *d);
+
+/* *dst (one of d's [S,Tc] arrays; allocated when NULL) = host [S,Tc]. */
+int rl_device_upload(RlDeviceBatch *d, float **dst, const float *host, PonderError *err);
+
+/* Scoring the rollout without leaving the device: the log-probs of every
+ * completion token under m (the old policy, the reference) for the batch
+ * `all` of all S rows, into *dst [S,Tc] (allocated when NULL). Nothing is
+ * downloaded. */
+int rl_device_score_logp(Model *m, RlDeviceBatch *d, const ModelBatch *all, float **dst,
+                         PonderError *err);
+
+/* max |a - b| over the rollout's mask-1 tokens (a, b: d's [S,Tc] arrays);
+ * one download of a double. */
+double rl_device_max_abs_diff(RlDeviceBatch *d, const float *a, const float *b);
 
 /* One policy mini-batch: forward of mb (rows r0 .. r0 + mb->B of the
  * rollout), the policy loss pc over those rows (rows: the host view of their

@@ -597,7 +597,9 @@ static int advantages(RlStage *s, const Rollout *r, const TrainBatch *b, const f
 
 typedef struct UpdateInputs {
     const TrainBatch *b;
-    const float *old_logp, *ref_logp, *adv, *returns, *old_values; /* [S,Tc] */
+    int use_old; /* the loss's old log-probs are the rollout's (else logp detached) */
+    /* host [S,Tc]; old_logp / ref_logp NULL when they were scored on the device */
+    const float *old_logp, *ref_logp, *adv, *returns, *old_values;
     /* the same on the policy's device when its losses run there (rl_device.h);
      * NULL: the host path */
     RlDeviceBatch *dev;
@@ -687,8 +689,8 @@ static int policy_loss_device(RlStage *s, const UpdateInputs *u, int64_t r0, int
     ModelBatch mb = rows_of(b, r0, rows, (float)s->cfg->stages[s->stage].temperature);
     AlgoBatch ab = {rows, b->Tc, b->cmask + r0 * b->Tc};
     double mm = 0.0;
-    int rc = rl_device_policy_minibatch(s->policy, u->dev, &mb, r0, &ab, pc, u->old_logp != NULL,
-                                        res, u->old_logp ? NULL : &mm, err);
+    int rc = rl_device_policy_minibatch(s->policy, u->dev, &mb, r0, &ab, pc, u->use_old, res,
+                                        u->use_old ? NULL : &mm, err);
     if (rc == PONDER_OK && mm > *mismatch) *mismatch = mm;
     return rc;
 }
@@ -785,22 +787,30 @@ static int critic_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
 }
 
 /* Uploads the rollout's per-token inputs once when a loss runs on the
- * device (rl_device.h): the policy's, and the critic's when it has one. A
- * rank without samples keeps the host path (it only joins the reductions). */
+ * device (rl_device.h): the policy's, and the critic's when it has one;
+ * whatever was scored on the device already (score_on_device) stays. A rank
+ * without samples keeps the host path (it only joins the reductions). */
 static int device_inputs(RlStage *s, UpdateInputs *u, RlDeviceBatch *dev, PonderError *err) {
     const TrainBatch *b = u->b;
     u->dev_policy = b->S > 0 && rl_device_policy_usable(s->policy);
     u->dev_value = b->S > 0 && s->critic && rl_device_value_usable(s->critic) &&
                    model_ops(s->critic) == model_ops(s->policy);
     if (!u->dev_policy && !u->dev_value) return PONDER_OK;
-    RlDeviceInputs in = {b->cmask,
-                         u->adv,
-                         u->dev_policy ? u->old_logp : NULL,
-                         u->dev_policy ? u->ref_logp : NULL,
-                         u->dev_policy && !u->old_logp ? b->sample_logp : NULL,
-                         u->dev_value ? u->returns : NULL,
-                         u->dev_value ? u->old_values : NULL};
-    int rc = rl_device_batch_create(dev, model_ops(s->policy), b->S, b->T, b->Tc, b->Pmax, &in, err);
+    int rc = PONDER_OK;
+    if (!dev->ops) {
+        RlDeviceInputs in = {b->cmask, NULL, NULL, NULL, NULL, NULL, NULL};
+        rc = rl_device_batch_create(dev, model_ops(s->policy), b->S, b->T, b->Tc, b->Pmax, &in, err);
+    }
+    if (rc == PONDER_OK) rc = rl_device_upload(dev, &dev->adv, u->adv, err);
+    if (rc == PONDER_OK && u->dev_policy && u->use_old && !dev->old_logp)
+        rc = rl_device_upload(dev, &dev->old_logp, u->old_logp, err);
+    if (rc == PONDER_OK && u->dev_policy && u->ref_logp && !dev->ref_logp)
+        rc = rl_device_upload(dev, &dev->ref_logp, u->ref_logp, err);
+    if (rc == PONDER_OK && u->dev_policy && !u->use_old && !dev->sample_logp)
+        rc = rl_device_upload(dev, &dev->sample_logp, b->sample_logp, err);
+    if (rc == PONDER_OK && u->dev_value) rc = rl_device_upload(dev, &dev->returns, u->returns, err);
+    if (rc == PONDER_OK && u->dev_value)
+        rc = rl_device_upload(dev, &dev->old_values, u->old_values, err);
     if (rc == PONDER_OK) u->dev = dev;
     return rc;
 }
@@ -880,6 +890,36 @@ static int rollout_metrics(RlStage *s, const Rollout *r, RlStepStats *st, Ponder
     return PONDER_OK;
 }
 
+/* Whether the advantages read per-token model outputs on the host (token
+ * rewards with KL, GAE, discounted returns): as advantages() decides. */
+static int token_advantages(const ConfigStage *cs) {
+    return cs->type == CONFIG_STAGE_PPO ||
+           (cs->type == CONFIG_STAGE_REINFORCE_PP && !cs->rpp_baseline);
+}
+
+/* The rollout scored without leaving the policy's device, when the losses
+ * run there and the advantages need no per-token model output on the host
+ * (grpo, rloo, reinforce_pp with baseline): old and reference log-probs go
+ * straight into the device batch, and logp_mismatch is reduced there. The
+ * same numbers as score_tokens and the host loop over the mismatch. */
+static int score_on_device(RlStage *s, const TrainBatch *b, int need_old, int behaviour,
+                           RlDeviceBatch *dev, RlStepStats *st, PonderError *err) {
+    RlDeviceInputs in = {b->cmask, NULL, NULL, NULL, b->sample_logp, NULL, NULL};
+    int rc = rl_device_batch_create(dev, model_ops(s->policy), b->S, b->T, b->Tc, b->Pmax, &in, err);
+    ModelBatch all = rows_of(b, 0, b->S, (float)s->cfg->stages[s->stage].temperature);
+    if (rc == PONDER_OK && behaviour) {
+        rc = rl_device_upload(dev, &dev->old_logp, b->sample_logp, err);
+    } else if (rc == PONDER_OK && need_old) {
+        rc = rl_device_score_logp(s->policy, dev, &all, &dev->old_logp, err);
+        if (rc == PONDER_OK) {
+            double d = rl_device_max_abs_diff(dev, dev->old_logp, dev->sample_logp);
+            st->logp_mismatch_max = d > st->logp_mismatch_max ? d : st->logp_mismatch_max;
+        }
+    }
+    if (rc == PONDER_OK && s->ref) rc = rl_device_score_logp(s->ref, dev, &all, &dev->ref_logp, err);
+    return rc;
+}
+
 typedef struct StepArrays {
     float *old_logp, *ref_logp, *values, *adv, *returns;
 } StepArrays;
@@ -918,10 +958,15 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
     const int multi = cs->num_iterations > 1 || cs->mini_batches > 1 || behaviour;
     const int token_level = cs->type == CONFIG_STAGE_PPO || cs->type == CONFIG_STAGE_REINFORCE_PP;
     const int need_old = multi || token_level || cs->kl_in_reward;
-    if (rc == PONDER_OK &&
-        !step_arrays_alloc(&a, (size_t)(b.S * b.Tc), need_old, s->ref != NULL, s->critic != NULL))
+    RlDeviceBatch dev = {0};
+    const int dev_score = rc == PONDER_OK && b.S > 0 && rl_device_policy_usable(s->policy) &&
+                          !token_advantages(cs);
+    if (rc == PONDER_OK && !step_arrays_alloc(&a, (size_t)(b.S * b.Tc), need_old && !dev_score,
+                                              s->ref != NULL && !dev_score, s->critic != NULL))
         rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory (step arrays)");
-    if (rc == PONDER_OK && behaviour)
+    if (rc == PONDER_OK && dev_score)
+        rc = score_on_device(s, &b, need_old, behaviour, &dev, st, err);
+    else if (rc == PONDER_OK && behaviour)
         memcpy(a.old_logp, b.sample_logp, (size_t)(b.S * b.Tc) * sizeof(float));
     else if (rc == PONDER_OK && need_old) {
         rc = score_tokens(s->policy, &b, (float)cs->temperature, a.old_logp, NULL, err);
@@ -931,20 +976,20 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
                 st->logp_mismatch_max = d > st->logp_mismatch_max ? d : st->logp_mismatch_max;
             }
     }
-    if (rc == PONDER_OK && s->ref) rc = score_tokens(s->ref, &b, (float)cs->temperature, a.ref_logp, NULL, err);
+    if (rc == PONDER_OK && s->ref && !dev_score)
+        rc = score_tokens(s->ref, &b, (float)cs->temperature, a.ref_logp, NULL, err);
     if (rc == PONDER_OK && s->critic) rc = score_tokens(s->critic, &b, 1.0f, NULL, a.values, err);
     double kl_sum = 0.0;
     if (rc == PONDER_OK)
         rc = advantages(s, &r, &b, a.old_logp ? a.old_logp : b.sample_logp, a.ref_logp, a.values,
                         a.adv, a.returns, &kl_sum, err);
     if (rc == PONDER_OK) {
-        UpdateInputs u = {&b, multi ? a.old_logp : NULL, a.ref_logp, a.adv, a.returns, a.values,
-                          NULL, 0, 0};
-        RlDeviceBatch dev = {0};
+        UpdateInputs u = {&b,     multi,     multi ? a.old_logp : NULL, a.ref_logp, a.adv,
+                          a.returns, a.values, NULL, 0, 0};
         rc = device_inputs(s, &u, &dev, err);
         if (rc == PONDER_OK) rc = update(s, &u, r.P, st, err);
-        rl_device_batch_free(&dev);
     }
+    rl_device_batch_free(&dev);
     if (rc == PONDER_OK && s->klc.adaptive && cs->kl_in_reward) {
         double kl[2] = {kl_sum, (double)b.S};
         rc = dist_allreduce_f64(s->dist, kl, 2, DIST_SUM, "KL sum", err);
