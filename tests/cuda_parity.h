@@ -27,10 +27,14 @@
 #include "trainer/optim.h"
 #include "trainer/rl_device.h"     /* AlgoPolicyConfig -> OpsPolicyLoss (header-only part) */
 #include "util/rng.h"
+#ifdef PONDER_HAVE_CUDA
+#include "model/cuda/cuda_backend.h" /* cuda_set_bf16 */
+#endif
 
 #define PARITY_FN static __attribute__((unused))
 #define PARITY_TOL 1e-5      /* every op, fp32 */
 #define PARITY_STEP_TOL 1e-4 /* whole-model gradients and updated weights, per tensor */
+#define PARITY_BF16_TOL 1e-2 /* the same checks with bf16 products (fp32 accumulation) */
 #define PARITY_MAX_ALLOCS 4096
 
 typedef struct Parity {
@@ -39,6 +43,10 @@ typedef struct Parity {
     uint64_t seed;
     int checks, failed;
     double worst; /* largest err/tol seen */
+    /* while a case reruns others in another precision (parity_bf16): no
+     * tolerance below tol_floor, and every check's name starts with tag */
+    double tol_floor;
+    const char *tag;
     char failures[4096];
     void *host[PARITY_MAX_ALLOCS], *dev[PARITY_MAX_ALLOCS];
     int n_host, n_dev;
@@ -117,7 +125,10 @@ PARITY_FN int32_t *rnd_ids(Parity *p, int64_t n, int64_t below) {
 }
 
 /* Records one result: prints its line and remembers a failure. */
-PARITY_FN int parity_record(Parity *p, const char *what, double rel, double tol, double ref_max) {
+PARITY_FN int parity_record(Parity *p, const char *what_in, double rel, double tol, double ref_max) {
+    char what[200];
+    snprintf(what, sizeof what, "%s%s", p->tag ? p->tag : "", what_in);
+    if (tol < p->tol_floor) tol = p->tol_floor;
     if (isnan(rel)) rel = INFINITY;
     int ok = rel <= tol;
     p->checks++;
@@ -1128,6 +1139,32 @@ PARITY_FN void parity_loss_helpers(Parity *p) {
     parity_compare(p, "copy_2d (strided rows)", g_dst, dst, S * Tc, 0.0);
 }
 
+/* ------------------------------------------------------------- bf16 ---- */
+
+/* model.precision bf16 (cuda_set_bf16): the cases whose GEMMs it changes —
+ * linear layers, attention, the LM head, whole training steps — rerun with
+ * bf16 products against the fp32 CPU, to PARITY_BF16_TOL. CUDA only. */
+PARITY_FN void parity_bf16(Parity *p) {
+#ifdef PONDER_HAVE_CUDA
+    if (p->gpu != ops_cuda()) {
+        printf("  skip bf16: the backend under test is not the CUDA one\n");
+        return;
+    }
+    const double floor_before = p->tol_floor;
+    cuda_set_bf16(1);
+    p->tol_floor = PARITY_BF16_TOL, p->tag = "bf16 ";
+    parity_matmul(p);
+    parity_attention(p);
+    parity_lm_head(p);
+    parity_model(p);
+    p->tol_floor = floor_before, p->tag = NULL;
+    cuda_set_bf16(0);
+#else
+    (void)p;
+    printf("  skip bf16: this build has no CUDA backend\n");
+#endif
+}
+
 /* ----------------------------------------------------------- the suite --- */
 
 typedef void (*ParityFn)(Parity *);
@@ -1151,6 +1188,7 @@ static const ParityCase PARITY_CASES[] __attribute__((unused)) = {
     {"optimizer", parity_optimizer},
     {"model_step", parity_model},
     {"decode", parity_decode},
+    {"bf16", parity_bf16},
     {"policy_loss", parity_policy_loss},
     {"value_loss", parity_value_loss},
     {"loss_helpers", parity_loss_helpers},
