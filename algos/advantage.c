@@ -5,6 +5,8 @@
 #include <stdlib.h> /* malloc, free */
 #include <string.h> /* strcmp */
 
+#include "algos/advantage_token.h" /* the per-row loops, shared with the device */
+
 /* ------------------------------------------------------------------ groups */
 
 /* End (exclusive) of the run of equal group ids starting at s. */
@@ -216,16 +218,7 @@ int algo_returns_discounted(const AlgoBatch *b, const float *token_rewards, doub
     if (rc) return rc;
     for (int64_t i = 0; i < b->n_seq; i++) {
         const int64_t row = i * b->max_len;
-        double running = 0.0;
-        for (int64_t t = b->max_len - 1; t >= 0; t--) {
-            if (b->mask[row + t] == 0.0f) { /* reset after EOS (verl multiplies by the mask) */
-                running = 0.0;
-                returns[row + t] = 0.0f;
-                continue;
-            }
-            running = token_rewards[row + t] + gamma * running;
-            returns[row + t] = (float)running;
-        }
+        algo_token_returns_row(b->mask + row, b->max_len, token_rewards + row, gamma, returns + row);
     }
     return PONDER_OK;
 }
@@ -251,20 +244,8 @@ int algo_gae(const AlgoBatch *b, const float *token_rewards, const float *values
     if (!returns) return ponder_error(err, PONDER_ERR_CONFIG, "GAE: returns output is NULL");
     for (int64_t i = 0; i < b->n_seq; i++) {
         const int64_t row = i * b->max_len;
-        double next_value = 0.0, last_gae = 0.0; /* terminal state: value 0 */
-        for (int64_t t = b->max_len - 1; t >= 0; t--) {
-            const int64_t k = row + t;
-            if (b->mask[k] == 0.0f) { /* skipped: value and advantage carry over */
-                adv[k] = returns[k] = 0.0f;
-                continue;
-            }
-            double v = values[k];
-            double delta = token_rewards[k] + gamma * next_value - v;
-            last_gae = delta + gamma * lambda * last_gae;
-            next_value = v;
-            adv[k] = (float)last_gae;
-            returns[k] = (float)(last_gae + v);
-        }
+        algo_token_gae_row(b->mask + row, b->max_len, token_rewards + row, values + row, gamma,
+                           lambda, adv + row, returns + row);
     }
     return PONDER_OK;
 }

@@ -3,6 +3,8 @@
 
 #include <math.h> /* isfinite, sqrt */
 
+#include "algos/advantage_token.h" /* algo_token_whiten, shared with the device */
+
 int algo_batch_check(const AlgoBatch *b, PonderError *err) {
     if (!b) return ponder_error(err, PONDER_ERR_CONFIG, "algos: batch is NULL");
     if (b->n_seq < 1 || b->max_len < 1)
@@ -129,8 +131,7 @@ int algo_whiten_apply(const AlgoBatch *b, const float *x, const AlgoMoments *m, 
     }
     double scale = 1.0 / sqrt(var + ALGO_WHITEN_EPS);
     int64_t n = b->n_seq * b->max_len;
-    for (int64_t k = 0; k < n; k++)
-        out[k] = b->mask[k] != 0.0f ? (float)((x[k] - mean) * scale) : 0.0f;
+    for (int64_t k = 0; k < n; k++) out[k] = algo_token_whiten(b->mask[k], x[k], mean, scale);
     return PONDER_OK;
 }
 

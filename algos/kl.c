@@ -5,7 +5,8 @@
 #include <math.h>   /* exp, isfinite */
 #include <string.h> /* strcmp */
 
-#include "algos/loss_token.h" /* algo_token_kl */
+#include "algos/advantage_token.h" /* algo_token_rewards_row */
+#include "algos/loss_token.h"      /* algo_token_kl */
 
 /* the per-token formulas are shared with the device kernels */
 _Static_assert(ALGO_KL_K1 == ALGO_TOKEN_KL_K1 && ALGO_KL_K2 == ALGO_TOKEN_KL_K2 &&
@@ -78,24 +79,12 @@ int algo_token_rewards(const AlgoBatch *b, const double *scores, const float *ol
     double seq_sum = 0.0;
     for (int64_t i = 0; i < b->n_seq; i++) {
         const int64_t row = i * b->max_len;
-        const float *m = b->mask + row;
-        int64_t last = -1, n = 0;
-        for (int64_t t = 0; t < b->max_len; t++)
-            if (m[t] != 0.0f) last = t, n++;
-        double kl_row = 0.0;
-        for (int64_t t = 0; t < b->max_len; t++) {
-            double r = 0.0;
-            if (m[t] != 0.0f && use_kl) {
-                double k = algo_kl_token(kl->estimator, kl->clamp, old_logp[row + t],
-                                         ref_logp[row + t], NULL);
-                kl_row += k;
-                r = -coef * k;
-            }
-            /* the score sits on the last valid token (verl, OpenRLHF; METHODS.md 0) */
-            if (t == last) r += scores[i];
-            rewards[row + t] = (float)r;
-        }
-        if (n > 0) seq_sum += kl_row / (double)n;
+        int has_tokens;
+        double kl_mean = algo_token_rewards_row(
+            b->mask + row, b->max_len, scores[i], use_kl ? old_logp + row : NULL,
+            use_kl ? ref_logp + row : NULL, use_kl, use_kl ? (int)kl->estimator : 0,
+            use_kl ? kl->clamp : 0, coef, rewards + row, &has_tokens);
+        if (has_tokens) seq_sum += kl_mean;
     }
     if (kl_seq_mean_sum) *kl_seq_mean_sum = use_kl ? seq_sum : 0.0;
     return PONDER_OK;

@@ -74,6 +74,20 @@ enum {
     OPS_VALUE_NSUMS
 };
 
+/* Token-level advantages for the token_advantages op (algos/advantage.h and
+ * kl.h resolved to plain numbers): token rewards = the row's score on its
+ * last mask-1 token minus kl_coef * KL(old, ref) at mask-1 tokens
+ * (algo_token_rewards), then GAE (algo_gae, OPS_ADV_GAE) or discounted
+ * returns (algo_returns_discounted, OPS_ADV_RETURNS). */
+enum { OPS_ADV_GAE = 0, OPS_ADV_RETURNS = 1 };
+typedef struct OpsAdvantage {
+    int kind;         /* OPS_ADV_GAE or OPS_ADV_RETURNS */
+    int kl_estimator; /* AlgoKlEstimator of the KL in the reward */
+    int kl_clamp;
+    double kl_coef;   /* 0: scores only (the KL mean is still reduced) */
+    double gamma, lambda;
+} OpsAdvantage;
+
 typedef struct ModelOps {
     const char *name;
 
@@ -241,6 +255,22 @@ typedef struct ModelOps {
      * when there is none; NaN at mask-0 positions is never read). */
     void (*masked_max_abs_diff)(double *out, const float *a, const float *b, const float *mask,
                                 int64_t n);
+    /* Token-level advantages of a rollout [S,T]: rewards written into
+     * `returns` first, then GAE (adv and returns, both un-whitened) or the
+     * discounted returns (returns only; adv untouched, may be NULL). scores
+     * [S] (double) are the rows' sequence rewards; values is read for GAE
+     * only. kl_sum[0] = sum over rows with tokens of the row's mean KL
+     * (algo_token_rewards' kl_seq_mean_sum). */
+    void (*token_advantages)(float *adv, float *returns, double *kl_sum, const double *scores,
+                             const float *old_logp, const float *ref_logp, const float *values,
+                             const float *mask, OpsAdvantage cfg, int64_t S, int64_t T);
+    /* out[0..3) = count, sum and sum of squares (double) of x over the n
+     * positions with mask != 0 (algo_moments_tokens). */
+    void (*masked_moments)(double *out, const float *x, const float *mask, int64_t n);
+    /* out = (x - mean) * scale at mask-1 positions, 0 elsewhere, in double then
+     * rounded (algo_whiten_apply with the moments' mean and scale); out may be x. */
+    void (*whiten)(float *out, const float *x, const float *mask, double mean, double scale,
+                   int64_t n);
     /* Strided block copy, backend to backend: dst[r*dst_stride + c] =
      * src[r*src_stride + c] for r < rows, c < cols (the blocks must not
      * overlap). Optional on its own: NULL means one `copy` per row. */

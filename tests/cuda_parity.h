@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "algos/advantage_token.h" /* the advantages' row loops: the reference of their ops */
 #include "algos/loss_core.h"     /* the losses' host loops: the reference of the loss ops */
 #include "model/model.h"
 #include "model/ops.h"
@@ -1112,6 +1113,82 @@ PARITY_FN void parity_value_loss(Parity *p) {
     if (clipped == 0.0) parity_fail(p, "value_loss inputs: the clipped branch was never taken");
 }
 
+/* Token-level advantages, moments and whitening (token_advantages,
+ * masked_moments, whiten) against algos' row loops (algos/advantage_token.h,
+ * the code algo_token_rewards, algo_gae, algo_returns_discounted and
+ * algo_whiten_apply run): GAE and discounted returns, KL in the reward off and
+ * on (k1, and k3 with verl's clamps beyond |d| = 20), gamma and lambda below
+ * and at 1, rows without tokens, masked gaps inside rows, NaN at every mask-0
+ * position. Tolerances as the losses': per-token PARITY_TOL relative to the
+ * largest, sums PARITY_TOL relative (double sums in another order; the
+ * device may fuse a multiply-add in the recursions). */
+PARITY_FN void parity_advantages(Parity *p) {
+    const ModelOps *g = p->gpu;
+    if (!g->token_advantages || !g->masked_moments || !g->whiten) {
+        parity_fail(p, "advantages: the backend lacks token_advantages, masked_moments or whiten");
+        return;
+    }
+    const int64_t S = 10, T = 150, N = S * T;
+    char what[160];
+    for (int c = 0; c < 4; c++) {
+        const int gae = c % 2 == 0, kl = c >= 2;
+        ParityLossData d = parity_loss_data(p, S, T, kl);
+        double *scores = hbuf(p, (size_t)S * sizeof(double));
+        for (int64_t i = 0; i < S; i++) scores[i] = rng_normal(&p->rng);
+        OpsAdvantage oa = {gae ? OPS_ADV_GAE : OPS_ADV_RETURNS, kl ? 2 : 0, kl, kl ? 0.05 : 0.0,
+                           c == 1 ? 1.0 : 0.97, c == 0 ? 1.0 : 0.95};
+        /* the host: rewards, then GAE or returns, row by row (as algos) */
+        float *rw = hbuf(p, F4(N)), *adv = hbuf(p, F4(N)), *ret = hbuf(p, F4(N));
+        double kl_sum = 0.0;
+        for (int64_t i = 0; i < S; i++) {
+            const int64_t row = i * T;
+            int has;
+            double m = algo_token_rewards_row(d.mask + row, T, scores[i], d.logp + row, d.ref + row,
+                                              1, oa.kl_estimator, oa.kl_clamp, oa.kl_coef,
+                                              rw + row, &has);
+            if (has) kl_sum += m;
+            if (gae)
+                algo_token_gae_row(d.mask + row, T, rw + row, d.val + row, oa.gamma, oa.lambda,
+                                   adv + row, ret + row);
+            else
+                algo_token_returns_row(d.mask + row, T, rw + row, oa.gamma, ret + row);
+        }
+        float *g_adv = gae ? dbuf(p, F4(N)) : NULL, *g_ret = dbuf(p, F4(N));
+        double *g_kl = dbuf(p, sizeof(double)), got_kl = 0.0;
+        g->token_advantages(g_adv, g_ret, g_kl, up(p, scores, (size_t)S * sizeof(double)),
+                            up(p, d.logp, F4(N)), up(p, d.ref, F4(N)),
+                            gae ? up(p, d.val, F4(N)) : NULL, up(p, d.mask, F4(N)), oa, S, T);
+        g->download(&got_kl, g_kl, sizeof got_kl);
+        const char *tag = gae ? (c == 0 ? "GAE lambda 1" : "GAE") : (c == 1 ? "returns gamma 1" : "returns");
+        if (gae) {
+            snprintf(what, sizeof what, "token_advantages %s%s adv", tag, kl ? " +KL k3" : "");
+            parity_compare(p, what, g_adv, adv, N, PARITY_TOL);
+        }
+        snprintf(what, sizeof what, "token_advantages %s%s returns", tag, kl ? " +KL k3" : "");
+        parity_compare(p, what, g_ret, ret, N, PARITY_TOL);
+        snprintf(what, sizeof what, "token_advantages %s%s KL sum", tag, kl ? " +KL k3" : "");
+        parity_compare_sums(p, what, &got_kl, &kl_sum, 1);
+        /* moments and whitening of what came out (the GPU's own, both sides) */
+        float *x = hbuf(p, F4(N));
+        g->download(x, gae ? g_adv : g_ret, F4(N));
+        double want[3] = {0.0, 0.0, 0.0}, got[3];
+        for (int64_t k = 0; k < N; k++)
+            if (d.mask[k] != 0.0f) want[0] += 1.0, want[1] += x[k], want[2] += (double)x[k] * x[k];
+        double *g_m = dbuf(p, 3 * sizeof(double));
+        float *g_x = up(p, x, F4(N)), *g_mask = up(p, d.mask, F4(N));
+        g->masked_moments(g_m, g_x, g_mask, N);
+        g->download(got, g_m, sizeof got);
+        snprintf(what, sizeof what, "masked_moments (%s)", tag);
+        parity_compare_sums(p, what, got, want, 3);
+        const double mean = want[1] / want[0], scale = 1.0 / sqrt(want[2] / want[0] - mean * mean + 1e-8);
+        float *w = hbuf(p, F4(N));
+        for (int64_t k = 0; k < N; k++) w[k] = algo_token_whiten(d.mask[k], x[k], mean, scale);
+        g->whiten(g_x, g_x, g_mask, mean, scale, N); /* in place, as the trainer does */
+        snprintf(what, sizeof what, "whiten (%s, in place)", tag);
+        parity_compare(p, what, g_x, w, N, PARITY_TOL);
+    }
+}
+
 /* The update's helpers: exact on any backend (a copy; a max of exact |a - b|). */
 PARITY_FN void parity_loss_helpers(Parity *p) {
     if (!p->gpu->masked_max_abs_diff || !p->gpu->copy_2d) {
@@ -1192,6 +1269,7 @@ static const ParityCase PARITY_CASES[] __attribute__((unused)) = {
     {"policy_loss", parity_policy_loss},
     {"value_loss", parity_value_loss},
     {"loss_helpers", parity_loss_helpers},
+    {"advantages", parity_advantages},
 };
 
 #define PARITY_N_CASES (sizeof PARITY_CASES / sizeof PARITY_CASES[0])

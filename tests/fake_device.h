@@ -22,7 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "algos/loss_core.h"  /* the losses' reference loops */
+#include "algos/advantage_token.h" /* the advantages' reference loops */
+#include "algos/loss_core.h"       /* the losses' reference loops */
 #include "model/ops.h"
 #include "trainer/rl_device.h" /* OpsPolicyLoss <-> AlgoPolicyConfig (header-only part) */
 
@@ -370,6 +371,53 @@ static void fake_masked_max_abs_diff(double *out, const float *a, const float *b
     }
     *out = m;
 }
+static void fake_token_advantages(float *adv, float *returns, double *kl_sum,
+                                  const double *scores, const float *old_logp,
+                                  const float *ref_logp, const float *values, const float *mask,
+                                  OpsAdvantage cfg, int64_t S, int64_t T) {
+    NEED(adv), NEED(returns), NEED(kl_sum), NEED(scores), NEED(old_logp), NEED(ref_logp);
+    NEED(values), NEED(mask);
+    g_fake.ops++;
+    g_fake.rl_ops++;
+    const int use_kl = old_logp && ref_logp;
+    double seq_sum = 0.0; /* algo_token_rewards' loop, then algo_gae's or the returns' */
+    for (int64_t i = 0; i < S; i++) {
+        const int64_t row = i * T;
+        int has_tokens;
+        double kl_mean = algo_token_rewards_row(
+            mask + row, T, scores[i], use_kl ? old_logp + row : NULL,
+            use_kl ? ref_logp + row : NULL, use_kl, cfg.kl_estimator, cfg.kl_clamp, cfg.kl_coef,
+            returns + row, &has_tokens);
+        if (has_tokens) seq_sum += kl_mean;
+        if (cfg.kind == OPS_ADV_GAE)
+            algo_token_gae_row(mask + row, T, returns + row, values + row, cfg.gamma, cfg.lambda,
+                               adv + row, returns + row);
+        else
+            algo_token_returns_row(mask + row, T, returns + row, cfg.gamma, returns + row);
+    }
+    *kl_sum = use_kl ? seq_sum : 0.0;
+}
+static void fake_masked_moments(double *out, const float *x, const float *mask, int64_t n) {
+    NEED(out), NEED(x), NEED(mask);
+    g_fake.ops++;
+    g_fake.rl_ops++;
+    double m[3] = {0.0, 0.0, 0.0}; /* algo_moments_tokens' loop */
+    for (int64_t k = 0; k < n; k++) {
+        if (mask[k] == 0.0f) continue;
+        double v = x[k];
+        m[0] += 1.0;
+        m[1] += v;
+        m[2] += v * v;
+    }
+    memcpy(out, m, sizeof m);
+}
+static void fake_whiten(float *out, const float *x, const float *mask, double mean, double scale,
+                        int64_t n) {
+    NEED(out), NEED(x), NEED(mask);
+    g_fake.ops++;
+    g_fake.rl_ops++;
+    for (int64_t k = 0; k < n; k++) out[k] = algo_token_whiten(mask[k], x[k], mean, scale);
+}
 static void fake_copy_2d(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
                          int64_t rows, int64_t cols) {
     NEED(dst), NEED(src);
@@ -444,6 +492,9 @@ static const ModelOps FAKE_DEVICE_OPS = {
     .policy_loss = fake_policy_loss,
     .value_loss = fake_value_loss,
     .masked_max_abs_diff = fake_masked_max_abs_diff,
+    .token_advantages = fake_token_advantages,
+    .masked_moments = fake_masked_moments,
+    .whiten = fake_whiten,
     .copy_2d = fake_copy_2d,
     .sum_squares = fake_sum_squares,
     .adamw = fake_adamw,

@@ -133,6 +133,7 @@ Test(fake_device, loss_ops) {
     run_fake("policy_loss", parity_policy_loss);
     run_fake("value_loss", parity_value_loss);
     run_fake("loss_helpers", parity_loss_helpers);
+    run_fake("advantages", parity_advantages);
 }
 
 /* A fake-device copy of host[0..n) (n floats), or NULL. */
@@ -638,12 +639,30 @@ Test(fake_device, rl_gspo_steps_match_cpu, .timeout = 300) {
     same_steps(PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", extra, 6, 4 * 2 + 2);
 }
 
-/* PPO: the critic's value loss on the device (clipped), GAE advantages (on
- * the host: old / reference log-probs and values are scored there), two
- * mini-batches and two epochs, KL in the reward, loss_type bnpo. Saved:
- * 4 mini-batches x (policy logp, entropy; critic logp, values). */
+/* PPO: the critic's value loss on the device (clipped), token rewards with
+ * KL in the reward, GAE and whitening on the device, two mini-batches and
+ * two epochs, loss_type bnpo. Saved: 4 mini-batches x (policy logp,
+ * entropy; critic logp, values) + scoring (old, reference, the critic's
+ * logp and values). */
 Test(fake_device, rl_ppo_steps_match_cpu, .timeout = 300) {
     char *extra[] = {"stages.1.beta=0.05", "stages.1.kl_in_reward=true",
                      "stages.1.loss_type=bnpo", "stages.1.entropy_coef=0.01"};
-    same_steps(PONDER_SOURCE_DIR "/configs/ppo_arith.yaml", extra, 4, 4 * 4);
+    same_steps(PONDER_SOURCE_DIR "/configs/ppo_arith.yaml", extra, 4, 4 * 4 + 4);
+}
+
+/* REINFORCE++ without the baseline: discounted returns (gamma 0.9) with KL
+ * in the reward, whitened into the advantages on the device; dr_grpo.
+ * Saved: one mini-batch's logp and entropy + scoring (old, reference). */
+Test(fake_device, rl_reinforce_pp_steps_match_cpu, .timeout = 300) {
+    char *extra[] = {"stages.1.rpp_baseline=false", "stages.1.gamma=0.9", "stages.1.beta=0.05",
+                     "stages.1.kl_in_reward=true", "stages.1.loss_type=dr_grpo",
+                     "stages.1.kl_target=0.1"};
+    same_steps(PONDER_SOURCE_DIR "/configs/reinforce_pp_arith.yaml", extra, 6, 2 + 2);
+}
+
+/* REINFORCE++ with the baseline (group-centred rewards whitened on the host,
+ * sequence-level data): scoring on the device, loss there. */
+Test(fake_device, rl_reinforce_pp_baseline_steps_match_cpu, .timeout = 300) {
+    char *extra[] = {"stages.1.beta=0.02", "stages.1.mini_batches=2"};
+    same_steps(PONDER_SOURCE_DIR "/configs/reinforce_pp_arith.yaml", extra, 2, 2 * 2 + 2);
 }

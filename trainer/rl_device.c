@@ -3,7 +3,7 @@
  * loss op, scatter and backward without a per-token copy to the host. */
 #include "trainer/rl_device.h"
 
-#include <math.h>   /* isfinite */
+#include <math.h>   /* isfinite, sqrt */
 #include <string.h> /* memset */
 
 #include "algos/loss_core.h" /* AlgoPolicySums, algo_core_policy_result */
@@ -19,6 +19,11 @@ int rl_device_value_usable(const Model *m) {
     return o->device && o->value_loss;
 }
 
+int rl_device_advantages_usable(const Model *m) {
+    const ModelOps *o = m->ops;
+    return o->device && o->token_advantages && o->masked_moments && o->whiten;
+}
+
 /* ------------------------------------------------------------- batch ---- */
 
 void rl_device_batch_free(RlDeviceBatch *d) {
@@ -29,6 +34,7 @@ void rl_device_batch_free(RlDeviceBatch *d) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) d->ops->free(bufs[i]);
     if (d->sums) d->ops->free(d->sums);
+    if (d->scores) d->ops->free(d->scores);
     memset(d, 0, sizeof *d);
 }
 
@@ -138,11 +144,80 @@ int rl_device_score_logp(Model *m, RlDeviceBatch *d, const ModelBatch *all, floa
     return rc;
 }
 
+int rl_device_score_values(Model *critic, RlDeviceBatch *d, const ModelBatch *all, float **dst,
+                           PonderError *err) {
+    if (all->B != d->S || all->T != d->T)
+        return ponder_error(err, PONDER_ERR_SHAPE, "rl device batch: scoring a [%lld,%lld] batch",
+                            (long long)all->B, (long long)all->T);
+    if (!*dst && !(*dst = d->ops->alloc((size_t)(d->S * d->Tc) * sizeof(float))))
+        return ponder_error(err, PONDER_ERR_NOMEM, "out of %s memory for values", d->ops->name);
+    ModelOutputs out;
+    int rc = model_forward_backend(critic, all, 0, &out, err);
+    if (rc == PONDER_OK && !out.values)
+        rc = ponder_error(err, PONDER_ERR_CONFIG, "rl device batch: the critic has no scalar head");
+    if (rc == PONDER_OK) to_completion(d, 0, d->S, out.values, *dst);
+    return rc;
+}
+
 double rl_device_max_abs_diff(RlDeviceBatch *d, const float *a, const float *b) {
     double m = 0.0;
     d->ops->masked_max_abs_diff(d->sums, a, b, d->cmask, d->S * d->Tc);
     d->ops->download(&m, d->sums, sizeof m);
     return m;
+}
+
+/* -------------------------------------------------------- advantages ---- */
+
+static float *ensure(RlDeviceBatch *d, float **p, int *ok) {
+    if (!*p) *p = d->ops->alloc((size_t)(d->S * d->Tc) * sizeof(float));
+    *ok = *ok && *p != NULL;
+    return *p;
+}
+
+int rl_device_token_advantages(RlDeviceBatch *d, const double *scores, const OpsAdvantage *cfg,
+                               double *kl_sum, PonderError *err) {
+    const ModelOps *o = d->ops;
+    const int gae = cfg->kind == OPS_ADV_GAE;
+    if (!d->old_logp || (gae && !d->old_values))
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "rl device batch: token advantages need old log-probs%s",
+                            gae ? " and values" : "");
+    int ok = 1;
+    ensure(d, &d->returns, &ok);
+    if (gae) ensure(d, &d->adv, &ok);
+    if (ok && !d->scores) ok = (d->scores = o->alloc((size_t)d->S * sizeof(double))) != NULL;
+    if (!ok) return ponder_error(err, PONDER_ERR_NOMEM, "out of %s memory for advantages", o->name);
+    o->upload(d->scores, scores, (size_t)d->S * sizeof(double));
+    o->token_advantages(gae ? d->adv : NULL, d->returns, d->sums, d->scores, d->old_logp,
+                        d->ref_logp ? d->ref_logp : d->old_logp, gae ? d->old_values : NULL,
+                        d->cmask, *cfg, d->S, d->Tc);
+    o->download(kl_sum, d->sums, sizeof *kl_sum);
+    return PONDER_OK;
+}
+
+int rl_device_moments(RlDeviceBatch *d, const float *x, AlgoMoments *out, PonderError *err) {
+    double m[3];
+    d->ops->masked_moments(d->sums, x, d->cmask, d->S * d->Tc);
+    d->ops->download(m, d->sums, sizeof m);
+    *out = (AlgoMoments){m[0], m[1], m[2]};
+    if (!isfinite(m[1]) || !isfinite(m[2]))
+        return ponder_error(err, PONDER_ERR_RUNTIME,
+                            "algos: values to whiten on %s are not finite (sum %g, sum of squares "
+                            "%g): a NaN or infinite advantage, return or value",
+                            d->ops->name, m[1], m[2]);
+    return PONDER_OK;
+}
+
+int rl_device_whiten(RlDeviceBatch *d, float **out, const float *x, const AlgoMoments *m,
+                     PonderError *err) {
+    double mean = 0.0, var = 0.0;
+    int rc = algo_moments_stats(m, 1, &mean, &var, err); /* as algo_whiten_apply */
+    if (rc) return ponder_error_prefix(err, "whitening: ");
+    int ok = 1;
+    ensure(d, out, &ok);
+    if (!ok) return ponder_error(err, PONDER_ERR_NOMEM, "out of %s memory", d->ops->name);
+    d->ops->whiten(*out, x, d->cmask, mean, 1.0 / sqrt(var + ALGO_WHITEN_EPS), d->S * d->Tc);
+    return PONDER_OK;
 }
 
 /* ------------------------------------------------------------ policy ---- */

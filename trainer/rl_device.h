@@ -5,7 +5,9 @@
  *
  * Per rollout, the per-token inputs of the losses (completion mask,
  * advantages, old / reference / sampler log-probs, returns, old values) are
- * uploaded once. Per mini-batch, the model's per-token outputs stay in
+ * made on the device (scoring with model_forward_backend; token-level
+ * advantages and whitening by the advantage ops) or, where the host made
+ * them, uploaded once. Per mini-batch, the model's per-token outputs stay in
  * backend memory (model_forward_backend), are gathered into the completion
  * layout [S,Tc] there, the loss op writes the per-token gradients there, they
  * are scattered back to the model layout [rows,T] and back-propagated
@@ -24,6 +26,7 @@
 
 #include <stdint.h> /* int64_t */
 
+#include "algos/batch.h" /* AlgoMoments */
 #include "algos/loss.h"  /* AlgoPolicyConfig, AlgoValueConfig, results */
 #include "model/model.h" /* Model, ModelBatch */
 #include "model/ops.h"   /* ModelOps, OpsPolicyLoss, OpsValueLoss */
@@ -86,9 +89,11 @@ static inline AlgoValueConfig rl_device_algo_value_cfg(const OpsValueLoss *o) {
 /* ------------------------------------------------------------ the update -- */
 
 /* Whether a model's backend can run the policy loss (and, for a critic, the
- * value loss) on the device: a device table with those ops. */
+ * value loss; for the token-level advantages, token_advantages with the
+ * whitening ops) on the device: a device table with those ops. */
 int rl_device_policy_usable(const Model *m);
 int rl_device_value_usable(const Model *m);
+int rl_device_advantages_usable(const Model *m);
 
 /* Host arrays [S,Tc] of one rollout; NULL where the step has none (or
  * where they are made on the device: rl_device_score_logp, or uploaded later:
@@ -112,6 +117,7 @@ typedef struct RlDeviceBatch {
     float *logp, *entropy, *values, *dlogp, *dentropy, *dvalues; /* [S,Tc] scratch */
     float *full, *full_entropy; /* [S,T] scratch: gradients in the model's layout */
     double *sums;               /* [OPS_POLICY_NSUMS + 1]: a loss's sums, then the mismatch */
+    double *scores;             /* [S]: sequence rewards (token-level advantages) */
 } RlDeviceBatch;
 
 /* Allocates and uploads (one upload per input given). */
@@ -129,9 +135,28 @@ int rl_device_upload(RlDeviceBatch *d, float **dst, const float *host, PonderErr
 int rl_device_score_logp(Model *m, RlDeviceBatch *d, const ModelBatch *all, float **dst,
                          PonderError *err);
 
+/* The critic's values of every completion token into *dst [S,Tc]. */
+int rl_device_score_values(Model *critic, RlDeviceBatch *d, const ModelBatch *all, float **dst,
+                           PonderError *err);
+
 /* max |a - b| over the rollout's mask-1 tokens (a, b: d's [S,Tc] arrays);
  * one download of a double. */
 double rl_device_max_abs_diff(RlDeviceBatch *d, const float *a, const float *b);
+
+/* Token-level advantages on the device (algo_token_rewards, then algo_gae or
+ * algo_returns_discounted): scores [S] host (uploaded), old_logp, ref_logp
+ * (NULL: old_logp, no KL) and for GAE old_values from d; writes d->adv (GAE,
+ * un-whitened) and d->returns, and *kl_sum (kl_seq_mean_sum; one download). */
+int rl_device_token_advantages(RlDeviceBatch *d, const double *scores, const OpsAdvantage *cfg,
+                               double *kl_sum, PonderError *err);
+
+/* Local moments of x (one of d's [S,Tc] arrays) over mask-1 tokens (one
+ * download of 3 doubles); an error when they are not finite (a NaN or
+ * infinite input, which the host's algo_moments_tokens rejects). */
+int rl_device_moments(RlDeviceBatch *d, const float *x, AlgoMoments *out, PonderError *err);
+/* out = whitened x with the given (global) moments, as algo_whiten_apply. */
+int rl_device_whiten(RlDeviceBatch *d, float **out, const float *x, const AlgoMoments *m,
+                     PonderError *err);
 
 /* One policy mini-batch: forward of mb (rows r0 .. r0 + mb->B of the
  * rollout), the policy loss pc over those rows (rows: the host view of their

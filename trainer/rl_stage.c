@@ -801,15 +801,16 @@ static int device_inputs(RlStage *s, UpdateInputs *u, RlDeviceBatch *dev, Ponder
         RlDeviceInputs in = {b->cmask, NULL, NULL, NULL, NULL, NULL, NULL};
         rc = rl_device_batch_create(dev, model_ops(s->policy), b->S, b->T, b->Tc, b->Pmax, &in, err);
     }
-    if (rc == PONDER_OK) rc = rl_device_upload(dev, &dev->adv, u->adv, err);
+    if (rc == PONDER_OK && !dev->adv) rc = rl_device_upload(dev, &dev->adv, u->adv, err);
     if (rc == PONDER_OK && u->dev_policy && u->use_old && !dev->old_logp)
         rc = rl_device_upload(dev, &dev->old_logp, u->old_logp, err);
     if (rc == PONDER_OK && u->dev_policy && u->ref_logp && !dev->ref_logp)
         rc = rl_device_upload(dev, &dev->ref_logp, u->ref_logp, err);
     if (rc == PONDER_OK && u->dev_policy && !u->use_old && !dev->sample_logp)
         rc = rl_device_upload(dev, &dev->sample_logp, b->sample_logp, err);
-    if (rc == PONDER_OK && u->dev_value) rc = rl_device_upload(dev, &dev->returns, u->returns, err);
-    if (rc == PONDER_OK && u->dev_value)
+    if (rc == PONDER_OK && u->dev_value && !dev->returns)
+        rc = rl_device_upload(dev, &dev->returns, u->returns, err);
+    if (rc == PONDER_OK && u->dev_value && !dev->old_values)
         rc = rl_device_upload(dev, &dev->old_values, u->old_values, err);
     if (rc == PONDER_OK) u->dev = dev;
     return rc;
@@ -897,11 +898,23 @@ static int token_advantages(const ConfigStage *cs) {
            (cs->type == CONFIG_STAGE_REINFORCE_PP && !cs->rpp_baseline);
 }
 
+/* Whether the token-level advantages can run on the device too: the
+ * policy's table has the advantage ops, and ppo's critic (whose values GAE
+ * reads) trains there. */
+static int device_advantages(const RlStage *s) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    if (!token_advantages(cs) || !rl_device_advantages_usable(s->policy)) return 0;
+    if (cs->type != CONFIG_STAGE_PPO) return 1;
+    return s->critic && rl_device_value_usable(s->critic) &&
+           model_ops(s->critic) == model_ops(s->policy);
+}
+
 /* The rollout scored without leaving the policy's device, when the losses
  * run there and the advantages need no per-token model output on the host
- * (grpo, rloo, reinforce_pp with baseline): old and reference log-probs go
- * straight into the device batch, and logp_mismatch is reduced there. The
- * same numbers as score_tokens and the host loop over the mismatch. */
+ * (grpo, rloo, reinforce_pp with baseline) or run there too: old and
+ * reference log-probs (and the critic's values) go straight into the device
+ * batch, and logp_mismatch is reduced there. The same numbers as
+ * score_tokens and the host loop over the mismatch. */
 static int score_on_device(RlStage *s, const TrainBatch *b, int need_old, int behaviour,
                            RlDeviceBatch *dev, RlStepStats *st, PonderError *err) {
     RlDeviceInputs in = {b->cmask, NULL, NULL, NULL, b->sample_logp, NULL, NULL};
@@ -917,6 +930,39 @@ static int score_on_device(RlStage *s, const TrainBatch *b, int need_old, int be
         }
     }
     if (rc == PONDER_OK && s->ref) rc = rl_device_score_logp(s->ref, dev, &all, &dev->ref_logp, err);
+    if (rc == PONDER_OK && s->critic && token_advantages(&s->cfg->stages[s->stage])) {
+        ModelBatch plain = rows_of(b, 0, b->S, 1.0f); /* the critic scores at temperature 1 */
+        rc = rl_device_score_values(s->critic, dev, &plain, &dev->old_values, err);
+    }
+    return rc;
+}
+
+/* whiten_global on the device: local moments (3 doubles down), summed over
+ * ranks (the same collective as the host's), whitened in place there. */
+static int whiten_global_device(RlStage *s, RlDeviceBatch *dev, const float *x, float **out,
+                                PonderError *err) {
+    AlgoMoments m;
+    int rc = rl_device_moments(dev, x, &m, err);
+    double v[3] = {m.count, m.sum, m.sum_sq};
+    if (rc == PONDER_OK) rc = dist_allreduce_f64(s->dist, v, 3, DIST_SUM, "whitening moments", err);
+    m = (AlgoMoments){v[0], v[1], v[2]};
+    if (rc == PONDER_OK) rc = rl_device_whiten(dev, out, x, &m, err);
+    return rc;
+}
+
+/* advantages() for ppo and reinforce_pp with every per-token array on the
+ * device: token rewards (KL in the reward), GAE or discounted returns,
+ * whitening. Ranks without samples take advantages() and join the same
+ * collectives. */
+static int advantages_on_device(RlStage *s, const Rollout *r, RlDeviceBatch *dev,
+                                double *kl_sum, PonderError *err) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    const int gae = cs->type == CONFIG_STAGE_PPO;
+    OpsAdvantage oa = {gae ? OPS_ADV_GAE : OPS_ADV_RETURNS, ALGO_KL_K1, 0,
+                       cs->kl_in_reward ? s->klc.value : 0.0, cs->gamma, cs->lam};
+    int rc = rl_device_token_advantages(dev, r->reward, &oa, kl_sum, err);
+    if (rc == PONDER_OK) /* ppo whitens the advantages, reinforce_pp its returns into them */
+        rc = whiten_global_device(s, dev, gae ? dev->adv : dev->returns, &dev->adv, err);
     return rc;
 }
 
@@ -959,10 +1005,12 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
     const int token_level = cs->type == CONFIG_STAGE_PPO || cs->type == CONFIG_STAGE_REINFORCE_PP;
     const int need_old = multi || token_level || cs->kl_in_reward;
     RlDeviceBatch dev = {0};
-    const int dev_score = rc == PONDER_OK && b.S > 0 && rl_device_policy_usable(s->policy) &&
-                          !token_advantages(cs);
+    const int dev_policy = rc == PONDER_OK && b.S > 0 && rl_device_policy_usable(s->policy);
+    const int dev_adv = dev_policy && device_advantages(s);
+    const int dev_score = dev_policy && (!token_advantages(cs) || dev_adv);
     if (rc == PONDER_OK && !step_arrays_alloc(&a, (size_t)(b.S * b.Tc), need_old && !dev_score,
-                                              s->ref != NULL && !dev_score, s->critic != NULL))
+                                              s->ref != NULL && !dev_score,
+                                              s->critic != NULL && !dev_adv))
         rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory (step arrays)");
     if (rc == PONDER_OK && dev_score)
         rc = score_on_device(s, &b, need_old, behaviour, &dev, st, err);
@@ -978,9 +1026,12 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
     }
     if (rc == PONDER_OK && s->ref && !dev_score)
         rc = score_tokens(s->ref, &b, (float)cs->temperature, a.ref_logp, NULL, err);
-    if (rc == PONDER_OK && s->critic) rc = score_tokens(s->critic, &b, 1.0f, NULL, a.values, err);
+    if (rc == PONDER_OK && s->critic && !dev_adv)
+        rc = score_tokens(s->critic, &b, 1.0f, NULL, a.values, err);
     double kl_sum = 0.0;
-    if (rc == PONDER_OK)
+    if (rc == PONDER_OK && dev_adv)
+        rc = advantages_on_device(s, &r, &dev, &kl_sum, err);
+    else if (rc == PONDER_OK)
         rc = advantages(s, &r, &b, a.old_logp ? a.old_logp : b.sample_logp, a.ref_logp, a.values,
                         a.adv, a.returns, &kl_sum, err);
     if (rc == PONDER_OK) {

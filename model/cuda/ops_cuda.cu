@@ -32,6 +32,7 @@ extern "C" {
 
 /* the policy and value losses' per-token formulas, compiled for host and device */
 #define ALGO_TOKEN_FN static __host__ __device__ __forceinline__
+#include "algos/advantage_token.h"
 #include "algos/loss_token.h"
 
 #include <cublas_v2.h>
@@ -1826,6 +1827,87 @@ static void cu_masked_max_abs_diff(double *out, const float *a, const float *b,
     op_done("masked_max_abs_diff");
 }
 
+/* Token-level advantages (ops.h token_advantages): one thread per row runs
+ * algos/advantage_token.h's row loops (the host's own code): token rewards
+ * into `returns`, then GAE or the discounted returns over them in place. The
+ * rows' KL means are added by k_sum_columns in a fixed order. Rows are short
+ * and the work per token is small, so a thread per row is enough here. */
+#define ADV_THREADS 128
+
+__global__ void k_token_advantages(float *adv, float *returns, double *part, const double *scores,
+                                   const float *old_logp, const float *ref_logp,
+                                   const float *values, const float *mask, OpsAdvantage c,
+                                   int64_t S, int64_t T) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= S) return;
+    const int64_t row = i * T;
+    const int use_kl = old_logp && ref_logp;
+    int has_tokens;
+    double kl_mean = algo_token_rewards_row(
+        mask + row, T, scores[i], use_kl ? old_logp + row : NULL, use_kl ? ref_logp + row : NULL,
+        use_kl, c.kl_estimator, c.kl_clamp, c.kl_coef, returns + row, &has_tokens);
+    part[i] = has_tokens && use_kl ? kl_mean : 0.0;
+    if (c.kind == OPS_ADV_GAE)
+        algo_token_gae_row(mask + row, T, returns + row, values + row, c.gamma, c.lambda,
+                           adv + row, returns + row);
+    else
+        algo_token_returns_row(mask + row, T, returns + row, c.gamma, returns + row);
+}
+
+static void cu_token_advantages(float *adv, float *returns, double *kl_sum, const double *scores,
+                                const float *old_logp, const float *ref_logp, const float *values,
+                                const float *mask, OpsAdvantage cfg, int64_t S, int64_t T) {
+    if (S <= 0 || T <= 0) {
+        cu_zero(kl_sum, sizeof(double));
+        return;
+    }
+    double *part = (double *)scratch((size_t)S * sizeof(double));
+    k_token_advantages<<<(unsigned)((S + ADV_THREADS - 1) / ADV_THREADS), ADV_THREADS, 0,
+                         g_stream>>>(adv, returns, part, scores, old_logp, ref_logp, values, mask,
+                                     cfg, S, T);
+    k_sum_columns<<<1, LOSS_THREADS, 0, g_stream>>>(kl_sum, part, S);
+    op_done("token_advantages");
+}
+
+/* One block: count, sum and sum of squares over mask-1 positions, by
+ * fixed-order block reductions in double (algo_moments_tokens adds them one
+ * by one: the same sums in another order). */
+__global__ void __launch_bounds__(MAXDIFF_THREADS)
+    k_masked_moments(double *out, const float *x, const float *mask, int64_t n) {
+    __shared__ double sh[32];
+    double c = 0.0, s = 0.0, q = 0.0;
+    for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+        if (mask[k] == 0.0f) continue;
+        const double v = x[k];
+        c += 1.0;
+        s += v;
+        q += v * v;
+    }
+    c = block_sum_d(c, sh);
+    s = block_sum_d(s, sh);
+    q = block_sum_d(q, sh);
+    if (threadIdx.x == 0) out[0] = c, out[1] = s, out[2] = q;
+}
+
+static void cu_masked_moments(double *out, const float *x, const float *mask, int64_t n) {
+    k_masked_moments<<<1, MAXDIFF_THREADS, 0, g_stream>>>(out, x, mask, n);
+    op_done("masked_moments");
+}
+
+__global__ void k_whiten(float *out, const float *x, const float *mask, double mean, double scale,
+                         int64_t n) {
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
+         k += (int64_t)gridDim.x * blockDim.x)
+        out[k] = algo_token_whiten(mask[k], x[k], mean, scale);
+}
+
+static void cu_whiten(float *out, const float *x, const float *mask, double mean, double scale,
+                      int64_t n) {
+    if (n <= 0) return;
+    k_whiten<<<grid_for(n, 256), 256, 0, g_stream>>>(out, x, mask, mean, scale, n);
+    op_done("whiten");
+}
+
 static void cu_copy_2d(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
                        int64_t rows, int64_t cols) {
     if (rows <= 0 || cols <= 0) return;
@@ -1984,6 +2066,9 @@ static ModelOps make_table(void) {
     o.policy_loss = cu_policy_loss;
     o.value_loss = cu_value_loss;
     o.masked_max_abs_diff = cu_masked_max_abs_diff;
+    o.token_advantages = cu_token_advantages;
+    o.masked_moments = cu_masked_moments;
+    o.whiten = cu_whiten;
     o.copy_2d = cu_copy_2d;
     o.sum_squares = cu_sum_squares;
     o.adamw = cu_adamw;
