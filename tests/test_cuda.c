@@ -72,6 +72,10 @@ Test(cuda, lm_head) { run_case("lm_head", parity_lm_head); }
 Test(cuda, optimizer) { run_case("optimizer", parity_optimizer); }
 Test(cuda, model_step) { run_case("model_step", parity_model); }
 Test(cuda, decode) { run_case("decode", parity_decode); }
+Test(cuda, policy_loss) { run_case("policy_loss", parity_policy_loss); }
+Test(cuda, value_loss) { run_case("value_loss", parity_value_loss); }
+Test(cuda, loss_helpers) { run_case("loss_helpers", parity_loss_helpers); }
+Test(cuda, advantages) { run_case("advantages", parity_advantages); }
 
 /* The one check that runs everywhere: asking for a model on an unavailable
  * backend is an error that says why, and on a GPU the model says it is on it. */
