@@ -266,7 +266,7 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS}
 
 if ((DRY_RUN)); then
-    run_part parity 150 "$BUILD/gpu_bench" --parity --fake-device --only matmul,rope,attention_cached,attention_cached_write,linear_fused,model_step,decode
+    run_part parity 150 "$BUILD/gpu_bench" --parity --fake-device --only matmul,rope,attention_cached,attention_cached_write,linear_fused,model_step,decode,policy_loss,value_loss,loss_helpers,advantages,bf16
     print_table
     exit
 fi
@@ -293,7 +293,7 @@ run_part bench 210 "$BUILD/gpu_bench" --bench
 # --------------------------------------------------------------- memcheck ---
 if command -v compute-sanitizer >/dev/null 2>&1; then
     run_part memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
-        "$BUILD/gpu_bench" --parity --only matmul,embedding,norms,rope,attention,attention_cached,attention_cached_write,linear_fused,activations,optimizer
+        "$BUILD/gpu_bench" --parity --only matmul,embedding,norms,rope,attention,attention_cached,attention_cached_write,linear_fused,activations,optimizer,policy_loss,value_loss,loss_helpers,advantages
 else
     record memcheck SKIPPED "compute-sanitizer not installed"
 fi
