@@ -97,7 +97,7 @@ static cublasHandle_t g_blas;
 static int g_init = 0;     /* 0: not tried, 1: ready, -1: unavailable */
 static int g_sync_each = 0; /* PONDER_CUDA_SYNC=1 */
 static int g_tf32 = 0;
-static int g_bf16 = 0; /* PONDER_CUDA_BF16=1 or cuda_set_bf16: linear and LM-head GEMMs in bf16 */
+static int g_bf16 = 0; /* PONDER_CUDA_BF16=1 or cuda_set_bf16: every GEMM on bf16 copies */
 static char g_status[512] = "the CUDA backend has not been initialised";
 static int g_graphs = 1; /* PONDER_CUDA_GRAPHS=0 sets 0: graph_capture refuses */
 static int g_gemv = 1;   /* PONDER_CUDA_GEMV=0 sets 0: every matmul through cuBLAS */
@@ -2143,7 +2143,7 @@ static int init_backend(void) {
     char desc[256];
     cuda_device_describe(desc, sizeof desc);
     snprintf(g_status, sizeof g_status, "ready: %s%s%s", desc, g_tf32 ? " (TF32 matmuls)" : "",
-             g_bf16 ? " (bf16 linear and LM-head products)" : "");
+             g_bf16 ? " (bf16 GEMMs, fp32 master weights)" : "");
     g_init = 1;
     return 1;
 }
