@@ -125,26 +125,38 @@ static void op_done(const char *op) {
 /* Grow-only scratch: one buffer carved by each op for its temporaries; no two
  * ops overlap (all run in order on one stream). cudaFree synchronises, so
  * growing never frees memory a queued kernel still uses. */
-static void *g_scratch = NULL;
-static size_t g_scratch_size = 0;
-static unsigned g_scratch_gen = 0; /* bumped when the buffer moves: graphs made before are stale */
+typedef struct GrowBuf {
+    void *p;
+    size_t size;
+    const char *name;
+} GrowBuf;
 
-static void *scratch(size_t bytes) {
-    if (bytes > g_scratch_size && g_capturing) { /* cannot allocate inside a capture */
-        cuda_fail("scratch", "scratch buffer too small during a graph capture", __FILE__, __LINE__);
-        return g_scratch;
+static GrowBuf g_scratch = {NULL, 0, "scratch"};
+/* bf16 copies of GEMM operands (cuda_set_bf16): a second buffer, because the
+ * ops that call gemm_f32 / bmm_f32 already hold g_scratch for their own
+ * temporaries (the LM head's gathered rows and logits, attention's packed heads). */
+static GrowBuf g_scratch16 = {NULL, 0, "bf16 scratch"};
+static unsigned g_scratch_gen = 0; /* bumped when a buffer moves: graphs made before are stale */
+
+static void *grow(GrowBuf *b, size_t bytes) {
+    if (bytes > b->size && g_capturing) { /* cannot allocate inside a capture */
+        cuda_fail(b->name, "buffer too small during a graph capture", __FILE__, __LINE__);
+        return b->p;
     }
-    if (bytes > g_scratch_size) {
+    if (bytes > b->size) {
         g_scratch_gen++;
         CUDA_CHECK(cudaDeviceSynchronize()); /* queued kernels may still use the old buffer */
-        if (g_scratch) CUDA_CHECK(cudaFree(g_scratch));
-        g_scratch = NULL;
+        if (b->p) CUDA_CHECK(cudaFree(b->p));
+        b->p = NULL;
         size_t want = bytes + bytes / 4;
-        CUDA_CHECK(cudaMalloc(&g_scratch, want));
-        g_scratch_size = want;
+        CUDA_CHECK(cudaMalloc(&b->p, want));
+        b->size = want;
     }
-    return g_scratch;
+    return b->p;
 }
+
+static void *scratch(size_t bytes) { return grow(&g_scratch, bytes); }
+static void *scratch16(size_t bytes) { return grow(&g_scratch16, bytes); }
 
 /* Carves aligned pieces out of a scratch buffer. */
 typedef struct Carve {
@@ -158,29 +170,6 @@ static void *carve(Carve *c, size_t bytes) {
     void *p = c->base + c->at;
     c->at += align256(bytes);
     return p;
-}
-
-/* bf16 copies of GEMM operands (cuda_set_bf16): a second grow-only buffer,
- * because the ops that call gemm_f32 already hold scratch() for their own
- * temporaries (the LM head's gathered rows and logits). */
-static void *g_scratch16 = NULL;
-static size_t g_scratch16_size = 0;
-
-static void *scratch16(size_t bytes) {
-    if (bytes > g_scratch16_size && g_capturing) {
-        cuda_fail("scratch16", "bf16 scratch buffer too small during a graph capture", __FILE__, __LINE__);
-        return g_scratch16;
-    }
-    if (bytes > g_scratch16_size) {
-        g_scratch_gen++; /* graphs captured before refer to the old buffer */
-        CUDA_CHECK(cudaDeviceSynchronize());
-        if (g_scratch16) CUDA_CHECK(cudaFree(g_scratch16));
-        g_scratch16 = NULL;
-        size_t want = bytes + bytes / 4;
-        CUDA_CHECK(cudaMalloc(&g_scratch16, want));
-        g_scratch16_size = want;
-    }
-    return g_scratch16;
 }
 
 static unsigned grid_for(int64_t n, int threads) {
@@ -2206,7 +2195,7 @@ extern "C" void cuda_set_tf32(int on) {
 extern "C" void cuda_set_bf16(int on) { g_bf16 = on != 0; }
 extern "C" int cuda_bf16_enabled(void) { return g_bf16; }
 
-extern "C" size_t cuda_scratch_bytes(void) { return g_scratch_size + g_scratch16_size; }
+extern "C" size_t cuda_scratch_bytes(void) { return g_scratch.size + g_scratch16.size; }
 
 extern "C" void cuda_set_graphs(int on) { g_graphs = on != 0 && g_capture_stream && g_blas_workspace; }
 extern "C" int cuda_graphs_enabled(void) { return g_graphs; }
