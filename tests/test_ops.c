@@ -122,6 +122,37 @@ static double matmul_loss(const void *p) {
     return L;
 }
 
+/* The backend's alloc is zero-filled for every size, including the large
+ * buffers it zeroes lazily (MADV_DONTNEED) when the allocator hands back
+ * memory another allocation dirtied, and clearing a partial last page must
+ * not touch the neighbours. */
+Test(ops, alloc_is_zero_filled_and_leaves_neighbours_alone) {
+    const ModelOps *o = ops_cpu();
+    for (int rep = 0; rep < 4; rep++) {
+        const size_t n = ((size_t)9 << 20) + (size_t)12345 * (size_t)rep; /* not whole pages */
+        unsigned char *junk = malloc(n + 16384);
+        cr_assert_not_null(junk);
+        memset(junk, 0xAB, n + 16384);
+        free(junk);
+        unsigned char *guard = malloc(64);
+        cr_assert_not_null(guard);
+        memset(guard, 0xCD, 64);
+        unsigned char *p = o->alloc(n);
+        cr_assert_not_null(p);
+        size_t first_nonzero = n;
+        for (size_t i = 0; i < n && first_nonzero == n; i++)
+            if (p[i]) first_nonzero = i;
+        cr_expect_eq(first_nonzero, n, "byte %zu of %zu is not zero", first_nonzero, n);
+        memset(p, 0x11, n);
+        for (int i = 0; i < 64; i++) cr_expect_eq(guard[i], 0xCD, "a neighbour's byte changed");
+        o->free(p);
+        free(guard);
+    }
+    unsigned char *small = o->alloc(100);
+    for (int i = 0; i < 100; i++) cr_expect_eq(small[i], 0);
+    o->free(small);
+}
+
 Test(ops, matmul) {
     const ModelOps *o = ops_cpu();
     const int64_t N = N_, C = C_, OC = OC_;

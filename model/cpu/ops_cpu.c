@@ -97,10 +97,16 @@ static void *cpu_alloc(size_t bytes) {
     if (bytes < CPU_HUGE_MIN) return calloc(1, bytes ? bytes : 1);
     void *p = NULL;
     if (posix_memalign(&p, CPU_HUGE_ALIGN, bytes)) return NULL;
+    /* Zero without touching: MADV_DONTNEED turns the whole pages into
+     * zero-fill-on-demand ones, so a KV cache sized for max_seq_len costs
+     * memory only where it is written (as calloc did); the partial last page
+     * may hold another allocation's bytes, so it is cleared by hand. */
+    const size_t page = 4096, whole = bytes / page * page;
+    if (madvise(p, whole, MADV_DONTNEED) != 0) memset(p, 0, whole);
+    memset((char *)p + whole, 0, bytes - whole);
 #ifdef MADV_HUGEPAGE
     madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure leaves 4 KiB pages */
 #endif
-    memset(p, 0, bytes);
     return p;
 }
 static void cpu_free(void *p) { free(p); }
