@@ -581,6 +581,34 @@ static int64_t gemm_span(int rows, int cols, int ld) { return (int64_t)ld * (col
  * multiplied on the tensor cores with fp32 accumulation into the fp32 C, so
  * the weights, their gradients and the optimizer stay fp32 (master weights)
  * and only the products are bf16. */
+/* The bf16 form on a staging area of gemm_bf16_stage_bytes(): A is rounded
+ * into it unless a16 (A already in bf16) is given; B always is. */
+static size_t gemm_bf16_stage_bytes(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                    int k, int lda, int ldb, int a_given) {
+    const int64_t a_n = ta == CUBLAS_OP_N ? gemm_span(m, k, lda) : gemm_span(k, m, lda);
+    const int64_t b_n = tb == CUBLAS_OP_N ? gemm_span(k, n, ldb) : gemm_span(n, k, ldb);
+    return (a_given ? 0 : align256((size_t)a_n * sizeof(__nv_bfloat16))) +
+           (size_t)b_n * sizeof(__nv_bfloat16);
+}
+
+static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                      const float *A, const __nv_bfloat16 *a16, int lda, const float *B, int ldb,
+                      const float *beta, float *Cm, int ldc, char *stage) {
+    const int64_t b_n = tb == CUBLAS_OP_N ? gemm_span(k, n, ldb) : gemm_span(n, k, ldb);
+    if (!a16) {
+        const int64_t a_n = ta == CUBLAS_OP_N ? gemm_span(m, k, lda) : gemm_span(k, m, lda);
+        __nv_bfloat16 *a_tmp = (__nv_bfloat16 *)stage;
+        k_to_bf16<<<grid_for(a_n, 256), 256, 0, g_stream>>>(a_tmp, A, a_n);
+        a16 = a_tmp;
+        stage += align256((size_t)a_n * sizeof(__nv_bfloat16));
+    }
+    __nv_bfloat16 *b16 = (__nv_bfloat16 *)stage;
+    k_to_bf16<<<grid_for(b_n, 256), 256, 0, g_stream>>>(b16, B, b_n);
+    CUBLAS_CHECK(cublasGemmEx(g_blas, ta, tb, m, n, k, &ONE, a16, CUDA_R_16BF, lda, b16,
+                              CUDA_R_16BF, ldb, beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
 static void gemm_f32(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                      const float *A, int lda, const float *B, int ldb, const float *beta,
                      float *Cm, int ldc) {
@@ -588,16 +616,8 @@ static void gemm_f32(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
         CUBLAS_CHECK(cublasSgemm(g_blas, ta, tb, m, n, k, &ONE, A, lda, B, ldb, beta, Cm, ldc));
         return;
     }
-    const int64_t a_n = ta == CUBLAS_OP_N ? gemm_span(m, k, lda) : gemm_span(k, m, lda);
-    const int64_t b_n = tb == CUBLAS_OP_N ? gemm_span(k, n, ldb) : gemm_span(n, k, ldb);
-    const size_t a_b = align256((size_t)a_n * sizeof(__nv_bfloat16));
-    char *buf = (char *)scratch16(a_b + (size_t)b_n * sizeof(__nv_bfloat16));
-    __nv_bfloat16 *a16 = (__nv_bfloat16 *)buf, *b16 = (__nv_bfloat16 *)(buf + a_b);
-    k_to_bf16<<<grid_for(a_n, 256), 256, 0, g_stream>>>(a16, A, a_n);
-    k_to_bf16<<<grid_for(b_n, 256), 256, 0, g_stream>>>(b16, B, b_n);
-    CUBLAS_CHECK(cublasGemmEx(g_blas, ta, tb, m, n, k, &ONE, a16, CUDA_R_16BF, lda, b16,
-                              CUDA_R_16BF, ldb, beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    char *stage = (char *)scratch16(gemm_bf16_stage_bytes(ta, tb, m, n, k, lda, ldb, 0));
+    gemm_bf16(ta, tb, m, n, k, A, NULL, lda, B, ldb, beta, Cm, ldc, stage);
 }
 
 static void cu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
@@ -1474,6 +1494,46 @@ __global__ void k_lm_head_dlogits(float *z, const int32_t *idx, const float *lse
     }
 }
 
+/* bf16 mode in the LM head: the [V,C] weight is rounded once per op call (it
+ * is an operand of every chunk's products) into the front of the bf16
+ * scratch, and each product's other operands into the staging area behind
+ * it. w16 NULL: fp32 (or TF32) mode, the plain gemm_f32. */
+typedef struct LmBf16 {
+    __nv_bfloat16 *w16;
+    char *stage;
+} LmBf16;
+
+/* backward: the staging area also holds hc for dw's product (both operands
+ * rounded); forward: only the chunk's hc. */
+static LmBf16 lm_bf16(const float *w, int64_t V, int64_t C, int64_t R, int backward) {
+    LmBf16 b = {NULL, NULL};
+    if (!g_bf16) return b;
+    const size_t wb = align256((size_t)(V * C) * sizeof(__nv_bfloat16));
+    const size_t hcb = align256((size_t)(R * C) * sizeof(__nv_bfloat16));
+    const size_t zb = align256((size_t)(R * V) * sizeof(__nv_bfloat16));
+    char *buf = (char *)scratch16(wb + (backward ? hcb + zb : hcb));
+    b.w16 = (__nv_bfloat16 *)buf;
+    b.stage = buf + wb;
+    k_to_bf16<<<grid_for(V * C, 256), 256, 0, g_stream>>>(b.w16, w, V * C);
+    return b;
+}
+
+/* A product whose A operand is the weight w. */
+static void lm_gemm_w(const LmBf16 *b, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                      int k, const float *w, int lda, const float *B, int ldb, const float *beta,
+                      float *Cm, int ldc) {
+    if (!b->w16) gemm_f32(ta, tb, m, n, k, w, lda, B, ldb, beta, Cm, ldc);
+    else gemm_bf16(ta, tb, m, n, k, w, b->w16, lda, B, ldb, beta, Cm, ldc, b->stage);
+}
+
+/* A product of two per-chunk operands (dw += dz^T hc), staged behind w16. */
+static void lm_gemm_other(const LmBf16 *b, cublasOperation_t ta, cublasOperation_t tb, int m,
+                          int n, int k, const float *A, int lda, const float *B, int ldb,
+                          const float *beta, float *Cm, int ldc) {
+    if (!b->w16) gemm_f32(ta, tb, m, n, k, A, lda, B, ldb, beta, Cm, ldc);
+    else gemm_bf16(ta, tb, m, n, k, A, NULL, lda, B, ldb, beta, Cm, ldc, b->stage);
+}
+
 static void cu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                const float *w, const int32_t *targets, const float *mask,
                                int64_t N, int64_t C, int64_t V) {
@@ -1487,11 +1547,12 @@ static void cu_lm_head_forward(float *logp, float *entropy, float *lse, const fl
     int32_t *idx = (int32_t *)carve(&cv, idx_b);
     float *hc = (float *)carve(&cv, hc_b), *z = (float *)carve(&cv, z_b);
     const int64_t A = active_rows(idx, mask, N);
+    LmBf16 b = lm_bf16(w, V, C, R, 0);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
         k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
-        gemm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C, &ZERO,
-                 z, (int)V);
+        lm_gemm_w(&b, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C,
+                  &ZERO, z, (int)V);
         k_lm_head_rows<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(logp, entropy, lse, z, idx + r0, targets, V);
     }
     op_done("lm_head_forward");
@@ -1509,20 +1570,21 @@ static void cu_lm_head_backward(float *dh, float *dw, const float *dlogp, const 
     float *hc = (float *)carve(&cv, hc_b), *dhc = (float *)carve(&cv, hc_b);
     float *z = (float *)carve(&cv, z_b);
     const int64_t A = active_rows(idx, mask, N);
+    LmBf16 b = lm_bf16(w, V, C, R, 1);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         const int64_t rows = A - r0 < R ? A - r0 : R;
         k_gather_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(hc, h, idx + r0, rows, C);
-        gemm_f32(CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C, &ZERO,
-                 z, (int)V);
+        lm_gemm_w(&b, CUBLAS_OP_T, CUBLAS_OP_N, (int)V, (int)rows, (int)C, w, (int)C, hc, (int)C,
+                  &ZERO, z, (int)V);
         k_lm_head_dlogits<<<(unsigned)rows, HEAD_THREADS, 0, g_stream>>>(z, idx + r0, lse, dlogp, dentropy,
                                                            targets, V);
         /* dhc[rows,C] = dz[rows,V] w[V,C] */
-        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, w, (int)C, z, (int)V, &ZERO,
-                 dhc, (int)C);
+        lm_gemm_w(&b, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)rows, (int)V, w, (int)C, z, (int)V,
+                  &ZERO, dhc, (int)C);
         k_scatter_add_rows<<<grid_for(rows * C, 256), 256, 0, g_stream>>>(dh, dhc, idx + r0, rows, C);
         /* dw[V,C] += dz^T hc */
-        gemm_f32(CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, hc, (int)C, z, (int)V, &ONE, dw,
-                 (int)C);
+        lm_gemm_other(&b, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)V, (int)rows, hc, (int)C, z,
+                      (int)V, &ONE, dw, (int)C);
     }
     op_done("lm_head_backward");
 }
