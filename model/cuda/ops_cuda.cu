@@ -1604,18 +1604,22 @@ __global__ void k_sum_squares_blocks(double *part, const float *x, int64_t n) {
     if (threadIdx.x == 0) part[b] = (double)s;
 }
 
-/* Blocks added in double by one block of 256 threads, fixed order. */
-__global__ void k_sum_doubles(double *out, const double *part, int64_t nb) {
-    __shared__ double sh[256];
+/* Block j (of 256 threads): out[j] = sum_i part[j * n + i] in double, by a
+ * fixed-shape tree, so the result repeats bit for bit. */
+#define SUM_THREADS 256
+__global__ void __launch_bounds__(SUM_THREADS) k_sum_columns(double *out, const double *part,
+                                                             int64_t n) {
+    __shared__ double sh[SUM_THREADS];
+    const double *p = part + (int64_t)blockIdx.x * n;
     double s = 0.0;
-    for (int64_t i = threadIdx.x; i < nb; i += blockDim.x) s += part[i];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += p[i];
     sh[threadIdx.x] = s;
     __syncthreads();
     for (int w = blockDim.x / 2; w > 0; w >>= 1) {
         if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
         __syncthreads();
     }
-    if (threadIdx.x == 0) *out = sh[0];
+    if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
 }
 
 static double cu_sum_squares(const float *x, int64_t n) {
@@ -1623,7 +1627,7 @@ static double cu_sum_squares(const float *x, int64_t n) {
     const int64_t nb = (n + SS_BLOCK - 1) / SS_BLOCK;
     double *part = (double *)scratch((size_t)(nb + 1) * sizeof(double));
     k_sum_squares_blocks<<<(unsigned)nb, 256, 0, g_stream>>>(part, x, n);
-    k_sum_doubles<<<1, 256, 0, g_stream>>>(part + nb, part, nb);
+    k_sum_columns<<<1, SUM_THREADS, 0, g_stream>>>(part + nb, part, nb);
     double total = 0.0;
     cu_download(&total, part + nb, sizeof total);
     op_done("sum_squares");
@@ -1773,20 +1777,6 @@ __global__ void __launch_bounds__(LOSS_THREADS)
     }
 }
 
-/* Block j: out[j] = sum_i part[j * n + i], by a fixed-shape tree. */
-__global__ void k_sum_columns(double *out, const double *part, int64_t n) {
-    __shared__ double sh[LOSS_THREADS];
-    const double *p = part + (int64_t)blockIdx.x * n;
-    double s = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += p[i];
-    sh[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
-}
 
 static void cu_policy_loss(float *dlogp, float *dentropy, double *sums, const float *logp,
                            const float *entropy, const float *old_logp, const float *ref_logp,
@@ -1799,7 +1789,7 @@ static void cu_policy_loss(float *dlogp, float *dentropy, double *sums, const fl
     double *part = (double *)scratch((size_t)(POLICY_PARTS * S) * sizeof(double));
     k_policy_loss_rows<<<(unsigned)S, LOSS_THREADS, 0, g_stream>>>(
         dlogp, dentropy, part, logp, entropy, old_logp, ref_logp, advantages, mask, cfg, S, T);
-    k_sum_columns<<<OPS_POLICY_NSUMS, LOSS_THREADS, 0, g_stream>>>(sums, part, S);
+    k_sum_columns<<<OPS_POLICY_NSUMS, SUM_THREADS, 0, g_stream>>>(sums, part, S);
     op_done("policy_loss");
 }
 
@@ -1844,7 +1834,7 @@ static void cu_value_loss(float *dvalues, double *sums, const float *values,
     double *part = (double *)scratch((size_t)(OPS_VALUE_NSUMS * S) * sizeof(double));
     k_value_loss_rows<<<(unsigned)S, LOSS_THREADS, 0, g_stream>>>(dvalues, part, values, old_values,
                                                                   returns, mask, cfg, S, T);
-    k_sum_columns<<<OPS_VALUE_NSUMS, LOSS_THREADS, 0, g_stream>>>(sums, part, S);
+    k_sum_columns<<<OPS_VALUE_NSUMS, SUM_THREADS, 0, g_stream>>>(sums, part, S);
     op_done("value_loss");
 }
 
@@ -1916,7 +1906,7 @@ static void cu_token_advantages(float *adv, float *returns, double *kl_sum, cons
     k_token_advantages<<<(unsigned)((S + ADV_THREADS - 1) / ADV_THREADS), ADV_THREADS, 0,
                          g_stream>>>(adv, returns, part, scores, old_logp, ref_logp, values, mask,
                                      cfg, S, T);
-    k_sum_columns<<<1, LOSS_THREADS, 0, g_stream>>>(kl_sum, part, S);
+    k_sum_columns<<<1, SUM_THREADS, 0, g_stream>>>(kl_sum, part, S);
     op_done("token_advantages");
 }
 
