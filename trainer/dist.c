@@ -315,17 +315,6 @@ int dist_barrier(Dist *d, const char *what, PonderError *err) {
 
 /* ---------------------------------------------------- point to point ---- */
 
-int dist_send(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
-              PonderError *err) {
-    if (bytes > (size_t)INT_MAX)
-        return ponder_error(err, PONDER_ERR_CONFIG, "send of %s: %zu bytes is too large", what, bytes);
-    MPI_Request req;
-    int rc = MPI_Isend(buf, (int)bytes, MPI_BYTE, to, tag, MPI_COMM_WORLD, &req);
-    if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
-    d->bytes_sent += bytes;
-    return wait_request(d, &req, NULL, what, err);
-}
-
 int dist_isend(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
                DistRequest *req, PonderError *err) {
     memset(req, 0, sizeof *req);
@@ -347,6 +336,14 @@ int dist_wait(Dist *d, DistRequest *req, PonderError *err) {
     int rc = wait_request(d, &r, NULL, req->what, err);
     if (rc == PONDER_OK) req->active = 0;
     return rc;
+}
+
+/* A blocking send is a background send waited for at once. */
+int dist_send(Dist *d, const void *buf, size_t bytes, int to, int tag, const char *what,
+              PonderError *err) {
+    DistRequest req;
+    int rc = dist_isend(d, buf, bytes, to, tag, what, &req, err);
+    return rc ? rc : dist_wait(d, &req, err);
 }
 
 int dist_probe(Dist *d, int from, int tag, int *found, PonderError *err) {

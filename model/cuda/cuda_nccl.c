@@ -111,9 +111,10 @@ int cuda_nccl_allreduce_sum(CudaNccl *c, float *dev, size_t n, double timeout_s,
             snprintf(why, why_len, "NCCL gradient all-reduce: %s", cudaGetErrorString(q));
             return -1;
         }
-        ncclResult_t st = ncclSuccess;
-        ncclCommGetAsyncError(c->comm, &st);
-        if (st != ncclSuccess && st != ncclInProgress) return nccl_failed("NCCL gradient all-reduce", st, why, why_len);
+        ncclResult_t st = ncclSuccess, r2 = ncclCommGetAsyncError(c->comm, &st);
+        if (r2 != ncclSuccess) return nccl_failed("ncclCommGetAsyncError", r2, why, why_len);
+        if (st != ncclSuccess && st != ncclInProgress)
+            return nccl_failed("NCCL gradient all-reduce", st, why, why_len);
         if (timeout_s > 0 && now_s() - t0 > timeout_s) {
             snprintf(why, why_len, "NCCL gradient all-reduce: not finished within %.0f s", timeout_s);
             rc = 1;
