@@ -1,0 +1,304 @@
+/* model/cpu/gemm_bf16.c — bf16 x bf16 -> fp32 matrix products with VDPBF16PS.
+ *
+ * Register tile: GEMM_BF16_MR rows of C by GEMM_BF16_NR columns (24 zmm
+ * accumulators). Each step over a pair of k broadcasts one 32-bit word
+ * (two bf16 of op(A)) per row and multiplies it into three vectors of packed
+ * B. There is no k blocking: a B panel over the whole K (K/2 x 192 bytes)
+ * stays in L2 while one thread walks the row tiles down it, and C is written
+ * once per tile. Each element of C is summed by one thread in k order, so the
+ * result does not depend on the thread count.
+ *
+ * The file is compiled for baseline x86-64; only the functions with the
+ * BF16_TARGET attribute use AVX-512, and they are reached only after
+ * gemm_bf16_supported() said yes. */
+#include "model/cpu/gemm_bf16.h"
+
+#include <immintrin.h>
+#include <stdlib.h> /* malloc, free */
+#include <string.h> /* memcpy */
+
+#define MR 8
+#define NRV 3 /* vectors of 16 floats per panel */
+#define NR GEMM_BF16_NR
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define BF16_INLINE static inline __attribute__((always_inline)) BF16_TARGET
+
+int gemm_bf16_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+float gemm_bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0)
+        u &= 0x80000000u; /* zero or denormal: signed zero */
+    else if ((u & 0x7fffffffu) > 0x7f800000u)
+        u = (u | 0x00400000u) & 0xffff0000u; /* NaN stays a (quiet) NaN */
+    else
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static int operand_reserve(GemmBf16Operand *op, size_t words) {
+    if (words <= op->cap) return 0;
+    /* 64-byte aligned so that panel rows and packed A rows load as whole
+     * cache lines */
+    void *p = NULL;
+    if (posix_memalign(&p, 64, words * sizeof(uint32_t)) != 0) return -1;
+    free(op->words);
+    op->words = p;
+    op->cap = words;
+    return 0;
+}
+
+void gemm_bf16_operand_free(GemmBf16Operand *op) {
+    free(op->words);
+    *op = (GemmBf16Operand){0};
+}
+
+void gemm_bf16_free(GemmBf16 *g) {
+    gemm_bf16_operand_free(&g->a);
+    gemm_bf16_operand_free(&g->b);
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static inline __mmask16 mask_first(int64_t n) {
+    if (n <= 0) return 0;
+    if (n >= 16) return 0xffff;
+    return (__mmask16)((1u << n) - 1u);
+}
+
+/* Two rows of 16 floats (k even, k odd) -> 16 words. */
+BF16_INLINE __m512i pair_words(__m512 lo, __m512 hi) {
+    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+/* 32 consecutive floats of one row (k even first) -> 16 words. */
+BF16_INLINE __m512i run_words(const float *p, int64_t n_floats) {
+    __m512 lo = _mm512_maskz_loadu_ps(mask_first(n_floats), p);
+    __m512 hi = _mm512_maskz_loadu_ps(mask_first(n_floats - 16), p + 16);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* In-place transpose of a 16 x 16 matrix of 32-bit words held in 16 zmm. */
+BF16_INLINE void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* r[4g+c] now holds, in each 128-bit lane L, column c + 4L of rows
+     * 4g..4g+3 (lane L of the original rows). Gather the lanes. */
+    for (int c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);  /* lanes 0,2 of g0 | 0,2 of g1 */
+        __m512i b = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);  /* lanes 1,3 */
+        __m512i d = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+        __m512i e = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_i32x4(a, d, 0x88);      /* lane 0 of g0..g3 */
+        t[8 + c] = _mm512_shuffle_i32x4(a, d, 0xdd);  /* lane 2 */
+        t[4 + c] = _mm512_shuffle_i32x4(b, e, 0x88);  /* lane 1 */
+        t[12 + c] = _mm512_shuffle_i32x4(b, e, 0xdd); /* lane 3 */
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* ---------------------------------------------------------------- A --- */
+
+/* op(A) = A [M,K] row-major: each row's k pairs are already adjacent. */
+BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
+                                    const float *A, int64_t lda) {
+#pragma omp parallel for if (M * K > (1 << 16)) schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        const float *src = A + i * lda;
+        uint32_t *row = dst + i * pairs;
+        for (int64_t p0 = 0; p0 < pairs; p0 += 16)
+            _mm512_mask_storeu_epi32(row + p0, mask_first(pairs - p0),
+                                     run_words(src + 2 * p0, K - 2 * p0));
+    }
+}
+
+/* op(A) = A^T with A [K,M]: words come out pair-major and are transposed in
+ * 16 x 16 blocks. */
+BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
+                                    const float *A, int64_t lda) {
+    const int64_t ib = (M + 15) / 16, pb = (pairs + 15) / 16;
+#pragma omp parallel for if (M * K > (1 << 16)) schedule(static)
+    for (int64_t blk = 0; blk < ib * pb; blk++) {
+        const int64_t i0 = (blk / pb) * 16, p0 = (blk % pb) * 16;
+        const __mmask16 mi = mask_first(M - i0);
+        __m512i r[16];
+        for (int q = 0; q < 16; q++) {
+            const int64_t k = 2 * (p0 + q);
+            __m512 lo = k < K ? _mm512_maskz_loadu_ps(mi, A + k * lda + i0) : _mm512_setzero_ps();
+            __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(mi, A + (k + 1) * lda + i0)
+                                  : _mm512_setzero_ps();
+            r[q] = pair_words(lo, hi);
+        }
+        transpose16(r);
+        const __mmask16 mp = mask_first(pairs - p0);
+        for (int t = 0; t < 16 && i0 + t < M; t++)
+            _mm512_mask_storeu_epi32(dst + (i0 + t) * pairs + p0, mp, r[t]);
+    }
+}
+
+/* ---------------------------------------------------------------- B --- */
+
+/* op(B) = B [K,N] row-major: rows 2p and 2p+1 give a panel row directly. */
+BF16_TARGET static void pack_b_rows(uint32_t *dst, int64_t K, int64_t N, int64_t pairs,
+                                    const float *B, int64_t ldb) {
+    const int64_t panels = (N + NR - 1) / NR, pblk = 64, nb = (pairs + pblk - 1) / pblk;
+#pragma omp parallel for if (N * K > (1 << 16)) schedule(static)
+    for (int64_t blk = 0; blk < panels * nb; blk++) {
+        const int64_t jp = blk / nb, pe = min64(pairs, (blk % nb) * pblk + pblk);
+        uint32_t *panel = dst + jp * pairs * NR;
+        for (int64_t p = (blk % nb) * pblk; p < pe; p++)
+            for (int v = 0; v < NRV; v++) {
+                const int64_t j = jp * NR + v * 16;
+                const __mmask16 m = mask_first(N - j);
+                __m512 lo = _mm512_maskz_loadu_ps(m, B + 2 * p * ldb + j);
+                __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(m, B + (2 * p + 1) * ldb + j)
+                                          : _mm512_setzero_ps();
+                _mm512_storeu_si512(panel + p * NR + v * 16, pair_words(lo, hi));
+            }
+    }
+}
+
+/* op(B) = B^T with B [N,K]: each of B's rows is one panel column, so 16 rows
+ * are converted and transposed together. */
+BF16_TARGET static void pack_b_cols(uint32_t *dst, int64_t K, int64_t N, int64_t pairs,
+                                    const float *B, int64_t ldb) {
+    const int64_t panels = (N + NR - 1) / NR, pb = (pairs + 15) / 16;
+#pragma omp parallel for if (N * K > (1 << 16)) schedule(static)
+    for (int64_t blk = 0; blk < panels * NRV * pb; blk++) {
+        const int64_t g = blk / pb, p0 = (blk % pb) * 16;
+        const int64_t jp = g / NRV, v = g % NRV, j0 = jp * NR + v * 16;
+        __m512i r[16];
+        for (int t = 0; t < 16; t++)
+            r[t] = j0 + t < N ? run_words(B + (j0 + t) * ldb + 2 * p0, K - 2 * p0)
+                              : _mm512_setzero_si512();
+        transpose16(r);
+        uint32_t *panel = dst + jp * pairs * NR;
+        for (int q = 0; q < 16 && p0 + q < pairs; q++)
+            _mm512_storeu_si512(panel + (p0 + q) * NR + v * 16, r[q]);
+    }
+}
+
+int gemm_bf16_pack_a(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda) {
+    const int64_t pairs = (K + 1) / 2;
+    if (operand_reserve(pa, (size_t)(M * pairs))) return -1;
+    pa->rows = M;
+    pa->pairs = pairs;
+    if (trans_a)
+        pack_a_cols(pa->words, M, K, pairs, A, lda);
+    else
+        pack_a_rows(pa->words, M, K, pairs, A, lda);
+    return 0;
+}
+
+int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, const float *B,
+                     int64_t ldb) {
+    const int64_t pairs = (K + 1) / 2, panels = (N + NR - 1) / NR;
+    if (operand_reserve(pb, (size_t)(panels * NR * pairs))) return -1;
+    pb->rows = N;
+    pb->pairs = pairs;
+    if (trans_b)
+        pack_b_cols(pb->words, K, N, pairs, B, ldb);
+    else
+        pack_b_rows(pb->words, K, N, pairs, B, ldb);
+    return 0;
+}
+
+/* ----------------------------------------------------------- multiply --- */
+
+/* C tile [mr, up to NR] = alpha * sum_p a_r[p] . panel[p] + beta * C. */
+BF16_INLINE void tile(int mr, int64_t pairs, const uint32_t *a, const uint32_t *panel, float *c,
+                      int64_t ldc, int64_t ncols, float alpha, float beta) {
+    /* the loops over r and v must unroll fully, or acc lives on the stack */
+    __m512 acc[MR][NRV];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NRV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; p++) {
+        const uint32_t *bp = panel + p * NR;
+        __m512bh b0 = (__m512bh)_mm512_load_si512(bp);
+        __m512bh b1 = (__m512bh)_mm512_load_si512(bp + 16);
+        __m512bh b2 = (__m512bh)_mm512_load_si512(bp + 32);
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + p]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], ar, b2);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 3
+    for (int v = 0; v < NRV; v++) {
+        const __mmask16 m = mask_first(ncols - 16 * v);
+        if (!m) break;
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            float *cp = c + r * ldc + 16 * v;
+            __m512 out = _mm512_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cp), out);
+            _mm512_mask_storeu_ps(cp, m, out);
+        }
+    }
+}
+
+BF16_TARGET static void tile_any(int mr, int64_t pairs, const uint32_t *a, const uint32_t *panel,
+                                 float *c, int64_t ldc, int64_t ncols, float alpha, float beta) {
+    switch (mr) {
+    case 1: tile(1, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 2: tile(2, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 3: tile(3, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 4: tile(4, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 5: tile(5, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 6: tile(6, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    case 7: tile(7, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    default: tile(MR, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+    }
+}
+
+BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
+                                 float beta, float *C, int64_t ldc) {
+    const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
+    const int64_t mt = (M + MR - 1) / MR, panels = (N + NR - 1) / NR;
+    /* panel-major order: a thread's consecutive tiles share one B panel */
+#pragma omp parallel for if (M * N * pairs > (1 << 15)) schedule(static)
+    for (int64_t t = 0; t < mt * panels; t++) {
+        const int64_t jp = t / mt, i0 = (t % mt) * MR;
+        tile_any((int)min64(MR, M - i0), pairs, pa->words + i0 * pairs,
+                 pb->words + jp * pairs * NR, C + i0 * ldc + jp * NR, ldc, N - jp * NR, alpha,
+                 beta);
+    }
+}
+
+void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
+                      float *C, int64_t ldc) {
+    if (pa->rows == 0 || pb->rows == 0) return;
+    multiply(pa, pb, alpha, beta, C, ldc);
+}
+
+int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc) {
+    if (gemm_bf16_pack_a(&g->a, trans_a, M, K, A, lda)) return -1;
+    if (gemm_bf16_pack_b(&g->b, trans_b, K, N, B, ldb)) return -1;
+    gemm_bf16_packed(&g->a, &g->b, alpha, beta, C, ldc);
+    return 0;
+}

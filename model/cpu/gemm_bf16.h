@@ -1,0 +1,63 @@
+/* model/cpu/gemm_bf16.h — matrix products with bf16 operands and fp32 sums.
+ *
+ * The CPU side of `model.precision: bf16`: both operands are rounded to bf16
+ * (round to nearest even) and multiplied with AVX512-BF16's VDPBF16PS, which
+ * sums pairs of products into fp32. On the CPUs that have it this doubles the
+ * multiply-add rate of fp32 FMA, the limit ponder's fp32 training and batched
+ * decoding sit at (bench/RESULTS.md, "bf16 on the CPU").
+ *
+ * The operands are converted into packed copies first: op(A) as bf16 rows
+ * (two consecutive k in one 32-bit word), op(B) as panels of GEMM_BF16_NR
+ * columns, pair-major. Those copies live in a GemmBf16 the caller owns and
+ * reuses; a packed B can also be kept and multiplied by several A (the LM
+ * head converts its [V,C] weight once per op call, not once per chunk). */
+#ifndef PONDER_MODEL_CPU_GEMM_BF16_H
+#define PONDER_MODEL_CPU_GEMM_BF16_H
+
+#include <stddef.h> /* size_t */
+#include <stdint.h> /* int64_t, uint32_t */
+
+#define GEMM_BF16_NR 48 /* columns per packed B panel (three 16-float vectors) */
+
+/* A packed operand: `words` holds pairs of bf16 values, low half = even k. */
+typedef struct GemmBf16Operand {
+    uint32_t *words;
+    size_t cap;    /* words allocated */
+    int64_t rows;  /* A: M; B: N (columns of op(B)) */
+    int64_t pairs; /* ceil(K / 2) */
+} GemmBf16Operand;
+
+typedef struct GemmBf16 {
+    GemmBf16Operand a, b;
+} GemmBf16;
+
+/* 1 when this CPU can run the kernels (AVX-512 F/BW/VL and AVX512-BF16). */
+int gemm_bf16_supported(void);
+
+/* Round to bf16 (nearest even) and back, as the packing does; denormals
+ * become signed zero, as VCVTNEPS2BF16 makes them. */
+float gemm_bf16_round(float x);
+
+/* Packing. op(A)[i,k] = trans_a ? A[k*lda+i] : A[i*lda+k] for an [M,K] op(A);
+ * op(B)[k,j] = trans_b ? B[j*ldb+k] : B[k*ldb+j] for a [K,N] op(B). Returns
+ * -1 (operand unchanged) when memory cannot be allocated. */
+int gemm_bf16_pack_a(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda);
+int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, const float *B,
+                     int64_t ldb);
+
+/* C[M,N] = alpha * op(A) op(B) + beta * C from packed operands (C is not read
+ * when beta is 0). pa->pairs must equal pb->pairs. */
+void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
+                      float *C, int64_t ldc);
+
+/* Pack both and multiply, with the packed copies kept in g for reuse.
+ * Returns -1 when memory cannot be allocated (C unchanged). */
+int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc);
+
+void gemm_bf16_free(GemmBf16 *g);
+void gemm_bf16_operand_free(GemmBf16Operand *op);
+
+#endif
