@@ -291,6 +291,13 @@ typedef struct ModelOps {
 /* The CPU backend (OpenBLAS/BLIS + OpenMP). */
 const ModelOps *ops_cpu(void);
 
+/* The CPU backend with bf16 products ("cpu-bf16", model.precision: bf16):
+ * the linear layers' and the LM head's matrix products round both operands
+ * to bf16 and sum in fp32 (model/cpu/gemm_bf16.h); weights, gradients,
+ * optimizer state, activations, attention, norms and losses stay fp32.
+ * NULL when this CPU lacks AVX512-BF16. */
+const ModelOps *ops_cpu_bf16(void);
+
 /* The CUDA backend (cuBLAS + model/cuda kernels, fp32) on the current device.
  * NULL when this build has no CUDA (PONDER_HAVE_CUDA unset) or no usable GPU
  * is present; ops_cuda_status() then says why (never NULL). */

@@ -293,11 +293,18 @@ Test(config_contradictions, gpt2_has_no_grouped_query_attention) {
                  "t.yaml:3:14: model.n_kv_head: gpt2 has no grouped-query attention; use 0 or model.n_head (4), found 2");
 }
 
-Test(config_contradictions, reduced_precision_needs_cuda) {
-    expect_error("model: {precision: bf16}\n",
-                 "t.yaml:1:20: model.precision: bf16 needs model.device: cuda");
+Test(config_contradictions, tf32_needs_cuda) {
+    expect_error("model: {precision: tf32}\n",
+                 "t.yaml:1:20: model.precision: tf32 needs model.device: cuda");
     expect_error("model:\n  device: cpu\n  precision: tf32\n",
                  "t.yaml:3:14: model.precision: tf32 needs model.device: cuda");
+}
+
+Test(config_contradictions, bf16_is_valid_on_the_cpu) {
+    PonderConfig cfg;
+    expect_ok(&cfg, "model: {device: cpu, precision: bf16}\n", 0, NULL);
+    cr_expect_eq(cfg.model.precision, CONFIG_PRECISION_BF16);
+    cr_expect_eq(cfg.model.device, CONFIG_DEVICE_CPU);
 }
 
 Test(config_contradictions, nccl_needs_cuda) {

@@ -71,7 +71,7 @@ static const ConfigKey KEYS[] = {
     KEY("model.scalar_head", CONFIG_BOOL, model.scalar_head, "false", NULL, NULL, "scalar head for a value or reward model"),
     KEY("model.device", CONFIG_ENUM, model.device, "cpu", NULL, DEVICE_NAMES, "where the model runs"),
     KEY("model.precision", CONFIG_ENUM, model.precision, "fp32", NULL, PRECISION_NAMES,
-        "matmul precision: fp32, tf32 or bf16 (bf16 products, fp32 master weights; cuda only)"),
+        "matmul precision: fp32, tf32 (cuda only) or bf16 (bf16 products, fp32 master weights)"),
     KEY("model.init_from", CONFIG_STRING, model.init_from, "", NULL, NULL, "checkpoint to start from; \"\" = random init"),
 
     KEY("tokenizer.type", CONFIG_ENUM, tokenizer.type, "char", NULL, TOKENIZER_NAMES, "char (built-in alphabet) or bpe"),

@@ -116,10 +116,9 @@ static int check_model(const Check *c) {
         return fail(c, "model.n_head", "model.d_model",
                     "RoPE needs an even head size, but model.d_model / model.n_head = %" PRId64,
                     m->d_model / m->n_head);
-    if (m->precision != CONFIG_PRECISION_FP32 && m->device != CONFIG_DEVICE_CUDA)
+    if (m->precision == CONFIG_PRECISION_TF32 && m->device != CONFIG_DEVICE_CUDA)
         return fail(c, "model.precision", "model.device",
-                    "%s needs model.device: cuda (the CPU backend computes in fp32)",
-                    m->precision == CONFIG_PRECISION_BF16 ? "bf16" : "tf32");
+                    "tf32 needs model.device: cuda (the CPU backend has fp32 and bf16)");
     if (c->cfg->dist.grad_allreduce == CONFIG_GRADS_NCCL && m->device != CONFIG_DEVICE_CUDA)
         return fail(c, "dist.grad_allreduce", "model.device",
                     "nccl sums gradients on GPUs, which needs model.device: cuda");

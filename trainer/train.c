@@ -262,6 +262,13 @@ static int open_metrics(Run *r, PonderError *err) {
 static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Dist *world,
                         Model **out, PonderError *err) {
     const ModelOps *ops = ops_cpu();
+    if (cfg->model.device == CONFIG_DEVICE_CPU && cfg->model.precision == CONFIG_PRECISION_BF16) {
+        ops = ops_cpu_bf16();
+        if (!ops)
+            return ponder_error(err, PONDER_ERR_CONFIG,
+                                "model.precision: bf16 on the CPU needs AVX512-BF16, which this CPU "
+                                "lacks; use fp32 (or model.device: cuda)");
+    }
     if (cfg->model.device == CONFIG_DEVICE_CUDA) {
         if (world->local_size > 1 && ops_cuda_choose_device(world->local_rank) != 0)
             return ponder_error(err, PONDER_ERR_CONFIG,

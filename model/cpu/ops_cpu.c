@@ -9,11 +9,13 @@
 
 #include <math.h>   /* sqrtf, tanhf, logf, expf */
 #include <omp.h>    /* omp_get_thread_num */
+#include <stdio.h>  /* fprintf (out of memory for bf16 operands) */
 #include <stdlib.h> /* calloc, free, malloc */
 #include <string.h> /* memset, memcpy */
 #include <sys/mman.h> /* madvise */
 
 #include "model/cpu/blas.h"    /* blas_sgemm */
+#include "model/cpu/gemm_bf16.h" /* gemm_bf16 (the cpu-bf16 table) */
 #include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
 
 /* Loops over less work than this (elements, or multiply-adds for attention)
@@ -206,6 +208,52 @@ static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const floa
     if (dinp) blas_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
     if (dw) blas_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+}
+
+/* ----------------------------------------------- bf16 products ---- */
+/* The cpu-bf16 table (ops_cpu_bf16): the linear layers' and the LM head's
+ * products take bf16 operands (gemm_bf16.h), everything else is the fp32
+ * table's. The packed operands are allocated per call, as the fp32 path's
+ * scratch is. */
+
+/* The ops return nothing, as sgemm does; running out of memory for a packed
+ * copy ends the process with the size, like a failed BLAS load. */
+static void bf16_out_of_memory(const char *what, int64_t elements) {
+    fprintf(stderr, "ponder: out of memory packing %s (%lld values) into bf16\n", what,
+            (long long)elements);
+    abort();
+}
+
+static void bf16_product(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                         float *C, int64_t ldc) {
+    if (gemm_bf16(g, trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc))
+        bf16_out_of_memory("a matmul operand", M * K + K * N);
+}
+
+/* No matrix-vector path: a few decoded rows also round to bf16, so sampling
+ * sees the same products whatever the batch. */
+static void bf16_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                                int64_t N, int64_t C, int64_t OC) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for if (N * OC > PAR_MIN_WORK) schedule(static)
+        for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
+        beta = 1.0f;
+    }
+    GemmBf16 g = {0};
+    bf16_product(&g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
+    gemm_bf16_free(&g);
+}
+
+static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                                 const float *inp, const float *w, int64_t N, int64_t C,
+                                 int64_t OC) {
+    GemmBf16 g = {0};
+    if (dinp) bf16_product(&g, 0, 0, N, C, OC, dout, OC, w, C, 1.0f, dinp, C);
+    if (dw) bf16_product(&g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+    gemm_bf16_free(&g);
 }
 
 /* --------------------------------------------------------- embeddings ---- */
@@ -763,11 +811,53 @@ PONDER_HOT static float max_of(const float *z, int64_t V) {
     return mx;
 }
 
+/* The LM head's three products, in fp32 (sgemm) or with bf16 operands. In
+ * bf16 the weight is packed once per op call, in both layouts the head uses
+ * (w^T for the logits, w for d(h)), instead of once per chunk. */
+typedef struct LmProducts {
+    GemmBf16 *bf16; /* NULL: fp32 */
+    GemmBf16Operand w_t, w;
+} LmProducts;
+
+static void lm_products_init(LmProducts *p, GemmBf16 *bf16, const float *w, int64_t C, int64_t V,
+                             int backward) {
+    *p = (LmProducts){.bf16 = bf16};
+    if (!bf16) return;
+    if (gemm_bf16_pack_b(&p->w_t, 1, C, V, w, C) ||
+        (backward && gemm_bf16_pack_b(&p->w, 0, V, C, w, C)))
+        bf16_out_of_memory("the LM head weight", V * C);
+}
+
+static void lm_products_free(LmProducts *p) {
+    gemm_bf16_operand_free(&p->w_t);
+    gemm_bf16_operand_free(&p->w);
+}
+
 /* z[rows,V] = logits of the gathered rows idx[0..rows) of h; hc is scratch [rows,C]. */
-static void chunk_logits(float *z, float *hc, const float *h, const float *w, const int64_t *idx,
-                         int64_t rows, int64_t C, int64_t V) {
+static void chunk_logits(LmProducts *lp, float *z, float *hc, const float *h, const float *w,
+                         const int64_t *idx, int64_t rows, int64_t C, int64_t V) {
     gather_rows(hc, h, idx, rows, C);
-    blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+    if (!lp->bf16) {
+        blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
+        return;
+    }
+    if (gemm_bf16_pack_a(&lp->bf16->a, 0, rows, C, hc, C)) bf16_out_of_memory("LM head rows", rows * C);
+    gemm_bf16_packed(&lp->bf16->a, &lp->w_t, 1.0f, 0.0f, z, V);
+}
+
+/* dhc[rows,C] = dz w; dw[V,C] += dz^T hc. */
+static void chunk_backward_products(LmProducts *lp, float *dhc, float *dw, const float *z,
+                                    const float *hc, const float *w, int64_t rows, int64_t C,
+                                    int64_t V) {
+    if (!lp->bf16) {
+        blas_sgemm(0, 0, rows, C, V, 1.0f, z, V, w, C, 0.0f, dhc, C);
+        blas_sgemm(1, 0, V, C, rows, 1.0f, z, V, hc, C, 1.0f, dw, C);
+        return;
+    }
+    GemmBf16 *g = lp->bf16;
+    if (gemm_bf16_pack_a(&g->a, 0, rows, V, z, V)) bf16_out_of_memory("LM head d(logits)", rows * V);
+    gemm_bf16_packed(&g->a, &lp->w, 1.0f, 0.0f, dhc, C);
+    bf16_product(g, 1, 0, V, C, rows, z, V, hc, C, 1.0f, dw, C);
 }
 
 /* log-sum-exp of z[0..V) and the entropy of softmax(z). Sums are taken of
@@ -794,9 +884,9 @@ PONDER_HOT static void lse_and_entropy(const float *z, int64_t V, float *lse_out
     *entropy_out = log_sum - sum_pz / sum; /* H = lse - E[z] in shifted units */
 }
 
-static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
-                                const float *w, const int32_t *targets, const float *mask,
-                                int64_t N, int64_t C, int64_t V) {
+static void lm_head_forward(GemmBf16 *bf16, float *logp, float *entropy, float *lse,
+                            const float *h, const float *w, const int32_t *targets,
+                            const float *mask, int64_t N, int64_t C, int64_t V) {
     memset(logp, 0, (size_t)N * sizeof(float));
     memset(lse, 0, (size_t)N * sizeof(float));
     if (entropy) memset(entropy, 0, (size_t)N * sizeof(float));
@@ -805,9 +895,11 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
     float *hc = malloc((size_t)(R * C) * sizeof(float));
     float *z = malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
+    LmProducts lp;
+    lm_products_init(&lp, A ? bf16 : NULL, w, C, V, 0);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
-        chunk_logits(z, hc, h, w, idx + r0, rows, C, V);
+        chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
@@ -818,6 +910,7 @@ static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const f
             if (entropy) entropy[n] = H;
         }
     }
+    lm_products_free(&lp);
     free(z);
     free(hc);
     free(idx);
@@ -846,36 +939,68 @@ PONDER_HOT static void dlogits_row(float *z, int64_t V, float lse, float dlogp, 
     z[target] += dlogp;
 }
 
-static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
-                                 const float *h, const float *w, const int32_t *targets,
-                                 const float *lse, const float *mask, int64_t N, int64_t C,
-                                 int64_t V) {
+static void lm_head_backward(GemmBf16 *bf16, float *dh, float *dw, const float *dlogp,
+                             const float *dentropy, const float *h, const float *w,
+                             const int32_t *targets, const float *lse, const float *mask,
+                             int64_t N, int64_t C, int64_t V) {
     const int64_t R = lm_head_chunk_rows(V);
     int64_t *idx = malloc((size_t)N * sizeof(int64_t));
     float *hc = malloc((size_t)(R * C) * sizeof(float));
     float *dhc = malloc((size_t)(R * C) * sizeof(float));
     float *z = malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
+    LmProducts lp;
+    lm_products_init(&lp, A ? bf16 : NULL, w, C, V, 1);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
-        chunk_logits(z, hc, h, w, idx + r0, rows, C, V);
+        chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
             dlogits_row(z + r * V, V, lse[n], dlogp ? dlogp[n] : 0.0f,
                         dentropy ? dentropy[n] : 0.0f, targets[n]);
         }
-        blas_sgemm(0, 0, rows, C, V, 1.0f, z, V, w, C, 0.0f, dhc, C);
+        chunk_backward_products(&lp, dhc, dw, z, hc, w, rows, C, V);
         for (int64_t r = 0; r < rows; r++) {
             float *d = dh + idx[r0 + r] * C;
             for (int64_t c = 0; c < C; c++) d[c] += dhc[r * C + c];
         }
-        blas_sgemm(1, 0, V, C, rows, 1.0f, z, V, hc, C, 1.0f, dw, C);
     }
+    lm_products_free(&lp);
     free(z);
     free(dhc);
     free(hc);
     free(idx);
+}
+
+static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
+                                const float *w, const int32_t *targets, const float *mask,
+                                int64_t N, int64_t C, int64_t V) {
+    lm_head_forward(NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
+}
+
+static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
+                                 const float *h, const float *w, const int32_t *targets,
+                                 const float *lse, const float *mask, int64_t N, int64_t C,
+                                 int64_t V) {
+    lm_head_backward(NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+}
+
+static void bf16_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
+                                 const float *w, const int32_t *targets, const float *mask,
+                                 int64_t N, int64_t C, int64_t V) {
+    GemmBf16 g = {0};
+    lm_head_forward(&g, logp, entropy, lse, h, w, targets, mask, N, C, V);
+    gemm_bf16_free(&g);
+}
+
+static void bf16_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
+                                  const float *h, const float *w, const int32_t *targets,
+                                  const float *lse, const float *mask, int64_t N, int64_t C,
+                                  int64_t V) {
+    GemmBf16 g = {0};
+    lm_head_backward(&g, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+    gemm_bf16_free(&g);
 }
 
 /* ---------------------------------------------------------- optimizer ---- */
@@ -935,34 +1060,36 @@ static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64
 
 /* ------------------------------------------------------------- table ----- */
 
+/* Every entry but the products, shared by the fp32 and bf16 tables. */
+#define CPU_OPS_COMMON                                                                             \
+    .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero, .copy = cpu_copy,                      \
+    .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,      \
+    .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,              \
+    .layernorm_forward = cpu_layernorm_forward, .layernorm_backward = cpu_layernorm_backward,      \
+    .rope = cpu_rope, .attention_forward = cpu_attention_forward,                                  \
+    .attention_backward = cpu_attention_backward, .attention_cached = cpu_attention_cached,        \
+    .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,                  \
+    .gelu_forward = cpu_gelu_forward, .gelu_backward = cpu_gelu_backward, .add = cpu_add,          \
+    .accumulate = cpu_accumulate, .sum_squares = cpu_sum_squares, .adamw = cpu_adamw
+
 static const ModelOps CPU_OPS = {
     .name = "cpu",
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .zero = cpu_zero,
-    .copy = cpu_copy,
+    CPU_OPS_COMMON,
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,
-    .embedding_forward = cpu_embedding_forward,
-    .embedding_backward = cpu_embedding_backward,
-    .rmsnorm_forward = cpu_rmsnorm_forward,
-    .rmsnorm_backward = cpu_rmsnorm_backward,
-    .layernorm_forward = cpu_layernorm_forward,
-    .layernorm_backward = cpu_layernorm_backward,
-    .rope = cpu_rope,
-    .attention_forward = cpu_attention_forward,
-    .attention_backward = cpu_attention_backward,
-    .attention_cached = cpu_attention_cached,
-    .swiglu_forward = cpu_swiglu_forward,
-    .swiglu_backward = cpu_swiglu_backward,
-    .gelu_forward = cpu_gelu_forward,
-    .gelu_backward = cpu_gelu_backward,
-    .add = cpu_add,
-    .accumulate = cpu_accumulate,
     .lm_head_forward = cpu_lm_head_forward,
     .lm_head_backward = cpu_lm_head_backward,
-    .sum_squares = cpu_sum_squares,
-    .adamw = cpu_adamw,
+};
+
+static const ModelOps CPU_BF16_OPS = {
+    .name = "cpu-bf16",
+    CPU_OPS_COMMON,
+    .matmul_forward = bf16_matmul_forward,
+    .matmul_backward = bf16_matmul_backward,
+    .lm_head_forward = bf16_lm_head_forward,
+    .lm_head_backward = bf16_lm_head_backward,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
+
+const ModelOps *ops_cpu_bf16(void) { return gemm_bf16_supported() ? &CPU_BF16_OPS : NULL; }

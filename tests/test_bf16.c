@@ -1,0 +1,429 @@
+/* tests/test_bf16.c — bf16 products on the CPU (model/cpu/gemm_bf16.h) and
+ * the cpu-bf16 ops table (model.precision: bf16 on model.device: cpu).
+ *
+ * The kernel is checked exactly where it can be: its rounding against
+ * hand-worked round-to-nearest-even cases, its products against a double
+ * sum of the rounded operands (only the fp32 summation may differ). The ops
+ * table is checked against the same rounded reference for the linear layer
+ * and against the fp32 table (1e-2) for the LM head and whole models, and a
+ * bf16 model must still overfit one batch. On a CPU without AVX512-BF16 the
+ * tests skip with that reason. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cpu/gemm_bf16.h"
+#include "model/model.h"
+#include "model/ops.h"
+#include "trainer/optim.h"
+#include "util/rng.h"
+
+static void need_bf16(void) {
+    if (!gemm_bf16_supported()) cr_skip_test("this CPU has no AVX512-BF16: bf16 products untested here");
+}
+
+static uint32_t bits_of(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float float_of(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static float *random_floats(Rng *r, int64_t n) {
+    float *x = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) x[i] = (float)rng_normal(r);
+    return x;
+}
+
+/* --------------------------------------------------------- rounding --- */
+
+Test(gemm_bf16, rounding_is_to_nearest_even) {
+    static const uint32_t cases[][2] = {
+        {0x3f800000u, 0x3f800000u}, /* 1 */
+        {0x3f808000u, 0x3f800000u}, /* 1 + 2^-8: a tie, the even neighbour is 1 */
+        {0x3f818000u, 0x3f820000u}, /* a tie whose even neighbour is above */
+        {0x3f808001u, 0x3f810000u}, /* just above the tie */
+        {0x3f807fffu, 0x3f800000u}, /* just below */
+        {0xc0490fdbu, 0xc0490000u}, /* -pi */
+        {0x7f7fffffu, 0x7f800000u}, /* the largest float rounds up to infinity */
+        {0x7f800000u, 0x7f800000u}, /* inf */
+        {0xff800000u, 0xff800000u}, /* -inf */
+        {0x00000001u, 0x00000000u}, /* denormals become signed zero */
+        {0x80400000u, 0x80000000u},
+        {0x00800000u, 0x00800000u}, /* the smallest normal stays */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint32_t got = bits_of(gemm_bf16_round(float_of(cases[i][0])));
+        cr_expect_eq(got, cases[i][1], "round(0x%08x) = 0x%08x, want 0x%08x", cases[i][0], got,
+                     cases[i][1]);
+    }
+    cr_expect(isnan(gemm_bf16_round(float_of(0x7fc00001u))));
+    cr_expect(isnan(gemm_bf16_round(float_of(0xff800001u))), "a NaN with a low payload stays NaN");
+}
+
+/* The vector packing (VCVTNEPS2BF16) and gemm_bf16_round agree bit for bit,
+ * specials included; even k goes to the low half of each word. */
+Test(gemm_bf16, packing_rounds_as_the_scalar_function) {
+    need_bf16();
+    enum { K = 4099 };
+    Rng r = rng_from_seed(5);
+    float *x = malloc(K * sizeof(float));
+    for (int i = 0; i < K; i++) {
+        uint32_t u = (uint32_t)rng_below(&r, UINT32_MAX);
+        /* half random bit patterns (ties, NaNs, denormals all occur), half
+         * ordinary values */
+        x[i] = i % 2 ? float_of(u) : (float)rng_normal(&r);
+    }
+    x[0] = float_of(0x3f808000u), x[1] = float_of(0x00000001u), x[2] = INFINITY, x[3] = NAN;
+    GemmBf16Operand a = {0};
+    cr_assert_eq(gemm_bf16_pack_a(&a, 0, 1, K, x, K), 0);
+    cr_assert_eq(a.pairs, (K + 1) / 2);
+    int64_t bad = 0;
+    for (int k = 0; k < K; k++) {
+        uint32_t w = a.words[k / 2], half = k % 2 ? w >> 16 : w & 0xffffu;
+        float want = gemm_bf16_round(x[k]);
+        uint32_t want_hi = bits_of(want) >> 16;
+        int same = isnan(want) ? isnan(float_of(half << 16)) : half == want_hi;
+        if (!same && bad++ < 5)
+            cr_log_error("k=%d: 0x%08x packed as 0x%04x, want 0x%04x", k, bits_of(x[k]), half, want_hi);
+    }
+    cr_expect_eq(bad, 0, "%lld of %d values packed differently", (long long)bad, K);
+    cr_expect_eq(a.words[K / 2] >> 16, 0u, "the odd K's padding half is zero");
+    gemm_bf16_operand_free(&a);
+    free(x);
+}
+
+/* --------------------------------------------------------- products --- */
+
+typedef struct Shape {
+    int64_t M, N, K;
+} Shape;
+
+/* C = alpha op(A) op(B) + beta C against a double sum of the rounded
+ * operands; lda/ldb/ldc have slack that must stay untouched. */
+static void check_product(int ta, int tb, Shape s, float alpha, float beta, uint64_t seed) {
+    const int64_t M = s.M, N = s.N, K = s.K;
+    const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 5;
+    const int64_t arows = ta ? K : M, brows = tb ? N : K;
+    Rng r = rng_from_seed(seed);
+    float *A = random_floats(&r, arows * lda), *B = random_floats(&r, brows * ldb);
+    float *C = random_floats(&r, M * ldc), *C0 = malloc((size_t)(M * ldc) * sizeof(float));
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = NAN; /* must not be read */
+    memcpy(C0, C, (size_t)(M * ldc) * sizeof(float));
+    GemmBf16 g = {0};
+    cr_assert_eq(gemm_bf16(&g, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), 0);
+    double worst = 0.0;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < ldc; j++) {
+            if (j >= N) {
+                cr_assert_eq(bits_of(C[i * ldc + j]), bits_of(C0[i * ldc + j]),
+                             "slack C[%lld,%lld] was written", (long long)i, (long long)j);
+                continue;
+            }
+            double sum = 0.0, mag = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+                double a = gemm_bf16_round(ta ? A[k * lda + i] : A[i * lda + k]);
+                double b = gemm_bf16_round(tb ? B[j * ldb + k] : B[k * ldb + j]);
+                sum += a * b;
+                mag += fabs(a * b);
+            }
+            double want = alpha * sum + (beta != 0.0f ? beta * (double)C0[i * ldc + j] : 0.0);
+            /* fp32 sums of K terms: a few ulps of the magnitude per term */
+            double tol = (double)(K + 2) * 1.2e-7 *
+                             (fabs(alpha) * mag + (beta != 0.0f ? fabs(beta * C0[i * ldc + j]) : 0.0)) + 1e-30;
+            double e = fabs((double)C[i * ldc + j] - want) / tol;
+            if (!(e <= worst)) worst = e; /* NaN propagates into worst */
+        }
+    cr_expect(worst <= 1.0, "ta=%d tb=%d M=%lld N=%lld K=%lld beta=%g: error %.3g of the tolerance",
+              ta, tb, (long long)M, (long long)N, (long long)K, beta, worst);
+    gemm_bf16_free(&g);
+    free(A), free(B), free(C), free(C0);
+}
+
+Test(gemm_bf16, products_match_the_rounded_operands_in_double) {
+    need_bf16();
+    /* edges of the 8 x 48 register tile, odd K (a zero half in the last
+     * pair), K = 1, and more than one 16 x 16 packing block each way */
+    const Shape shapes[] = {{1, 1, 1},   {7, 5, 3},    {8, 48, 32},   {9, 49, 33},
+                            {17, 100, 31}, {64, 130, 257}, {33, 47, 64}, {100, 20, 1000}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                check_product(ta, tb, shapes[i], i % 2 ? 0.5f : 1.0f, i % 2 ? 0.0f : 0.75f,
+                              100 + i * 4 + (size_t)(ta * 2 + tb));
+}
+
+Test(gemm_bf16, results_do_not_depend_on_the_thread_count) {
+    need_bf16();
+    const int64_t M = 100, N = 130, K = 257;
+    Rng r = rng_from_seed(9);
+    float *A = random_floats(&r, M * K), *B = random_floats(&r, N * K);
+    float *C1 = calloc((size_t)(M * N), sizeof(float)), *C2 = calloc((size_t)(M * N), sizeof(float));
+    GemmBf16 g = {0};
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N), 0);
+    omp_set_num_threads(2);
+    cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N), 0);
+    omp_set_num_threads(saved);
+    cr_expect_eq(memcmp(C1, C2, (size_t)(M * N) * sizeof(float)), 0);
+    gemm_bf16_free(&g);
+    free(A), free(B), free(C1), free(C2);
+}
+
+/* A packed B multiplied by two different A gives what packing both does. */
+Test(gemm_bf16, a_packed_b_can_be_reused) {
+    need_bf16();
+    const int64_t M = 21, N = 70, K = 45;
+    Rng r = rng_from_seed(10);
+    float *A1 = random_floats(&r, M * K), *A2 = random_floats(&r, M * K), *B = random_floats(&r, N * K);
+    float *want = calloc((size_t)(M * N), sizeof(float)), *got = calloc((size_t)(M * N), sizeof(float));
+    GemmBf16 g = {0}, h = {0};
+    cr_assert_eq(gemm_bf16_pack_b(&h.b, 1, K, N, B, K), 0);
+    const float *As[2] = {A1, A2};
+    for (int t = 0; t < 2; t++) {
+        cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, As[t], K, B, K, 0.0f, want, N), 0);
+        cr_assert_eq(gemm_bf16_pack_a(&h.a, 0, M, K, As[t], K), 0);
+        gemm_bf16_packed(&h.a, &h.b, 1.0f, 0.0f, got, N);
+        cr_expect_eq(memcmp(want, got, (size_t)(M * N) * sizeof(float)), 0, "A number %d", t);
+    }
+    gemm_bf16_free(&g), gemm_bf16_free(&h);
+    free(A1), free(A2), free(B), free(want), free(got);
+}
+
+/* ------------------------------------------------- the cpu-bf16 table --- */
+
+static double max_rel_diff(const float *a, const float *b, int64_t n) {
+    double e = 0.0, m = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= e)) e = d;
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return e / (m > 0 ? m : 1.0);
+}
+
+/* The linear layer, forward and backward, at a decode-sized N (where the
+ * fp32 table takes its matrix-vector path) and a training-sized one: exactly
+ * the rounded operands' products, summed in fp32. */
+Test(ops_bf16, linear_layer_uses_rounded_operands) {
+    need_bf16();
+    const ModelOps *o = ops_cpu_bf16();
+    cr_assert(o != NULL);
+    const int64_t C = 40, OC = 56, Ns[2] = {2, 37};
+    for (int t = 0; t < 2; t++) {
+        const int64_t N = Ns[t];
+        Rng r = rng_from_seed(20 + (uint64_t)t);
+        float *inp = random_floats(&r, N * C), *w = random_floats(&r, OC * C), *bias = random_floats(&r, OC);
+        float *dout = random_floats(&r, N * OC), *dinp = random_floats(&r, N * C);
+        float *dw = random_floats(&r, OC * C), *dbias = random_floats(&r, OC), *out = malloc((size_t)(N * OC) * sizeof(float));
+        float *dinp0 = malloc((size_t)(N * C) * sizeof(float)), *dw0 = malloc((size_t)(OC * C) * sizeof(float));
+        memcpy(dinp0, dinp, (size_t)(N * C) * sizeof(float));
+        memcpy(dw0, dw, (size_t)(OC * C) * sizeof(float));
+        o->matmul_forward(out, inp, w, bias, N, C, OC);
+        o->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+        double e_out = 0, e_dinp = 0, e_dw = 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < OC; j++) {
+                double s = bias[j], m = fabs(bias[j]);
+                for (int64_t c = 0; c < C; c++) {
+                    double p = (double)gemm_bf16_round(inp[n * C + c]) * gemm_bf16_round(w[j * C + c]);
+                    s += p, m += fabs(p);
+                }
+                e_out = fmax(e_out, fabs(out[n * OC + j] - s) / (m * C * 1.2e-7));
+            }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) {
+                double s = dinp0[n * C + c], m = fabs(s);
+                for (int64_t j = 0; j < OC; j++) {
+                    double p = (double)gemm_bf16_round(dout[n * OC + j]) * gemm_bf16_round(w[j * C + c]);
+                    s += p, m += fabs(p);
+                }
+                e_dinp = fmax(e_dinp, fabs(dinp[n * C + c] - s) / (m * OC * 1.2e-7));
+            }
+        for (int64_t j = 0; j < OC; j++)
+            for (int64_t c = 0; c < C; c++) {
+                double s = dw0[j * C + c], m = fabs(s);
+                for (int64_t n = 0; n < N; n++) {
+                    double p = (double)gemm_bf16_round(dout[n * OC + j]) * gemm_bf16_round(inp[n * C + c]);
+                    s += p, m += fabs(p);
+                }
+                e_dw = fmax(e_dw, fabs(dw[j * C + c] - s) / (m * (N + 1) * 1.2e-7));
+            }
+        cr_expect(e_out <= 1.0 && e_dinp <= 1.0 && e_dw <= 1.0,
+                  "N=%lld: errors %.3g %.3g %.3g of the tolerance", (long long)N, e_out, e_dinp, e_dw);
+        free(inp), free(w), free(bias), free(dout), free(dinp), free(dw), free(dbias), free(out);
+        free(dinp0), free(dw0);
+    }
+}
+
+/* The LM head in bf16 stays within 1e-2 of fp32 (forward and backward), on
+ * more rows than one chunk holds, and differs from it (the bf16 path ran). */
+Test(ops_bf16, lm_head_follows_fp32) {
+    need_bf16();
+    const ModelOps *f = ops_cpu(), *o = ops_cpu_bf16();
+    const int64_t N = 1100, C = 24, V = 4096; /* 4096 columns: 1024 rows per chunk */
+    Rng r = rng_from_seed(30);
+    float *h = random_floats(&r, N * C), *w = random_floats(&r, V * C);
+    for (int64_t i = 0; i < V * C; i++) w[i] *= 0.2f; /* logits of order 1, as in a trained model */
+    float *dlogp = random_floats(&r, N), *dent = random_floats(&r, N), *mask = malloc((size_t)N * sizeof(float));
+    int32_t *targets = malloc((size_t)N * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) {
+        targets[n] = (int32_t)rng_below(&r, (uint64_t)V);
+        mask[n] = n % 7 == 3 ? 0.0f : 1.0f;
+    }
+    float *out[2][5]; /* logp, entropy, lse, dh, dw per table */
+    const ModelOps *tables[2] = {f, o};
+    for (int t = 0; t < 2; t++) {
+        out[t][0] = calloc((size_t)N, sizeof(float));
+        out[t][1] = calloc((size_t)N, sizeof(float));
+        out[t][2] = calloc((size_t)N, sizeof(float));
+        out[t][3] = calloc((size_t)(N * C), sizeof(float));
+        out[t][4] = calloc((size_t)(V * C), sizeof(float));
+        tables[t]->lm_head_forward(out[t][0], out[t][1], out[t][2], h, w, targets, mask, N, C, V);
+        tables[t]->lm_head_backward(out[t][3], out[t][4], dlogp, dent, h, w, targets, out[t][2],
+                                    mask, N, C, V);
+    }
+    const char *names[5] = {"logp", "entropy", "lse", "dh", "dw"};
+    const int64_t sizes[5] = {N, N, N, N * C, V * C};
+    for (int i = 0; i < 5; i++) {
+        double e = max_rel_diff(out[1][i], out[0][i], sizes[i]);
+        cr_log_info("lm head %s: bf16 vs fp32 max rel diff %.3g", names[i], e);
+        cr_expect(e < 1e-2, "%s: bf16 differs from fp32 by %.3g (relative)", names[i], e);
+        cr_expect(e > 1e-6, "%s: bf16 equals fp32 (%.3g): was bf16 used?", names[i], e);
+    }
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 5; i++) free(out[t][i]);
+    free(h), free(w), free(dlogp), free(dent), free(mask), free(targets);
+}
+
+/* ----------------------------------------------------- bf16 models ---- */
+
+static ModelConfig tiny_config(ModelArch arch) {
+    ModelConfig c = model_config_default();
+    c.arch = arch;
+    c.vocab_size = 29;
+    c.d_model = 32;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_kv_head = arch == MODEL_ARCH_GPT2 ? 4 : 2;
+    c.d_ff = 64;
+    c.max_seq_len = 16;
+    c.scalar_head = true;
+    c.init_std = 0.1f;
+    return c;
+}
+
+/* Per-token logp, entropy, value and every gradient tensor of a bf16 model
+ * against the same weights in fp32: within 3e-2 per tensor (relative to the
+ * tensor's largest value; bf16 keeps 8 significant bits). */
+static void check_model_follows_fp32(ModelArch arch) {
+    ModelConfig c = tiny_config(arch);
+    Model *m[2] = {NULL, NULL};
+    PonderError err = {0};
+    cr_assert_eq(model_create_on(&m[0], &c, ops_cpu(), &err), 0, "%s", err.msg);
+    cr_assert_eq(model_create_on(&m[1], &c, ops_cpu_bf16(), &err), 0, "%s", err.msg);
+    model_init_weights(m[0], 4);
+    model_init_weights(m[1], 4);
+    enum { B = 3, T = 12, N = B * T };
+    int32_t tokens[N], targets[N];
+    float mask[N], dl[N], de[N], dv[N], out[2][3][N];
+    Rng r = rng_from_seed(40);
+    for (int i = 0; i < N; i++) {
+        tokens[i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+        mask[i] = i % T < T - i / T ? 1.0f : 0.0f; /* right padding */
+        dl[i] = (float)rng_normal(&r), de[i] = 0.3f * (float)rng_normal(&r), dv[i] = (float)rng_normal(&r);
+    }
+    for (int t = 0; t < 2; t++) {
+        ModelBatch b = {B, T, tokens, targets, mask, NULL, 0.0f};
+        cr_assert_eq(model_forward(m[t], &b, out[t][0], out[t][1], out[t][2], &err), 0, "%s", err.msg);
+        model_zero_grad(m[t]);
+        cr_assert_eq(model_backward(m[t], dl, de, dv, &err), 0, "%s", err.msg);
+    }
+    const char *names[3] = {"logp", "entropy", "value"};
+    for (int i = 0; i < 3; i++) {
+        float a[N], b[N];
+        int n = 0;
+        for (int k = 0; k < N; k++)
+            if (mask[k] != 0.0f) a[n] = out[1][i][k], b[n++] = out[0][i][k];
+        double e = max_rel_diff(a, b, n);
+        cr_expect(e < 3e-2, "%s: bf16 vs fp32 %.3g", names[i], e);
+    }
+    size_t count;
+    const ModelTensor *ts = model_tensors(m[0], &count);
+    double worst = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        double e = max_rel_diff(model_grads(m[1]) + ts[i].offset, model_grads(m[0]) + ts[i].offset,
+                                (int64_t)ts[i].numel);
+        worst = fmax(worst, e);
+        cr_expect(e < 3e-2, "gradient of %s: bf16 vs fp32 %.3g", ts[i].name, e);
+    }
+    cr_log_info("%s: worst gradient tensor, bf16 vs fp32: %.3g", arch == MODEL_ARCH_GPT2 ? "gpt2" : "llama", worst);
+    cr_expect(worst > 1e-6, "bf16 gradients equal fp32's: was bf16 used?");
+    model_free(m[0]);
+    model_free(m[1]);
+}
+
+Test(model_bf16, llama_follows_fp32) {
+    need_bf16();
+    check_model_follows_fp32(MODEL_ARCH_LLAMA);
+}
+
+Test(model_bf16, gpt2_follows_fp32) {
+    need_bf16();
+    check_model_follows_fp32(MODEL_ARCH_GPT2);
+}
+
+/* fp32 master weights with bf16 products still fit one batch (as the fp32
+ * overfit test in test_model.c does). */
+Test(model_bf16, overfits_one_batch) {
+    need_bf16();
+    ModelConfig c = tiny_config(MODEL_ARCH_LLAMA);
+    c.scalar_head = false;
+    c.init_std = 0.05f;
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create_on(&m, &c, ops_cpu_bf16(), &err), 0, "%s", err.msg);
+    model_init_weights(m, 1);
+    enum { B = 4, T = 12, N = B * T };
+    int32_t tokens[N], targets[N];
+    float mask[N], lp[N], dl[N];
+    Rng r = rng_from_seed(2);
+    for (int i = 0; i < N; i++) {
+        tokens[i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+        mask[i] = 1.0f;
+        dl[i] = -1.0f / N;
+    }
+    OptimSettings s = optim_settings_default();
+    s.lr = 1e-2f;
+    s.schedule = LR_CONSTANT;
+    s.weight_decay = 0.0f;
+    Optimizer opt;
+    cr_assert_eq(optim_create(&opt, m, &s, &err), 0, "%s", err.msg);
+    double loss = 0.0;
+    for (int it = 0; it < 300; it++) {
+        ModelBatch b = {B, T, tokens, targets, mask, NULL, 0.0f};
+        cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+        loss = 0.0;
+        for (int i = 0; i < N; i++) loss -= lp[i] / N;
+        model_zero_grad(m);
+        cr_assert_eq(model_backward(m, dl, NULL, NULL, &err), 0, "%s", err.msg);
+        cr_assert_eq(optim_step(&opt, m, NULL, &err), 0, "%s", err.msg);
+    }
+    cr_log_info("bf16 overfit loss after 300 steps: %.4f", loss);
+    cr_expect(loss < 0.05, "loss %.4f is not below 0.05", loss);
+    optim_free(&opt);
+    model_free(m);
+}
