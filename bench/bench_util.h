@@ -13,6 +13,7 @@
 
 #include "model/cpu/blas.h" /* blas_sgemm */
 #include "model/model.h"    /* ModelConfig */
+#include "model/ops.h"      /* ops_cpu_bf16 */
 
 /* The benchmark shapes: "gpt2" (GPT-2 124M), "llama768" (GPT-2's width and
  * depth with llama blocks and a 32000 vocabulary), anything else the tiny
@@ -31,6 +32,24 @@ static inline ModelConfig bench_shape_config(const char *shape) {
         c.d_ff = 352, c.max_seq_len = 512;
     }
     return c;
+}
+
+/* The CPU benchmarks' backend: PONDER_BENCH_PRECISION=bf16 in the
+ * environment picks the cpu-bf16 table (model.precision: bf16), anything
+ * else fp32. The name goes into each benchmark's JSON line. */
+static inline const char *bench_precision(void) {
+    const char *p = getenv("PONDER_BENCH_PRECISION");
+    return p && strcmp(p, "bf16") == 0 ? "bf16" : "fp32";
+}
+
+static inline int bench_model_create(Model **m, const ModelConfig *cfg, PonderError *err) {
+    if (strcmp(bench_precision(), "bf16") != 0) return model_create(m, cfg, err);
+    const ModelOps *ops = ops_cpu_bf16();
+    if (!ops) {
+        fprintf(stderr, "PONDER_BENCH_PRECISION=bf16: this CPU has no AVX512-BF16\n");
+        return 1;
+    }
+    return model_create_on(m, cfg, ops, err);
 }
 
 static inline double bench_now(void) {

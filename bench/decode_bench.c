@@ -3,7 +3,8 @@
  * whole sequence for every new token (what generation costs without a cache).
  *
  *   decode_bench [tiny|gpt2|llama768] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive]
- * prints one JSON line; with `naive` it also times the no-cache generator. */
+ * prints one JSON line; with `naive` it also times the no-cache generator.
+ * PONDER_BENCH_PRECISION=bf16 decodes with bf16 products. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
 #include <stdlib.h> /* atoi, malloc */
@@ -80,7 +81,7 @@ int main(int argc, char **argv) {
     blas_set_threads(threads);
     ModelConfig cfg = bench_shape_config(shape);
     Model *m = NULL;
-    if (model_create(&m, &cfg, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    if (bench_model_create(&m, &cfg, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     model_init_weights(m, 1);
     int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
     Rng r = rng_from_seed(2);
@@ -91,9 +92,9 @@ int main(int argc, char **argv) {
     if (naive_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
     double weight_gb = (double)model_num_params(m) * 4.0 / 1e9;
     printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"prompt\":%lld,\"new_tokens\":%lld,"
-           "\"threads\":%d,\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
+           "\"threads\":%d,\"precision\":\"%s\",\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
            "\"weights_gb\":%.3f,\"kv_weight_read_gb_per_s\":%.2f}\n",
-           shape, (long long)B, (long long)P, (long long)NEW, threads,
+           shape, (long long)B, (long long)P, (long long)NEW, threads, bench_precision(),
            (double)(B * NEW) / kv_s, naive ? (double)(B * NEW) / naive_s : 0.0, weight_gb,
            weight_gb * (double)NEW / kv_s);
     free(prompt);

@@ -7,7 +7,8 @@
  * (124M: vocab 50257, d_model 768, 12 layers, 12 heads, tied).
  *
  *   train_bench [tiny|gpt2] B T [steps] [threads]
- * prints one JSON line. */
+ * prints one JSON line. PONDER_BENCH_PRECISION=bf16 trains with bf16
+ * products (the ceiling printed stays fp32 sgemm's). */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
 #include <stdlib.h> /* atoi */
@@ -47,7 +48,7 @@ int main(int argc, char **argv) {
     blas_set_threads(threads);
     ModelConfig cfg = bench_shape_config(shape);
     Model *m = NULL;
-    if (model_create(&m, &cfg, &err)) {
+    if (bench_model_create(&m, &cfg, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
@@ -84,9 +85,9 @@ int main(int argc, char **argv) {
     printf("{\"bench\":\"train\",\"shape\":\"%s\",\"B\":%lld,\"T\":%lld,\"threads\":%d,"
            "\"params\":%zu,\"step_s_median\":%.4f,\"step_s_min\":%.4f,\"step_s_max\":%.4f,"
            "\"tokens_per_s\":%.1f,\"gflops\":%.1f,\"sgemm_ceiling_gflops\":%.1f,"
-           "\"ceiling_share\":%.3f,\"blas\":\"%s\",\"blas_core\":\"%s\"}\n",
+           "\"ceiling_share\":%.3f,\"precision\":\"%s\",\"blas\":\"%s\",\"blas_core\":\"%s\"}\n",
            shape, (long long)B, (long long)T, threads, model_num_params(m), st.median, st.min,
-           st.max, tps, tps * fpt / 1e9, ceiling, tps * fpt / 1e9 / ceiling, bi->library,
+           st.max, tps, tps * fpt / 1e9, ceiling, tps * fpt / 1e9 / ceiling, bench_precision(), bi->library,
            bi->core);
     free(times), free(tok), free(tgt), free(mask), free(lp), free(dl);
     optim_free(&opt);

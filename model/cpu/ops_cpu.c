@@ -9,6 +9,7 @@
 
 #include <math.h>   /* sqrtf, tanhf, logf, expf */
 #include <omp.h>    /* omp_get_thread_num */
+#include <pthread.h> /* pthread_key_create (bf16 scratch) */
 #include <stdio.h>  /* fprintf (out of memory for bf16 operands) */
 #include <stdlib.h> /* calloc, free, malloc */
 #include <string.h> /* memset, memcpy */
@@ -213,8 +214,29 @@ static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const floa
 /* ----------------------------------------------- bf16 products ---- */
 /* The cpu-bf16 table (ops_cpu_bf16): the linear layers' and the LM head's
  * products take bf16 operands (gemm_bf16.h), everything else is the fp32
- * table's. The packed operands are allocated per call, as the fp32 path's
- * scratch is. */
+ * table's. */
+
+/* Packed operands, kept between calls by each calling thread: packing into
+ * fresh memory on every call spent ~5% of a GPT-2 step in page faults (the
+ * LM head's weight alone is 77 MB packed). Grow-only; freed when the thread
+ * exits (pthread key destructor) or at process exit. */
+typedef struct Bf16Scratch {
+    GemmBf16 g;                 /* the current product's A and B */
+    GemmBf16Operand lm_w_t, lm_w; /* the LM head weight, both layouts */
+} Bf16Scratch;
+
+static pthread_key_t bf16_scratch_key;
+static pthread_once_t bf16_scratch_once = PTHREAD_ONCE_INIT;
+
+static void bf16_scratch_free(void *p) {
+    Bf16Scratch *s = p;
+    gemm_bf16_free(&s->g);
+    gemm_bf16_operand_free(&s->lm_w_t);
+    gemm_bf16_operand_free(&s->lm_w);
+    free(s);
+}
+
+static void bf16_scratch_key_create(void) { pthread_key_create(&bf16_scratch_key, bf16_scratch_free); }
 
 /* The ops return nothing, as sgemm does; running out of memory for a packed
  * copy ends the process with the size, like a failed BLAS load. */
@@ -222,6 +244,15 @@ static void bf16_out_of_memory(const char *what, int64_t elements) {
     fprintf(stderr, "ponder: out of memory packing %s (%lld values) into bf16\n", what,
             (long long)elements);
     abort();
+}
+
+static Bf16Scratch *bf16_scratch(void) {
+    pthread_once(&bf16_scratch_once, bf16_scratch_key_create);
+    Bf16Scratch *s = pthread_getspecific(bf16_scratch_key);
+    if (s) return s;
+    s = calloc(1, sizeof *s);
+    if (!s || pthread_setspecific(bf16_scratch_key, s)) bf16_out_of_memory("the scratch table", 1);
+    return s;
 }
 
 static void bf16_product(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
@@ -241,19 +272,16 @@ static void bf16_matmul_forward(float *out, const float *inp, const float *w, co
         for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    GemmBf16 g = {0};
-    bf16_product(&g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
-    gemm_bf16_free(&g);
+    bf16_product(&bf16_scratch()->g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
 }
 
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                  const float *inp, const float *w, int64_t N, int64_t C,
                                  int64_t OC) {
-    GemmBf16 g = {0};
-    if (dinp) bf16_product(&g, 0, 0, N, C, OC, dout, OC, w, C, 1.0f, dinp, C);
-    if (dw) bf16_product(&g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    GemmBf16 *g = &bf16_scratch()->g;
+    if (dinp) bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, 1.0f, dinp, C);
+    if (dw) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) accumulate_column_sums(dbias, dout, N, OC);
-    gemm_bf16_free(&g);
 }
 
 /* --------------------------------------------------------- embeddings ---- */
@@ -815,22 +843,16 @@ PONDER_HOT static float max_of(const float *z, int64_t V) {
  * bf16 the weight is packed once per op call, in both layouts the head uses
  * (w^T for the logits, w for d(h)), instead of once per chunk. */
 typedef struct LmProducts {
-    GemmBf16 *bf16; /* NULL: fp32 */
-    GemmBf16Operand w_t, w;
+    Bf16Scratch *bf16; /* NULL: fp32 */
 } LmProducts;
 
-static void lm_products_init(LmProducts *p, GemmBf16 *bf16, const float *w, int64_t C, int64_t V,
-                             int backward) {
-    *p = (LmProducts){.bf16 = bf16};
-    if (!bf16) return;
-    if (gemm_bf16_pack_b(&p->w_t, 1, C, V, w, C) ||
-        (backward && gemm_bf16_pack_b(&p->w, 0, V, C, w, C)))
+static LmProducts lm_products(int bf16, const float *w, int64_t C, int64_t V, int backward) {
+    LmProducts p = {bf16 ? bf16_scratch() : NULL};
+    if (!p.bf16) return p;
+    if (gemm_bf16_pack_b(&p.bf16->lm_w_t, 1, C, V, w, C) ||
+        (backward && gemm_bf16_pack_b(&p.bf16->lm_w, 0, V, C, w, C)))
         bf16_out_of_memory("the LM head weight", V * C);
-}
-
-static void lm_products_free(LmProducts *p) {
-    gemm_bf16_operand_free(&p->w_t);
-    gemm_bf16_operand_free(&p->w);
+    return p;
 }
 
 /* z[rows,V] = logits of the gathered rows idx[0..rows) of h; hc is scratch [rows,C]. */
@@ -841,8 +863,9 @@ static void chunk_logits(LmProducts *lp, float *z, float *hc, const float *h, co
         blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
         return;
     }
-    if (gemm_bf16_pack_a(&lp->bf16->a, 0, rows, C, hc, C)) bf16_out_of_memory("LM head rows", rows * C);
-    gemm_bf16_packed(&lp->bf16->a, &lp->w_t, 1.0f, 0.0f, z, V);
+    GemmBf16 *g = &lp->bf16->g;
+    if (gemm_bf16_pack_a(&g->a, 0, rows, C, hc, C)) bf16_out_of_memory("LM head rows", rows * C);
+    gemm_bf16_packed(&g->a, &lp->bf16->lm_w_t, 1.0f, 0.0f, z, V);
 }
 
 /* dhc[rows,C] = dz w; dw[V,C] += dz^T hc. */
@@ -854,9 +877,9 @@ static void chunk_backward_products(LmProducts *lp, float *dhc, float *dw, const
         blas_sgemm(1, 0, V, C, rows, 1.0f, z, V, hc, C, 1.0f, dw, C);
         return;
     }
-    GemmBf16 *g = lp->bf16;
+    GemmBf16 *g = &lp->bf16->g;
     if (gemm_bf16_pack_a(&g->a, 0, rows, V, z, V)) bf16_out_of_memory("LM head d(logits)", rows * V);
-    gemm_bf16_packed(&g->a, &lp->w, 1.0f, 0.0f, dhc, C);
+    gemm_bf16_packed(&g->a, &lp->bf16->lm_w, 1.0f, 0.0f, dhc, C);
     bf16_product(g, 1, 0, V, C, rows, z, V, hc, C, 1.0f, dw, C);
 }
 
@@ -884,7 +907,7 @@ PONDER_HOT static void lse_and_entropy(const float *z, int64_t V, float *lse_out
     *entropy_out = log_sum - sum_pz / sum; /* H = lse - E[z] in shifted units */
 }
 
-static void lm_head_forward(GemmBf16 *bf16, float *logp, float *entropy, float *lse,
+static void lm_head_forward(int bf16, float *logp, float *entropy, float *lse,
                             const float *h, const float *w, const int32_t *targets,
                             const float *mask, int64_t N, int64_t C, int64_t V) {
     memset(logp, 0, (size_t)N * sizeof(float));
@@ -895,8 +918,7 @@ static void lm_head_forward(GemmBf16 *bf16, float *logp, float *entropy, float *
     float *hc = malloc((size_t)(R * C) * sizeof(float));
     float *z = malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
-    LmProducts lp;
-    lm_products_init(&lp, A ? bf16 : NULL, w, C, V, 0);
+    LmProducts lp = lm_products(A && bf16, w, C, V, 0);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
         chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
@@ -910,7 +932,6 @@ static void lm_head_forward(GemmBf16 *bf16, float *logp, float *entropy, float *
             if (entropy) entropy[n] = H;
         }
     }
-    lm_products_free(&lp);
     free(z);
     free(hc);
     free(idx);
@@ -939,7 +960,7 @@ PONDER_HOT static void dlogits_row(float *z, int64_t V, float lse, float dlogp, 
     z[target] += dlogp;
 }
 
-static void lm_head_backward(GemmBf16 *bf16, float *dh, float *dw, const float *dlogp,
+static void lm_head_backward(int bf16, float *dh, float *dw, const float *dlogp,
                              const float *dentropy, const float *h, const float *w,
                              const int32_t *targets, const float *lse, const float *mask,
                              int64_t N, int64_t C, int64_t V) {
@@ -949,8 +970,7 @@ static void lm_head_backward(GemmBf16 *bf16, float *dh, float *dw, const float *
     float *dhc = malloc((size_t)(R * C) * sizeof(float));
     float *z = malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
-    LmProducts lp;
-    lm_products_init(&lp, A ? bf16 : NULL, w, C, V, 1);
+    LmProducts lp = lm_products(A && bf16, w, C, V, 1);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
         chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
@@ -966,7 +986,6 @@ static void lm_head_backward(GemmBf16 *bf16, float *dh, float *dw, const float *
             for (int64_t c = 0; c < C; c++) d[c] += dhc[r * C + c];
         }
     }
-    lm_products_free(&lp);
     free(z);
     free(dhc);
     free(hc);
@@ -976,31 +995,27 @@ static void lm_head_backward(GemmBf16 *bf16, float *dh, float *dw, const float *
 static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                 const float *w, const int32_t *targets, const float *mask,
                                 int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
+    lm_head_forward(0, logp, entropy, lse, h, w, targets, mask, N, C, V);
 }
 
 static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
                                  const float *h, const float *w, const int32_t *targets,
                                  const float *lse, const float *mask, int64_t N, int64_t C,
                                  int64_t V) {
-    lm_head_backward(NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+    lm_head_backward(0, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
 }
 
 static void bf16_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                  const float *w, const int32_t *targets, const float *mask,
                                  int64_t N, int64_t C, int64_t V) {
-    GemmBf16 g = {0};
-    lm_head_forward(&g, logp, entropy, lse, h, w, targets, mask, N, C, V);
-    gemm_bf16_free(&g);
+    lm_head_forward(1, logp, entropy, lse, h, w, targets, mask, N, C, V);
 }
 
 static void bf16_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
                                   const float *h, const float *w, const int32_t *targets,
                                   const float *lse, const float *mask, int64_t N, int64_t C,
                                   int64_t V) {
-    GemmBf16 g = {0};
-    lm_head_backward(&g, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
-    gemm_bf16_free(&g);
+    lm_head_backward(1, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
 }
 
 /* ---------------------------------------------------------- optimizer ---- */
