@@ -14,6 +14,7 @@
 #include "model/cpu/blas.h" /* blas_sgemm */
 #include "model/model.h"    /* ModelConfig */
 #include "model/ops.h"      /* ops_cpu_bf16 */
+#include "model/cpu/gemm_bf16.h" /* gemm_bf16 (the bf16 ceiling) */
 
 /* The benchmark shapes: "gpt2" (GPT-2 124M), "llama768" (GPT-2's width and
  * depth with llama blocks and a 32000 vocabulary), anything else the tiny
@@ -148,6 +149,30 @@ static inline BenchStats bench_sgemm_gflops_ex(int trans_a, int trans_b, int64_t
  * 2048, 2048, 5) is the "large square" reference of bench/sgemm_ceiling. */
 static inline double bench_sgemm_ceiling_gflops(int64_t M, int64_t N, int64_t K, int reps) {
     return bench_sgemm_gflops_ex(0, 0, M, N, K, 0, reps < 1 ? 1 : reps, 0.05, NULL).median;
+}
+
+/* The bf16 GEMM ceiling of this run (0 when the CPU has no AVX512-BF16):
+ * median GFLOP/s of a square M x N x K product through gemm_bf16, packing
+ * of both fp32 operands included, as OpenBLAS's own packing is in the sgemm
+ * ceiling. */
+static inline double bench_bf16_ceiling_gflops(int64_t M, int64_t N, int64_t K, int reps) {
+    if (!gemm_bf16_supported()) return 0.0;
+    float *A = bench_alloc_floats(M * K), *B = bench_alloc_floats(K * N);
+    float *C = bench_alloc_floats(M * N);
+    bench_fill_uniform(A, M * K, 1);
+    bench_fill_uniform(B, K * N, 2);
+    GemmBf16 g = {0};
+    if (gemm_bf16(&g, 0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N)) abort(); /* warm-up */
+    double *v = malloc((size_t)(reps < 1 ? 1 : reps) * sizeof *v);
+    for (int r = 0; r < reps; r++) {
+        double t0 = bench_now();
+        gemm_bf16(&g, 0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+        v[r] = 2.0 * (double)M * (double)N * (double)K / (bench_now() - t0) / 1e9;
+    }
+    double med = bench_stats(v, reps < 1 ? 1 : reps).median;
+    gemm_bf16_free(&g);
+    free(v), free(A), free(B), free(C);
+    return med;
 }
 
 #endif

@@ -86,7 +86,9 @@ int main(int argc, char **argv) {
     int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
     Rng r = rng_from_seed(2);
     for (int64_t i = 0; i < P; i++) prompt[i] = (int32_t)rng_below(&r, (uint64_t)cfg.vocab_size);
+    model_weights_frozen(m, 1); /* as rollout_generate does */
     double kv_s = kv_decode_seconds(m, B, P, NEW, prompt, &err);
+    model_weights_frozen(m, 0);
     if (kv_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
     double naive_s = naive ? naive_decode_seconds(m, B, P, NEW, prompt, &err) : 0.0;
     if (naive_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;

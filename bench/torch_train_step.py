@@ -12,6 +12,7 @@ the median of timed steps; prints one JSON line per sequence length.
 
   python bench/torch_train_step.py --threads 2 --model gpt2 --B 4 --T 64,256
   python bench/torch_train_step.py --threads 2 --model tiny-llama --B 16 --T 64
+  python bench/torch_train_step.py --threads 2 --model gpt2 --T 64 --bf16
 """
 import argparse
 import json
@@ -154,8 +155,11 @@ def run(args, T):
     y = torch.randint(0, V, (args.B, T), generator=g)
 
     def step():
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, V), y.view(-1))
+        # --bf16: autocast's mixed precision (bf16 matmuls, fp32 master
+        # weights), PyTorch's counterpart of ponder's model.precision: bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, V).float(), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,6 +176,7 @@ def run(args, T):
     nparams = sum(p.numel() for p in model.parameters())
     return {
         "bench": "torch_train_step", "model": args.model, "attn": args.attn,
+        "precision": "bf16-autocast" if args.bf16 else "fp32",
         "params": nparams, "B": args.B, "T": T, "threads": torch.get_num_threads(),
         "warmup": args.warmup, "steps": args.steps,
         "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
@@ -194,6 +199,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--attn", choices=["sdpa", "manual"], default="sdpa")
+    ap.add_argument("--bf16", action="store_true", help="autocast to bf16 (fp32 master weights)")
     args = ap.parse_args()
     if args.B is None:
         args.B = 4 if args.model == "gpt2" else 16

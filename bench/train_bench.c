@@ -8,7 +8,8 @@
  *
  *   train_bench [tiny|gpt2] B T [steps] [threads]
  * prints one JSON line. PONDER_BENCH_PRECISION=bf16 trains with bf16
- * products (the ceiling printed stays fp32 sgemm's). */
+ * products and also measures the bf16 GEMM ceiling (gemm_bf16, packing
+ * included) and the step's share of it. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
 #include <stdlib.h> /* atoi */
@@ -79,15 +80,19 @@ int main(int argc, char **argv) {
     }
     BenchStats st = bench_stats(times, steps);
     double ceiling = bench_sgemm_ceiling_gflops(1024, 1024, 1024, 5);
+    double bf16_ceiling = strcmp(bench_precision(), "bf16") == 0
+                              ? bench_bf16_ceiling_gflops(1024, 1024, 1024, 9) : 0.0;
     double fpt = flops_per_token(m, T);
     double tps = (double)N / st.median;
     const BlasInfo *bi = blas_info();
     printf("{\"bench\":\"train\",\"shape\":\"%s\",\"B\":%lld,\"T\":%lld,\"threads\":%d,"
            "\"params\":%zu,\"step_s_median\":%.4f,\"step_s_min\":%.4f,\"step_s_max\":%.4f,"
            "\"tokens_per_s\":%.1f,\"gflops\":%.1f,\"sgemm_ceiling_gflops\":%.1f,"
-           "\"ceiling_share\":%.3f,\"precision\":\"%s\",\"blas\":\"%s\",\"blas_core\":\"%s\"}\n",
+           "\"ceiling_share\":%.3f,\"precision\":\"%s\",\"bf16_ceiling_gflops\":%.1f,"
+           "\"bf16_ceiling_share\":%.3f,\"blas\":\"%s\",\"blas_core\":\"%s\"}\n",
            shape, (long long)B, (long long)T, threads, model_num_params(m), st.median, st.min,
-           st.max, tps, tps * fpt / 1e9, ceiling, tps * fpt / 1e9 / ceiling, bench_precision(), bi->library,
+           st.max, tps, tps * fpt / 1e9, ceiling, tps * fpt / 1e9 / ceiling, bench_precision(), bf16_ceiling,
+           bf16_ceiling > 0 ? tps * fpt / 1e9 / bf16_ceiling : 0.0, bi->library,
            bi->core);
     free(times), free(tok), free(tgt), free(mask), free(lp), free(dl);
     optim_free(&opt);

@@ -400,6 +400,10 @@ void model_init_weights(Model *m, uint64_t seed) {
 
 void model_zero_grad(Model *m) { m->ops->zero(m->grads, m->num_params * sizeof(float)); }
 
+void model_weights_frozen(Model *m, int on) {
+    if (m->ops->weights_frozen) m->ops->weights_frozen(on);
+}
+
 #ifndef PONDER_HAVE_CUDA
 /* This build has no CUDA backend (model/cuda is compiled only when CMake finds
  * nvcc and cuBLAS); the declarations in model/ops.h still resolve. */

@@ -115,6 +115,12 @@ const ModelTensor *model_find_tensor(const Model *m, const char *name);
 void model_init_weights(Model *m, uint64_t seed);
 void model_zero_grad(Model *m);
 
+/* Brackets code that only reads the weights (generation): between
+ * model_weights_frozen(m, 1) and (m, 0), on the same thread, nothing may
+ * write the parameters, and the backend may reuse converted copies of them
+ * (ModelOps.weights_frozen). Does nothing on backends without it. */
+void model_weights_frozen(Model *m, int on);
+
 /* Forward over a batch. logp and entropy are [B,T] (entropy may be NULL when not
  * needed); values is [B,T] and required iff the config has a scalar head.
  * Activations needed by model_backward are kept until the next forward. */

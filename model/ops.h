@@ -217,6 +217,14 @@ typedef struct ModelOps {
                              const float *lse, const float *mask, int64_t N, int64_t C,
                              int64_t V);
 
+    /* ---- frozen weights (optional) ---- */
+    /* on = 1: until the matching call with 0 on the same thread, the caller
+     * promises that the weights it passes to matmul_forward do not change
+     * (generation), so the backend may reuse converted copies of them, keyed
+     * by address and shape. The cpu-bf16 table keeps each weight packed in
+     * bf16 instead of packing it on every decode step. */
+    void (*weights_frozen)(int on);
+
     /* ---- replayable steps (optional; NULL on the CPU table) ---- */
     /* graph_capture records the ops that body(ctx) issues, without running
      * them, as one step that graph_launch replays in order with other ops;

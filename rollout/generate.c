@@ -241,10 +241,12 @@ int rollout_generate_stats(Model *m, const GenPrompt *prompts, int64_t P, const 
     Engine e;
     rc = engine_init(&e, m, prompts, total, gc, out, err);
     int64_t next = 0;
+    model_weights_frozen(m, 1);
     while (rc == PONDER_OK && (next < total || any_running(&e))) {
         rc = fill_slots(&e, &next, total, err);
         if (rc == PONDER_OK) rc = decode_step(&e, err);
     }
+    model_weights_frozen(m, 0);
     if (stats) *stats = e.stats;
     engine_free(&e);
     if (rc) gen_samples_free(out, total);

@@ -427,3 +427,53 @@ Test(model_bf16, overfits_one_batch) {
     optim_free(&opt);
     model_free(m);
 }
+
+/* ------------------------------------------------- frozen weights ---- */
+
+/* Prefill + two decode steps; logits of every call appended to out. */
+static void decode_logits(Model *m, float *out) {
+    PonderError err = {0};
+    const int64_t V = model_config(m)->vocab_size;
+    ModelKVCache *kv = NULL;
+    cr_assert_eq(model_kv_create(&kv, m, 2, 12, &err), 0, "%s", err.msg);
+    const int32_t prompt[5] = {3, 1, 4, 1, 5};
+    for (int64_t s = 0; s < 2; s++)
+        cr_assert_eq(model_prefill(m, kv, s, prompt, 5 - s, out + s * 5 * V, &err), 0, "%s", err.msg);
+    float *o = out + 10 * V;
+    const int64_t slots[2] = {0, 1};
+    const int32_t step[2][2] = {{2, 7}, {8, 9}};
+    for (int t = 0; t < 2; t++, o += 2 * V)
+        cr_assert_eq(model_decode(m, kv, slots, step[t], 2, o, &err), 0, "%s", err.msg);
+    model_kv_free(kv);
+}
+
+/* Inside a frozen window the kept bf16 weights give the same logits, bit for
+ * bit, as packing on every call; a new window after the weights changed
+ * packs them again (a stale copy would give the old logits). */
+Test(model_bf16, frozen_weights_are_repacked_in_each_window) {
+    need_bf16();
+    ModelConfig c = tiny_config(MODEL_ARCH_LLAMA);
+    c.scalar_head = false;
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create_on(&m, &c, ops_cpu_bf16(), &err), 0, "%s", err.msg);
+    model_init_weights(m, 6);
+    const int64_t n = 14 * c.vocab_size;
+    float *plain = calloc((size_t)n, sizeof(float)), *frozen = calloc((size_t)n, sizeof(float));
+    decode_logits(m, plain);
+    model_weights_frozen(m, 1);
+    decode_logits(m, frozen);
+    model_weights_frozen(m, 0);
+    cr_expect_eq(memcmp(plain, frozen, (size_t)n * sizeof(float)), 0, "frozen logits differ");
+
+    float *p = model_params(m);
+    for (size_t i = 0; i < model_num_params(m); i++) p[i] *= 0.5f; /* new weights */
+    decode_logits(m, plain);
+    model_weights_frozen(m, 1);
+    decode_logits(m, frozen);
+    model_weights_frozen(m, 0);
+    cr_expect_eq(memcmp(plain, frozen, (size_t)n * sizeof(float)), 0,
+                 "a new window used the previous weights");
+    free(plain), free(frozen);
+    model_free(m);
+}

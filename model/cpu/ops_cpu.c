@@ -220,9 +220,23 @@ static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const floa
  * fresh memory on every call spent ~5% of a GPT-2 step in page faults (the
  * LM head's weight alone is 77 MB packed). Grow-only; freed when the thread
  * exits (pthread key destructor) or at process exit. */
+/* A weight packed as the B operand of x w^T, kept while weights are frozen
+ * (ModelOps.weights_frozen); `fresh` says it was packed in the current
+ * frozen window. Buffers stay allocated into the next window so that
+ * repacking the same model's weights does not fault pages in again. */
+typedef struct PackedWeight {
+    const float *w;
+    int64_t out, in;
+    int fresh;
+    GemmBf16Operand op;
+} PackedWeight;
+
 typedef struct Bf16Scratch {
     GemmBf16 g;                 /* the current product's A and B */
     GemmBf16Operand lm_w_t, lm_w; /* the LM head weight, both layouts */
+    int frozen;                   /* inside weights_frozen(1) .. (0) */
+    PackedWeight *weights;
+    int64_t n_weights, cap_weights;
 } Bf16Scratch;
 
 static pthread_key_t bf16_scratch_key;
@@ -233,6 +247,8 @@ static void bf16_scratch_free(void *p) {
     gemm_bf16_free(&s->g);
     gemm_bf16_operand_free(&s->lm_w_t);
     gemm_bf16_operand_free(&s->lm_w);
+    for (int64_t i = 0; i < s->n_weights; i++) gemm_bf16_operand_free(&s->weights[i].op);
+    free(s->weights);
     free(s);
 }
 
@@ -262,6 +278,48 @@ static void bf16_product(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64
         bf16_out_of_memory("a matmul operand", M * K + K * N);
 }
 
+/* Opening a window marks every kept weight stale; closing one drops the
+ * weights that window did not use, so the table holds at most one window's
+ * weights (those of models since freed included only until then). */
+static void bf16_weights_frozen(int on) {
+    Bf16Scratch *s = bf16_scratch();
+    s->frozen = on;
+    if (on) {
+        for (int64_t i = 0; i < s->n_weights; i++) s->weights[i].fresh = 0;
+        return;
+    }
+    for (int64_t i = 0; i < s->n_weights;)
+        if (s->weights[i].fresh) {
+            i++;
+        } else {
+            gemm_bf16_operand_free(&s->weights[i].op);
+            s->weights[i] = s->weights[--s->n_weights];
+        }
+}
+
+/* w [out, in] packed as the B operand of x w^T, from this frozen window's
+ * copy when there is one. */
+static const GemmBf16Operand *frozen_weight(Bf16Scratch *s, const float *w, int64_t out, int64_t in) {
+    PackedWeight *pw = NULL;
+    for (int64_t i = 0; i < s->n_weights && !pw; i++)
+        if (s->weights[i].w == w && s->weights[i].out == out && s->weights[i].in == in) pw = &s->weights[i];
+    if (!pw) {
+        if (s->n_weights == s->cap_weights) {
+            int64_t cap = s->cap_weights ? 2 * s->cap_weights : 16;
+            PackedWeight *grown = realloc(s->weights, (size_t)cap * sizeof *grown);
+            if (!grown) bf16_out_of_memory("the frozen weight table", cap);
+            s->weights = grown, s->cap_weights = cap;
+        }
+        pw = &s->weights[s->n_weights++];
+        *pw = (PackedWeight){.w = w, .out = out, .in = in};
+    }
+    if (!pw->fresh) {
+        if (gemm_bf16_pack_b(&pw->op, 1, in, out, w, in)) bf16_out_of_memory("a frozen weight", out * in);
+        pw->fresh = 1;
+    }
+    return &pw->op;
+}
+
 /* No matrix-vector path: a few decoded rows also round to bf16, so sampling
  * sees the same products whatever the batch. */
 static void bf16_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
@@ -272,7 +330,14 @@ static void bf16_matmul_forward(float *out, const float *inp, const float *w, co
         for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    bf16_product(&bf16_scratch()->g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
+    Bf16Scratch *s = bf16_scratch();
+    if (!s->frozen) {
+        bf16_product(&s->g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
+        return;
+    }
+    const GemmBf16Operand *pw = frozen_weight(s, w, OC, C);
+    if (gemm_bf16_pack_a(&s->g.a, 0, N, C, inp, C)) bf16_out_of_memory("matmul rows", N * C);
+    gemm_bf16_packed(&s->g.a, pw, 1.0f, beta, out, OC);
 }
 
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
@@ -1103,6 +1168,7 @@ static const ModelOps CPU_BF16_OPS = {
     .matmul_backward = bf16_matmul_backward,
     .lm_head_forward = bf16_lm_head_forward,
     .lm_head_backward = bf16_lm_head_backward,
+    .weights_frozen = bf16_weights_frozen,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
