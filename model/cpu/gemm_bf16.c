@@ -119,7 +119,7 @@ BF16_INLINE void transpose16(__m512i r[16]) {
 /* op(A) = A [M,K] row-major: each row's k pairs are already adjacent. */
 BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
                                     const float *A, int64_t lda) {
-#pragma omp parallel for if (M * K > (1 << 16)) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < M; i++) {
         const float *src = A + i * lda;
         uint32_t *row = dst + i * pairs;
@@ -134,7 +134,7 @@ BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t
 BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
                                     const float *A, int64_t lda) {
     const int64_t ib = (M + 15) / 16, pb = (pairs + 15) / 16;
-#pragma omp parallel for if (M * K > (1 << 16)) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t blk = 0; blk < ib * pb; blk++) {
         const int64_t i0 = (blk / pb) * 16, p0 = (blk % pb) * 16;
         const __mmask16 mi = mask_first(M - i0);
@@ -159,7 +159,7 @@ BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t
 BF16_TARGET static void pack_b_rows(uint32_t *dst, int64_t K, int64_t N, int64_t pairs,
                                     const float *B, int64_t ldb) {
     const int64_t panels = (N + NR - 1) / NR, pblk = 64, nb = (pairs + pblk - 1) / pblk;
-#pragma omp parallel for if (N * K > (1 << 16)) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t blk = 0; blk < panels * nb; blk++) {
         const int64_t jp = blk / nb, pe = min64(pairs, (blk % nb) * pblk + pblk);
         uint32_t *panel = dst + jp * pairs * NR;
@@ -180,7 +180,7 @@ BF16_TARGET static void pack_b_rows(uint32_t *dst, int64_t K, int64_t N, int64_t
 BF16_TARGET static void pack_b_cols(uint32_t *dst, int64_t K, int64_t N, int64_t pairs,
                                     const float *B, int64_t ldb) {
     const int64_t panels = (N + NR - 1) / NR, pb = (pairs + 15) / 16;
-#pragma omp parallel for if (N * K > (1 << 16)) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t blk = 0; blk < panels * NRV * pb; blk++) {
         const int64_t g = blk / pb, p0 = (blk % pb) * 16;
         const int64_t jp = g / NRV, v = g % NRV, j0 = jp * NR + v * 16;
@@ -195,29 +195,59 @@ BF16_TARGET static void pack_b_cols(uint32_t *dst, int64_t K, int64_t N, int64_t
     }
 }
 
-int gemm_bf16_pack_a(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
-                     int64_t lda) {
+/* Packing and multiplying share one parallel region where they run
+ * together: each region's start and end cost thread wake-ups and barriers,
+ * which at the tiny model's sizes were a visible share of a step. The
+ * bodies use orphaned `omp for ... nowait`, so they also run alone (one
+ * thread) outside any region; callers put the barriers in. */
+static void pack_a_any(const GemmBf16Operand *pa, int trans_a, int64_t K, const float *A,
+                       int64_t lda) {
+    if (trans_a)
+        pack_a_cols(pa->words, pa->rows, K, pa->pairs, A, lda);
+    else
+        pack_a_rows(pa->words, pa->rows, K, pa->pairs, A, lda);
+}
+
+static void pack_b_any(const GemmBf16Operand *pb, int trans_b, int64_t K, const float *B,
+                       int64_t ldb) {
+    if (trans_b)
+        pack_b_cols(pb->words, K, pb->rows, pb->pairs, B, ldb);
+    else
+        pack_b_rows(pb->words, K, pb->rows, pb->pairs, B, ldb);
+}
+
+static int reserve_a(GemmBf16Operand *pa, int64_t M, int64_t K) {
     const int64_t pairs = (K + 1) / 2;
     if (operand_reserve(pa, (size_t)(M * pairs))) return -1;
     pa->rows = M;
     pa->pairs = pairs;
-    if (trans_a)
-        pack_a_cols(pa->words, M, K, pairs, A, lda);
-    else
-        pack_a_rows(pa->words, M, K, pairs, A, lda);
+    return 0;
+}
+
+static int reserve_b(GemmBf16Operand *pb, int64_t K, int64_t N) {
+    const int64_t pairs = (K + 1) / 2, panels = (N + NR - 1) / NR;
+    if (operand_reserve(pb, (size_t)(panels * NR * pairs))) return -1;
+    pb->rows = N;
+    pb->pairs = pairs;
+    return 0;
+}
+
+#define PACK_PAR_MIN ((int64_t)1 << 16)     /* values packed */
+#define MULTIPLY_PAR_MIN ((int64_t)1 << 15) /* M * N * pairs */
+
+int gemm_bf16_pack_a(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda) {
+    if (reserve_a(pa, M, K)) return -1;
+#pragma omp parallel if (M * K > PACK_PAR_MIN)
+    pack_a_any(pa, trans_a, K, A, lda);
     return 0;
 }
 
 int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, const float *B,
                      int64_t ldb) {
-    const int64_t pairs = (K + 1) / 2, panels = (N + NR - 1) / NR;
-    if (operand_reserve(pb, (size_t)(panels * NR * pairs))) return -1;
-    pb->rows = N;
-    pb->pairs = pairs;
-    if (trans_b)
-        pack_b_cols(pb->words, K, N, pairs, B, ldb);
-    else
-        pack_b_rows(pb->words, K, N, pairs, B, ldb);
+    if (reserve_b(pb, K, N)) return -1;
+#pragma omp parallel if (N * K > PACK_PAR_MIN)
+    pack_b_any(pb, trans_b, K, B, ldb);
     return 0;
 }
 
@@ -274,12 +304,13 @@ BF16_TARGET static void tile_any(int mr, int64_t pairs, const uint32_t *a, const
     }
 }
 
+/* Inside or outside a parallel region (orphaned omp for). */
 BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
                                  float beta, float *C, int64_t ldc) {
     const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
     const int64_t mt = (M + MR - 1) / MR, panels = (N + NR - 1) / NR;
     /* panel-major order: a thread's consecutive tiles share one B panel */
-#pragma omp parallel for if (M * N * pairs > (1 << 15)) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < mt * panels; t++) {
         const int64_t jp = t / mt, i0 = (t % mt) * MR;
         tile_any((int)min64(MR, M - i0), pairs, pa->words + i0 * pairs,
@@ -291,14 +322,35 @@ BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operan
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
                       float *C, int64_t ldc) {
     if (pa->rows == 0 || pb->rows == 0) return;
+#pragma omp parallel if (pa->rows * pb->rows * pa->pairs > MULTIPLY_PAR_MIN)
     multiply(pa, pb, alpha, beta, C, ldc);
+}
+
+int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda, const GemmBf16Operand *pb, float alpha, float beta, float *C,
+                     int64_t ldc) {
+    if (reserve_a(pa, M, K)) return -1;
+    if (M == 0 || pb->rows == 0) return 0;
+#pragma omp parallel if (M * pb->rows * pa->pairs > MULTIPLY_PAR_MIN)
+    {
+        pack_a_any(pa, trans_a, K, A, lda);
+#pragma omp barrier
+        multiply(pa, pb, alpha, beta, C, ldc);
+    }
+    return 0;
 }
 
 int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
               int64_t ldc) {
-    if (gemm_bf16_pack_a(&g->a, trans_a, M, K, A, lda)) return -1;
-    if (gemm_bf16_pack_b(&g->b, trans_b, K, N, B, ldb)) return -1;
-    gemm_bf16_packed(&g->a, &g->b, alpha, beta, C, ldc);
+    if (reserve_a(&g->a, M, K) || reserve_b(&g->b, K, N)) return -1;
+    if (M == 0 || N == 0) return 0;
+#pragma omp parallel if (M * N * g->a.pairs > MULTIPLY_PAR_MIN)
+    {
+        pack_a_any(&g->a, trans_a, K, A, lda);
+        pack_b_any(&g->b, trans_b, K, B, ldb);
+#pragma omp barrier
+        multiply(&g->a, &g->b, alpha, beta, C, ldc);
+    }
     return 0;
 }

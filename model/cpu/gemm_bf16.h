@@ -51,6 +51,12 @@ int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, con
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
                       float *C, int64_t ldc);
 
+/* Pack op(A) into pa and multiply it by an already packed B (one parallel
+ * region for both). Returns -1 when memory cannot be allocated. */
+int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda, const GemmBf16Operand *pb, float alpha, float beta, float *C,
+                     int64_t ldc);
+
 /* Pack both and multiply, with the packed copies kept in g for reuse.
  * Returns -1 when memory cannot be allocated (C unchanged). */
 int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,

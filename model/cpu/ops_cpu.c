@@ -336,8 +336,8 @@ static void bf16_matmul_forward(float *out, const float *inp, const float *w, co
         return;
     }
     const GemmBf16Operand *pw = frozen_weight(s, w, OC, C);
-    if (gemm_bf16_pack_a(&s->g.a, 0, N, C, inp, C)) bf16_out_of_memory("matmul rows", N * C);
-    gemm_bf16_packed(&s->g.a, pw, 1.0f, beta, out, OC);
+    if (gemm_bf16_with_b(&s->g.a, 0, N, C, inp, C, pw, 1.0f, beta, out, OC))
+        bf16_out_of_memory("matmul rows", N * C);
 }
 
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
@@ -928,9 +928,8 @@ static void chunk_logits(LmProducts *lp, float *z, float *hc, const float *h, co
         blas_sgemm(0, 1, rows, V, C, 1.0f, hc, C, w, C, 0.0f, z, V);
         return;
     }
-    GemmBf16 *g = &lp->bf16->g;
-    if (gemm_bf16_pack_a(&g->a, 0, rows, C, hc, C)) bf16_out_of_memory("LM head rows", rows * C);
-    gemm_bf16_packed(&g->a, &lp->bf16->lm_w_t, 1.0f, 0.0f, z, V);
+    if (gemm_bf16_with_b(&lp->bf16->g.a, 0, rows, C, hc, C, &lp->bf16->lm_w_t, 1.0f, 0.0f, z, V))
+        bf16_out_of_memory("LM head rows", rows * C);
 }
 
 /* dhc[rows,C] = dz w; dw[V,C] += dz^T hc. */
@@ -943,8 +942,8 @@ static void chunk_backward_products(LmProducts *lp, float *dhc, float *dw, const
         return;
     }
     GemmBf16 *g = &lp->bf16->g;
-    if (gemm_bf16_pack_a(&g->a, 0, rows, V, z, V)) bf16_out_of_memory("LM head d(logits)", rows * V);
-    gemm_bf16_packed(&g->a, &lp->bf16->lm_w, 1.0f, 0.0f, dhc, C);
+    if (gemm_bf16_with_b(&g->a, 0, rows, V, z, V, &lp->bf16->lm_w, 1.0f, 0.0f, dhc, C))
+        bf16_out_of_memory("LM head d(logits)", rows * V);
     bf16_product(g, 1, 0, V, C, rows, z, V, hc, C, 1.0f, dw, C);
 }
 
