@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "algos/sft.h"
+#include "model/ops.h" /* ops_cpu_bf16 */
 #include "model/tokenizer.h"
 #include "rollout/dataset.h"
 #include "rollout/task_arith.h"
@@ -125,9 +126,11 @@ Test(sft, mask_covers_exactly_the_completion) {
 
 /* ---------------------------------------------------------------- resume -- */
 
-static PonderConfig tiny_run(const char *dir, int64_t steps) {
+static PonderConfig tiny_run_at(const char *dir, int64_t steps, const char *precision) {
     PonderConfig c;
     PonderError err = {0};
+    char precision_kv[64];
+    snprintf(precision_kv, sizeof precision_kv, "model.precision=%s", precision);
     char dir_kv[600];
     snprintf(dir_kv, sizeof dir_kv, "run.dir=%s", dir);
     char steps_kv[64];
@@ -135,12 +138,15 @@ static PonderConfig tiny_run(const char *dir, int64_t steps) {
     char *over[] = {dir_kv, steps_kv, "model.d_model=32", "model.n_layer=2", "model.n_head=2",
                     "model.max_seq_len=64", "stages.0.batch_size=8", "stages.0.grad_accum=2",
                     "stages.0.thought_dropout=0.3", "checkpoint.every=3", "checkpoint.keep_last=5",
-                    "data.eval_size=8", "eval.max_new_tokens=40", "runtime.threads=2"};
+                    "data.eval_size=8", "eval.max_new_tokens=40", "runtime.threads=2",
+                    precision_kv};
     int rc = config_load(&c, PONDER_SOURCE_DIR "/configs/sft_arith.yaml",
                          (int)(sizeof over / sizeof over[0]), over, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     return c;
 }
+
+static PonderConfig tiny_run(const char *dir, int64_t steps) { return tiny_run_at(dir, steps, "fp32"); }
 
 static void load_final(const char *dir, int64_t step, Model **m, Optimizer *opt) {
     char path[700];
@@ -157,13 +163,15 @@ static void load_final(const char *dir, int64_t step, Model **m, Optimizer *opt)
     free(rd.metrics_jsonl);
 }
 
-Test(sft, resume_is_bit_identical, .timeout = 120) {
+/* 2N steps straight and N + stop + resume + N give the same bits; returns
+ * the final weights (caller frees). */
+static float *check_resume(const char *precision, size_t *n_params) {
     char a[] = "/tmp/ponder_resume_a_XXXXXX", b[] = "/tmp/ponder_resume_b_XXXXXX";
     cr_assert(mkdtemp(a) && mkdtemp(b));
     const int64_t N = 6;
     PonderError err = {0};
     TrainSummary s;
-    PonderConfig ca = tiny_run(a, 2 * N), cb = tiny_run(b, 2 * N);
+    PonderConfig ca = tiny_run_at(a, 2 * N, precision), cb = tiny_run_at(b, 2 * N, precision);
     /* each checkpoint is taken after a step, so the one written at the end of
      * the stage (step 2N) compares the full state of both runs */
     ca.checkpoint.every = 2 * N;
@@ -194,11 +202,31 @@ Test(sft, resume_is_bit_identical, .timeout = 120) {
     model_init_weights(m0, (uint64_t)ca.run.seed);
     cr_expect_neq(memcmp(model_params(ma), model_params(m0), n * sizeof(float)), 0);
     model_free(m0);
+    float *weights = malloc(n * sizeof(float));
+    memcpy(weights, model_params(ma), n * sizeof(float));
+    *n_params = n;
     optim_free(&oa), optim_free(&ob);
     model_free(ma), model_free(mb);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
     cr_expect_eq(system(cmd), 0);
+    return weights;
+}
+
+Test(sft, resume_is_bit_identical, .timeout = 120) {
+    size_t n;
+    free(check_resume("fp32", &n));
+}
+
+/* bf16 products on the CPU resume bit for bit too, and really are another
+ * computation (the weights differ from the fp32 run's). */
+Test(sft, bf16_resume_is_bit_identical, .timeout = 120) {
+    if (!ops_cpu_bf16()) cr_skip_test("this CPU has no AVX512-BF16: bf16 resume untested here");
+    size_t n, n32;
+    float *w16 = check_resume("bf16", &n), *w32 = check_resume("fp32", &n32);
+    cr_assert_eq(n, n32);
+    cr_expect_neq(memcmp(w16, w32, n * sizeof(float)), 0, "bf16 training gave fp32's weights");
+    free(w16), free(w32);
 }
 
 Test(sft, resume_without_checkpoint_is_a_clear_error) {

@@ -1,0 +1,86 @@
+/* bench/gemm_bf16_bench.c — ponder's bf16 GEMM (model/cpu/gemm_bf16.h)
+ * against the loaded BLAS's sgemm on the products ponder's models run,
+ * interleaved in one process: for each shape, sgemm, then gemm_bf16 with
+ * both operands packed on every call (what an op does), then the multiply
+ * alone on operands packed once. Shapes: GPT-2 124M at B*T = 256 (forward,
+ * d(input), d(weight)), the tiny GRPO update at 7168 tokens, a batch-64
+ * decode step of the tiny model, and a 1024 x 4096 x 1024 reference.
+ *
+ *   gemm_bf16_bench [rounds] [threads]
+ * prints one JSON line per shape and round. */
+#include <omp.h>    /* omp_set_num_threads */
+#include <stdio.h>  /* printf */
+#include <stdlib.h> /* atoi */
+
+#include "bench/bench_util.h" /* bench_now, bench_alloc_floats, bench_fill_uniform */
+#include "model/cpu/blas.h"   /* blas_sgemm */
+#include "model/cpu/gemm_bf16.h"
+
+typedef struct Shape {
+    const char *name;
+    int64_t M, N, K;
+    int ta, tb;
+} Shape;
+
+static const Shape SHAPES[] = {
+    {"gpt2 qkv forward", 256, 2304, 768, 0, 1},
+    {"gpt2 fc forward", 256, 3072, 768, 0, 1},
+    {"gpt2 proj d(input)", 256, 3072, 768, 0, 0},
+    {"gpt2 fc d(weight)", 3072, 768, 256, 1, 0},
+    {"tiny qkv forward, 7168 tokens", 7168, 384, 128, 0, 1},
+    {"tiny proj d(weight), 7168 tokens", 128, 352, 7168, 1, 0},
+    {"tiny qkv decode, batch 64", 64, 384, 128, 0, 1},
+    {"square 1024x4096x1024", 1024, 4096, 1024, 0, 1},
+};
+
+/* Seconds per call: repeated until ~0.2 s have passed. */
+static double time_calls(int which, const Shape *s, const float *A, const float *B, float *C,
+                         GemmBf16 *g) {
+    const int64_t lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    int calls = 0;
+    double t0 = bench_now(), t;
+    do {
+        if (which == 0)
+            blas_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+        else if (which == 1)
+            gemm_bf16(g, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+        else
+            gemm_bf16_packed(&g->a, &g->b, 1.0f, 0.0f, C, s->N);
+        calls++;
+        t = bench_now() - t0;
+    } while (t < 0.2);
+    return t / calls;
+}
+
+int main(int argc, char **argv) {
+    int rounds = argc > 1 ? atoi(argv[1]) : 2, threads = argc > 2 ? atoi(argv[2]) : 2;
+    PonderError err = {0};
+    if (blas_load(NULL, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    if (!gemm_bf16_supported()) return fprintf(stderr, "this CPU has no AVX512-BF16\n"), 1;
+    omp_set_num_threads(threads);
+    blas_set_threads(threads);
+    for (int r = 0; r < rounds; r++)
+        for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++) {
+            const Shape *s = &SHAPES[i];
+            float *A = bench_alloc_floats(s->M * s->K), *B = bench_alloc_floats(s->K * s->N);
+            float *C = bench_alloc_floats(s->M * s->N);
+            bench_fill_uniform(A, s->M * s->K, 1);
+            bench_fill_uniform(B, s->K * s->N, 2);
+            GemmBf16 g = {0};
+            const int64_t lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+            if (gemm_bf16(&g, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N))
+                return fprintf(stderr, "out of memory\n"), 1;
+            double sec[3];
+            for (int w = 0; w < 3; w++) sec[w] = time_calls(w, s, A, B, C, &g);
+            const double gf = 2.0 * (double)s->M * (double)s->N * (double)s->K / 1e9;
+            printf("{\"bench\":\"gemm_bf16\",\"round\":%d,\"shape\":\"%s\",\"M\":%lld,\"N\":%lld,"
+                   "\"K\":%lld,\"trans_a\":%d,\"trans_b\":%d,\"threads\":%d,"
+                   "\"sgemm_gflops\":%.1f,\"bf16_gflops\":%.1f,\"bf16_packed_gflops\":%.1f,"
+                   "\"bf16_over_sgemm\":%.2f}\n",
+                   r, s->name, (long long)s->M, (long long)s->N, (long long)s->K, s->ta, s->tb,
+                   threads, gf / sec[0], gf / sec[1], gf / sec[2], sec[0] / sec[1]);
+            gemm_bf16_free(&g);
+            free(A), free(B), free(C);
+        }
+    return 0;
+}
