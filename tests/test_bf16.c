@@ -213,6 +213,18 @@ static double max_rel_diff(const float *a, const float *b, int64_t n) {
     return e / (m > 0 ? m : 1.0);
 }
 
+/* |got - (init + sum_k round(a[k sa]) round(b[k sb]))| in units of the fp32
+ * summation tolerance (K + 1 terms, a few ulps of their magnitudes each). */
+static double rounded_sum_error(float got, double init, const float *a, int64_t sa, const float *b,
+                                int64_t sb, int64_t K) {
+    double s = init, m = fabs(init);
+    for (int64_t k = 0; k < K; k++) {
+        double p = (double)gemm_bf16_round(a[k * sa]) * gemm_bf16_round(b[k * sb]);
+        s += p, m += fabs(p);
+    }
+    return fabs((double)got - s) / (m * (double)(K + 1) * 1.2e-7);
+}
+
 /* The linear layer, forward and backward, at a decode-sized N (where the
  * fp32 table takes its matrix-vector path) and a training-sized one: exactly
  * the rounded operands' products, summed in fp32. */
@@ -234,32 +246,17 @@ Test(ops_bf16, linear_layer_uses_rounded_operands) {
         o->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
         double e_out = 0, e_dinp = 0, e_dw = 0;
         for (int64_t n = 0; n < N; n++)
-            for (int64_t j = 0; j < OC; j++) {
-                double s = bias[j], m = fabs(bias[j]);
-                for (int64_t c = 0; c < C; c++) {
-                    double p = (double)gemm_bf16_round(inp[n * C + c]) * gemm_bf16_round(w[j * C + c]);
-                    s += p, m += fabs(p);
-                }
-                e_out = fmax(e_out, fabs(out[n * OC + j] - s) / (m * C * 1.2e-7));
-            }
+            for (int64_t j = 0; j < OC; j++)
+                e_out = fmax(e_out, rounded_sum_error(out[n * OC + j], bias[j], inp + n * C, 1,
+                                                      w + j * C, 1, C));
         for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++) {
-                double s = dinp0[n * C + c], m = fabs(s);
-                for (int64_t j = 0; j < OC; j++) {
-                    double p = (double)gemm_bf16_round(dout[n * OC + j]) * gemm_bf16_round(w[j * C + c]);
-                    s += p, m += fabs(p);
-                }
-                e_dinp = fmax(e_dinp, fabs(dinp[n * C + c] - s) / (m * OC * 1.2e-7));
-            }
+            for (int64_t c = 0; c < C; c++)
+                e_dinp = fmax(e_dinp, rounded_sum_error(dinp[n * C + c], dinp0[n * C + c],
+                                                        dout + n * OC, 1, w + c, C, OC));
         for (int64_t j = 0; j < OC; j++)
-            for (int64_t c = 0; c < C; c++) {
-                double s = dw0[j * C + c], m = fabs(s);
-                for (int64_t n = 0; n < N; n++) {
-                    double p = (double)gemm_bf16_round(dout[n * OC + j]) * gemm_bf16_round(inp[n * C + c]);
-                    s += p, m += fabs(p);
-                }
-                e_dw = fmax(e_dw, fabs(dw[j * C + c] - s) / (m * (N + 1) * 1.2e-7));
-            }
+            for (int64_t c = 0; c < C; c++)
+                e_dw = fmax(e_dw, rounded_sum_error(dw[j * C + c], dw0[j * C + c], dout + j, OC,
+                                                    inp + c, C, N));
         cr_expect(e_out <= 1.0 && e_dinp <= 1.0 && e_dw <= 1.0,
                   "N=%lld: errors %.3g %.3g %.3g of the tolerance", (long long)N, e_out, e_dinp, e_dw);
         free(inp), free(w), free(bias), free(dout), free(dinp), free(dw), free(dbias), free(out);
