@@ -195,11 +195,12 @@ static int cmd_compare(int argc, char **argv) {
 
 /* ------------------------------------------------------- checkpoint model ---*/
 
-static int load_model(const char *path, Model **m, PonderError *err) {
+/* ops NULL: the fp32 CPU backend. */
+static int load_model(const char *path, const struct ModelOps *ops, Model **m, PonderError *err) {
     ModelConfig mc;
     int rc = blas_load(NULL, err);
     if (rc == PONDER_OK) rc = ckpt_read_model_config(path, &mc, err);
-    if (rc == PONDER_OK) rc = model_create(m, &mc, err);
+    if (rc == PONDER_OK) rc = ops ? model_create_on(m, &mc, ops, err) : model_create(m, &mc, err);
     if (rc == PONDER_OK) {
         CkptRead rd = {.model = *m};
         rc = ckpt_load(path, &rd, err);
@@ -239,7 +240,7 @@ static int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     int64_t n = 1, cap = 64;
     GenSample out = {0};
-    int rc = load_model(ckpt, &m, &err);
+    int rc = load_model(ckpt, NULL, &m, &err);
     if (rc == PONDER_OK) rc = tokenizer_create_char(&tok, &err);
     if (rc == PONDER_OK && !(ids = malloc((size_t)cap * sizeof(int32_t))))
         rc = ponder_error(&err, PONDER_ERR_NOMEM, "out of memory");
@@ -315,7 +316,12 @@ static int cmd_eval(int argc, char **argv) {
     Dataset *data = NULL;
     FILE *samples = NULL, *report = NULL;
     char path[1024];
-    int rc = load_model(ckpt, &m, &err);
+    /* the config's device and precision, so that a bf16 run's checkpoint
+     * scores as its in-run evaluations did */
+    const struct ModelOps *ops = NULL;
+    int rc = train_backend(&cfg, &ops, &err);
+    if (rc == PONDER_OK) rc = train_make_dirs(outdir, &err);
+    if (rc == PONDER_OK) rc = load_model(ckpt, ops, &m, &err);
     if (rc == PONDER_OK) rc = tokenizer_create_char(&tok, &err);
     if (rc == PONDER_OK) rc = open_eval_set(&cfg, &data, &err);
     snprintf(path, sizeof path, "%s/eval_samples.jsonl", outdir);

@@ -369,3 +369,35 @@ Test(sft, init_from_starts_from_checkpoint_weights, .timeout = 120) {
     snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* `ponder eval` creates a missing --out directory and builds its model on
+ * the config's backend (model.precision=bf16 is honoured where the CPU has
+ * it), writing the report and the samples. */
+Test(sft, eval_command_writes_into_a_new_directory, .timeout = 120) {
+    char d[] = "/tmp/ponder_evalcli_XXXXXX";
+    cr_assert(mkdtemp(d));
+    PonderError err = {0};
+    TrainSummary s;
+    TrainOptions o = {0};
+    PonderConfig c = tiny_run(d, 3);
+    cr_assert_eq(train_run(&c, &o, &s, &err), 0, "%s", err.msg);
+    const char *precisions[2] = {"fp32", "bf16"};
+    for (int i = 0; i < (ops_cpu_bf16() ? 2 : 1); i++) {
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd,
+                 "%s/ponder eval %s/configs/sft_arith.yaml --ckpt %s/checkpoints/step_00000003.h5 "
+                 "--out %s/new/%s model.d_model=32 model.n_layer=2 model.n_head=2 "
+                 "model.max_seq_len=64 data.eval_size=8 eval.max_new_tokens=40 "
+                 "model.precision=%s > %s/eval_%s.txt 2>&1",
+                 PONDER_BINARY_DIR, PONDER_SOURCE_DIR, d, d, precisions[i], precisions[i], d,
+                 precisions[i]);
+        int st = system(cmd);
+        cr_expect_eq(WEXITSTATUS(st), 0, "%s: exit status %d", precisions[i], WEXITSTATUS(st));
+        snprintf(cmd, sizeof cmd, "grep -q '\"items\":8' %s/new/%s/eval_report.json && test -s %s/new/%s/eval_samples.jsonl",
+                 d, precisions[i], d, precisions[i]);
+        cr_expect_eq(system(cmd), 0, "%s: no report or samples in the new directory", precisions[i]);
+    }
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
+    cr_expect_eq(system(cmd), 0);
+}

@@ -103,7 +103,7 @@ static void say(const Run *r, const char *fmt, ...) {
     fflush(r->opts->console);
 }
 
-static int make_dirs(const char *path, PonderError *err) {
+int train_make_dirs(const char *path, PonderError *err) {
     char buf[CONFIG_PATH_MAX];
     snprintf(buf, sizeof buf, "%s", path);
     for (char *p = buf + 1; *p; p++) {
@@ -257,10 +257,7 @@ static int open_metrics(Run *r, PonderError *err) {
     return PONDER_OK;
 }
 
-/* The policy on the configured device (model.device); ranks sharing a node
- * take one GPU each (node-local rank modulo the node's GPUs). */
-static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Dist *world,
-                        Model **out, PonderError *err) {
+int train_backend(const PonderConfig *cfg, const struct ModelOps **out, PonderError *err) {
     const ModelOps *ops = ops_cpu();
     if (cfg->model.device == CONFIG_DEVICE_CPU && cfg->model.precision == CONFIG_PRECISION_BF16) {
         ops = ops_cpu_bf16();
@@ -270,10 +267,6 @@ static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Di
                                 "lacks; use fp32 (or model.device: cuda)");
     }
     if (cfg->model.device == CONFIG_DEVICE_CUDA) {
-        if (world->local_size > 1 && ops_cuda_choose_device(world->local_rank) != 0)
-            return ponder_error(err, PONDER_ERR_CONFIG,
-                                "model.device: cuda: cannot put node-local rank %d on its own GPU "
-                                "(the backend already runs on another device)", world->local_rank);
         ops = ops_cuda();
         if (!ops)
             return ponder_error(err, PONDER_ERR_CONFIG, "model.device: cuda is not usable here: %s",
@@ -284,7 +277,22 @@ static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Di
         if (cfg->model.precision == CONFIG_PRECISION_BF16) cuda_set_tf32(0), cuda_set_bf16(1);
 #endif
     }
-    return model_create_on(out, mc, ops, err);
+    *out = ops;
+    return PONDER_OK;
+}
+
+/* The policy on the configured device (model.device); ranks sharing a node
+ * take one GPU each (node-local rank modulo the node's GPUs). */
+static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Dist *world,
+                        Model **out, PonderError *err) {
+    if (cfg->model.device == CONFIG_DEVICE_CUDA && world->local_size > 1 &&
+        ops_cuda_choose_device(world->local_rank) != 0)
+        return ponder_error(err, PONDER_ERR_CONFIG,
+                            "model.device: cuda: cannot put node-local rank %d on its own GPU "
+                            "(the backend already runs on another device)", world->local_rank);
+    const ModelOps *ops = NULL;
+    int rc = train_backend(cfg, &ops, err);
+    return rc ? rc : model_create_on(out, mc, ops, err);
 }
 
 /* dist.mode disaggregated: world ranks 0 .. n_learners-1 learn, the rest
@@ -312,7 +320,7 @@ static int setup(Run *r, PonderError *err) {
     set_threads(cfg, r->dist);
     if ((rc = config_run_dir(cfg, r->dir, sizeof r->dir, err))) return rc;
     if ((rc = config_checkpoint_dir(cfg, r->ckpt_dir, sizeof r->ckpt_dir, err))) return rc;
-    if ((rc = make_dirs(r->dir, err)) || (rc = make_dirs(r->ckpt_dir, err))) return rc;
+    if ((rc = train_make_dirs(r->dir, err)) || (rc = train_make_dirs(r->ckpt_dir, err))) return rc;
     if (cfg->tokenizer.type != CONFIG_TOKENIZER_CHAR)
         return ponder_error(err, PONDER_ERR_CONFIG,
                             "tokenizer.type: only 'char' is available in this build");

@@ -46,6 +46,17 @@ typedef struct TrainSummary {
  * micro-batch; RL: whole groups, rl_stage.h), gradients and normalisers are
  * summed over ranks, and all ranks hold the same weights. Rank 0 alone writes
  * metrics, checkpoints and console lines and runs evaluations. */
+/* The ops table the config asks for: model.device (cpu or cuda) and
+ * model.precision (on the CPU, bf16 selects ops_cpu_bf16; on CUDA it sets
+ * the backend's tf32 / bf16 mode). A clear error when that backend is not
+ * usable here. `ponder train` and `ponder eval` build their models on it. */
+struct ModelOps;
+int train_backend(const PonderConfig *cfg, const struct ModelOps **ops, PonderError *err);
+
+/* mkdir -p: creates path and its missing parents (an error names the one
+ * that could not be made). */
+int train_make_dirs(const char *path, PonderError *err);
+
 int train_run(const PonderConfig *cfg, const TrainOptions *opts, TrainSummary *summary,
               PonderError *err);
 
