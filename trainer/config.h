@@ -60,8 +60,9 @@
 #define CONFIG_TEXT_MAX 1024 /* shell lines, JSON text; the longest string field */
 
 typedef enum { CONFIG_DEVICE_CPU = 0, CONFIG_DEVICE_CUDA = 1 } ConfigDevice;
-/* Matmul precision: fp32 everywhere (the default; the only one on the CPU),
- * TF32 tensor cores, or bf16 products with fp32 master weights (CUDA). */
+/* Matmul precision: fp32 everywhere (the default), TF32 tensor cores (CUDA
+ * only), or bf16 products with fp32 master weights (CUDA tensor cores, or
+ * the CPU's AVX512-BF16 through the cpu-bf16 ops table). */
 typedef enum { CONFIG_PRECISION_FP32 = 0, CONFIG_PRECISION_TF32 = 1, CONFIG_PRECISION_BF16 = 2 } ConfigPrecision;
 typedef enum { CONFIG_TOKENIZER_CHAR = 0, CONFIG_TOKENIZER_BPE = 1 } ConfigTokenizerType;
 typedef enum {
