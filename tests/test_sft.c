@@ -401,3 +401,27 @@ Test(sft, eval_command_writes_into_a_new_directory, .timeout = 120) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", d);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* Where the CPU has no AVX512-BF16 (simulated with PONDER_CPU_BF16=0),
+ * model.precision: bf16 on the CPU stops `ponder train` before it starts,
+ * saying what is missing and what to use instead. */
+Test(sft, bf16_without_avx512_bf16_is_a_clear_error, .timeout = 60) {
+    char d[] = "/tmp/ponder_nobf16_XXXXXX";
+    cr_assert(mkdtemp(d));
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "PONDER_CPU_BF16=0 %s/ponder train %s/configs/sft_arith.yaml run.dir=%s/run "
+             "model.precision=bf16 stages.0.steps=2 > %s/out.txt 2>&1",
+             PONDER_BINARY_DIR, PONDER_SOURCE_DIR, d, d);
+    int st = system(cmd);
+    cr_expect_neq(WEXITSTATUS(st), 0, "ponder train accepted bf16 without AVX512-BF16");
+    snprintf(cmd, sizeof cmd,
+             "grep -q 'model.precision: bf16 on the CPU needs AVX512-BF16, which this CPU lacks; "
+             "use fp32' %s/out.txt",
+             d);
+    cr_expect_eq(system(cmd), 0, "the message does not say what is missing");
+    snprintf(cmd, sizeof cmd, "test ! -e %s/run/checkpoints || test -z \"$(ls %s/run/checkpoints)\"", d, d);
+    cr_expect_eq(system(cmd), 0, "a checkpoint was written");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
+    cr_expect_eq(system(cmd), 0);
+}

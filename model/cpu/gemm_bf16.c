@@ -14,8 +14,8 @@
 #include "model/cpu/gemm_bf16.h"
 
 #include <immintrin.h>
-#include <stdlib.h> /* malloc, free */
-#include <string.h> /* memcpy */
+#include <stdlib.h> /* posix_memalign, free, getenv */
+#include <string.h> /* memcpy, strcmp */
 
 #define MR 8
 #define NRV 3 /* vectors of 16 floats per panel */
@@ -24,6 +24,8 @@
 #define BF16_INLINE static inline __attribute__((always_inline)) BF16_TARGET
 
 int gemm_bf16_supported(void) {
+    const char *off = getenv("PONDER_CPU_BF16");
+    if (off && strcmp(off, "0") == 0) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");

@@ -31,7 +31,9 @@ typedef struct GemmBf16 {
     GemmBf16Operand a, b;
 } GemmBf16;
 
-/* 1 when this CPU can run the kernels (AVX-512 F/BW/VL and AVX512-BF16). */
+/* 1 when this CPU can run the kernels (AVX-512 F/BW/VL and AVX512-BF16).
+ * PONDER_CPU_BF16=0 in the environment makes it 0, as on a CPU without
+ * them (used to test that path, which this project's machines lack). */
 int gemm_bf16_supported(void);
 
 /* Round to bf16 (nearest even) and back, as the packing does; denormals
