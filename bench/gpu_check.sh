@@ -178,7 +178,7 @@ build_standalone() {
     set -euo pipefail
     local obj=$BUILD/standalone
     rm -rf "$obj" && mkdir -p "$obj"
-    local cflags=(-O2 -g -std=gnu11 -fopenmp -I"$ROOT" -I"$CUDA_HOME/include" -DPONDER_HAVE_CUDA=1)
+    local cflags=(-O2 -g -std=gnu11 -fopenmp -fno-math-errno -I"$ROOT" -I"$CUDA_HOME/include" -DPONDER_HAVE_CUDA=1)
     local libdir=$CUDA_HOME/lib64
     [[ -d $libdir ]] || libdir=$(dirname "$(find "$CUDA_HOME" -name 'libcublas.so*' | head -1)")
     local nccl=()
@@ -186,7 +186,7 @@ build_standalone() {
         cflags+=(-DPONDER_HAVE_NCCL=1) && nccl=(-lnccl) && echo "standalone: with NCCL"
     fi
     local srcs=(util/error.c util/rng.c model/model.c model/model_train.c model/model_infer.c
-        model/cpu/ops_cpu.c model/cpu/blas.c trainer/optim.c bench/gpu_bench.c)
+        model/cpu/ops_cpu.c model/cpu/blas.c model/cpu/gemm_bf16.c trainer/optim.c bench/gpu_bench.c)
     local pids=() s
     for s in "${srcs[@]}" model/cuda/*.c; do
         [[ -f $s ]] || continue
