@@ -40,6 +40,12 @@ typedef struct Activations {
     float *lnf_scaled; /* [N, C]: lnf / temperature, the LM head's input when T != 1 */
     float head_scale;  /* 1 / temperature of the last forward */
     float *lnf_mean, *lnf_rstd, *lse; /* [N] */
+    /* The LM head's logits of the last forward's active rows, for the
+     * backward (ops lm_head_forward_keep / lm_head_backward_kept): [N, V]
+     * when the backend has the pair and N * V <= MODEL_LM_KEEP_MAX, else
+     * NULL. lm_kept: they are there and not yet consumed by a backward. */
+    float *lm_logits;
+    int lm_kept;
     int32_t *tokens, *targets, *pos, *start; /* copies of the batch */
     float *mask;
     /* gradient scratch, reused layer by layer */
@@ -68,6 +74,10 @@ struct Model {
     float *rope; /* [max_seq_len, hd/2, 2] cos/sin; llama only */
     Activations act;
 };
+
+/* Logits kept between the LM head's forward and backward: up to 16M floats
+ * (64 MB), the CPU backend's own chunk budget. */
+#define MODEL_LM_KEEP_MAX ((int64_t)16 * 1024 * 1024)
 
 LayerView model_layer_view(const Model *m, float *base, int64_t l);
 void model_free_activations(Model *m);

@@ -20,6 +20,7 @@ void model_free_activations(Model *m) {
                     a->targets, a->pos,    a->start,    a->mask,     a->dresid, a->dln,
                     a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
+    if (a->lm_logits) m->ops->free(a->lm_logits);
     void *dev_io[] = {a->d_logp, a->d_entropy, a->d_values, a->d_dlogp, a->d_dentropy};
     for (size_t i = 0; i < sizeof dev_io / sizeof dev_io[0]; i++)
         if (dev_io[i]) m->ops->free(dev_io[i]);
@@ -74,6 +75,10 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     ALLOC(dact, N * F);
     ALLOC(dlnf, N * C);
     ALLOC(dvalues, N);
+    /* saves the backward's recomputation of the LM head's logits (about a
+     * tenth of a GPT-2 T=64 step's products) where they fit */
+    if (o->lm_head_forward_keep && o->lm_head_backward_kept && N * c->vocab_size <= MODEL_LM_KEEP_MAX)
+        ALLOC(lm_logits, N * c->vocab_size);
     /* the heads' outputs in backend memory: model_forward_backend's on any
      * backend, model_forward's staging on a device */
     ALLOC(d_logp, N);
@@ -276,8 +281,13 @@ static void forward_heads(Model *m, float temperature, float *logp, float *entro
         scale_rows(m, a->lnf_scaled, a->lnf, a->head_scale, N * C);
         head_in = a->lnf_scaled;
     }
-    o->lm_head_forward(logp, entropy, a->lse, head_in, m->params + m->lay.lm, a->targets, a->mask,
-                       N, C, c->vocab_size);
+    a->lm_kept = a->lm_logits != NULL;
+    if (a->lm_kept)
+        o->lm_head_forward_keep(logp, entropy, a->lse, a->lm_logits, head_in, m->params + m->lay.lm,
+                                a->targets, a->mask, N, C, c->vocab_size);
+    else
+        o->lm_head_forward(logp, entropy, a->lse, head_in, m->params + m->lay.lm, a->targets,
+                           a->mask, N, C, c->vocab_size);
     if (values)
         o->matmul_forward(values, a->lnf, m->params + m->lay.score_w, m->params + m->lay.score_b,
                           N, C, 1);
@@ -431,9 +441,16 @@ static void backward_from(Model *m, const float *dlogp, const float *dentropy,
     o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
     const int scaled = a->head_scale != 1.0f;
     if (dlogp || dentropy) { /* a critic trains only its value head: skip the LM head */
-        o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy,
-                            scaled ? a->lnf_scaled : a->lnf, m->params + m->lay.lm, a->targets,
-                            a->lse, a->mask, N, C, c->vocab_size);
+        const float *head_in = scaled ? a->lnf_scaled : a->lnf;
+        if (a->lm_kept) /* consumed: a second backward recomputes */
+            o->lm_head_backward_kept(a->dlnf, G + m->lay.lm, a->lm_logits, dlogp, dentropy, head_in,
+                                     m->params + m->lay.lm, a->targets, a->lse, a->mask, N, C,
+                                     c->vocab_size);
+        else
+            o->lm_head_backward(a->dlnf, G + m->lay.lm, dlogp, dentropy, head_in,
+                                m->params + m->lay.lm, a->targets, a->lse, a->mask, N, C,
+                                c->vocab_size);
+        a->lm_kept = 0;
         if (scaled) /* chain rule through h / T */
             scale_rows(m, a->dlnf, a->dlnf, a->head_scale, N * C);
     }

@@ -216,6 +216,19 @@ typedef struct ModelOps {
                              const float *h, const float *w, const int32_t *targets,
                              const float *lse, const float *mask, int64_t N, int64_t C,
                              int64_t V);
+    /* Optional pair (NULL on the CUDA table): lm_head_forward that also
+     * leaves the logits h[n] w^T of the mask != 0 rows, in row order, in
+     * logits[A * V] (A = those rows); and lm_head_backward starting from
+     * them instead of recomputing h w^T (it overwrites them). Between the
+     * two, h, w, targets and mask must not change. Results equal the pair
+     * above bit for bit; the model keeps the logits when N * V is small. */
+    void (*lm_head_forward_keep)(float *logp, float *entropy, float *lse, float *logits,
+                                 const float *h, const float *w, const int32_t *targets,
+                                 const float *mask, int64_t N, int64_t C, int64_t V);
+    void (*lm_head_backward_kept)(float *dh, float *dw, float *logits, const float *dlogp,
+                                  const float *dentropy, const float *h, const float *w,
+                                  const int32_t *targets, const float *lse, const float *mask,
+                                  int64_t N, int64_t C, int64_t V);
 
     /* ---- frozen weights (optional) ---- */
     /* on = 1: until the matching call with 0 on the same thread, the caller

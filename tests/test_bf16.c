@@ -474,3 +474,56 @@ Test(model_bf16, frozen_weights_are_repacked_in_each_window) {
     free(plain), free(frozen);
     model_free(m);
 }
+
+/* ------------------------------------------------- kept LM logits ---- */
+
+/* lm_head_forward_keep + lm_head_backward_kept give what lm_head_forward +
+ * lm_head_backward give, bit for bit, over more rows than one chunk and
+ * with masked rows, in both CPU tables (the fp32 one needs no AVX512-BF16). */
+static void check_kept_logits(const ModelOps *o) {
+    const int64_t N = 1100, C = 24, V = 4096;
+    Rng r = rng_from_seed(50);
+    float *h = random_floats(&r, N * C), *w = random_floats(&r, V * C);
+    for (int64_t i = 0; i < V * C; i++) w[i] *= 0.2f;
+    float *dlogp = random_floats(&r, N), *dent = random_floats(&r, N), *mask = malloc((size_t)N * sizeof(float));
+    int32_t *targets = malloc((size_t)N * sizeof(int32_t));
+    int64_t active = 0;
+    for (int64_t n = 0; n < N; n++) {
+        targets[n] = (int32_t)rng_below(&r, (uint64_t)V);
+        mask[n] = n % 5 == 2 ? 0.0f : 1.0f;
+        active += mask[n] != 0.0f;
+    }
+    float *kept = malloc((size_t)(active * V) * sizeof(float));
+    float *out[2][5];
+    for (int t = 0; t < 2; t++) {
+        out[t][0] = calloc((size_t)N, sizeof(float));
+        out[t][1] = calloc((size_t)N, sizeof(float));
+        out[t][2] = calloc((size_t)N, sizeof(float));
+        out[t][3] = calloc((size_t)(N * C), sizeof(float));
+        out[t][4] = calloc((size_t)(V * C), sizeof(float));
+        if (t == 0) {
+            o->lm_head_forward(out[t][0], out[t][1], out[t][2], h, w, targets, mask, N, C, V);
+            o->lm_head_backward(out[t][3], out[t][4], dlogp, dent, h, w, targets, out[t][2], mask, N, C, V);
+        } else {
+            o->lm_head_forward_keep(out[t][0], out[t][1], out[t][2], kept, h, w, targets, mask, N, C, V);
+            o->lm_head_backward_kept(out[t][3], out[t][4], kept, dlogp, dent, h, w, targets, out[t][2],
+                                     mask, N, C, V);
+        }
+    }
+    const char *names[5] = {"logp", "entropy", "lse", "dh", "dw"};
+    const int64_t sizes[5] = {N, N, N, N * C, V * C};
+    for (int i = 0; i < 5; i++)
+        cr_expect_eq(memcmp(out[0][i], out[1][i], (size_t)sizes[i] * sizeof(float)), 0,
+                     "%s (%s): kept logits changed the result", names[i], o->name);
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 5; i++) free(out[t][i]);
+    free(h), free(w), free(dlogp), free(dent), free(mask), free(targets), free(kept);
+}
+
+Test(ops_bf16, kept_lm_logits_equal_recomputed_ones) {
+    const ModelOps *f = ops_cpu();
+    cr_assert(f->lm_head_forward_keep && f->lm_head_backward_kept);
+    check_kept_logits(f);
+    if (!ops_cpu_bf16()) cr_skip_test("this CPU has no AVX512-BF16: the bf16 table's pair untested");
+    check_kept_logits(ops_cpu_bf16());
+}

@@ -926,11 +926,13 @@ typedef struct LmProducts {
     Bf16Scratch *bf16; /* NULL: fp32 */
 } LmProducts;
 
-static LmProducts lm_products(int bf16, const float *w, int64_t C, int64_t V, int backward) {
+/* In bf16, packs w^T when the logits are to be computed and w when d(h)
+ * is. */
+static LmProducts lm_products(int bf16, const float *w, int64_t C, int64_t V, int logits, int dh) {
     LmProducts p = {bf16 ? bf16_scratch() : NULL};
     if (!p.bf16) return p;
-    if (gemm_bf16_pack_b(&p.bf16->lm_w_t, 1, C, V, w, C) ||
-        (backward && gemm_bf16_pack_b(&p.bf16->lm_w, 0, V, C, w, C)))
+    if ((logits && gemm_bf16_pack_b(&p.bf16->lm_w_t, 1, C, V, w, C)) ||
+        (dh && gemm_bf16_pack_b(&p.bf16->lm_w, 0, V, C, w, C)))
         bf16_out_of_memory("the LM head weight", V * C);
     return p;
 }
@@ -986,7 +988,9 @@ PONDER_HOT static void lse_and_entropy(const float *z, int64_t V, float *lse_out
     *entropy_out = log_sum - sum_pz / sum; /* H = lse - E[z] in shifted units */
 }
 
-static void lm_head_forward(int bf16, float *logp, float *entropy, float *lse,
+/* keep: NULL, or [A, V] that receives the logits of the active rows (they
+ * are computed there instead of in a per-chunk buffer). */
+static void lm_head_forward(int bf16, float *keep, float *logp, float *entropy, float *lse,
                             const float *h, const float *w, const int32_t *targets,
                             const float *mask, int64_t N, int64_t C, int64_t V) {
     memset(logp, 0, (size_t)N * sizeof(float));
@@ -995,11 +999,12 @@ static void lm_head_forward(int bf16, float *logp, float *entropy, float *lse,
     const int64_t R = lm_head_chunk_rows(V);
     int64_t *idx = malloc((size_t)N * sizeof(int64_t));
     float *hc = malloc((size_t)(R * C) * sizeof(float));
-    float *z = malloc((size_t)(R * V) * sizeof(float));
+    float *zbuf = keep ? NULL : malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
-    LmProducts lp = lm_products(A && bf16, w, C, V, 0);
+    LmProducts lp = lm_products(A && bf16, w, C, V, 1, 0);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
+        float *z = keep ? keep + r0 * V : zbuf;
         chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
@@ -1011,7 +1016,7 @@ static void lm_head_forward(int bf16, float *logp, float *entropy, float *lse,
             if (entropy) entropy[n] = H;
         }
     }
-    free(z);
+    free(zbuf);
     free(hc);
     free(idx);
 }
@@ -1039,7 +1044,9 @@ PONDER_HOT static void dlogits_row(float *z, int64_t V, float lse, float dlogp, 
     z[target] += dlogp;
 }
 
-static void lm_head_backward(int bf16, float *dh, float *dw, const float *dlogp,
+/* kept: NULL, or the forward's logits of the active rows ([A, V], from
+ * lm_head_forward's keep), used instead of recomputing them. */
+static void lm_head_backward(int bf16, float *kept, float *dh, float *dw, const float *dlogp,
                              const float *dentropy, const float *h, const float *w,
                              const int32_t *targets, const float *lse, const float *mask,
                              int64_t N, int64_t C, int64_t V) {
@@ -1047,12 +1054,16 @@ static void lm_head_backward(int bf16, float *dh, float *dw, const float *dlogp,
     int64_t *idx = malloc((size_t)N * sizeof(int64_t));
     float *hc = malloc((size_t)(R * C) * sizeof(float));
     float *dhc = malloc((size_t)(R * C) * sizeof(float));
-    float *z = malloc((size_t)(R * V) * sizeof(float));
+    float *zbuf = kept ? NULL : malloc((size_t)(R * V) * sizeof(float));
     int64_t A = active_rows(idx, mask, N);
-    LmProducts lp = lm_products(A && bf16, w, C, V, 1);
+    LmProducts lp = lm_products(A && bf16, w, C, V, !kept, 1);
     for (int64_t r0 = 0; r0 < A; r0 += R) {
         int64_t rows = A - r0 < R ? A - r0 : R;
-        chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
+        float *z = kept ? kept + r0 * V : zbuf;
+        if (kept)
+            gather_rows(hc, h, idx + r0, rows, C); /* the d(w) product needs the rows */
+        else
+            chunk_logits(&lp, z, hc, h, w, idx + r0, rows, C, V);
 #pragma omp parallel for if (rows * V > PAR_MIN_WORK) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             int64_t n = idx[r0 + r];
@@ -1065,7 +1076,7 @@ static void lm_head_backward(int bf16, float *dh, float *dw, const float *dlogp,
             for (int64_t c = 0; c < C; c++) d[c] += dhc[r * C + c];
         }
     }
-    free(z);
+    free(zbuf);
     free(dhc);
     free(hc);
     free(idx);
@@ -1074,27 +1085,54 @@ static void lm_head_backward(int bf16, float *dh, float *dw, const float *dlogp,
 static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                 const float *w, const int32_t *targets, const float *mask,
                                 int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(0, logp, entropy, lse, h, w, targets, mask, N, C, V);
+    lm_head_forward(0, NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
 }
 
 static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
                                  const float *h, const float *w, const int32_t *targets,
                                  const float *lse, const float *mask, int64_t N, int64_t C,
                                  int64_t V) {
-    lm_head_backward(0, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+    lm_head_backward(0, NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
 }
 
 static void bf16_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
                                  const float *w, const int32_t *targets, const float *mask,
                                  int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(1, logp, entropy, lse, h, w, targets, mask, N, C, V);
+    lm_head_forward(1, NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
 }
 
 static void bf16_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
                                   const float *h, const float *w, const int32_t *targets,
                                   const float *lse, const float *mask, int64_t N, int64_t C,
                                   int64_t V) {
-    lm_head_backward(1, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+    lm_head_backward(1, NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+}
+
+/* The keep / kept pair of both tables (ops.h). */
+static void cpu_lm_head_forward_keep(float *logp, float *entropy, float *lse, float *logits,
+                                     const float *h, const float *w, const int32_t *targets,
+                                     const float *mask, int64_t N, int64_t C, int64_t V) {
+    lm_head_forward(0, logits, logp, entropy, lse, h, w, targets, mask, N, C, V);
+}
+
+static void cpu_lm_head_backward_kept(float *dh, float *dw, float *logits, const float *dlogp,
+                                      const float *dentropy, const float *h, const float *w,
+                                      const int32_t *targets, const float *lse, const float *mask,
+                                      int64_t N, int64_t C, int64_t V) {
+    lm_head_backward(0, logits, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
+}
+
+static void bf16_lm_head_forward_keep(float *logp, float *entropy, float *lse, float *logits,
+                                      const float *h, const float *w, const int32_t *targets,
+                                      const float *mask, int64_t N, int64_t C, int64_t V) {
+    lm_head_forward(1, logits, logp, entropy, lse, h, w, targets, mask, N, C, V);
+}
+
+static void bf16_lm_head_backward_kept(float *dh, float *dw, float *logits, const float *dlogp,
+                                       const float *dentropy, const float *h, const float *w,
+                                       const int32_t *targets, const float *lse, const float *mask,
+                                       int64_t N, int64_t C, int64_t V) {
+    lm_head_backward(1, logits, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
 }
 
 /* ---------------------------------------------------------- optimizer ---- */
@@ -1173,6 +1211,8 @@ static const ModelOps CPU_OPS = {
     .matmul_backward = cpu_matmul_backward,
     .lm_head_forward = cpu_lm_head_forward,
     .lm_head_backward = cpu_lm_head_backward,
+    .lm_head_forward_keep = cpu_lm_head_forward_keep,
+    .lm_head_backward_kept = cpu_lm_head_backward_kept,
 };
 
 static const ModelOps CPU_BF16_OPS = {
@@ -1182,6 +1222,8 @@ static const ModelOps CPU_BF16_OPS = {
     .matmul_backward = bf16_matmul_backward,
     .lm_head_forward = bf16_lm_head_forward,
     .lm_head_backward = bf16_lm_head_backward,
+    .lm_head_forward_keep = bf16_lm_head_forward_keep,
+    .lm_head_backward_kept = bf16_lm_head_backward_kept,
     .weights_frozen = bf16_weights_frozen,
 };
 
