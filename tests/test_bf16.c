@@ -264,44 +264,71 @@ Test(ops_bf16, linear_layer_uses_rounded_operands) {
     }
 }
 
+/* An LM-head case over more rows than one chunk holds (V = 4096: 1024 rows
+ * per chunk), with every `skip`-th row masked, and its five outputs. */
+enum { LM_N = 1100, LM_C = 24, LM_V = 4096 };
+typedef struct LmCase {
+    float *h, *w, *dlogp, *dent, *mask;
+    int32_t *targets;
+    int64_t active; /* rows with mask != 0 */
+} LmCase;
+
+static LmCase lm_case(uint64_t seed, int64_t skip) {
+    Rng r = rng_from_seed(seed);
+    LmCase k = {random_floats(&r, LM_N * LM_C), random_floats(&r, LM_V * LM_C),
+                random_floats(&r, LM_N), random_floats(&r, LM_N),
+                malloc(LM_N * sizeof(float)), malloc(LM_N * sizeof(int32_t)), 0};
+    for (int64_t i = 0; i < LM_V * LM_C; i++) k.w[i] *= 0.2f; /* logits of order 1, as in a trained model */
+    for (int64_t n = 0; n < LM_N; n++) {
+        k.targets[n] = (int32_t)rng_below(&r, LM_V);
+        k.mask[n] = n % skip == skip / 2 ? 0.0f : 1.0f;
+        k.active += k.mask[n] != 0.0f;
+    }
+    return k;
+}
+
+static void lm_case_free(LmCase *k) {
+    free(k->h), free(k->w), free(k->dlogp), free(k->dent), free(k->mask), free(k->targets);
+}
+
+/* logp, entropy, lse, d(h), d(w), zero-filled */
+static const char *const LM_NAMES[5] = {"logp", "entropy", "lse", "dh", "dw"};
+static const int64_t LM_SIZES[5] = {LM_N, LM_N, LM_N, LM_N * LM_C, LM_V * LM_C};
+
+static void lm_outputs(float *out[5]) {
+    for (int i = 0; i < 5; i++) out[i] = calloc((size_t)LM_SIZES[i], sizeof(float));
+}
+
+static void lm_outputs_free(float *out[5]) {
+    for (int i = 0; i < 5; i++) free(out[i]);
+}
+
+/* lm_head_forward then lm_head_backward of table o into out */
+static void lm_forward_backward(const ModelOps *o, const LmCase *k, float *out[5]) {
+    o->lm_head_forward(out[0], out[1], out[2], k->h, k->w, k->targets, k->mask, LM_N, LM_C, LM_V);
+    o->lm_head_backward(out[3], out[4], k->dlogp, k->dent, k->h, k->w, k->targets, out[2], k->mask,
+                        LM_N, LM_C, LM_V);
+}
+
 /* The LM head in bf16 stays within 1e-2 of fp32 (forward and backward), on
  * more rows than one chunk holds, and differs from it (the bf16 path ran). */
 Test(ops_bf16, lm_head_follows_fp32) {
     need_bf16();
-    const ModelOps *f = ops_cpu(), *o = ops_cpu_bf16();
-    const int64_t N = 1100, C = 24, V = 4096; /* 4096 columns: 1024 rows per chunk */
-    Rng r = rng_from_seed(30);
-    float *h = random_floats(&r, N * C), *w = random_floats(&r, V * C);
-    for (int64_t i = 0; i < V * C; i++) w[i] *= 0.2f; /* logits of order 1, as in a trained model */
-    float *dlogp = random_floats(&r, N), *dent = random_floats(&r, N), *mask = malloc((size_t)N * sizeof(float));
-    int32_t *targets = malloc((size_t)N * sizeof(int32_t));
-    for (int64_t n = 0; n < N; n++) {
-        targets[n] = (int32_t)rng_below(&r, (uint64_t)V);
-        mask[n] = n % 7 == 3 ? 0.0f : 1.0f;
-    }
-    float *out[2][5]; /* logp, entropy, lse, dh, dw per table */
-    const ModelOps *tables[2] = {f, o};
+    LmCase k = lm_case(30, 7);
+    float *out[2][5]; /* fp32, bf16 */
+    const ModelOps *tables[2] = {ops_cpu(), ops_cpu_bf16()};
     for (int t = 0; t < 2; t++) {
-        out[t][0] = calloc((size_t)N, sizeof(float));
-        out[t][1] = calloc((size_t)N, sizeof(float));
-        out[t][2] = calloc((size_t)N, sizeof(float));
-        out[t][3] = calloc((size_t)(N * C), sizeof(float));
-        out[t][4] = calloc((size_t)(V * C), sizeof(float));
-        tables[t]->lm_head_forward(out[t][0], out[t][1], out[t][2], h, w, targets, mask, N, C, V);
-        tables[t]->lm_head_backward(out[t][3], out[t][4], dlogp, dent, h, w, targets, out[t][2],
-                                    mask, N, C, V);
+        lm_outputs(out[t]);
+        lm_forward_backward(tables[t], &k, out[t]);
     }
-    const char *names[5] = {"logp", "entropy", "lse", "dh", "dw"};
-    const int64_t sizes[5] = {N, N, N, N * C, V * C};
     for (int i = 0; i < 5; i++) {
-        double e = max_rel_diff(out[1][i], out[0][i], sizes[i]);
-        cr_log_info("lm head %s: bf16 vs fp32 max rel diff %.3g", names[i], e);
-        cr_expect(e < 1e-2, "%s: bf16 differs from fp32 by %.3g (relative)", names[i], e);
-        cr_expect(e > 1e-6, "%s: bf16 equals fp32 (%.3g): was bf16 used?", names[i], e);
+        double e = max_rel_diff(out[1][i], out[0][i], LM_SIZES[i]);
+        cr_log_info("lm head %s: bf16 vs fp32 max rel diff %.3g", LM_NAMES[i], e);
+        cr_expect(e < 1e-2, "%s: bf16 differs from fp32 by %.3g (relative)", LM_NAMES[i], e);
+        cr_expect(e > 1e-6, "%s: bf16 equals fp32 (%.3g): was bf16 used?", LM_NAMES[i], e);
     }
-    for (int t = 0; t < 2; t++)
-        for (int i = 0; i < 5; i++) free(out[t][i]);
-    free(h), free(w), free(dlogp), free(dent), free(mask), free(targets);
+    lm_outputs_free(out[0]), lm_outputs_free(out[1]);
+    lm_case_free(&k);
 }
 
 /* ----------------------------------------------------- bf16 models ---- */
@@ -481,43 +508,21 @@ Test(model_bf16, frozen_weights_are_repacked_in_each_window) {
  * lm_head_backward give, bit for bit, over more rows than one chunk and
  * with masked rows, in both CPU tables (the fp32 one needs no AVX512-BF16). */
 static void check_kept_logits(const ModelOps *o) {
-    const int64_t N = 1100, C = 24, V = 4096;
-    Rng r = rng_from_seed(50);
-    float *h = random_floats(&r, N * C), *w = random_floats(&r, V * C);
-    for (int64_t i = 0; i < V * C; i++) w[i] *= 0.2f;
-    float *dlogp = random_floats(&r, N), *dent = random_floats(&r, N), *mask = malloc((size_t)N * sizeof(float));
-    int32_t *targets = malloc((size_t)N * sizeof(int32_t));
-    int64_t active = 0;
-    for (int64_t n = 0; n < N; n++) {
-        targets[n] = (int32_t)rng_below(&r, (uint64_t)V);
-        mask[n] = n % 5 == 2 ? 0.0f : 1.0f;
-        active += mask[n] != 0.0f;
-    }
-    float *kept = malloc((size_t)(active * V) * sizeof(float));
-    float *out[2][5];
-    for (int t = 0; t < 2; t++) {
-        out[t][0] = calloc((size_t)N, sizeof(float));
-        out[t][1] = calloc((size_t)N, sizeof(float));
-        out[t][2] = calloc((size_t)N, sizeof(float));
-        out[t][3] = calloc((size_t)(N * C), sizeof(float));
-        out[t][4] = calloc((size_t)(V * C), sizeof(float));
-        if (t == 0) {
-            o->lm_head_forward(out[t][0], out[t][1], out[t][2], h, w, targets, mask, N, C, V);
-            o->lm_head_backward(out[t][3], out[t][4], dlogp, dent, h, w, targets, out[t][2], mask, N, C, V);
-        } else {
-            o->lm_head_forward_keep(out[t][0], out[t][1], out[t][2], kept, h, w, targets, mask, N, C, V);
-            o->lm_head_backward_kept(out[t][3], out[t][4], kept, dlogp, dent, h, w, targets, out[t][2],
-                                     mask, N, C, V);
-        }
-    }
-    const char *names[5] = {"logp", "entropy", "lse", "dh", "dw"};
-    const int64_t sizes[5] = {N, N, N, N * C, V * C};
+    LmCase k = lm_case(50, 5);
+    float *kept = malloc((size_t)(k.active * LM_V) * sizeof(float));
+    float *out[2][5]; /* recomputed, kept */
+    lm_outputs(out[0]), lm_outputs(out[1]);
+    lm_forward_backward(o, &k, out[0]);
+    o->lm_head_forward_keep(out[1][0], out[1][1], out[1][2], kept, k.h, k.w, k.targets, k.mask, LM_N,
+                            LM_C, LM_V);
+    o->lm_head_backward_kept(out[1][3], out[1][4], kept, k.dlogp, k.dent, k.h, k.w, k.targets,
+                             out[1][2], k.mask, LM_N, LM_C, LM_V);
     for (int i = 0; i < 5; i++)
-        cr_expect_eq(memcmp(out[0][i], out[1][i], (size_t)sizes[i] * sizeof(float)), 0,
-                     "%s (%s): kept logits changed the result", names[i], o->name);
-    for (int t = 0; t < 2; t++)
-        for (int i = 0; i < 5; i++) free(out[t][i]);
-    free(h), free(w), free(dlogp), free(dent), free(mask), free(targets), free(kept);
+        cr_expect_eq(memcmp(out[0][i], out[1][i], (size_t)LM_SIZES[i] * sizeof(float)), 0,
+                     "%s (%s): kept logits changed the result", LM_NAMES[i], o->name);
+    lm_outputs_free(out[0]), lm_outputs_free(out[1]);
+    lm_case_free(&k);
+    free(kept);
 }
 
 Test(ops_bf16, kept_lm_logits_equal_recomputed_ones) {

@@ -22,6 +22,13 @@
 /* Accuracy the learning test must reach (measured: see the test's log line). */
 #define LEARN_BAR 0.80
 
+/* rm -rf of a test's temporary directory (a mkdtemp result). */
+static void remove_dir(const char *dir) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0, "could not remove %s", dir);
+}
+
 static Tokenizer *char_tokenizer(void) {
     Tokenizer *t = NULL;
     PonderError err = {0};
@@ -207,9 +214,8 @@ static float *check_resume(const char *precision, size_t *n_params) {
     *n_params = n;
     optim_free(&oa), optim_free(&ob);
     model_free(ma), model_free(mb);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(a);
+    remove_dir(b);
     return weights;
 }
 
@@ -238,9 +244,7 @@ Test(sft, resume_without_checkpoint_is_a_clear_error) {
     PonderError err = {0};
     cr_expect_neq(train_run(&c, &o, &s, &err), 0);
     cr_expect(strstr(err.msg, "--resume") != NULL, "%s", err.msg);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }
 
 /* --------------------------------------------------------- non-finite guard */
@@ -261,9 +265,7 @@ Test(sft, non_finite_steps_stop_with_a_checkpoint) {
     cr_expect(strstr(err.msg, "non-finite steps in a row") != NULL, "%s", err.msg);
     cr_expect_eq(s.skipped_steps, 3);
     cr_expect(s.last_checkpoint[0] != '\0', "no checkpoint written");
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }
 
 /* -------------------------------------------------------------- learning -- */
@@ -292,9 +294,7 @@ Test(sft, learns_two_digit_addition, .timeout = 240) {
     cr_log_info("2-digit addition after %lld steps: accuracy %.3f in %.1fs",
                 (long long)s.steps_done, s.final_accuracy, s.seconds);
     cr_expect(s.final_accuracy >= LEARN_BAR, "accuracy %.3f below %.2f", s.final_accuracy, LEARN_BAR);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }
 
 /* ---------------------------------------------------------- the command -- */
@@ -338,8 +338,7 @@ Test(sft, sigint_checkpoints_and_resumes, .timeout = 120) {
     cr_expect_eq(WEXITSTATUS(st), 0, "resume exit status %d", WEXITSTATUS(st));
     snprintf(cmd, sizeof cmd, "grep -q 'resumed from' %s/out2.txt", d);
     cr_expect_eq(system(cmd), 0, "no 'resumed from' line");
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }
 
 /* model.init_from starts a new run from a checkpoint's weights (a step at a
@@ -365,9 +364,8 @@ Test(sft, init_from_starts_from_checkpoint_weights, .timeout = 120) {
                  "the new run did not start from the checkpoint's weights");
     optim_free(&oa), optim_free(&ob);
     model_free(ma), model_free(mb);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(a);
+    remove_dir(b);
 }
 
 /* `ponder eval` creates a missing --out directory and builds its model on
@@ -397,9 +395,7 @@ Test(sft, eval_command_writes_into_a_new_directory, .timeout = 120) {
                  d, precisions[i], d, precisions[i]);
         cr_expect_eq(system(cmd), 0, "%s: no report or samples in the new directory", precisions[i]);
     }
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }
 
 /* Where the CPU has no AVX512-BF16 (simulated with PONDER_CPU_BF16=0),
@@ -422,6 +418,5 @@ Test(sft, bf16_without_avx512_bf16_is_a_clear_error, .timeout = 60) {
     cr_expect_eq(system(cmd), 0, "the message does not say what is missing");
     snprintf(cmd, sizeof cmd, "test ! -e %s/run/checkpoints || test -z \"$(ls %s/run/checkpoints)\"", d, d);
     cr_expect_eq(system(cmd), 0, "a checkpoint was written");
-    snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-    cr_expect_eq(system(cmd), 0);
+    remove_dir(d);
 }

@@ -1082,58 +1082,37 @@ static void lm_head_backward(int bf16, float *kept, float *dh, float *dw, const 
     free(idx);
 }
 
-static void cpu_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
-                                const float *w, const int32_t *targets, const float *mask,
-                                int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(0, NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
-}
+/* The LM head's four table entries for one precision (bf16 = 0 or 1): the
+ * plain pair and the keep / kept pair (ops.h), all on the functions above. */
+#define LM_HEAD_OPS(prefix, bf16)                                                                  \
+    static void prefix##_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,  \
+                                         const float *w, const int32_t *targets, const float *mask, \
+                                         int64_t N, int64_t C, int64_t V) {                        \
+        lm_head_forward(bf16, NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);             \
+    }                                                                                              \
+    static void prefix##_lm_head_backward(float *dh, float *dw, const float *dlogp,                \
+                                          const float *dentropy, const float *h, const float *w,   \
+                                          const int32_t *targets, const float *lse,                \
+                                          const float *mask, int64_t N, int64_t C, int64_t V) {    \
+        lm_head_backward(bf16, NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);  \
+    }                                                                                              \
+    static void prefix##_lm_head_forward_keep(float *logp, float *entropy, float *lse,             \
+                                              float *logits, const float *h, const float *w,       \
+                                              const int32_t *targets, const float *mask,           \
+                                              int64_t N, int64_t C, int64_t V) {                   \
+        lm_head_forward(bf16, logits, logp, entropy, lse, h, w, targets, mask, N, C, V);           \
+    }                                                                                              \
+    static void prefix##_lm_head_backward_kept(float *dh, float *dw, float *logits,                \
+                                               const float *dlogp, const float *dentropy,          \
+                                               const float *h, const float *w,                     \
+                                               const int32_t *targets, const float *lse,           \
+                                               const float *mask, int64_t N, int64_t C, int64_t V) { \
+        lm_head_backward(bf16, logits, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V); \
+    }
 
-static void cpu_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
-                                 const float *h, const float *w, const int32_t *targets,
-                                 const float *lse, const float *mask, int64_t N, int64_t C,
-                                 int64_t V) {
-    lm_head_backward(0, NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
-}
-
-static void bf16_lm_head_forward(float *logp, float *entropy, float *lse, const float *h,
-                                 const float *w, const int32_t *targets, const float *mask,
-                                 int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(1, NULL, logp, entropy, lse, h, w, targets, mask, N, C, V);
-}
-
-static void bf16_lm_head_backward(float *dh, float *dw, const float *dlogp, const float *dentropy,
-                                  const float *h, const float *w, const int32_t *targets,
-                                  const float *lse, const float *mask, int64_t N, int64_t C,
-                                  int64_t V) {
-    lm_head_backward(1, NULL, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
-}
-
-/* The keep / kept pair of both tables (ops.h). */
-static void cpu_lm_head_forward_keep(float *logp, float *entropy, float *lse, float *logits,
-                                     const float *h, const float *w, const int32_t *targets,
-                                     const float *mask, int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(0, logits, logp, entropy, lse, h, w, targets, mask, N, C, V);
-}
-
-static void cpu_lm_head_backward_kept(float *dh, float *dw, float *logits, const float *dlogp,
-                                      const float *dentropy, const float *h, const float *w,
-                                      const int32_t *targets, const float *lse, const float *mask,
-                                      int64_t N, int64_t C, int64_t V) {
-    lm_head_backward(0, logits, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
-}
-
-static void bf16_lm_head_forward_keep(float *logp, float *entropy, float *lse, float *logits,
-                                      const float *h, const float *w, const int32_t *targets,
-                                      const float *mask, int64_t N, int64_t C, int64_t V) {
-    lm_head_forward(1, logits, logp, entropy, lse, h, w, targets, mask, N, C, V);
-}
-
-static void bf16_lm_head_backward_kept(float *dh, float *dw, float *logits, const float *dlogp,
-                                       const float *dentropy, const float *h, const float *w,
-                                       const int32_t *targets, const float *lse, const float *mask,
-                                       int64_t N, int64_t C, int64_t V) {
-    lm_head_backward(1, logits, dh, dw, dlogp, dentropy, h, w, targets, lse, mask, N, C, V);
-}
+LM_HEAD_OPS(cpu, 0)
+LM_HEAD_OPS(bf16, 1)
+#undef LM_HEAD_OPS
 
 /* ---------------------------------------------------------- optimizer ---- */
 
