@@ -37,6 +37,13 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
         a->B = B, a->T = T;
         return PONDER_OK;
     }
+    /* Grow every dimension to the larger of what was there and what is asked:
+     * batches of alternating shapes (RL micro-batches: many short rows, then
+     * few long ones) would otherwise reallocate, and fault fresh pages in, on
+     * every pass. Only the sizes change; B and T stay the batch's own. */
+    const int64_t Bc = B > a->capacity_b ? B : a->capacity_b;
+    const int64_t Nc = N > a->capacity_n ? N : a->capacity_n;
+    const int64_t attc = att > a->capacity_att ? att : a->capacity_att;
     model_free_activations(m);
     const ModelConfig *c = &m->cfg;
     const int64_t L = c->n_layer, C = c->d_model, F = c->d_ff;
@@ -44,57 +51,57 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     const ModelOps *o = m->ops;
 #define ALLOC(field, count) (a->field = o->alloc((size_t)(count) * f), ok = ok && a->field)
     int ok = 1;
-    ALLOC(resid, (L + 1) * N * C);
-    ALLOC(ln1, L * N * C);
-    ALLOC(ln1_mean, L * N);
-    ALLOC(ln1_rstd, L * N);
-    ALLOC(qkv, L * N * m->qkv_dim);
-    ALLOC(att, L * att);
-    ALLOC(atty, L * N * m->attn_dim);
-    ALLOC(resid2, L * N * C);
-    ALLOC(ln2, L * N * C);
-    ALLOC(ln2_mean, L * N);
-    ALLOC(ln2_rstd, L * N);
-    ALLOC(fc, L * N * m->fc_dim);
-    ALLOC(act, L * N * F);
-    ALLOC(lnf, N * C);
-    ALLOC(lnf_scaled, N * C);
-    ALLOC(lnf_mean, N);
-    ALLOC(lnf_rstd, N);
-    ALLOC(lse, N);
-    ALLOC(tokens, N);
-    ALLOC(targets, N);
-    ALLOC(pos, N);
-    ALLOC(start, B);
-    ALLOC(mask, N);
-    ALLOC(dresid, N * C);
-    ALLOC(dln, N * C);
-    ALLOC(datty, N * m->attn_dim);
-    ALLOC(dqkv, N * m->qkv_dim);
-    ALLOC(dfc, N * m->fc_dim);
-    ALLOC(dact, N * F);
-    ALLOC(dlnf, N * C);
-    ALLOC(dvalues, N);
+    ALLOC(resid, (L + 1) * Nc * C);
+    ALLOC(ln1, L * Nc * C);
+    ALLOC(ln1_mean, L * Nc);
+    ALLOC(ln1_rstd, L * Nc);
+    ALLOC(qkv, L * Nc * m->qkv_dim);
+    ALLOC(att, L * attc);
+    ALLOC(atty, L * Nc * m->attn_dim);
+    ALLOC(resid2, L * Nc * C);
+    ALLOC(ln2, L * Nc * C);
+    ALLOC(ln2_mean, L * Nc);
+    ALLOC(ln2_rstd, L * Nc);
+    ALLOC(fc, L * Nc * m->fc_dim);
+    ALLOC(act, L * Nc * F);
+    ALLOC(lnf, Nc * C);
+    ALLOC(lnf_scaled, Nc * C);
+    ALLOC(lnf_mean, Nc);
+    ALLOC(lnf_rstd, Nc);
+    ALLOC(lse, Nc);
+    ALLOC(tokens, Nc);
+    ALLOC(targets, Nc);
+    ALLOC(pos, Nc);
+    ALLOC(start, Bc);
+    ALLOC(mask, Nc);
+    ALLOC(dresid, Nc * C);
+    ALLOC(dln, Nc * C);
+    ALLOC(datty, Nc * m->attn_dim);
+    ALLOC(dqkv, Nc * m->qkv_dim);
+    ALLOC(dfc, Nc * m->fc_dim);
+    ALLOC(dact, Nc * F);
+    ALLOC(dlnf, Nc * C);
+    ALLOC(dvalues, Nc);
     /* saves the backward's recomputation of the LM head's logits (about a
      * tenth of a GPT-2 T=64 step's products) where they fit */
-    if (o->lm_head_forward_keep && o->lm_head_backward_kept && N * c->vocab_size <= MODEL_LM_KEEP_MAX)
-        ALLOC(lm_logits, N * c->vocab_size);
+    if (o->lm_head_forward_keep && o->lm_head_backward_kept && Nc * c->vocab_size <= MODEL_LM_KEEP_MAX)
+        ALLOC(lm_logits, Nc * c->vocab_size);
     /* the heads' outputs in backend memory: model_forward_backend's on any
      * backend, model_forward's staging on a device */
-    ALLOC(d_logp, N);
-    ALLOC(d_entropy, N);
-    ALLOC(d_values, N);
+    ALLOC(d_logp, Nc);
+    ALLOC(d_entropy, Nc);
+    ALLOC(d_values, Nc);
     if (o->device) {
-        ALLOC(d_dlogp, N);
-        ALLOC(d_dentropy, N);
+        ALLOC(d_dlogp, Nc);
+        ALLOC(d_dentropy, Nc);
 #define HOST_ALLOC(field, count) \
     (a->field = calloc((size_t)(count), sizeof *a->field), ok = ok && a->field)
-        HOST_ALLOC(h_tokens, N);
-        HOST_ALLOC(h_targets, N);
-        HOST_ALLOC(h_pos, N);
-        HOST_ALLOC(h_start, B);
-        HOST_ALLOC(h_mask, N);
-        HOST_ALLOC(h_rows, N);
+        HOST_ALLOC(h_tokens, Nc);
+        HOST_ALLOC(h_targets, Nc);
+        HOST_ALLOC(h_pos, Nc);
+        HOST_ALLOC(h_start, Bc);
+        HOST_ALLOC(h_mask, Nc);
+        HOST_ALLOC(h_rows, Nc);
 #undef HOST_ALLOC
     }
 #undef ALLOC
@@ -104,7 +111,7 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
                             "out of memory for activations of a [%lld,%lld] batch",
                             (long long)B, (long long)T);
     }
-    a->capacity_n = N, a->capacity_att = att, a->capacity_b = B, a->B = B, a->T = T;
+    a->capacity_n = Nc, a->capacity_att = attc, a->capacity_b = Bc, a->B = B, a->T = T;
     return PONDER_OK;
 }
 

@@ -3,7 +3,8 @@
  * dropping groups, trains on what it kept at the round limit, and gives up
  * with a clear error (and a checkpoint) when every group's rewards are equal;
  * GRPO raises a learnable reward within seconds (against a no-learning
- * control). */
+ * control); micro-batches sorted by length give the update of the whole
+ * mini-batch (GRPO, and PPO with a critic, a reference and two mini-batches). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/rl_internal.h"
 #include "trainer/train.h"
 
 static PonderConfig rl_config(const char *dir, int n_extra, char **extra) {
@@ -191,4 +193,184 @@ Test(rl, grpo_learns_to_raise_its_reward, .timeout = 120) {
     double rise = reward_rise("1e-2"), control = reward_rise("1e-9");
     cr_expect(rise >= 0.5, "GRPO raised the mean reward by only %.3f (need >= 0.5)", rise);
     cr_expect(fabs(control) < 0.1, "the control moved by %.3f without learning", control);
+}
+
+/* ------------------------------------------------------- micro-batches ---- */
+
+/* Six rows: prompts left-padded to Pmax 5, completions of 10, 3, 7, 10, 1
+ * and 0 tokens; every model cell holds a code of its row and column. */
+static TrainBatch six_rows(void) {
+    static int32_t start[6] = {0, 2, 4, 1, 3, 0}, clen[6] = {10, 3, 7, 10, 1, 0};
+    static int32_t tokens[6 * 14], targets[6 * 14];
+    static float mask[6 * 14], cmask[6 * 10], logp[6 * 10];
+    static int64_t group[6] = {0, 0, 1, 1, 2, 2};
+    for (int i = 0; i < 6 * 14; i++) tokens[i] = 1000 + i, targets[i] = 2000 + i, mask[i] = (float)i;
+    for (int i = 0; i < 6 * 10; i++) cmask[i] = (float)(i % 10 < clen[i / 10]), logp[i] = -(float)i;
+    TrainBatch b = {6, 14, 10, 5, tokens, targets, start, mask, cmask, logp, group, clen};
+    return b;
+}
+
+Test(rl_micro, plan_sorts_rows_and_keeps_the_budget) {
+    TrainBatch b = six_rows();
+    PonderError err = {0};
+    RlMicroPlan p;
+    cr_assert_eq(rl_micro_plan(&b, 0, 6, 30, &p, &err), 0, "%s", err.msg);
+    /* completion length, then prompt length (Pmax - start), descending */
+    const int64_t order[6] = {0, 3, 2, 1, 4, 5};
+    for (int k = 0; k < 6; k++) cr_expect_eq(p.row[k], order[k], "row %d: %lld", k, (long long)p.row[k]);
+    cr_expect_eq(p.first[0], 0);
+    cr_expect_eq(p.first[p.n], 6);
+    for (int64_t k = 0; k < p.n; k++) {
+        int64_t lo = 99, hi = 0, n = p.first[k + 1] - p.first[k];
+        cr_expect_gt(n, 0);
+        for (int64_t j = p.first[k]; j < p.first[k + 1]; j++) {
+            int64_t i = p.row[j], e = b.Pmax + b.clen[i] - 1;
+            lo = b.start[i] < lo ? b.start[i] : lo;
+            hi = (e > b.start[i] ? e : b.start[i] + 1) > hi ? (e > b.start[i] ? e : b.start[i] + 1) : hi;
+        }
+        cr_expect(n == 1 || n * (hi - lo) <= 30, "micro-batch %lld: %lld rows x %lld columns",
+                  (long long)k, (long long)n, (long long)(hi - lo));
+    }
+    /* rows 0 and 3 span columns 0-13 and 1-13: 2 x 14 = 28 fits, a third does not */
+    cr_expect_eq(p.first[1], 2);
+    rl_micro_plan_free(&p);
+    /* budget 1: one row each; a large budget: one micro-batch; rows 2..5 only */
+    cr_assert_eq(rl_micro_plan(&b, 0, 6, 1, &p, &err), 0);
+    cr_expect_eq(p.n, 6);
+    rl_micro_plan_free(&p);
+    cr_assert_eq(rl_micro_plan(&b, 2, 4, 1 << 20, &p, &err), 0);
+    cr_expect_eq(p.n, 1);
+    cr_expect_eq(p.row[0], 3);
+    cr_expect_eq(p.row[3], 5);
+    rl_micro_plan_free(&p);
+    cr_expect_neq(rl_micro_plan(&b, 0, 6, 0, &p, &err), 0, "a zero budget was accepted");
+}
+
+Test(rl_micro, batch_keeps_each_rows_cells) {
+    TrainBatch b = six_rows(), mb;
+    PonderError err = {0};
+    const int64_t idx[2] = {2, 4}; /* starts 4 and 3, completions 7 and 1 */
+    cr_assert_eq(rl_micro_batch(&b, idx, 2, &mb, &err), 0, "%s", err.msg);
+    /* columns 3 .. Pmax + 7 - 1 = 11: T 8, Pmax 2, Tc 7 */
+    cr_expect_eq(mb.T, 8);
+    cr_expect_eq(mb.Pmax, 2);
+    cr_expect_eq(mb.Tc, 7);
+    cr_expect_eq(mb.start[0], 1);
+    cr_expect_eq(mb.start[1], 0);
+    for (int k = 0; k < 2; k++)
+        for (int c = 0; c < mb.T; c++) {
+            int64_t at = idx[k] * b.T + 3 + c;
+            cr_expect_eq(mb.tokens[k * mb.T + c], b.tokens[at]);
+            cr_expect_eq(mb.targets[k * mb.T + c], b.targets[at]);
+            cr_expect_eq(mb.mask[k * mb.T + c], b.mask[at]);
+        }
+    for (int k = 0; k < 2; k++)
+        for (int t = 0; t < mb.Tc; t++) {
+            cr_expect_eq(mb.cmask[k * mb.Tc + t], b.cmask[idx[k] * b.Tc + t]);
+            cr_expect_eq(mb.sample_logp[k * mb.Tc + t], b.sample_logp[idx[k] * b.Tc + t]);
+        }
+    cr_expect_eq(mb.group[0], 1);
+    cr_expect_eq(mb.group[1], 2);
+    /* scatter puts a micro-batch array back where gather took it from */
+    float back[60];
+    for (int i = 0; i < 60; i++) back[i] = 7.0f;
+    rl_micro_scatter(&b, &mb, idx, mb.sample_logp, back);
+    for (int i = 0; i < 60; i++) {
+        int row = i / 10, t = i % 10, in = (row == 2 || row == 4) && t < 7;
+        cr_expect_eq(back[i], in ? b.sample_logp[i] : 7.0f, "cell %d", i);
+    }
+    rl_train_batch_free(&mb);
+}
+
+/* The last RL metrics line of a run directory. */
+static void last_rl_line(const char *dir, char *line, size_t n) {
+    char path[700], buf[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f != NULL);
+    line[0] = '\0';
+    while (fgets(buf, sizeof buf, f))
+        if (strstr(buf, "\"kind\":\"rl\"")) snprintf(line, n, "%s", buf);
+    fclose(f);
+    cr_assert(line[0] != '\0', "no RL line in %s", path);
+}
+
+/* One SFT step and one RL step (unless extra says otherwise) of the config
+ * with micro-batches of `budget` tokens; the run's directory in dir. */
+static void micro_run(const char *yaml, const char *budget, char *dir, int n_extra, char **extra) {
+    strcpy(dir, "/tmp/ponder_micro_XXXXXX");
+    cr_assert(mkdtemp(dir));
+    char dir_kv[600], budget_kv[64];
+    snprintf(dir_kv, sizeof dir_kv, "run.dir=%s", dir);
+    snprintf(budget_kv, sizeof budget_kv, "stages.1.micro_batch_tokens=%s", budget);
+    char *base[] = {dir_kv, budget_kv, "model.d_model=32", "model.n_layer=1", "model.n_head=2",
+                    "model.max_seq_len=64", "stages.0.steps=1", "stages.0.batch_size=4",
+                    "stages.1.steps=1", "stages.1.prompts_per_step=2", "stages.1.num_generations=4",
+                    "stages.1.max_new_tokens=12", "data.eval_size=4", "eval.max_new_tokens=12",
+                    "runtime.threads=1"};
+    char *all[32];
+    int n = 0;
+    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++) all[n++] = base[i];
+    for (int i = 0; i < n_extra; i++) all[n++] = extra[i];
+    PonderConfig c;
+    PonderError err = {0};
+    char path[600];
+    snprintf(path, sizeof path, PONDER_SOURCE_DIR "/configs/%s", yaml);
+    cr_assert_eq(config_load(&c, path, n, all, &err), 0, "%s", err.msg);
+    TrainOptions o = {0};
+    TrainSummary s;
+    cr_assert_eq(train_run(&c, &o, &s, &err), 0, "%s", err.msg);
+}
+
+/* The same rollout (same seeds, same weights before the update) through one
+ * pass and through micro-batches of at most 44 padded tokens (rows of up to
+ * 20 columns: two or three rows each) must give the same update up to
+ * the order of the sums: weights within 1e-5 of the largest entry of each
+ * tensor, and the same metrics. The bits must differ somewhere, or the
+ * micro-batch path did not run. */
+static void expect_same_update(const char *yaml, int n_extra, char **extra) {
+    char one[64], micro[64], la[8192], lb[8192];
+    micro_run(yaml, "0", one, n_extra, extra);
+    micro_run(yaml, "44", micro, n_extra, extra);
+    char da[200], db[200], ca[700], cb[700];
+    snprintf(da, sizeof da, "%s/checkpoints", one);
+    snprintf(db, sizeof db, "%s/checkpoints", micro);
+    PonderError err = {0};
+    cr_assert_eq(ckpt_find_latest(da, ca, sizeof ca, &err), 0, "%s", err.msg);
+    cr_assert_eq(ckpt_find_latest(db, cb, sizeof cb, &err), 0, "%s", err.msg);
+    CkptDiff d;
+    cr_assert_eq(ckpt_compare(ca, cb, &d, &err), 0, "%s", err.msg);
+    printf("%s: micro-batched update worst relative difference %.3g (%s), %lld of %lld bits differ\n",
+           yaml, d.worst_rel, d.worst_tensor, (long long)d.differing, (long long)d.params);
+    cr_expect_lt(d.worst_rel, 1e-5, "%s: %s differs by %.3g", yaml, d.worst_tensor, d.worst_rel);
+    cr_expect_gt(d.differing, 0, "%s: bit-identical weights: the micro-batch path did not run", yaml);
+    last_rl_line(one, la, sizeof la);
+    last_rl_line(micro, lb, sizeof lb);
+    cr_expect_gt(json_number(la, "grad_norm"), 0.0, "%s: a zero gradient tests nothing", yaml);
+    const char *keys[] = {"reward", "policy_loss", "grad_norm", "entropy", "clip_low", "clip_high",
+                          "kl", "value_loss", "value_clip", "logp_mismatch"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        double a = json_number(la, keys[k]), b = json_number(lb, keys[k]);
+        cr_expect_leq(fabs(a - b), 1e-4 * fabs(a) + 1e-6, "%s %s: %.9g one pass, %.9g micro-batched",
+                      yaml, keys[k], a, b);
+    }
+    remove_dir(one);
+    remove_dir(micro);
+}
+
+/* A length reward: every sample of the first step runs to max_new_tokens
+ * (equal rewards, no update, the same weights in both runs); in the second
+ * some stop early, so its advantages are not all zero. */
+Test(rl_micro, grpo_update_is_the_same_micro_batched, .timeout = 120) {
+    char *extra[] = {"stages.1.steps=2", "rewards.0.type=length", "rewards.0.cap=12",
+                     "rewards.1.weight=0"};
+    expect_same_update("grpo_arith.yaml", 4, extra);
+}
+
+/* PPO scores old log-probs, reference log-probs and values before the
+ * update, and runs value losses, over two mini-batches and two epochs. */
+Test(rl_micro, ppo_update_is_the_same_micro_batched, .timeout = 120) {
+    char *extra[] = {"stages.1.steps=2", "stages.1.beta=0.05", "stages.1.entropy_coef=0.01",
+                     "rewards.0.type=length", "rewards.0.cap=12", "rewards.1.weight=0"};
+    expect_same_update("ppo_arith.yaml", 6, extra);
 }

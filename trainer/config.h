@@ -194,6 +194,7 @@ typedef struct ConfigStage {
     int64_t num_generations;  /* G: samples per prompt */
     int64_t prompts_per_step;
     int64_t mini_batches;     /* optimizer steps per pass; divides prompts_per_step * num_generations */
+    int64_t micro_batch_tokens; /* padded tokens per forward/backward pass; 0 = a mini-batch at once */
     int64_t num_iterations;   /* passes over each rollout (PPO epochs) */
     double temperature;       /* rollout sampling */
     double top_p;

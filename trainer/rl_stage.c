@@ -407,21 +407,6 @@ int rl_collect(RlStage *s, int64_t step, int64_t *cursor, Rollout *r, RlStepStat
 
 /* ============================================================ batch ====== */
 
-typedef struct TrainBatch {
-    int64_t S, T, Tc, Pmax;
-    int32_t *tokens, *targets, *start; /* model batch [S,T] */
-    float *mask;                       /* model mask [S,T] */
-    float *cmask;                      /* completion mask [S,Tc] */
-    float *sample_logp;                /* [S,Tc] from the sampler */
-    int64_t *group;                    /* [S] */
-} TrainBatch;
-
-static void train_batch_free(TrainBatch *b) {
-    free(b->tokens), free(b->targets), free(b->start), free(b->mask), free(b->cmask);
-    free(b->sample_logp), free(b->group);
-    memset(b, 0, sizeof *b);
-}
-
 static int build_batch(const Rollout *r, int mask_truncated, TrainBatch *b, PonderError *err) {
     memset(b, 0, sizeof *b);
     const int64_t S = r->n, G = r->G;
@@ -437,7 +422,9 @@ static int build_batch(const Rollout *r, int mask_truncated, TrainBatch *b, Pond
     b->cmask = calloc(SC, sizeof(float));
     b->sample_logp = calloc(SC, sizeof(float));
     b->group = calloc((size_t)S, sizeof(int64_t));
-    if (!b->tokens || !b->targets || !b->start || !b->mask || !b->cmask || !b->sample_logp || !b->group)
+    b->clen = calloc((size_t)S, sizeof(int32_t));
+    if (!b->tokens || !b->targets || !b->start || !b->mask || !b->cmask || !b->sample_logp ||
+        !b->group || !b->clen)
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (train batch)");
     for (int64_t i = 0; i < S; i++) {
         const int64_t p = i / G, Lp = r->prompt_len[p], off = b->Pmax - Lp;
@@ -446,6 +433,7 @@ static int build_batch(const Rollout *r, int mask_truncated, TrainBatch *b, Pond
         int keep = !(mask_truncated && g->finish == GEN_FINISH_LENGTH);
         b->start[i] = (int32_t)off;
         b->group[i] = p;
+        b->clen[i] = (int32_t)g->n;
         for (int64_t k = 0; k < Lp + g->n - 1; k++) { /* input k predicts token k+1 */
             int64_t at = i * b->T + off + k;
             b->tokens[at] = k < Lp ? pr[k] : g->tokens[k - Lp];
@@ -480,23 +468,47 @@ static ModelBatch rows_of(const TrainBatch *b, int64_t r0, int64_t rows, float t
     return mb;
 }
 
-/* Log-probs (and values for a critic) of every completion token, no gradient. */
-static int score_tokens(Model *m, const TrainBatch *b, float temperature, float *logp_c,
-                        float *values_c, PonderError *err) {
-    if (b->S == 0) return PONDER_OK;
-    const size_t ST = (size_t)(b->S * b->T);
+/* Log-probs (and values for a critic) of rows [r0, r0 + rows), no gradient. */
+static int score_rows(Model *m, const TrainBatch *b, int64_t r0, int64_t rows, float temperature,
+                      float *logp_c, float *values_c, PonderError *err) {
+    const size_t ST = (size_t)(rows * b->T) + 1;
     float *lp = malloc(ST * sizeof(float)), *v = values_c ? malloc(ST * sizeof(float)) : NULL;
     int rc = (!lp || (values_c && !v)) ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory") : PONDER_OK;
-    ModelBatch mb = rows_of(b, 0, b->S, temperature);
+    ModelBatch mb = rows_of(b, r0, rows, temperature);
     if (rc == PONDER_OK) rc = model_forward(m, &mb, lp, NULL, v, err);
-    if (rc == PONDER_OK && logp_c) model_to_completion(b, 0, b->S, lp, logp_c);
-    if (rc == PONDER_OK && values_c) model_to_completion(b, 0, b->S, v, values_c);
+    if (rc == PONDER_OK && logp_c) model_to_completion(b, r0, rows, lp, logp_c);
+    if (rc == PONDER_OK && values_c) model_to_completion(b, r0, rows, v, values_c);
     free(lp);
     free(v);
     return rc;
 }
 
-/* ======================================================= advantages ====== */
+/* The same for every row, micro-batch by micro-batch when budget > 0. */
+static int score_tokens(Model *m, const TrainBatch *b, int64_t budget, float temperature,
+                        float *logp_c, float *values_c, PonderError *err) {
+    if (b->S == 0) return PONDER_OK;
+    if (budget <= 0) return score_rows(m, b, 0, b->S, temperature, logp_c, values_c, err);
+    RlMicroPlan plan;
+    int rc = rl_micro_plan(b, 0, b->S, budget, &plan, err);
+    for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
+        const int64_t *idx = plan.row + plan.first[k];
+        TrainBatch mb;
+        rc = rl_micro_batch(b, idx, plan.first[k + 1] - plan.first[k], &mb, err);
+        if (rc) break;
+        const size_t SC = (size_t)(mb.S * mb.Tc) + 1;
+        float *lp = logp_c ? malloc(SC * sizeof(float)) : NULL;
+        float *v = values_c ? malloc(SC * sizeof(float)) : NULL;
+        if ((logp_c && !lp) || (values_c && !v))
+            rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+        if (rc == PONDER_OK) rc = score_rows(m, &mb, 0, mb.S, temperature, lp, v, err);
+        if (rc == PONDER_OK && lp) rl_micro_scatter(b, &mb, idx, lp, logp_c);
+        if (rc == PONDER_OK && v) rl_micro_scatter(b, &mb, idx, v, values_c);
+        free(lp), free(v);
+        rl_train_batch_free(&mb);
+    }
+    rl_micro_plan_free(&plan);
+    return rc;
+}
 
 static AlgoPolicyConfig policy_config(const RlStage *s) {
     const ConfigStage *cs = &s->cfg->stages[s->stage];
@@ -640,7 +652,7 @@ static int reduce_and_step(RlStage *s, Model *m, Optimizer *opt, OptimStepInfo *
 /* The policy loss of rows [r0, r0 + rows) on host copies: forward (per-token
  * outputs downloaded on a device), algo_policy_loss, backward. *mismatch:
  * max |logp - sampler logp| when on-policy, else left as is. */
-static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+static int policy_loss_rows(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                             const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
     const TrainBatch *b = u->b;
@@ -695,6 +707,139 @@ static int policy_loss_device(RlStage *s, const UpdateInputs *u, int64_t r0, int
     return rc;
 }
 
+/* The value loss of rows [r0, r0 + rows) on host copies. */
+static int value_loss_rows(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                           const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
+    const TrainBatch *b = u->b;
+    int rc = PONDER_OK;
+    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
+    float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
+    float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
+    float *dvfull = malloc(full * sizeof(float));
+    if (!lp || !v || !vc || !dv || !dvfull) rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
+    ModelBatch mb = rows_of(b, r0, rows, 1.0f);
+    if (rc == PONDER_OK) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
+    if (rc == PONDER_OK) {
+        model_to_completion(b, r0, rows, v, vc);
+        const size_t o = (size_t)(r0 * b->Tc);
+        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
+        rc = algo_value_loss(&ab, vcfg, vc + o, u->old_values + o, u->returns + o, res, dv + o, err);
+    }
+    if (rc == PONDER_OK) {
+        completion_to_model(b, r0, rows, dv, dvfull);
+        rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
+    }
+    free(lp), free(v), free(vc), free(dv), free(dvfull);
+    return rc;
+}
+
+/* ======================================================= micro-batches ==== */
+
+/* One micro-batch's rows as a batch of their own, with the update's
+ * per-token arrays gathered to match (rl_internal.h, micro-batches). */
+typedef struct MicroInputs {
+    TrainBatch b;
+    UpdateInputs u;
+    float *owned[5];
+} MicroInputs;
+
+static void micro_inputs_free(MicroInputs *mi) {
+    for (int k = 0; k < 5; k++) free(mi->owned[k]);
+    rl_train_batch_free(&mi->b);
+}
+
+static int micro_inputs(const UpdateInputs *u, const int64_t *idx, int64_t n, MicroInputs *mi,
+                        PonderError *err) {
+    memset(mi, 0, sizeof *mi);
+    int rc = rl_micro_batch(u->b, idx, n, &mi->b, err);
+    if (rc) return rc;
+    mi->u = *u;
+    mi->u.b = &mi->b;
+    const float **field[5] = {&mi->u.old_logp, &mi->u.ref_logp, &mi->u.adv, &mi->u.returns,
+                              &mi->u.old_values};
+    for (int k = 0; k < 5; k++) {
+        if (!*field[k]) continue;
+        mi->owned[k] = malloc(((size_t)(n * mi->b.Tc) + 1) * sizeof(float));
+        if (!mi->owned[k]) {
+            micro_inputs_free(mi);
+            return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (micro-batch inputs)");
+        }
+        rl_micro_gather(u->b, &mi->b, idx, *field[k], mi->owned[k]);
+        *field[k] = mi->owned[k];
+    }
+    return PONDER_OK;
+}
+
+/* Sums of micro-batch results: the loss parts add up (their denominators are
+ * the mini-batch's), the token means are weighted by tokens. */
+static void policy_result_add(AlgoPolicyResult *sum, const AlgoPolicyResult *p) {
+    const double t = p->tokens;
+    sum->loss += p->loss, sum->pg_loss += p->pg_loss;
+    sum->kl_loss += p->kl_loss, sum->entropy_loss += p->entropy_loss;
+    sum->tokens += t;
+    sum->clip_low_frac += t * p->clip_low_frac, sum->clip_high_frac += t * p->clip_high_frac;
+    sum->dual_clip_frac += t * p->dual_clip_frac, sum->ratio_mean += t * p->ratio_mean;
+    sum->kl_mean += t * p->kl_mean, sum->approx_kl_old += t * p->approx_kl_old;
+    sum->entropy_mean += t * p->entropy_mean;
+}
+
+static void policy_result_finish(AlgoPolicyResult *r) {
+    const double n = r->tokens > 0.0 ? r->tokens : 1.0;
+    r->clip_low_frac /= n, r->clip_high_frac /= n, r->dual_clip_frac /= n, r->ratio_mean /= n;
+    r->kl_mean /= n, r->approx_kl_old /= n, r->entropy_mean /= n;
+}
+
+/* policy_loss_rows over the micro-batches of stages.N.micro_batch_tokens
+ * (one pass over the rows as they are when it is 0). */
+static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
+                            PonderError *err) {
+    const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
+    if (budget <= 0) return policy_loss_rows(s, u, r0, rows, pc, res, mismatch, err);
+    memset(res, 0, sizeof *res);
+    RlMicroPlan plan;
+    int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
+    for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
+        MicroInputs mi;
+        rc = micro_inputs(u, plan.row + plan.first[k], plan.first[k + 1] - plan.first[k], &mi, err);
+        if (rc) break;
+        AlgoPolicyResult part;
+        rc = policy_loss_rows(s, &mi.u, 0, mi.b.S, pc, &part, mismatch, err);
+        if (rc == PONDER_OK) policy_result_add(res, &part);
+        micro_inputs_free(&mi);
+    }
+    rl_micro_plan_free(&plan);
+    policy_result_finish(res);
+    return rc;
+}
+
+/* The same for the value loss. */
+static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                           const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
+    const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
+    if (budget <= 0) return value_loss_rows(s, u, r0, rows, vcfg, res, err);
+    memset(res, 0, sizeof *res);
+    RlMicroPlan plan;
+    int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
+    for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
+        MicroInputs mi;
+        rc = micro_inputs(u, plan.row + plan.first[k], plan.first[k + 1] - plan.first[k], &mi, err);
+        if (rc) break;
+        AlgoValueResult part;
+        rc = value_loss_rows(s, &mi.u, 0, mi.b.S, vcfg, &part, err);
+        if (rc == PONDER_OK) {
+            res->loss += part.loss, res->tokens += part.tokens;
+            res->clip_frac += part.tokens * part.clip_frac;
+            res->value_mean += part.tokens * part.value_mean;
+        }
+        micro_inputs_free(&mi);
+    }
+    rl_micro_plan_free(&plan);
+    const double n = res->tokens > 0.0 ? res->tokens : 1.0;
+    res->clip_frac /= n, res->value_mean /= n;
+    return rc;
+}
+
 /* seqs, tokens: the mini-batch's counts over every rank (minibatch_counts). */
 static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                             double seqs, double tokens, RlStepStats *st, double weight,
@@ -728,32 +873,6 @@ static int policy_minibatch(RlStage *s, const UpdateInputs *u, int64_t r0, int64
         }
         if (!finite) st->finite = 0;
     }
-    return rc;
-}
-
-/* The value loss of rows [r0, r0 + rows) on host copies. */
-static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                           const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
-    const TrainBatch *b = u->b;
-    int rc = PONDER_OK;
-    const size_t full = (size_t)(rows * b->T) + 1, comp = (size_t)(b->S * b->Tc) + 1;
-    float *lp = malloc(full * sizeof(float)), *v = malloc(full * sizeof(float));
-    float *vc = calloc(comp, sizeof(float)), *dv = calloc(comp, sizeof(float));
-    float *dvfull = malloc(full * sizeof(float));
-    if (!lp || !v || !vc || !dv || !dvfull) rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
-    ModelBatch mb = rows_of(b, r0, rows, 1.0f);
-    if (rc == PONDER_OK) rc = model_forward(s->critic, &mb, lp, NULL, v, err);
-    if (rc == PONDER_OK) {
-        model_to_completion(b, r0, rows, v, vc);
-        const size_t o = (size_t)(r0 * b->Tc);
-        AlgoBatch ab = {rows, b->Tc, b->cmask + o};
-        rc = algo_value_loss(&ab, vcfg, vc + o, u->old_values + o, u->returns + o, res, dv + o, err);
-    }
-    if (rc == PONDER_OK) {
-        completion_to_model(b, r0, rows, dv, dvfull);
-        rc = model_backward(s->critic, NULL, NULL, dvfull, err); /* value head only */
-    }
-    free(lp), free(v), free(vc), free(dv), free(dvfull);
     return rc;
 }
 
@@ -1017,7 +1136,7 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
     else if (rc == PONDER_OK && behaviour)
         memcpy(a.old_logp, b.sample_logp, (size_t)(b.S * b.Tc) * sizeof(float));
     else if (rc == PONDER_OK && need_old) {
-        rc = score_tokens(s->policy, &b, (float)cs->temperature, a.old_logp, NULL, err);
+        rc = score_tokens(s->policy, &b, cs->micro_batch_tokens, (float)cs->temperature, a.old_logp, NULL, err);
         for (int64_t i = 0; rc == PONDER_OK && i < b.S * b.Tc; i++)
             if (b.cmask[i] != 0.0f) {
                 double d = fabs((double)a.old_logp[i] - b.sample_logp[i]);
@@ -1025,9 +1144,9 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
             }
     }
     if (rc == PONDER_OK && s->ref && !dev_score)
-        rc = score_tokens(s->ref, &b, (float)cs->temperature, a.ref_logp, NULL, err);
+        rc = score_tokens(s->ref, &b, cs->micro_batch_tokens, (float)cs->temperature, a.ref_logp, NULL, err);
     if (rc == PONDER_OK && s->critic && !dev_adv)
-        rc = score_tokens(s->critic, &b, 1.0f, NULL, a.values, err);
+        rc = score_tokens(s->critic, &b, cs->micro_batch_tokens, 1.0f, NULL, a.values, err);
     double kl_sum = 0.0;
     if (rc == PONDER_OK && dev_adv)
         rc = advantages_on_device(s, &r, &dev, &kl_sum, err);
@@ -1051,7 +1170,7 @@ int rl_stage_step(RlStage *s, int64_t step, int64_t *cursor, RlStepStats *st, Po
     if (rc == PONDER_OK && remote && s->dist->rank == 0) /* the new policy, version step + 1 */
         rc = rl_send_weights(s, step + 1, *cursor, err);
     step_arrays_free(&a);
-    train_batch_free(&b);
+    rl_train_batch_free(&b);
     rl_rollout_free(&r);
     return rc;
 }

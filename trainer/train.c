@@ -382,14 +382,18 @@ static void print_plan(const Run *r) {
         if (st->type != CONFIG_STAGE_SFT) {
             int64_t S = st->prompts_per_step * st->num_generations;
             int64_t M = st->mini_batches;
+            char micro[96] = "each mini-batch in one pass";
+            if (st->micro_batch_tokens > 0)
+                snprintf(micro, sizeof micro, "micro-batches of <= %lld padded tokens, rows sorted by length",
+                         (long long)st->micro_batch_tokens);
             say(r, "  stage %d %-6s %s: %lld steps x %lld prompts x %lld generations = %lld samples "
                    "(<= %lld new tokens each); %lld mini-batches of %lld x %lld iterations = %lld "
-                   "optimizer steps per rollout; lr %.2e, temperature %.2f, beta %.3g\n",
+                   "optimizer steps per rollout; %s; lr %.2e, temperature %.2f, beta %.3g\n",
                 s + 1, config_stage_type_name(st->type), config_stage_name(cfg, s),
                 (long long)st->steps, (long long)st->prompts_per_step,
                 (long long)st->num_generations, (long long)S, (long long)st->max_new_tokens,
                 (long long)M, (long long)(S / M), (long long)st->num_iterations,
-                (long long)(M * st->num_iterations), config_stage_lr(cfg, s), st->temperature,
+                (long long)(M * st->num_iterations), micro, config_stage_lr(cfg, s), st->temperature,
                 st->beta);
             continue;
         }
