@@ -170,6 +170,10 @@ void model_kv_free(ModelKVCache *kv);
 int64_t model_kv_length(const ModelKVCache *kv, int64_t slot);
 int64_t model_kv_slots(const ModelKVCache *kv);
 int64_t model_kv_max_len(const ModelKVCache *kv);
+/* Bytes per cached key or value: 4 (fp32), or 2 where the backend keeps
+ * bf16 caches (ModelOps.attention_cached_bf16: model.precision bf16 on the
+ * CPU). */
+int64_t model_kv_value_bytes(const ModelKVCache *kv);
 void model_kv_reset(ModelKVCache *kv, int64_t slot);
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src);
 

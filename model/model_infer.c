@@ -28,6 +28,11 @@ struct ModelKVCache {
     int64_t n_slots, max_len, max_rows;
     int64_t L, KV, hd;
     float *k, *v;   /* [L, n_slots, KV, max_len, hd] */
+    /* The same as bf16 (upper halves of the rounded fp32) instead of k and v
+     * when the backend has attention_cached_bf16: half the bytes a decode
+     * step reads, which at batch 64 and beyond is what bounds it. */
+    uint16_t *k16, *v16;
+    uint16_t **kptr16, **vptr16; /* [max_rows] */
     int64_t *len;   /* [n_slots] */
     /* scratch for up to max_rows rows */
     float *x, *ln, *qkv, *atty, *tmp, *fc, *act, *mean, *rstd;
@@ -58,6 +63,10 @@ static float *cache_block(float *base, const ModelKVCache *kv, int64_t layer, in
     return base + ((size_t)layer * (size_t)kv->n_slots + (size_t)slot) * slot_floats(kv);
 }
 
+static uint16_t *cache_block16(uint16_t *base, const ModelKVCache *kv, int64_t layer, int64_t slot) {
+    return base + ((size_t)layer * (size_t)kv->n_slots + (size_t)slot) * slot_floats(kv);
+}
+
 int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t max_len,
                     PonderError *err) {
     *out = NULL;
@@ -76,8 +85,14 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
     const int64_t R = kv->max_rows, C = c->d_model;
     const size_t f = sizeof(float), cache = (size_t)kv->L * (size_t)n_slots * slot_floats(kv);
     const ModelOps *o = m->ops;
-    kv->k = o->alloc(cache * f);
-    kv->v = o->alloc(cache * f);
+    const int bf16 = o->attention_cached_bf16 != NULL && !o->device;
+    if (bf16) {
+        kv->k16 = o->alloc(cache * sizeof(uint16_t));
+        kv->v16 = o->alloc(cache * sizeof(uint16_t));
+    } else {
+        kv->k = o->alloc(cache * f);
+        kv->v = o->alloc(cache * f);
+    }
     kv->len = calloc((size_t)n_slots, sizeof(int64_t));
     kv->x = o->alloc((size_t)(R * C) * f);
     kv->ln = o->alloc((size_t)(R * C) * f);
@@ -116,13 +131,17 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
         kv->row_len = calloc((size_t)R, sizeof(int64_t));
         kv->kptr = calloc((size_t)R, sizeof(float *));
         kv->vptr = calloc((size_t)R, sizeof(float *));
+        kv->kptr16 = calloc((size_t)R, sizeof(uint16_t *));
+        kv->vptr16 = calloc((size_t)R, sizeof(uint16_t *));
+        dev_ok = kv->kptr16 && kv->vptr16;
     }
-    if (!dev_ok || !kv->k || !kv->v || !kv->len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
+    const int cache_ok = bf16 ? kv->k16 && kv->v16 : kv->k && kv->v;
+    if (!dev_ok || !cache_ok || !kv->len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
         !kv->tmp || !kv->fc || !kv->act || !kv->mean || !kv->rstd || !kv->pos ||
         !kv->row_len || !kv->kptr || !kv->vptr) {
         model_kv_free(kv);
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for a KV cache of %zu MiB",
-                            cache * 2 * f / (1024 * 1024));
+                            cache * 2 * (bf16 ? sizeof(uint16_t) : f) / (1024 * 1024));
     }
     *out = kv;
     return PONDER_OK;
@@ -135,9 +154,10 @@ void model_kv_free(ModelKVCache *kv) {
         for (int64_t i = 0; i < kv->max_rows; i++)
             if (kv->graphs[i].graph) o->graph_free(kv->graphs[i].graph);
     free(kv->graphs);
-    void *dev[] = {kv->k, kv->v, kv->x, kv->ln, kv->qkv, kv->atty, kv->tmp,
+    void *dev[] = {kv->k, kv->v, kv->k16, kv->v16, kv->x, kv->ln, kv->qkv, kv->atty, kv->tmp,
                    kv->fc, kv->act, kv->mean, kv->rstd};
-    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) o->free(dev[i]);
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) o->free(dev[i]);
     free(kv->len);
     if (o->device) {
         o->free(kv->step_dev);
@@ -148,6 +168,8 @@ void model_kv_free(ModelKVCache *kv) {
         free(kv->row_len);
         free(kv->kptr);
         free(kv->vptr);
+        free(kv->kptr16);
+        free(kv->vptr16);
     }
     free(kv);
 }
@@ -155,24 +177,70 @@ void model_kv_free(ModelKVCache *kv) {
 int64_t model_kv_length(const ModelKVCache *kv, int64_t slot) { return kv->len[slot]; }
 int64_t model_kv_slots(const ModelKVCache *kv) { return kv->n_slots; }
 int64_t model_kv_max_len(const ModelKVCache *kv) { return kv->max_len; }
+int64_t model_kv_value_bytes(const ModelKVCache *kv) { return kv->k16 ? 2 : 4; }
 void model_kv_reset(ModelKVCache *kv, int64_t slot) { kv->len[slot] = 0; }
 
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src) {
     if (dst == src) return;
-    const size_t used = (size_t)(kv->len[src] * kv->hd) * sizeof(float);
+    const size_t n = (size_t)(kv->len[src] * kv->hd);
     for (int64_t l = 0; l < kv->L; l++)
         for (int64_t h = 0; h < kv->KV; h++) {
             size_t head = (size_t)(h * kv->max_len * kv->hd);
-            kv->ops->copy(cache_block(kv->k, kv, l, dst) + head, cache_block(kv->k, kv, l, src) + head, used);
-            kv->ops->copy(cache_block(kv->v, kv, l, dst) + head, cache_block(kv->v, kv, l, src) + head, used);
+            if (kv->k16) {
+                kv->ops->copy(cache_block16(kv->k16, kv, l, dst) + head,
+                              cache_block16(kv->k16, kv, l, src) + head, n * sizeof(uint16_t));
+                kv->ops->copy(cache_block16(kv->v16, kv, l, dst) + head,
+                              cache_block16(kv->v16, kv, l, src) + head, n * sizeof(uint16_t));
+                continue;
+            }
+            kv->ops->copy(cache_block(kv->k, kv, l, dst) + head, cache_block(kv->k, kv, l, src) + head, n * sizeof(float));
+            kv->ops->copy(cache_block(kv->v, kv, l, dst) + head, cache_block(kv->v, kv, l, src) + head, n * sizeof(float));
         }
     kv->len[dst] = kv->len[src];
+}
+
+/* fp32 to bf16 bits as the CPU's bf16 products round their operands
+ * (model/cpu/gemm_bf16.h): nearest even, denormals to signed zero, NaN kept
+ * a (quiet) NaN. */
+static uint16_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void round_to_bf16(uint16_t *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_bits(x[i]);
+}
+
+/* write_cache_rows for a bf16 cache. */
+static void write_cache_rows16(ModelKVCache *kv, const Model *m, int64_t l, const int64_t *slots,
+                               int64_t n) {
+    const int64_t hd = kv->hd, QKV = m->qkv_dim, AD = m->attn_dim;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t *kb = cache_block16(kv->k16, kv, l, slots[i]), *vb = cache_block16(kv->v16, kv, l, slots[i]);
+        const float *row = kv->qkv + i * QKV;
+        for (int64_t h = 0; h < kv->KV; h++) {
+            size_t at = (size_t)((h * kv->max_len + kv->pos[i]) * hd);
+            round_to_bf16(kb + at, row + AD + h * hd, hd);
+            round_to_bf16(vb + at, row + AD + (kv->KV + h) * hd, hd);
+        }
+        kv->kptr16[i] = kb;
+        kv->vptr16[i] = vb;
+        kv->row_len[i] = kv->pos[i] + 1;
+    }
 }
 
 /* Copies row n's k and v (after RoPE) into its slot at its position. */
 static void write_cache_rows(ModelKVCache *kv, const Model *m, int64_t l, const int64_t *slots,
                              int64_t n) {
     const int64_t hd = kv->hd, QKV = m->qkv_dim, AD = m->attn_dim;
+    if (kv->k16) {
+        write_cache_rows16(kv, m, l, slots, n);
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         float *kb = cache_block(kv->k, kv, l, slots[i]), *vb = cache_block(kv->v, kv, l, slots[i]);
         const float *row = kv->qkv + i * QKV;
@@ -248,8 +316,13 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
         }
     } else {
         write_cache_rows(kv, m, l, slots, n);
-        o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
-                            kv->max_len);
+        if (kv->k16)
+            o->attention_cached_bf16(kv->atty, q, (const uint16_t *const *)kv->kptr16,
+                                     (const uint16_t *const *)kv->vptr16, kv->row_len, n, NH, KV,
+                                     hd, kv->max_len);
+        else
+            o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
+                                kv->max_len);
     }
     infer_linear(m, kv, kv->x, kv->atty, NULL, NULL, p.o_w, p.o_b, 0, 1, n, AD, C);
     if (llama) {

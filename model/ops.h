@@ -157,6 +157,13 @@ typedef struct ModelOps {
     void (*attention_cached)(float *out, OpsHeads q, float *const *k_cache,
                              float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
                              int64_t KV, int64_t hd, int64_t max_len);
+    /* Optional, host backends: attention_cached over caches held as bf16
+     * (the upper 16 bits of each fp32 value rounded to nearest even). A
+     * backend with it gets bf16 KV caches from model_kv_create: half the
+     * memory, and half the bytes each decode step reads. */
+    void (*attention_cached_bf16)(float *out, OpsHeads q, const uint16_t *const *k_cache,
+                                  const uint16_t *const *v_cache, const int64_t *len, int64_t N,
+                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
     /* Optional (NULL: the model copies with memcpy, host backends only). For
      * row i < N: copies KV heads of k (row i of k) and of v into k_cache[i] and
      * v_cache[i] at position pos[i]; caches laid out as for attention_cached. */

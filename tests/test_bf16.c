@@ -532,3 +532,114 @@ Test(ops_bf16, kept_lm_logits_equal_recomputed_ones) {
     if (!ops_cpu_bf16()) cr_skip_test("this CPU has no AVX512-BF16: the bf16 table's pair untested");
     check_kept_logits(ops_cpu_bf16());
 }
+
+/* ---------------------------------------------------- bf16 KV cache --- */
+
+/* The bf16 cached attention against the fp32 one reading the same values
+ * (the caches rounded to bf16 first): the same kernel where the head size has
+ * a register form (32, 64, 128), so equal; within 1e-5 in the generic form
+ * (hd 8), whose sums run in another order. Rows attend to 20, 7 and 1
+ * positions; 4 query heads share 2 kv heads. */
+static void check_cached_attention(int64_t hd, double tol) {
+    enum { N = 3, NH = 4, KV = 2, MAXL = 20 };
+    const int64_t len[N] = {20, 7, 1}, block = KV * MAXL * hd;
+    Rng r = rng_from_seed(70 + (uint64_t)hd);
+    float *q = random_floats(&r, N * NH * hd), *kf[N], *vf[N];
+    uint16_t *kh[N], *vh[N];
+    for (int n = 0; n < N; n++) {
+        kf[n] = random_floats(&r, block), vf[n] = random_floats(&r, block);
+        kh[n] = malloc((size_t)block * sizeof(uint16_t)), vh[n] = malloc((size_t)block * sizeof(uint16_t));
+        for (int64_t i = 0; i < block; i++) {
+            kf[n][i] = gemm_bf16_round(kf[n][i]), vf[n][i] = gemm_bf16_round(vf[n][i]);
+            kh[n][i] = (uint16_t)(bits_of(kf[n][i]) >> 16), vh[n][i] = (uint16_t)(bits_of(vf[n][i]) >> 16);
+        }
+    }
+    float *want = calloc((size_t)(N * NH * hd), sizeof(float)), *got = calloc((size_t)(N * NH * hd), sizeof(float));
+    OpsHeads qh = {q, NH * hd};
+    ops_cpu()->attention_cached(want, qh, kf, vf, len, N, NH, KV, hd, MAXL);
+    ops_cpu_bf16()->attention_cached_bf16(got, qh, (const uint16_t *const *)kh,
+                                          (const uint16_t *const *)vh, len, N, NH, KV, hd, MAXL);
+    double worst = 0.0;
+    for (int64_t i = 0; i < N * NH * hd; i++) worst = fmax(worst, fabs((double)got[i] - want[i]));
+    cr_log_info("cached attention hd %lld, bf16 cache vs fp32 of the same values: %.3g", (long long)hd, worst);
+    cr_expect(worst <= tol, "hd %lld: bf16 cache differs by %.3g (allowed %.3g)", (long long)hd, worst, tol);
+    for (int n = 0; n < N; n++) free(kf[n]), free(vf[n]), free(kh[n]), free(vh[n]);
+    free(q), free(want), free(got);
+}
+
+Test(ops_bf16, cached_attention_reads_a_bf16_cache) {
+    need_bf16();
+    cr_assert(ops_cpu_bf16()->attention_cached_bf16 != NULL);
+    cr_expect(ops_cpu()->attention_cached_bf16 == NULL, "the fp32 table must keep fp32 caches");
+    check_cached_attention(32, 0.0);
+    check_cached_attention(64, 0.0);
+    check_cached_attention(128, 0.0);
+    check_cached_attention(8, 1e-5);
+}
+
+/* A bf16 model decodes from a bf16 cache: prefill then batched decode follow
+ * the full forward (bf16 products, fp32 attention over unrounded keys) within
+ * 3e-2 of the largest logit, not exactly (the cache is rounded); a copied slot
+ * decodes exactly as its source. Head sizes 8 (generic) and 32. */
+static void check_bf16_kv_decode(int64_t d_model, int64_t n_head) {
+    ModelConfig c = tiny_config(MODEL_ARCH_LLAMA);
+    c.d_model = d_model, c.n_head = n_head, c.n_kv_head = n_head / 2;
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create_on(&m, &c, ops_cpu_bf16(), &err), 0, "%s", err.msg);
+    model_init_weights(m, 6);
+    enum { B = 3, T = 12, P = 5 };
+    const int64_t V = c.vocab_size;
+    int32_t tokens[B * T];
+    float mask[B * T];
+    Rng r = rng_from_seed(41);
+    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)rng_below(&r, (uint64_t)V), mask[i] = 1.0f;
+    float *full = malloc((size_t)(B * T * V) * sizeof(float)), *logits = malloc((size_t)(B * V) * sizeof(float));
+    ModelBatch b = {B, T, tokens, tokens, mask, NULL, 0.0f};
+    cr_assert_eq(model_forward_logits(m, &b, full, &err), 0, "%s", err.msg);
+    ModelKVCache *kv = NULL;
+    cr_assert_eq(model_kv_create(&kv, m, B + 1, T, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_kv_value_bytes(kv), 2);
+    double worst = 0.0, scale = 0.0;
+    for (int64_t i = 0; i < B * T * V; i++) scale = fmax(scale, fabs(full[i]));
+    for (int64_t s = 0; s < B; s++) {
+        cr_assert_eq(model_prefill(m, kv, s, tokens + s * T, P, logits, &err), 0, "%s", err.msg);
+        for (int64_t v = 0; v < V; v++) worst = fmax(worst, fabs(logits[v] - full[(s * T + P - 1) * V + v]));
+    }
+    int64_t slots[B] = {0, 1, 2};
+    int32_t toks[B];
+    for (int64_t t = P; t < T; t++) {
+        for (int64_t s = 0; s < B; s++) toks[s] = tokens[s * T + t];
+        cr_assert_eq(model_decode(m, kv, slots, toks, B, logits, &err), 0, "%s", err.msg);
+        for (int64_t s = 0; s < B; s++)
+            for (int64_t v = 0; v < V; v++)
+                worst = fmax(worst, fabs(logits[s * V + v] - full[(s * T + t) * V + v]));
+    }
+    cr_log_info("hd %lld: bf16 KV decode vs full forward: %.3g of the largest logit %.3g",
+                (long long)(d_model / n_head), worst / scale, scale);
+    cr_expect(worst <= 3e-2 * scale, "bf16 KV decode differs by %.3g (largest logit %.3g)", worst, scale);
+    cr_expect(worst > 0.0, "decode equals the full forward exactly: is the cache bf16?");
+    /* a slot copied from slot 0 decodes its next token exactly as slot 0 */
+    model_kv_reset(kv, 0);
+    cr_assert_eq(model_prefill(m, kv, 0, tokens, P, logits, &err), 0, "%s", err.msg);
+    model_kv_copy_slot(kv, B, 0);
+    int64_t two[2] = {0, B};
+    int32_t same[2] = {tokens[P], tokens[P]};
+    cr_assert_eq(model_decode(m, kv, two, same, 2, logits, &err), 0, "%s", err.msg);
+    cr_expect_eq(memcmp(logits, logits + V, (size_t)V * sizeof(float)), 0, "copied slot diverges");
+    model_kv_free(kv);
+    free(full), free(logits);
+    model_free(m);
+    /* the fp32 table keeps fp32 caches */
+    cr_assert_eq(model_create_on(&m, &c, ops_cpu(), &err), 0, "%s", err.msg);
+    cr_assert_eq(model_kv_create(&kv, m, 2, T, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_kv_value_bytes(kv), 4);
+    model_kv_free(kv);
+    model_free(m);
+}
+
+Test(model_bf16, decodes_from_a_bf16_kv_cache) {
+    need_bf16();
+    check_bf16_kv_decode(32, 4);
+    check_bf16_kv_decode(64, 2);
+}

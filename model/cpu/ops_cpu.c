@@ -55,6 +55,29 @@ static inline __attribute__((always_inline)) V16 v16_load(const float *p) {
 }
 
 typedef int32_t V16i __attribute__((vector_size(64)));
+typedef uint16_t V16h __attribute__((vector_size(32)));
+typedef uint32_t V16u __attribute__((vector_size(64)));
+
+/* 16 bf16 values widened to fp32: each is the upper half of its fp32. */
+static inline __attribute__((always_inline)) V16 v16_load_bf16(const uint16_t *p) {
+    V16h h;
+    memcpy(&h, p, sizeof h);
+    return (V16)(__builtin_convertvector(h, V16u) << 16);
+}
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Element j (from j0) of a row that is fp32 (bf16 == 0) or bf16: the
+ * attention kernels take both kinds of cache through these, with bf16 a
+ * compile-time constant after inlining. */
+static inline __attribute__((always_inline)) V16 v16_load_any(const void *p, int64_t j, int bf16) {
+    return bf16 ? v16_load_bf16((const uint16_t *)p + j) : v16_load((const float *)p + j);
+}
 
 /* exp_fast (kernels.h) on 16 lanes: the same clamp, range reduction and
  * polynomial; n is rounded to nearest by the 1.5 * 2^23 trick instead of
@@ -585,16 +608,17 @@ static inline void softmax_inplace(float *row, int64_t n) {
  * `normalise` (the training forward keeps them for the backward), else the
  * unnormalised exponentials. */
 static inline __attribute__((always_inline)) void attention_row_hd(float *o, float *row, const float *qi,
-                                                                   const float *kc, int64_t ks,
-                                                                   const float *vc, int64_t vs,
+                                                                   const void *kc, int64_t ks,
+                                                                   const void *vc, int64_t vs,
                                                                    int64_t L, const int64_t HD,
-                                                                   float scale, int normalise) {
+                                                                   float scale, int normalise,
+                                                                   const int bf16) {
     V16 q[8], acc[8];
     for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c), acc[c] = (V16){0};
     float mx = -INFINITY;
     for (int64_t j = 0; j < L; j++) {
-        V16 d = q[0] * v16_load(kc + j * ks);
-        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load(kc + j * ks + 16 * c);
+        V16 d = q[0] * v16_load_any(kc, j * ks, bf16);
+        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load_any(kc, j * ks + 16 * c, bf16);
         row[j] = v16_sum(d) * scale;
         mx = row[j] > mx ? row[j] : mx;
     }
@@ -607,7 +631,7 @@ static inline __attribute__((always_inline)) void attention_row_hd(float *o, flo
     float sum = 0.0f;
     for (j = 0; j < L; j++) {
         sum += row[j];
-        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load(vc + j * vs + 16 * c);
+        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load_any(vc, j * vs + 16 * c, bf16);
     }
     const float inv = L > 0 ? 1.0f / sum : 0.0f;
     for (int64_t c = 0; c < HD / 16; c++) {
@@ -631,9 +655,9 @@ PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, fl
         const float *qi = q + i * qs;
         const int64_t L = i - s + 1;
         switch (hd) { /* register-resident forms (see attention_row_hd) */
-        case 32: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 32, scale, 1); continue;
-        case 64: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 64, scale, 1); continue;
-        case 128: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 128, scale, 1); continue;
+        case 32: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 32, scale, 1, 0); continue;
+        case 64: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 64, scale, 1, 0); continue;
+        case 128: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 128, scale, 1, 0); continue;
         default: break;
         }
         for (int64_t j = s; j <= i; j++) arow[j] = dot_hd(qi, k + j * ks, hd) * scale;
@@ -798,7 +822,7 @@ static inline void attention_cached_row_any(float *o, float *row, const float *q
  * is pairwise in a fixed order, so results do not depend on the CPU. */
 static inline __attribute__((always_inline)) void attention_cached_row_hd(float *o, float *row, const float *qi, const float *kc,
                                            const float *vc, int64_t L, const int64_t HD, float scale) {
-    attention_row_hd(o, row, qi, kc, HD, vc, HD, L, HD, scale, 0);
+    attention_row_hd(o, row, qi, kc, HD, vc, HD, L, HD, scale, 0, 0);
 }
 
 PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
@@ -828,6 +852,57 @@ static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  q.base + n * q.row_stride + h * hd,
                                  k_cache[n] + kvh * max_len * hd, v_cache[n] + kvh * max_len * hd,
                                  L, hd, scale);
+        }
+        free(row);
+    }
+}
+
+/* attention_cached_row over a bf16 cache: the same kernel reading the
+ * widened values; other head sizes widen in scalar code. */
+static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
+                                          const uint16_t *kc, const uint16_t *vc, int64_t L,
+                                          int64_t hd, float scale) {
+    for (int64_t j = 0; j < L; j++) {
+        float d = 0.0f;
+        for (int64_t c = 0; c < hd; c++) d += qi[c] * bf16_to_float(kc[j * hd + c]);
+        row[j] = d * scale;
+    }
+    memset(o, 0, (size_t)hd * sizeof(float));
+    if (L == 0) return;
+    softmax_inplace(row, L);
+    for (int64_t j = 0; j < L; j++)
+        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vc[j * hd + c]);
+}
+
+PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const float *qi,
+                                                 const uint16_t *kc, const uint16_t *vc, int64_t L,
+                                                 int64_t hd, float scale) {
+    switch (hd) {
+    case 32: attention_row_hd(o, row, qi, kc, 32, vc, 32, L, 32, scale, 0, 1); break;
+    case 64: attention_row_hd(o, row, qi, kc, 64, vc, 64, L, 64, scale, 0, 1); break;
+    case 128: attention_row_hd(o, row, qi, kc, 128, vc, 128, L, 128, scale, 0, 1); break;
+    default: attention_cached_row_bf16_any(o, row, qi, kc, vc, L, hd, scale);
+    }
+}
+
+static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *const *k_cache,
+                                      const uint16_t *const *v_cache, const int64_t *len,
+                                      int64_t N, int64_t NH, int64_t KV, int64_t hd,
+                                      int64_t max_len) {
+    const int64_t group = NH / KV;
+    const float scale = 1.0f / sqrtf((float)hd);
+    int64_t work = 0;
+    for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
+#pragma omp parallel if (work > PAR_MIN_WORK)
+    {
+        float *row = malloc((size_t)max_len * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t nh = 0; nh < N * NH; nh++) {
+            int64_t n = nh / NH, h = nh % NH, kvh = h / group;
+            attention_cached_row_bf16(out + n * NH * hd + h * hd, row,
+                                      q.base + n * q.row_stride + h * hd,
+                                      k_cache[n] + kvh * max_len * hd,
+                                      v_cache[n] + kvh * max_len * hd, len[n], hd, scale);
         }
         free(row);
     }
@@ -1232,6 +1307,7 @@ static const ModelOps CPU_BF16_OPS = {
     .lm_head_forward_keep = bf16_lm_head_forward_keep,
     .lm_head_backward_kept = bf16_lm_head_backward_kept,
     .weights_frozen = bf16_weights_frozen,
+    .attention_cached_bf16 = cpu_attention_cached_bf16,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
