@@ -367,6 +367,26 @@ Test(rl_micro, grpo_update_is_the_same_micro_batched, .timeout = 120) {
     expect_same_update("grpo_arith.yaml", 4, extra);
 }
 
+/* A mini-batch that fits the budget padded as it is runs in one pass, with
+ * the bits of a run without micro-batches. */
+Test(rl_micro, a_mini_batch_within_the_budget_is_not_cut, .timeout = 120) {
+    char *extra[] = {"stages.1.steps=2", "rewards.0.type=length", "rewards.0.cap=12",
+                     "rewards.1.weight=0"};
+    char one[64], fits[64], ca[700], cb[700], da[200], db[200];
+    micro_run("grpo_arith.yaml", "0", one, 4, extra);
+    micro_run("grpo_arith.yaml", "100000", fits, 4, extra);
+    snprintf(da, sizeof da, "%s/checkpoints", one);
+    snprintf(db, sizeof db, "%s/checkpoints", fits);
+    PonderError err = {0};
+    cr_assert_eq(ckpt_find_latest(da, ca, sizeof ca, &err), 0, "%s", err.msg);
+    cr_assert_eq(ckpt_find_latest(db, cb, sizeof cb, &err), 0, "%s", err.msg);
+    CkptDiff d;
+    cr_assert_eq(ckpt_compare(ca, cb, &d, &err), 0, "%s", err.msg);
+    cr_expect_eq(d.differing, 0, "%lld parameters differ", (long long)d.differing);
+    remove_dir(one);
+    remove_dir(fits);
+}
+
 /* PPO scores old log-probs, reference log-probs and values before the
  * update, and runs value losses, over two mini-batches and two epochs. */
 Test(rl_micro, ppo_update_is_the_same_micro_batched, .timeout = 120) {

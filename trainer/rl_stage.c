@@ -483,11 +483,13 @@ static int score_rows(Model *m, const TrainBatch *b, int64_t r0, int64_t rows, f
     return rc;
 }
 
-/* The same for every row, micro-batch by micro-batch when budget > 0. */
+/* The same for every row, micro-batch by micro-batch when budget > 0 and
+ * the padded batch exceeds it. */
 static int score_tokens(Model *m, const TrainBatch *b, int64_t budget, float temperature,
                         float *logp_c, float *values_c, PonderError *err) {
     if (b->S == 0) return PONDER_OK;
-    if (budget <= 0) return score_rows(m, b, 0, b->S, temperature, logp_c, values_c, err);
+    if (budget <= 0 || b->S * b->T <= budget)
+        return score_rows(m, b, 0, b->S, temperature, logp_c, values_c, err);
     RlMicroPlan plan;
     int rc = rl_micro_plan(b, 0, b->S, budget, &plan, err);
     for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
@@ -789,13 +791,15 @@ static void policy_result_finish(AlgoPolicyResult *r) {
     r->kl_mean /= n, r->approx_kl_old /= n, r->entropy_mean /= n;
 }
 
-/* policy_loss_rows over the micro-batches of stages.N.micro_batch_tokens
- * (one pass over the rows as they are when it is 0). */
+/* policy_loss_rows over the micro-batches of stages.N.micro_batch_tokens;
+ * one pass over the rows as they are when it is 0 or when they fit it padded
+ * as they are (then the bits are those of a run without micro-batches). */
 static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                             const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
     const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
-    if (budget <= 0) return policy_loss_rows(s, u, r0, rows, pc, res, mismatch, err);
+    if (budget <= 0 || rows * u->b->T <= budget)
+        return policy_loss_rows(s, u, r0, rows, pc, res, mismatch, err);
     memset(res, 0, sizeof *res);
     RlMicroPlan plan;
     int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
@@ -817,7 +821,7 @@ static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64
 static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                            const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
     const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
-    if (budget <= 0) return value_loss_rows(s, u, r0, rows, vcfg, res, err);
+    if (budget <= 0 || rows * u->b->T <= budget) return value_loss_rows(s, u, r0, rows, vcfg, res, err);
     memset(res, 0, sizeof *res);
     RlMicroPlan plan;
     int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
