@@ -17,7 +17,8 @@
 #include "trainer/rl_internal.h"
 #include "trainer/train.h"
 
-static PonderConfig rl_config(const char *dir, int n_extra, char **extra) {
+/* A small model on configs/YAML with the run in dir; extra overrides last. */
+static PonderConfig rl_config_from(const char *yaml, const char *dir, int n_extra, char **extra) {
     char dir_kv[600];
     snprintf(dir_kv, sizeof dir_kv, "run.dir=%s", dir);
     char *base[] = {dir_kv, "model.d_model=32", "model.n_layer=1", "model.n_head=2",
@@ -31,9 +32,14 @@ static PonderConfig rl_config(const char *dir, int n_extra, char **extra) {
     for (int i = 0; i < n_extra; i++) all[n++] = extra[i];
     PonderConfig c;
     PonderError err = {0};
-    cr_assert_eq(config_load(&c, PONDER_SOURCE_DIR "/configs/grpo_arith.yaml", n, all, &err), 0,
-                 "%s", err.msg);
+    char path[600];
+    snprintf(path, sizeof path, PONDER_SOURCE_DIR "/configs/%s", yaml);
+    cr_assert_eq(config_load(&c, path, n, all, &err), 0, "%s", err.msg);
     return c;
+}
+
+static PonderConfig rl_config(const char *dir, int n_extra, char **extra) {
+    return rl_config_from("grpo_arith.yaml", dir, n_extra, extra);
 }
 
 static void remove_dir(const char *d) {
@@ -300,26 +306,29 @@ static void last_rl_line(const char *dir, char *line, size_t n) {
 static void micro_run(const char *yaml, const char *budget, char *dir, int n_extra, char **extra) {
     strcpy(dir, "/tmp/ponder_micro_XXXXXX");
     cr_assert(mkdtemp(dir));
-    char dir_kv[600], budget_kv[64];
-    snprintf(dir_kv, sizeof dir_kv, "run.dir=%s", dir);
+    char budget_kv[64];
     snprintf(budget_kv, sizeof budget_kv, "stages.1.micro_batch_tokens=%s", budget);
-    char *base[] = {dir_kv, budget_kv, "model.d_model=32", "model.n_layer=1", "model.n_head=2",
-                    "model.max_seq_len=64", "stages.0.steps=1", "stages.0.batch_size=4",
-                    "stages.1.steps=1", "stages.1.prompts_per_step=2", "stages.1.num_generations=4",
-                    "stages.1.max_new_tokens=12", "data.eval_size=4", "eval.max_new_tokens=12",
-                    "runtime.threads=1"};
-    char *all[32];
-    int n = 0;
-    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++) all[n++] = base[i];
+    char *all[24] = {budget_kv, "stages.0.steps=1", "stages.1.steps=1"};
+    int n = 3;
     for (int i = 0; i < n_extra; i++) all[n++] = extra[i];
-    PonderConfig c;
+    PonderConfig c = rl_config_from(yaml, dir, n, all);
     PonderError err = {0};
-    char path[600];
-    snprintf(path, sizeof path, PONDER_SOURCE_DIR "/configs/%s", yaml);
-    cr_assert_eq(config_load(&c, path, n, all, &err), 0, "%s", err.msg);
     TrainOptions o = {0};
     TrainSummary s;
     cr_assert_eq(train_run(&c, &o, &s, &err), 0, "%s", err.msg);
+}
+
+/* ckpt_compare of the latest checkpoints of two run directories. */
+static CkptDiff compare_last_checkpoints(const char *run_a, const char *run_b) {
+    char da[200], db[200], ca[700], cb[700];
+    snprintf(da, sizeof da, "%s/checkpoints", run_a);
+    snprintf(db, sizeof db, "%s/checkpoints", run_b);
+    PonderError err = {0};
+    cr_assert_eq(ckpt_find_latest(da, ca, sizeof ca, &err), 0, "%s", err.msg);
+    cr_assert_eq(ckpt_find_latest(db, cb, sizeof cb, &err), 0, "%s", err.msg);
+    CkptDiff d;
+    cr_assert_eq(ckpt_compare(ca, cb, &d, &err), 0, "%s", err.msg);
+    return d;
 }
 
 /* The same rollout (same seeds, same weights before the update) through one
@@ -332,14 +341,7 @@ static void expect_same_update(const char *yaml, int n_extra, char **extra) {
     char one[64], micro[64], la[8192], lb[8192];
     micro_run(yaml, "0", one, n_extra, extra);
     micro_run(yaml, "44", micro, n_extra, extra);
-    char da[200], db[200], ca[700], cb[700];
-    snprintf(da, sizeof da, "%s/checkpoints", one);
-    snprintf(db, sizeof db, "%s/checkpoints", micro);
-    PonderError err = {0};
-    cr_assert_eq(ckpt_find_latest(da, ca, sizeof ca, &err), 0, "%s", err.msg);
-    cr_assert_eq(ckpt_find_latest(db, cb, sizeof cb, &err), 0, "%s", err.msg);
-    CkptDiff d;
-    cr_assert_eq(ckpt_compare(ca, cb, &d, &err), 0, "%s", err.msg);
+    CkptDiff d = compare_last_checkpoints(one, micro);
     printf("%s: micro-batched update worst relative difference %.3g (%s), %lld of %lld bits differ\n",
            yaml, d.worst_rel, d.worst_tensor, (long long)d.differing, (long long)d.params);
     cr_expect_lt(d.worst_rel, 1e-5, "%s: %s differs by %.3g", yaml, d.worst_tensor, d.worst_rel);
@@ -372,16 +374,10 @@ Test(rl_micro, grpo_update_is_the_same_micro_batched, .timeout = 120) {
 Test(rl_micro, a_mini_batch_within_the_budget_is_not_cut, .timeout = 120) {
     char *extra[] = {"stages.1.steps=2", "rewards.0.type=length", "rewards.0.cap=12",
                      "rewards.1.weight=0"};
-    char one[64], fits[64], ca[700], cb[700], da[200], db[200];
+    char one[64], fits[64];
     micro_run("grpo_arith.yaml", "0", one, 4, extra);
     micro_run("grpo_arith.yaml", "100000", fits, 4, extra);
-    snprintf(da, sizeof da, "%s/checkpoints", one);
-    snprintf(db, sizeof db, "%s/checkpoints", fits);
-    PonderError err = {0};
-    cr_assert_eq(ckpt_find_latest(da, ca, sizeof ca, &err), 0, "%s", err.msg);
-    cr_assert_eq(ckpt_find_latest(db, cb, sizeof cb, &err), 0, "%s", err.msg);
-    CkptDiff d;
-    cr_assert_eq(ckpt_compare(ca, cb, &d, &err), 0, "%s", err.msg);
+    CkptDiff d = compare_last_checkpoints(one, fits);
     cr_expect_eq(d.differing, 0, "%lld parameters differ", (long long)d.differing);
     remove_dir(one);
     remove_dir(fits);

@@ -791,56 +791,82 @@ static void policy_result_finish(AlgoPolicyResult *r) {
     r->kl_mean /= n, r->approx_kl_old /= n, r->entropy_mean /= n;
 }
 
-/* policy_loss_rows over the micro-batches of stages.N.micro_batch_tokens;
- * one pass over the rows as they are when it is 0 or when they fit it padded
- * as they are (then the bits are those of a run without micro-batches). */
-static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                            const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
-                            PonderError *err) {
+typedef int (*RowsFn)(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
+                      PonderError *err);
+
+/* fn on rows [r0, r0 + rows) as they are when the stage has no micro-batch
+ * budget (stages.N.micro_batch_tokens 0) or they fit it padded as they are,
+ * so the bits are those of a run without micro-batches; else fn once per
+ * micro-batch, on the micro-batch's own batch and inputs. */
+static int over_micro_batches(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                              RowsFn fn, void *ctx, PonderError *err) {
     const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
-    if (budget <= 0 || rows * u->b->T <= budget)
-        return policy_loss_rows(s, u, r0, rows, pc, res, mismatch, err);
-    memset(res, 0, sizeof *res);
+    if (budget <= 0 || rows * u->b->T <= budget) return fn(s, u, r0, rows, ctx, err);
     RlMicroPlan plan;
     int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
     for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
         MicroInputs mi;
         rc = micro_inputs(u, plan.row + plan.first[k], plan.first[k + 1] - plan.first[k], &mi, err);
         if (rc) break;
-        AlgoPolicyResult part;
-        rc = policy_loss_rows(s, &mi.u, 0, mi.b.S, pc, &part, mismatch, err);
-        if (rc == PONDER_OK) policy_result_add(res, &part);
+        rc = fn(s, &mi.u, 0, mi.b.S, ctx, err);
         micro_inputs_free(&mi);
     }
     rl_micro_plan_free(&plan);
-    policy_result_finish(res);
     return rc;
+}
+
+typedef struct PolicyParts {
+    const AlgoPolicyConfig *pc;
+    double *mismatch;
+    AlgoPolicyResult sum, last;
+    int64_t parts;
+} PolicyParts;
+
+static int policy_part(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
+                       PonderError *err) {
+    PolicyParts *p = ctx;
+    int rc = policy_loss_rows(s, u, r0, rows, p->pc, &p->last, p->mismatch, err);
+    if (rc == PONDER_OK) policy_result_add(&p->sum, &p->last), p->parts++;
+    return rc;
+}
+
+/* policy_loss_rows over the stage's micro-batches (over_micro_batches). */
+static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
+                            const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
+                            PonderError *err) {
+    PolicyParts p = {.pc = pc, .mismatch = mismatch};
+    int rc = over_micro_batches(s, u, r0, rows, policy_part, &p, err);
+    if (p.parts > 1) policy_result_finish(&p.sum);
+    *res = p.parts > 1 ? p.sum : p.last;
+    return rc;
+}
+
+typedef struct ValueParts {
+    const AlgoValueConfig *vcfg;
+    AlgoValueResult sum, last; /* sum: clip_frac and value_mean weighted by tokens */
+    int64_t parts;
+} ValueParts;
+
+static int value_part(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
+                      PonderError *err) {
+    ValueParts *p = ctx;
+    int rc = value_loss_rows(s, u, r0, rows, p->vcfg, &p->last, err);
+    if (rc) return rc;
+    p->sum.loss += p->last.loss, p->sum.tokens += p->last.tokens;
+    p->sum.clip_frac += p->last.tokens * p->last.clip_frac;
+    p->sum.value_mean += p->last.tokens * p->last.value_mean;
+    p->parts++;
+    return PONDER_OK;
 }
 
 /* The same for the value loss. */
 static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                            const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
-    const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
-    if (budget <= 0 || rows * u->b->T <= budget) return value_loss_rows(s, u, r0, rows, vcfg, res, err);
-    memset(res, 0, sizeof *res);
-    RlMicroPlan plan;
-    int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
-    for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
-        MicroInputs mi;
-        rc = micro_inputs(u, plan.row + plan.first[k], plan.first[k + 1] - plan.first[k], &mi, err);
-        if (rc) break;
-        AlgoValueResult part;
-        rc = value_loss_rows(s, &mi.u, 0, mi.b.S, vcfg, &part, err);
-        if (rc == PONDER_OK) {
-            res->loss += part.loss, res->tokens += part.tokens;
-            res->clip_frac += part.tokens * part.clip_frac;
-            res->value_mean += part.tokens * part.value_mean;
-        }
-        micro_inputs_free(&mi);
-    }
-    rl_micro_plan_free(&plan);
-    const double n = res->tokens > 0.0 ? res->tokens : 1.0;
-    res->clip_frac /= n, res->value_mean /= n;
+    ValueParts p = {.vcfg = vcfg};
+    int rc = over_micro_batches(s, u, r0, rows, value_part, &p, err);
+    const double n = p.sum.tokens > 0.0 ? p.sum.tokens : 1.0;
+    p.sum.clip_frac /= n, p.sum.value_mean /= n;
+    *res = p.parts > 1 ? p.sum : p.last;
     return rc;
 }
 

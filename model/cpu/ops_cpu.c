@@ -843,28 +843,6 @@ PONDER_HOT static void attention_cached_row(float *o, float *row, const float *q
     }
 }
 
-static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
-                                 float *const *v_cache, const int64_t *len, int64_t N,
-                                 int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
-    const int64_t group = NH / KV;
-    const float scale = 1.0f / sqrtf((float)hd);
-    int64_t work = 0;
-    for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
-#pragma omp parallel if (work > PAR_MIN_WORK)
-    {
-        float *row = malloc((size_t)max_len * sizeof(float));
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t nh = 0; nh < N * NH; nh++) {
-            int64_t n = nh / NH, h = nh % NH, kvh = h / group, L = len[n];
-            attention_cached_row(out + n * NH * hd + h * hd, row,
-                                 q.base + n * q.row_stride + h * hd,
-                                 k_cache[n] + kvh * max_len * hd, v_cache[n] + kvh * max_len * hd,
-                                 L, hd, scale);
-        }
-        free(row);
-    }
-}
-
 /* attention_cached_row over a bf16 cache: the same kernel reading the
  * widened values; other head sizes widen in scalar code. */
 static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
@@ -893,10 +871,12 @@ PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const flo
     }
 }
 
-static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *const *k_cache,
-                                      const uint16_t *const *v_cache, const int64_t *len,
-                                      int64_t N, int64_t NH, int64_t KV, int64_t hd,
-                                      int64_t max_len) {
+/* Cached attention over fp32 caches (kf, vf) or bf16 ones (kh, vh; the
+ * others NULL): parallel over (row, head), rows of different lengths. */
+static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
+                                 const uint16_t *const *kh, const uint16_t *const *vh,
+                                 const int64_t *len, int64_t N, int64_t NH, int64_t KV,
+                                 int64_t hd, int64_t max_len) {
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     int64_t work = 0;
@@ -906,14 +886,29 @@ static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *co
         float *row = malloc((size_t)max_len * sizeof(float));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t nh = 0; nh < N * NH; nh++) {
-            int64_t n = nh / NH, h = nh % NH, kvh = h / group;
-            attention_cached_row_bf16(out + n * NH * hd + h * hd, row,
-                                      q.base + n * q.row_stride + h * hd,
-                                      k_cache[n] + kvh * max_len * hd,
-                                      v_cache[n] + kvh * max_len * hd, len[n], hd, scale);
+            const int64_t n = nh / NH, h = nh % NH, at = h / group * max_len * hd;
+            float *o = out + n * NH * hd + h * hd;
+            const float *qi = q.base + n * q.row_stride + h * hd;
+            if (kh)
+                attention_cached_row_bf16(o, row, qi, kh[n] + at, vh[n] + at, len[n], hd, scale);
+            else
+                attention_cached_row(o, row, qi, kf[n] + at, vf[n] + at, len[n], hd, scale);
         }
         free(row);
     }
+}
+
+static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
+                                 float *const *v_cache, const int64_t *len, int64_t N,
+                                 int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
+    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len);
+}
+
+static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *const *k_cache,
+                                      const uint16_t *const *v_cache, const int64_t *len,
+                                      int64_t N, int64_t NH, int64_t KV, int64_t hd,
+                                      int64_t max_len) {
+    attention_cached_any(out, q, NULL, NULL, k_cache, v_cache, len, N, NH, KV, hd, max_len);
 }
 
 /* -------------------------------------------------------- activations ---- */
