@@ -203,13 +203,14 @@ Test(ops, matmul) {
     }
 }
 
-/* Decoding multiplies a few rows (N <= 4 takes a matrix-vector path that
- * streams each weight row once); widths with and without a 32-wide tail. */
+/* Decoding multiplies a few rows (N <= 8 takes a matrix-vector path that
+ * streams each weight row once; 9 and up are sgemm again); widths with and
+ * without a 32-wide tail. */
 Test(ops, matmul_small_batches) {
     const ModelOps *o = ops_cpu();
     const int64_t widths[] = {7, 16, 32, 48, 96, 200}, OC = 37;
     Rng rng = rng_from_seed(150);
-    for (int64_t N = 1; N <= 5; N++)
+    for (int64_t N = 1; N <= 10; N++)
         for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
             for (int with_bias = 0; with_bias < 2; with_bias++) {
                 const int64_t C = widths[wi];
@@ -224,6 +225,23 @@ Test(ops, matmul_small_batches) {
                 CHECK("matmul forward, few rows", out, NULL, ref, N * OC, FWD_TOL);
                 free(inp), free(w), free(bias), free(out), free(di), free(dw), free(db), free(ref);
             }
+}
+
+/* A row's output has the same bits whatever other rows share the call, up
+ * to 8 rows (the matrix-vector path). */
+Test(ops, matmul_small_batch_rows_are_independent) {
+    const ModelOps *o = ops_cpu();
+    const int64_t C = 200, OC = 70, N = 8;
+    Rng rng = rng_from_seed(151);
+    float *inp = randn(&rng, N * C, 1.0, 0.0), *w = randn(&rng, OC * C, 0.5, 0.0);
+    float *bias = randn(&rng, OC, 1.0, 0.0), *all = filled(N * OC, NAN), *one = filled(OC, NAN);
+    o->matmul_forward(all, inp, w, bias, N, C, OC);
+    for (int64_t n = 0; n < N; n++) {
+        o->matmul_forward(one, inp + n * C, w, bias, 1, C, OC);
+        cr_expect_eq(memcmp(one, all + n * OC, (size_t)OC * sizeof(float)), 0,
+                     "row %lld alone differs from row %lld of 8", (long long)n, (long long)n);
+    }
+    free(inp), free(w), free(bias), free(all), free(one);
 }
 
 /* ---------------------------------------------------------- embedding ---- */

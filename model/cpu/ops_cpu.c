@@ -142,8 +142,15 @@ static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src
 /* ------------------------------------------------------------- linear ---- */
 
 /* Outputs [o0, o1) of out[n, o] = inp[n, :] . w[o, :] (+ bias[o]) for n < N
- * <= GEMV_MAX_N, streaming each weight row once for all N inputs. */
-#define GEMV_MAX_N 4
+ * <= GEMV_MAX_N, streaming each weight row once for all N inputs. Each
+ * input's sum is its own (the same bits whatever N is). */
+#define GEMV_MAX_N 8
+/* Up to this many rows the linear layer runs as GEMV_MAX_N-row passes over
+ * the weights instead of sgemm, which first copies (packs) the whole weight
+ * matrix. Measured at the GPT-2 124M shape: 8 sequences decode 1.2x faster
+ * in one pass than through sgemm; 16 in two passes 0.88x, so sgemm keeps
+ * those. */
+#define GEMV_ROWS_MAX 8
 /* A matrix-vector product is worth two threads from far less work than a
  * general loop: each thread streams its own rows (measured on the tiny
  * model's decode). */
@@ -180,20 +187,27 @@ PONDER_HOT static void gemv_rows(float *out, const float *inp, const float *w, c
     case 1: gemv_rows_n(out, inp, w, bias, 1, C, OC, o0, o1); break;
     case 2: gemv_rows_n(out, inp, w, bias, 2, C, OC, o0, o1); break;
     case 3: gemv_rows_n(out, inp, w, bias, 3, C, OC, o0, o1); break;
-    default: gemv_rows_n(out, inp, w, bias, 4, C, OC, o0, o1); break;
+    case 4: gemv_rows_n(out, inp, w, bias, 4, C, OC, o0, o1); break;
+    case 5: gemv_rows_n(out, inp, w, bias, 5, C, OC, o0, o1); break;
+    case 6: gemv_rows_n(out, inp, w, bias, 6, C, OC, o0, o1); break;
+    case 7: gemv_rows_n(out, inp, w, bias, 7, C, OC, o0, o1); break;
+    default: gemv_rows_n(out, inp, w, bias, 8, C, OC, o0, o1); break;
     }
 }
 
 static void cpu_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
                                int64_t N, int64_t C, int64_t OC) {
     // out[N,OC], inp[N,C], w[OC,C], bias[OC]
-    if (N <= GEMV_MAX_N) {
+    if (N <= GEMV_ROWS_MAX) {
         /* decoding a few sequences: a matrix-vector product is bound by
          * reading the weights, which sgemm would first copy (pack) */
         const int64_t block = 64, nb = (OC + block - 1) / block;
 #pragma omp parallel for if (N * OC * C > GEMV_PAR_MIN_WORK) schedule(static)
         for (int64_t b = 0; b < nb; b++)
-            gemv_rows(out, inp, w, bias, N, C, OC, b * block, b * block + block < OC ? b * block + block : OC);
+            for (int64_t n0 = 0; n0 < N; n0 += GEMV_MAX_N)
+                gemv_rows(out + n0 * OC, inp + n0 * C, w, bias,
+                          N - n0 < GEMV_MAX_N ? N - n0 : GEMV_MAX_N, C, OC, b * block,
+                          b * block + block < OC ? b * block + block : OC);
         return;
     }
     float beta = 0.0f;
