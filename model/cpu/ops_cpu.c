@@ -744,7 +744,44 @@ static inline __attribute__((always_inline)) void attention_head_backward_hd(
             memcpy(dqi + 16 * c, &r, sizeof r);
         }
     }
-    for (int64_t j = s; j < T; j++) {
+    /* Keys two at a time where the head is narrow: each key's sums still run
+     * over i in increasing order (the same bits), but two keys give twice
+     * the independent add chains and share the loads of dout_i and q_i. */
+    int64_t j = s;
+    for (; HD <= 64 && j + 1 < T; j += 2) {
+        float *dv0 = dv + j * dstride_kv, *dk0 = dk + j * dstride_kv;
+        float *dv1 = dv0 + dstride_kv, *dk1 = dk0 + dstride_kv;
+        V16 av0[4], ak0[4], av1[4], ak1[4];
+        for (int64_t c = 0; c < HD / 16; c++) {
+            av0[c] = v16_load(dv0 + 16 * c), ak0[c] = v16_load(dk0 + 16 * c);
+            av1[c] = v16_load(dv1 + 16 * c), ak1[c] = v16_load(dk1 + 16 * c);
+        }
+        {
+            const float a = att[j * T + j], p = dpre[j * T + j];
+            const float *go = dout + j * dout_stride, *qi = q + j * stride_q;
+            for (int64_t c = 0; c < HD / 16; c++) {
+                av0[c] += a * v16_load(go + 16 * c);
+                ak0[c] += p * v16_load(qi + 16 * c);
+            }
+        }
+        for (int64_t i = j + 1; i < T; i++) {
+            const float a0 = att[i * T + j], p0 = dpre[i * T + j];
+            const float a1 = att[i * T + j + 1], p1 = dpre[i * T + j + 1];
+            const float *go = dout + i * dout_stride, *qi = q + i * stride_q;
+            for (int64_t c = 0; c < HD / 16; c++) {
+                const V16 g = v16_load(go + 16 * c), x = v16_load(qi + 16 * c);
+                av0[c] += a0 * g, ak0[c] += p0 * x;
+                av1[c] += a1 * g, ak1[c] += p1 * x;
+            }
+        }
+        for (int64_t c = 0; c < HD / 16; c++) {
+            memcpy(dv0 + 16 * c, &av0[c], sizeof av0[c]);
+            memcpy(dk0 + 16 * c, &ak0[c], sizeof ak0[c]);
+            memcpy(dv1 + 16 * c, &av1[c], sizeof av1[c]);
+            memcpy(dk1 + 16 * c, &ak1[c], sizeof ak1[c]);
+        }
+    }
+    for (; j < T; j++) {
         float *dvj = dv + j * dstride_kv, *dkj = dk + j * dstride_kv;
         V16 av[8], ak[8];
         for (int64_t c = 0; c < HD / 16; c++) av[c] = v16_load(dvj + 16 * c), ak[c] = v16_load(dkj + 16 * c);
