@@ -10,6 +10,8 @@
 #include <stdlib.h> /* calloc, free */
 #include <string.h> /* memcpy */
 
+#include "util/bf16.h" /* bf16_from_float */
+
 /* A decode step of n rows captured once by the backend (ModelOps.graph_*) and
  * replayed for every later step of n rows: its kernels read the step's
  * tokens, positions, lengths and cache pointers from the packed step buffer,
@@ -59,12 +61,13 @@ struct ModelKVCache {
 
 static size_t slot_floats(const ModelKVCache *kv) { return (size_t)(kv->KV * kv->max_len * kv->hd); }
 
-static float *cache_block(float *base, const ModelKVCache *kv, int64_t layer, int64_t slot) {
-    return base + ((size_t)layer * (size_t)kv->n_slots + (size_t)slot) * slot_floats(kv);
-}
+static size_t value_bytes(const ModelKVCache *kv) { return kv->k16 ? sizeof(uint16_t) : sizeof(float); }
 
-static uint16_t *cache_block16(uint16_t *base, const ModelKVCache *kv, int64_t layer, int64_t slot) {
-    return base + ((size_t)layer * (size_t)kv->n_slots + (size_t)slot) * slot_floats(kv);
+/* The start of (layer, slot)'s block of the key (v == 0) or value cache,
+ * whichever precision the cache holds. */
+static char *cache_block(const ModelKVCache *kv, int v, int64_t layer, int64_t slot) {
+    char *base = kv->k16 ? (char *)(v ? kv->v16 : kv->k16) : (char *)(v ? kv->v : kv->k);
+    return base + ((size_t)layer * (size_t)kv->n_slots + (size_t)slot) * slot_floats(kv) * value_bytes(kv);
 }
 
 int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t max_len,
@@ -177,80 +180,47 @@ void model_kv_free(ModelKVCache *kv) {
 int64_t model_kv_length(const ModelKVCache *kv, int64_t slot) { return kv->len[slot]; }
 int64_t model_kv_slots(const ModelKVCache *kv) { return kv->n_slots; }
 int64_t model_kv_max_len(const ModelKVCache *kv) { return kv->max_len; }
-int64_t model_kv_value_bytes(const ModelKVCache *kv) { return kv->k16 ? 2 : 4; }
+int64_t model_kv_value_bytes(const ModelKVCache *kv) { return (int64_t)value_bytes(kv); }
 void model_kv_reset(ModelKVCache *kv, int64_t slot) { kv->len[slot] = 0; }
 
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src) {
     if (dst == src) return;
-    const size_t n = (size_t)(kv->len[src] * kv->hd);
+    const size_t es = value_bytes(kv), used = (size_t)(kv->len[src] * kv->hd) * es;
     for (int64_t l = 0; l < kv->L; l++)
         for (int64_t h = 0; h < kv->KV; h++) {
-            size_t head = (size_t)(h * kv->max_len * kv->hd);
-            if (kv->k16) {
-                kv->ops->copy(cache_block16(kv->k16, kv, l, dst) + head,
-                              cache_block16(kv->k16, kv, l, src) + head, n * sizeof(uint16_t));
-                kv->ops->copy(cache_block16(kv->v16, kv, l, dst) + head,
-                              cache_block16(kv->v16, kv, l, src) + head, n * sizeof(uint16_t));
-                continue;
-            }
-            kv->ops->copy(cache_block(kv->k, kv, l, dst) + head, cache_block(kv->k, kv, l, src) + head, n * sizeof(float));
-            kv->ops->copy(cache_block(kv->v, kv, l, dst) + head, cache_block(kv->v, kv, l, src) + head, n * sizeof(float));
+            const size_t head = (size_t)(h * kv->max_len * kv->hd) * es;
+            for (int v = 0; v < 2; v++)
+                kv->ops->copy(cache_block(kv, v, l, dst) + head, cache_block(kv, v, l, src) + head, used);
         }
     kv->len[dst] = kv->len[src];
 }
 
-/* fp32 to bf16 bits as the CPU's bf16 products round their operands
- * (model/cpu/gemm_bf16.h): nearest even, denormals to signed zero, NaN kept
- * a (quiet) NaN. */
-static uint16_t bf16_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static void round_to_bf16(uint16_t *out, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = bf16_bits(x[i]);
-}
-
-/* write_cache_rows for a bf16 cache. */
-static void write_cache_rows16(ModelKVCache *kv, const Model *m, int64_t l, const int64_t *slots,
-                               int64_t n) {
-    const int64_t hd = kv->hd, QKV = m->qkv_dim, AD = m->attn_dim;
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t *kb = cache_block16(kv->k16, kv, l, slots[i]), *vb = cache_block16(kv->v16, kv, l, slots[i]);
-        const float *row = kv->qkv + i * QKV;
-        for (int64_t h = 0; h < kv->KV; h++) {
-            size_t at = (size_t)((h * kv->max_len + kv->pos[i]) * hd);
-            round_to_bf16(kb + at, row + AD + h * hd, hd);
-            round_to_bf16(vb + at, row + AD + (kv->KV + h) * hd, hd);
-        }
-        kv->kptr16[i] = kb;
-        kv->vptr16[i] = vb;
-        kv->row_len[i] = kv->pos[i] + 1;
+/* hd values of a k or v row into a cache slot: copied, or rounded to bf16. */
+static void store_values(const ModelKVCache *kv, char *dst, const float *x) {
+    if (!kv->k16) {
+        memcpy(dst, x, (size_t)kv->hd * sizeof(float));
+        return;
     }
+    uint16_t *h = (uint16_t *)dst;
+    for (int64_t i = 0; i < kv->hd; i++) h[i] = bf16_from_float(x[i]);
 }
 
 /* Copies row n's k and v (after RoPE) into its slot at its position. */
 static void write_cache_rows(ModelKVCache *kv, const Model *m, int64_t l, const int64_t *slots,
                              int64_t n) {
     const int64_t hd = kv->hd, QKV = m->qkv_dim, AD = m->attn_dim;
-    if (kv->k16) {
-        write_cache_rows16(kv, m, l, slots, n);
-        return;
-    }
     for (int64_t i = 0; i < n; i++) {
-        float *kb = cache_block(kv->k, kv, l, slots[i]), *vb = cache_block(kv->v, kv, l, slots[i]);
+        char *kb = cache_block(kv, 0, l, slots[i]), *vb = cache_block(kv, 1, l, slots[i]);
         const float *row = kv->qkv + i * QKV;
         for (int64_t h = 0; h < kv->KV; h++) {
-            size_t at = (size_t)((h * kv->max_len + kv->pos[i]) * hd);
-            memcpy(kb + at, row + AD + h * hd, (size_t)hd * sizeof(float));
-            memcpy(vb + at, row + AD + (kv->KV + h) * hd, (size_t)hd * sizeof(float));
+            const size_t at = (size_t)((h * kv->max_len + kv->pos[i]) * hd) * value_bytes(kv);
+            store_values(kv, kb + at, row + AD + h * hd);
+            store_values(kv, vb + at, row + AD + (kv->KV + h) * hd);
         }
-        kv->kptr[i] = kb;
-        kv->vptr[i] = vb;
+        if (kv->k16)
+            kv->kptr16[i] = (uint16_t *)kb, kv->vptr16[i] = (uint16_t *)vb;
+        else
+            kv->kptr[i] = (float *)kb, kv->vptr[i] = (float *)vb;
         kv->row_len[i] = kv->pos[i] + 1;
     }
 }
@@ -398,8 +368,8 @@ static void upload_step(ModelKVCache *kv, const int64_t *slots, const int32_t *t
         kv->row_len[i] = kv->pos[i] + 1;
         kv->h_tokens[i] = tokens[i];
         for (int64_t l = 0; l < kv->L; l++) {
-            kv->kptr[l * R + i] = cache_block(kv->k, kv, l, slots[i]);
-            kv->vptr[l * R + i] = cache_block(kv->v, kv, l, slots[i]);
+            kv->kptr[l * R + i] = (float *)cache_block(kv, 0, l, slots[i]);
+            kv->vptr[l * R + i] = (float *)cache_block(kv, 1, l, slots[i]);
         }
     }
     kv->ops->upload(kv->step_dev, kv->step_host, kv->step_bytes);

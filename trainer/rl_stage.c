@@ -483,33 +483,63 @@ static int score_rows(Model *m, const TrainBatch *b, int64_t r0, int64_t rows, f
     return rc;
 }
 
-/* The same for every row, micro-batch by micro-batch when budget > 0 and
- * the padded batch exceeds it. */
-static int score_tokens(Model *m, const TrainBatch *b, int64_t budget, float temperature,
-                        float *logp_c, float *values_c, PonderError *err) {
-    if (b->S == 0) return PONDER_OK;
-    if (budget <= 0 || b->S * b->T <= budget)
-        return score_rows(m, b, 0, b->S, temperature, logp_c, values_c, err);
+/* ======================================================= micro-batches ==== */
+
+/* Work on some rows of a batch: either b itself, rows [r0, r0 + rows), with
+ * idx NULL; or a micro-batch b of its own (r0 0, all its rows) whose row k is
+ * row idx[k] of the batch it was cut from. */
+typedef int (*RowsFn)(const TrainBatch *b, const int64_t *idx, int64_t r0, int64_t rows, void *ctx,
+                      PonderError *err);
+
+/* fn on rows [r0, r0 + rows) of b as they are when there is no micro-batch
+ * budget (stages.N.micro_batch_tokens 0) or they fit it padded as they are,
+ * so the bits are those of a run without micro-batches; else fn once per
+ * micro-batch (rl_internal.h). */
+static int over_micro_batches(const TrainBatch *b, int64_t budget, int64_t r0, int64_t rows,
+                              RowsFn fn, void *ctx, PonderError *err) {
+    if (budget <= 0 || rows * b->T <= budget) return fn(b, NULL, r0, rows, ctx, err);
     RlMicroPlan plan;
-    int rc = rl_micro_plan(b, 0, b->S, budget, &plan, err);
+    int rc = rl_micro_plan(b, r0, rows, budget, &plan, err);
     for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
         const int64_t *idx = plan.row + plan.first[k];
         TrainBatch mb;
         rc = rl_micro_batch(b, idx, plan.first[k + 1] - plan.first[k], &mb, err);
         if (rc) break;
-        const size_t SC = (size_t)(mb.S * mb.Tc) + 1;
-        float *lp = logp_c ? malloc(SC * sizeof(float)) : NULL;
-        float *v = values_c ? malloc(SC * sizeof(float)) : NULL;
-        if ((logp_c && !lp) || (values_c && !v))
-            rc = ponder_error(err, PONDER_ERR_NOMEM, "out of memory");
-        if (rc == PONDER_OK) rc = score_rows(m, &mb, 0, mb.S, temperature, lp, v, err);
-        if (rc == PONDER_OK && lp) rl_micro_scatter(b, &mb, idx, lp, logp_c);
-        if (rc == PONDER_OK && v) rl_micro_scatter(b, &mb, idx, v, values_c);
-        free(lp), free(v);
+        rc = fn(&mb, idx, 0, mb.S, ctx, err);
         rl_train_batch_free(&mb);
     }
     rl_micro_plan_free(&plan);
     return rc;
+}
+
+typedef struct ScoreOut {
+    Model *m;
+    const TrainBatch *whole; /* the batch logp_c / values_c are laid out for */
+    float temperature, *logp_c, *values_c;
+} ScoreOut;
+
+static int score_part(const TrainBatch *b, const int64_t *idx, int64_t r0, int64_t rows, void *ctx,
+                      PonderError *err) {
+    ScoreOut *o = ctx;
+    if (!idx) return score_rows(o->m, b, r0, rows, o->temperature, o->logp_c, o->values_c, err);
+    const size_t SC = (size_t)(b->S * b->Tc) + 1;
+    float *lp = o->logp_c ? malloc(SC * sizeof(float)) : NULL;
+    float *v = o->values_c ? malloc(SC * sizeof(float)) : NULL;
+    int rc = (o->logp_c && !lp) || (o->values_c && !v)
+                 ? ponder_error(err, PONDER_ERR_NOMEM, "out of memory")
+                 : score_rows(o->m, b, 0, rows, o->temperature, lp, v, err);
+    if (rc == PONDER_OK && lp) rl_micro_scatter(o->whole, b, idx, lp, o->logp_c);
+    if (rc == PONDER_OK && v) rl_micro_scatter(o->whole, b, idx, v, o->values_c);
+    free(lp), free(v);
+    return rc;
+}
+
+/* score_rows over every row, in the stage's micro-batches. */
+static int score_tokens(Model *m, const TrainBatch *b, int64_t budget, float temperature,
+                        float *logp_c, float *values_c, PonderError *err) {
+    if (b->S == 0) return PONDER_OK;
+    ScoreOut o = {m, b, temperature, logp_c, values_c};
+    return over_micro_batches(b, budget, 0, b->S, score_part, &o, err);
 }
 
 static AlgoPolicyConfig policy_config(const RlStage *s) {
@@ -735,38 +765,33 @@ static int value_loss_rows(RlStage *s, const UpdateInputs *u, int64_t r0, int64_
     return rc;
 }
 
-/* ======================================================= micro-batches ==== */
-
-/* One micro-batch's rows as a batch of their own, with the update's
- * per-token arrays gathered to match (rl_internal.h, micro-batches). */
+/* The update's inputs for some rows (RowsFn): u itself for rows of u->b, or
+ * with the per-token arrays gathered for a micro-batch mb of u->b. */
 typedef struct MicroInputs {
-    TrainBatch b;
     UpdateInputs u;
     float *owned[5];
 } MicroInputs;
 
 static void micro_inputs_free(MicroInputs *mi) {
     for (int k = 0; k < 5; k++) free(mi->owned[k]);
-    rl_train_batch_free(&mi->b);
 }
 
-static int micro_inputs(const UpdateInputs *u, const int64_t *idx, int64_t n, MicroInputs *mi,
-                        PonderError *err) {
+static int micro_inputs(const UpdateInputs *u, const TrainBatch *mb, const int64_t *idx,
+                        MicroInputs *mi, PonderError *err) {
     memset(mi, 0, sizeof *mi);
-    int rc = rl_micro_batch(u->b, idx, n, &mi->b, err);
-    if (rc) return rc;
     mi->u = *u;
-    mi->u.b = &mi->b;
+    if (!idx) return PONDER_OK;
+    mi->u.b = mb;
     const float **field[5] = {&mi->u.old_logp, &mi->u.ref_logp, &mi->u.adv, &mi->u.returns,
                               &mi->u.old_values};
     for (int k = 0; k < 5; k++) {
         if (!*field[k]) continue;
-        mi->owned[k] = malloc(((size_t)(n * mi->b.Tc) + 1) * sizeof(float));
+        mi->owned[k] = malloc(((size_t)(mb->S * mb->Tc) + 1) * sizeof(float));
         if (!mi->owned[k]) {
             micro_inputs_free(mi);
             return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (micro-batch inputs)");
         }
-        rl_micro_gather(u->b, &mi->b, idx, *field[k], mi->owned[k]);
+        rl_micro_gather(u->b, mb, idx, *field[k], mi->owned[k]);
         *field[k] = mi->owned[k];
     }
     return PONDER_OK;
@@ -791,42 +816,23 @@ static void policy_result_finish(AlgoPolicyResult *r) {
     r->kl_mean /= n, r->approx_kl_old /= n, r->entropy_mean /= n;
 }
 
-typedef int (*RowsFn)(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
-                      PonderError *err);
-
-/* fn on rows [r0, r0 + rows) as they are when the stage has no micro-batch
- * budget (stages.N.micro_batch_tokens 0) or they fit it padded as they are,
- * so the bits are those of a run without micro-batches; else fn once per
- * micro-batch, on the micro-batch's own batch and inputs. */
-static int over_micro_batches(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
-                              RowsFn fn, void *ctx, PonderError *err) {
-    const int64_t budget = s->cfg->stages[s->stage].micro_batch_tokens;
-    if (budget <= 0 || rows * u->b->T <= budget) return fn(s, u, r0, rows, ctx, err);
-    RlMicroPlan plan;
-    int rc = rl_micro_plan(u->b, r0, rows, budget, &plan, err);
-    for (int64_t k = 0; rc == PONDER_OK && k < plan.n; k++) {
-        MicroInputs mi;
-        rc = micro_inputs(u, plan.row + plan.first[k], plan.first[k + 1] - plan.first[k], &mi, err);
-        if (rc) break;
-        rc = fn(s, &mi.u, 0, mi.b.S, ctx, err);
-        micro_inputs_free(&mi);
-    }
-    rl_micro_plan_free(&plan);
-    return rc;
-}
-
 typedef struct PolicyParts {
+    RlStage *s;
+    const UpdateInputs *u;
     const AlgoPolicyConfig *pc;
     double *mismatch;
     AlgoPolicyResult sum, last;
     int64_t parts;
 } PolicyParts;
 
-static int policy_part(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
-                       PonderError *err) {
+static int policy_part(const TrainBatch *b, const int64_t *idx, int64_t r0, int64_t rows,
+                       void *ctx, PonderError *err) {
     PolicyParts *p = ctx;
-    int rc = policy_loss_rows(s, u, r0, rows, p->pc, &p->last, p->mismatch, err);
+    MicroInputs mi;
+    int rc = micro_inputs(p->u, b, idx, &mi, err);
+    if (rc == PONDER_OK) rc = policy_loss_rows(p->s, &mi.u, r0, rows, p->pc, &p->last, p->mismatch, err);
     if (rc == PONDER_OK) policy_result_add(&p->sum, &p->last), p->parts++;
+    micro_inputs_free(&mi);
     return rc;
 }
 
@@ -834,36 +840,44 @@ static int policy_part(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t ro
 static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                             const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
-    PolicyParts p = {.pc = pc, .mismatch = mismatch};
-    int rc = over_micro_batches(s, u, r0, rows, policy_part, &p, err);
+    PolicyParts p = {.s = s, .u = u, .pc = pc, .mismatch = mismatch};
+    int rc = over_micro_batches(u->b, s->cfg->stages[s->stage].micro_batch_tokens, r0, rows,
+                                policy_part, &p, err);
     if (p.parts > 1) policy_result_finish(&p.sum);
     *res = p.parts > 1 ? p.sum : p.last;
     return rc;
 }
 
 typedef struct ValueParts {
+    RlStage *s;
+    const UpdateInputs *u;
     const AlgoValueConfig *vcfg;
     AlgoValueResult sum, last; /* sum: clip_frac and value_mean weighted by tokens */
     int64_t parts;
 } ValueParts;
 
-static int value_part(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows, void *ctx,
+static int value_part(const TrainBatch *b, const int64_t *idx, int64_t r0, int64_t rows, void *ctx,
                       PonderError *err) {
     ValueParts *p = ctx;
-    int rc = value_loss_rows(s, u, r0, rows, p->vcfg, &p->last, err);
-    if (rc) return rc;
-    p->sum.loss += p->last.loss, p->sum.tokens += p->last.tokens;
-    p->sum.clip_frac += p->last.tokens * p->last.clip_frac;
-    p->sum.value_mean += p->last.tokens * p->last.value_mean;
-    p->parts++;
-    return PONDER_OK;
+    MicroInputs mi;
+    int rc = micro_inputs(p->u, b, idx, &mi, err);
+    if (rc == PONDER_OK) rc = value_loss_rows(p->s, &mi.u, r0, rows, p->vcfg, &p->last, err);
+    if (rc == PONDER_OK) {
+        p->sum.loss += p->last.loss, p->sum.tokens += p->last.tokens;
+        p->sum.clip_frac += p->last.tokens * p->last.clip_frac;
+        p->sum.value_mean += p->last.tokens * p->last.value_mean;
+        p->parts++;
+    }
+    micro_inputs_free(&mi);
+    return rc;
 }
 
 /* The same for the value loss. */
 static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                            const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
-    ValueParts p = {.vcfg = vcfg};
-    int rc = over_micro_batches(s, u, r0, rows, value_part, &p, err);
+    ValueParts p = {.s = s, .u = u, .vcfg = vcfg};
+    int rc = over_micro_batches(u->b, s->cfg->stages[s->stage].micro_batch_tokens, r0, rows,
+                                value_part, &p, err);
     const double n = p.sum.tokens > 0.0 ? p.sum.tokens : 1.0;
     p.sum.clip_frac /= n, p.sum.value_mean /= n;
     *res = p.parts > 1 ? p.sum : p.last;

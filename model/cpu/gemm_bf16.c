@@ -12,6 +12,7 @@
  * BF16_TARGET attribute use AVX-512, and they are reached only after
  * gemm_bf16_supported() said yes. */
 #include "model/cpu/gemm_bf16.h"
+#include "util/bf16.h"            /* bf16_from_float, bf16_to_float */
 
 #include <immintrin.h>
 #include <stdlib.h> /* posix_memalign, free, getenv */
@@ -31,18 +32,7 @@ int gemm_bf16_supported(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 
-float gemm_bf16_round(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0)
-        u &= 0x80000000u; /* zero or denormal: signed zero */
-    else if ((u & 0x7fffffffu) > 0x7f800000u)
-        u = (u | 0x00400000u) & 0xffff0000u; /* NaN stays a (quiet) NaN */
-    else
-        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
+float gemm_bf16_round(float x) { return bf16_to_float(bf16_from_float(x)); }
 
 static int operand_reserve(GemmBf16Operand *op, size_t words) {
     if (words <= op->cap) return 0;

@@ -18,6 +18,7 @@
 #include "model/cpu/blas.h"    /* blas_sgemm */
 #include "model/cpu/gemm_bf16.h" /* gemm_bf16 (the cpu-bf16 table) */
 #include "model/cpu/kernels.h" /* PONDER_HOT, exp_fast */
+#include "util/bf16.h"           /* bf16_to_float */
 
 /* Loops over less work than this (elements, or multiply-adds for attention)
  * run on the calling thread: waking the team costs more than it saves, and on
@@ -65,15 +66,8 @@ static inline __attribute__((always_inline)) V16 v16_load_bf16(const uint16_t *p
     return (V16)(__builtin_convertvector(h, V16u) << 16);
 }
 
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* Element j (from j0) of a row that is fp32 (bf16 == 0) or bf16: the
- * attention kernels take both kinds of cache through these, with bf16 a
+/* 16 values from element j of a row that is fp32 (bf16 == 0) or bf16: the
+ * attention kernels take both kinds of cache through this, with bf16 a
  * compile-time constant after inlining. */
 static inline __attribute__((always_inline)) V16 v16_load_any(const void *p, int64_t j, int bf16) {
     return bf16 ? v16_load_bf16((const uint16_t *)p + j) : v16_load((const float *)p + j);
@@ -539,44 +533,33 @@ static void cpu_layernorm_backward(float *dinp, float *dw, float *db, const floa
 /* --------------------------------------------------------------- RoPE ---- */
 
 /* One position's H heads. The (cos, sin) pairs are split into two arrays
- * first so the rotation loop reads unit-stride and vectorises; multiversioned
- * because the baseline build ran it scalar (3% of a tiny-model step).
- * Contraction stays off: x1 c - x2 s rounds both products, as the scalar
- * baseline code did, so every clone gives the bits that training runs and
- * checkpoints were made with (an FMA moved a 500-step SFT run from 37.4% to
- * 48.6% held-out accuracy, a different point on a steep curve). */
+ * first (in chunks of ROPE_CHUNK pairs) so the rotation loop reads
+ * unit-stride and vectorises; multiversioned because the baseline build ran
+ * it scalar (3% of a tiny-model step). Contraction stays off: x1 c - x2 s
+ * rounds both products, as the scalar baseline code did, so every clone gives
+ * the bits that training runs and checkpoints were made with (an FMA moved a
+ * 500-step SFT run from 37.4% to 48.6% held-out accuracy, a different point
+ * on a steep curve). */
+#define ROPE_CHUNK 256
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 PONDER_HOT static void rope_position(float *x, const float *cs, int64_t H, int64_t hd, float sign) {
-    enum { MAX_HALF = 256 };
     const int64_t half = hd / 2;
-    float c[MAX_HALF], s[MAX_HALF];
-    for (int64_t i = 0; i < half; i++) c[i] = cs[2 * i], s[i] = sign * cs[2 * i + 1];
-    for (int64_t h = 0; h < H; h++) {
-        float *v = x + h * hd;
-        for (int64_t i = 0; i < half; i++) {
-            float x1 = v[i], x2 = v[i + half];
-            v[i] = x1 * c[i] - x2 * s[i];
-            v[i + half] = x2 * c[i] + x1 * s[i];
+    float c[ROPE_CHUNK], s[ROPE_CHUNK];
+    for (int64_t i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+        const int64_t n = half - i0 < ROPE_CHUNK ? half - i0 : ROPE_CHUNK;
+        for (int64_t i = 0; i < n; i++) c[i] = cs[2 * (i0 + i)], s[i] = sign * cs[2 * (i0 + i) + 1];
+        for (int64_t h = 0; h < H; h++) {
+            float *v = x + h * hd + i0;
+            for (int64_t i = 0; i < n; i++) {
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
+            }
         }
     }
 }
-
 #pragma GCC pop_options
-
-/* The same rotation for head sizes past rope_position's stack arrays. */
-static void rope_position_wide(float *x, const float *cs, int64_t H, int64_t hd, float sign) {
-    const int64_t half = hd / 2;
-    for (int64_t h = 0; h < H; h++) {
-        float *v = x + h * hd;
-        for (int64_t i = 0; i < half; i++) {
-            float c = cs[2 * i], s = sign * cs[2 * i + 1];
-            float x1 = v[i], x2 = v[i + half];
-            v[i] = x1 * c - x2 * s;
-            v[i + half] = x2 * c + x1 * s;
-        }
-    }
-}
 
 static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64_t N, int64_t H,
                      int64_t hd, int inverse) {
@@ -585,11 +568,7 @@ static void cpu_rope(OpsHeads x, const int32_t *pos, const float *cos_sin, int64
 #pragma omp parallel for if (N * H * hd > PAR_MIN_WORK) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *cs = cos_sin + (int64_t)pos[n] * half * 2;
-        float *v = x.base + n * x.row_stride;
-        if (half <= 256)
-            rope_position(v, cs, H, hd, sign);
-        else
-            rope_position_wide(v, cs, H, hd, sign);
+        rope_position(x.base + n * x.row_stride, cs, H, hd, sign);
     }
 }
 
