@@ -747,6 +747,63 @@ Test(ops, attention_cached_head_sizes) {
     }
 }
 
+/* The decode attention computes heads h and h + 1 of a row together at head
+ * sizes 32, 64 and 128 (one value pass for both). A head's output must not
+ * depend on that: 3 query heads (an odd one left over) on 2 kv heads, rows of
+ * 37, 16 and 5 positions, against each head computed alone, bit for bit. */
+Test(ops, attention_cached_pairs_heads_without_changing_bits) {
+    const ModelOps *o = ops_cpu();
+    enum { N = 3, NH = 3, KV = 1, MAXL = 40 };
+    const int64_t sizes[] = {32, 64, 128}, len[N] = {37, 16, 5};
+    Rng rng = rng_from_seed(720);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si];
+        float *q = randn(&rng, N * NH * hd, 1.0, 0.0), *kc[N], *vc[N];
+        for (int n = 0; n < N; n++)
+            kc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0), vc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0);
+        float *all = filled(N * NH * hd, NAN), *one = filled(hd, NAN);
+        o->attention_cached(all, (OpsHeads){q, NH * hd}, kc, vc, len, N, NH, KV, hd, MAXL);
+        int64_t differ = 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t h = 0; h < NH; h++) {
+                float *kp[1] = {kc[n]}, *vp[1] = {vc[n]};
+                o->attention_cached(one, (OpsHeads){q + (n * NH + h) * hd, hd}, kp, vp, &len[n], 1,
+                                    1, 1, hd, MAXL);
+                differ += memcmp(one, all + (n * NH + h) * hd, (size_t)hd * sizeof(float)) != 0;
+            }
+        cr_expect(differ == 0, "hd %lld: %lld of %d (row, head) outputs changed bits when paired",
+                  (long long)hd, (long long)differ, N * NH);
+        for (int n = 0; n < N; n++) free(kc[n]), free(vc[n]);
+        free(q), free(all), free(one);
+    }
+}
+
+/* Scores of whole 16-key blocks take a 16-vector lane sum (v16_sum16) and
+ * the keys after the last block a single-vector one; both must round alike.
+ * A query over 17 keys whose last key copies key c < 16: the two keys'
+ * probabilities must be equal bit for bit, for every c and head size. */
+Test(ops, attention_score_blocks_round_like_single_keys) {
+    const ModelOps *o = ops_cpu();
+    const int64_t sizes[] = {32, 64, 128}, T = 17;
+    Rng rng = rng_from_seed(730);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si], stride = 3 * hd;
+        int64_t differ = 0;
+        for (int64_t c = 0; c < 16; c++) {
+            float *qkv = randn(&rng, T * stride, 1.0, 0.0);
+            memcpy(qkv + (T - 1) * stride + hd, qkv + c * stride + hd, (size_t)hd * sizeof(float));
+            float *out = filled(T * hd, NAN), *att = filled(T * T, NAN);
+            o->attention_forward(out, att, (OpsHeads){qkv, stride}, (OpsHeads){qkv + hd, stride},
+                                 (OpsHeads){qkv + 2 * hd, stride}, NULL, 1, T, 1, 1, hd);
+            const float *last = att + (T - 1) * T;
+            differ += memcmp(&last[c], &last[T - 1], sizeof(float)) != 0;
+            free(qkv), free(out), free(att);
+        }
+        cr_expect(differ == 0, "hd %lld: %lld of 16 copied keys scored differently", (long long)hd,
+                  (long long)differ);
+    }
+}
+
 /* -------------------------------------------------------- activations ---- */
 
 static void ref_swiglu(double *out, const double *gu, int64_t N, int64_t F) {

@@ -111,6 +111,35 @@ static inline __attribute__((always_inline)) float v16_sum(V16 v) {
     return a[0];
 }
 
+/* Lane t = v16_sum(d[t]) for 16 vectors, with the same pairwise tree (lane i
+ * plus lane i + 8, then + 4, + 2, + 1), so each result has v16_sum's bits.
+ * Each level adds two vectors' halves at once: 15 additions and 31 shuffles
+ * instead of 64 of each. */
+static inline __attribute__((always_inline)) V16 v16_sum16(const V16 *d) {
+    V16 e[8], f[4], g[2];
+    for (int m = 0; m < 8; m++) /* e[m]: key 2m in lanes 0-7, 2m+1 in 8-15 */
+        e[m] = __builtin_shufflevector(d[2 * m], d[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                                       19, 20, 21, 22, 23) +
+               __builtin_shufflevector(d[2 * m], d[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
+                                       26, 27, 28, 29, 30, 31);
+    for (int k = 0; k < 4; k++)
+        f[k] = __builtin_shufflevector(e[2 * k], e[2 * k + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10,
+                                       11, 24, 25, 26, 27) +
+               __builtin_shufflevector(e[2 * k], e[2 * k + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13,
+                                       14, 15, 28, 29, 30, 31);
+    for (int p = 0; p < 2; p++)
+        g[p] = __builtin_shufflevector(f[2 * p], f[2 * p + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9,
+                                       24, 25, 12, 13, 28, 29) +
+               __builtin_shufflevector(f[2 * p], f[2 * p + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
+                                       26, 27, 14, 15, 30, 31);
+    V16 h = __builtin_shufflevector(g[0], g[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,
+                                    14, 30) +
+            __builtin_shufflevector(g[0], g[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,
+                                    15, 31);
+    /* h holds the keys in bit-reversed order */
+    return __builtin_shufflevector(h, h, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+}
+
 
 /* ------------------------------------------------------------- memory ---- */
 
@@ -628,6 +657,92 @@ static inline void softmax_inplace(float *row, int64_t n) {
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
+/* row[0..L) = exp(q k_j * scale - max_j): one query row's unnormalised
+ * attention weights over L keys (rows ks values apart). */
+static inline __attribute__((always_inline)) void attention_exps_hd(float *row, const float *qi,
+                                                                    const void *kc, int64_t ks,
+                                                                    int64_t L, const int64_t HD,
+                                                                    float scale, const int bf16) {
+    V16 q[8];
+    for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c);
+    float mx = -INFINITY;
+    int64_t j = 0;
+    if (L >= 16) { /* 16 keys' scores at a time (v16_sum16), then their maximum */
+        V16 vmx = (V16){0} - INFINITY;
+        for (; j + 16 <= L; j += 16) {
+            V16 d[16];
+            for (int t = 0; t < 16; t++) {
+                d[t] = q[0] * v16_load_any(kc, (j + t) * ks, bf16);
+                for (int64_t c = 1; c < HD / 16; c++)
+                    d[t] += q[c] * v16_load_any(kc, (j + t) * ks + 16 * c, bf16);
+            }
+            V16 sc = v16_sum16(d) * scale;
+            memcpy(row + j, &sc, sizeof sc);
+            const V16i up = sc > vmx;
+            vmx = (V16)(((V16i)sc & up) | ((V16i)vmx & ~up));
+        }
+        for (int t = 0; t < 16; t++) mx = vmx[t] > mx ? vmx[t] : mx;
+    }
+    for (; j < L; j++) {
+        V16 d = q[0] * v16_load_any(kc, j * ks, bf16);
+        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load_any(kc, j * ks + 16 * c, bf16);
+        row[j] = v16_sum(d) * scale;
+        mx = row[j] > mx ? row[j] : mx;
+    }
+    j = 0;
+    for (; j + 16 <= L; j += 16) {
+        V16 e = v16_exp(v16_load(row + j) - mx);
+        memcpy(row + j, &e, sizeof e);
+    }
+    for (; j < L; j++) row[j] = exp_fast(row[j] - mx);
+}
+
+/* o = (sum_j row[j] v_j) / sum_j row[j] over L values (rows vs apart);
+ * `normalise` also divides row by the sum. */
+static inline __attribute__((always_inline)) void attention_values_hd(float *o, float *row,
+                                                                      const void *vc, int64_t vs,
+                                                                      int64_t L, const int64_t HD,
+                                                                      int normalise, const int bf16) {
+    V16 acc[8];
+    for (int64_t c = 0; c < HD / 16; c++) acc[c] = (V16){0};
+    float sum = 0.0f;
+    for (int64_t j = 0; j < L; j++) {
+        sum += row[j];
+        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load_any(vc, j * vs + 16 * c, bf16);
+    }
+    const float inv = L > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t c = 0; c < HD / 16; c++) {
+        V16 r = acc[c] * inv;
+        memcpy(o + 16 * c, &r, sizeof r);
+    }
+    if (normalise)
+        for (int64_t j = 0; j < L; j++) row[j] *= inv;
+}
+
+/* attention_values_hd for two heads over the same number of keys in one
+ * loop: each head's sums keep their order (so their bits), and the loop has
+ * twice the independent chains; one head's were FMA-latency-bound at HD 32. */
+static inline __attribute__((always_inline)) void attention_values2_hd(
+    float *o0, float *o1, const float *r0, const float *r1, const void *v0, const void *v1,
+    int64_t L, const int64_t HD, const int bf16) {
+    V16 a0[8], a1[8];
+    for (int64_t c = 0; c < HD / 16; c++) a0[c] = (V16){0}, a1[c] = (V16){0};
+    float s0 = 0.0f, s1 = 0.0f;
+    for (int64_t j = 0; j < L; j++) {
+        s0 += r0[j], s1 += r1[j];
+        for (int64_t c = 0; c < HD / 16; c++) {
+            a0[c] += r0[j] * v16_load_any(v0, j * HD + 16 * c, bf16);
+            a1[c] += r1[j] * v16_load_any(v1, j * HD + 16 * c, bf16);
+        }
+    }
+    const float i0 = L > 0 ? 1.0f / s0 : 0.0f, i1 = L > 0 ? 1.0f / s1 : 0.0f;
+    for (int64_t c = 0; c < HD / 16; c++) {
+        V16 x0 = a0[c] * i0, x1 = a1[c] * i1;
+        memcpy(o0 + 16 * c, &x0, sizeof x0);
+        memcpy(o1 + 16 * c, &x1, sizeof x1);
+    }
+}
+
 /* One query row against L keys and values (rows ks / vs floats apart):
  * o = softmax(q k^T * scale) v. row[0..L) receives the probabilities when
  * `normalise` (the training forward keeps them for the backward), else the
@@ -638,33 +753,8 @@ static inline __attribute__((always_inline)) void attention_row_hd(float *o, flo
                                                                    int64_t L, const int64_t HD,
                                                                    float scale, int normalise,
                                                                    const int bf16) {
-    V16 q[8], acc[8];
-    for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c), acc[c] = (V16){0};
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < L; j++) {
-        V16 d = q[0] * v16_load_any(kc, j * ks, bf16);
-        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load_any(kc, j * ks + 16 * c, bf16);
-        row[j] = v16_sum(d) * scale;
-        mx = row[j] > mx ? row[j] : mx;
-    }
-    int64_t j = 0;
-    for (; j + 16 <= L; j += 16) {
-        V16 e = v16_exp(v16_load(row + j) - mx);
-        memcpy(row + j, &e, sizeof e);
-    }
-    for (; j < L; j++) row[j] = exp_fast(row[j] - mx);
-    float sum = 0.0f;
-    for (j = 0; j < L; j++) {
-        sum += row[j];
-        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load_any(vc, j * vs + 16 * c, bf16);
-    }
-    const float inv = L > 0 ? 1.0f / sum : 0.0f;
-    for (int64_t c = 0; c < HD / 16; c++) {
-        V16 r = acc[c] * inv;
-        memcpy(o + 16 * c, &r, sizeof r);
-    }
-    if (normalise)
-        for (j = 0; j < L; j++) row[j] *= inv;
+    attention_exps_hd(row, qi, kc, ks, L, HD, scale, bf16);
+    attention_values_hd(o, row, vc, vs, L, HD, normalise, bf16);
 }
 
 /* One (batch, head) of causal attention: queries and keys [s, T). */
@@ -925,28 +1015,81 @@ PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const flo
     }
 }
 
+/* Heads h and h + 1 of one decode row over the same L cached positions
+ * (k0/v0 and k1/v1 their caches, fp32 or bf16): exponentials per head, then
+ * one value pass for both (attention_values2_hd). HD is 32, 64 or 128. */
+#define CACHED_PAIR(HD, BF)                                                                        \
+    do {                                                                                           \
+        attention_exps_hd(r0, q0, k0, HD, L, HD, scale, BF);                                       \
+        attention_exps_hd(r1, q0 + HD, k1, HD, L, HD, scale, BF);                                  \
+        attention_values2_hd(o, o + HD, r0, r1, v0, v1, L, HD, BF);                                \
+    } while (0)
+PONDER_HOT static void attention_cached_pair(float *o, float *r0, float *r1, const float *q0,
+                                             const void *k0, const void *k1, const void *v0,
+                                             const void *v1, int64_t L, int64_t hd, float scale,
+                                             int bf16) {
+    if (bf16) {
+        switch (hd) {
+        case 32: CACHED_PAIR(32, 1); break;
+        case 64: CACHED_PAIR(64, 1); break;
+        default: CACHED_PAIR(128, 1); break;
+        }
+    } else {
+        switch (hd) {
+        case 32: CACHED_PAIR(32, 0); break;
+        case 64: CACHED_PAIR(64, 0); break;
+        default: CACHED_PAIR(128, 0); break;
+        }
+    }
+}
+#undef CACHED_PAIR
+
+/* One (row, head) item of attention_cached_any. */
+static void attention_cached_one(float *o, float *row, const float *qi, const void *kc,
+                                 const void *vc, int64_t L, int64_t hd, float scale, int bf16) {
+    if (bf16)
+        attention_cached_row_bf16(o, row, qi, kc, vc, L, hd, scale);
+    else
+        attention_cached_row(o, row, qi, kc, vc, L, hd, scale);
+}
+
 /* Cached attention over fp32 caches (kf, vf) or bf16 ones (kh, vh; the
- * others NULL): parallel over (row, head), rows of different lengths. */
+ * others NULL): parallel over (row, pair of heads), rows of different
+ * lengths. A pair shares one value pass (attention_cached_pair) at head
+ * sizes 32, 64 and 128; an odd last head and other sizes go one at a time. */
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
                                  int64_t hd, int64_t max_len) {
-    const int64_t group = NH / KV;
+    const int64_t group = NH / KV, pairs = (NH + 1) / 2;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
+    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
     int64_t work = 0;
     for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
 #pragma omp parallel if (work > PAR_MIN_WORK)
     {
-        float *row = malloc((size_t)max_len * sizeof(float));
+        float *row = malloc((size_t)(2 * max_len) * sizeof(float));
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t nh = 0; nh < N * NH; nh++) {
-            const int64_t n = nh / NH, h = nh % NH, at = h / group * max_len * hd;
+        for (int64_t it = 0; it < N * pairs; it++) {
+            const int64_t n = it / pairs, h = 2 * (it % pairs);
+            const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
+            const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
+            const size_t at0 = (size_t)(h / group * max_len * hd) * es;
             float *o = out + n * NH * hd + h * hd;
             const float *qi = q.base + n * q.row_stride + h * hd;
-            if (kh)
-                attention_cached_row_bf16(o, row, qi, kh[n] + at, vh[n] + at, len[n], hd, scale);
-            else
-                attention_cached_row(o, row, qi, kf[n] + at, vf[n] + at, len[n], hd, scale);
+            if (h + 1 < NH && fixed) {
+                const size_t at1 = (size_t)((h + 1) / group * max_len * hd) * es;
+                attention_cached_pair(o, row, row + max_len, qi, kc + at0, kc + at1, vc + at0,
+                                      vc + at1, len[n], hd, scale, bf16);
+                continue;
+            }
+            for (int64_t g = h; g < h + 2 && g < NH; g++) {
+                const size_t at = (size_t)(g / group * max_len * hd) * es;
+                attention_cached_one(out + n * NH * hd + g * hd, row,
+                                     q.base + n * q.row_stride + g * hd, kc + at, vc + at, len[n],
+                                     hd, scale, bf16);
+            }
         }
         free(row);
     }
