@@ -804,6 +804,46 @@ Test(ops, attention_score_blocks_round_like_single_keys) {
     }
 }
 
+/* The training forward computes query rows in pairs (one value pass for
+ * rows i and i + 1). Each row must keep the bits of the one-row kernel the
+ * decode uses: a head of 21 rows starting at position 2 (so the last row is
+ * unpaired) against attention_cached of each row alone, and its saved
+ * probabilities summing to one. */
+Test(ops, attention_forward_pairs_rows_without_changing_bits) {
+    const ModelOps *o = ops_cpu();
+    const int64_t sizes[] = {32, 64, 128}, T = 21, S = 2;
+    Rng rng = rng_from_seed(740);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si], stride = 3 * hd;
+        float *qkv = randn(&rng, T * stride, 1.0, 0.0);
+        float *out = filled(T * hd, NAN), *att = filled(T * T, NAN);
+        const int32_t start[1] = {(int32_t)S};
+        o->attention_forward(out, att, (OpsHeads){qkv, stride}, (OpsHeads){qkv + hd, stride},
+                             (OpsHeads){qkv + 2 * hd, stride}, start, 1, T, 1, 1, hd);
+        float *kc = filled(T * hd, NAN), *vc = filled(T * hd, NAN), *one = filled(hd, NAN);
+        for (int64_t t = S; t < T; t++) {
+            memcpy(kc + (t - S) * hd, qkv + t * stride + hd, (size_t)hd * sizeof(float));
+            memcpy(vc + (t - S) * hd, qkv + t * stride + 2 * hd, (size_t)hd * sizeof(float));
+        }
+        int64_t differ = 0;
+        double worst_sum = 0.0;
+        for (int64_t i = S; i < T; i++) {
+            float *kp[1] = {kc}, *vp[1] = {vc};
+            int64_t len[1] = {i - S + 1};
+            o->attention_cached(one, (OpsHeads){qkv + i * stride, hd}, kp, vp, len, 1, 1, 1, hd, T);
+            differ += memcmp(one, out + i * hd, (size_t)hd * sizeof(float)) != 0;
+            double sum = 0.0;
+            for (int64_t j = 0; j < T; j++) sum += att[i * T + j];
+            worst_sum = fmax(worst_sum, fabs(sum - 1.0));
+        }
+        cr_expect(differ == 0, "hd %lld: %lld of %lld rows differ from the one-row kernel",
+                  (long long)hd, (long long)differ, (long long)(T - S));
+        cr_expect(worst_sum < 1e-5, "hd %lld: a probability row sums to 1 +- %.3g", (long long)hd,
+                  worst_sum);
+        free(qkv), free(out), free(att), free(kc), free(vc), free(one);
+    }
+}
+
 /* -------------------------------------------------------- activations ---- */
 
 static void ref_swiglu(double *out, const double *gu, int64_t N, int64_t F) {

@@ -719,27 +719,39 @@ static inline __attribute__((always_inline)) void attention_values_hd(float *o, 
         for (int64_t j = 0; j < L; j++) row[j] *= inv;
 }
 
-/* attention_values_hd for two heads over the same number of keys in one
- * loop: each head's sums keep their order (so their bits), and the loop has
- * twice the independent chains; one head's were FMA-latency-bound at HD 32. */
+/* attention_values_hd for two rows in one loop: row 0 over L0 values of v0,
+ * row 1 over L1 >= L0 of v1 (both vs floats apart), unnormalised weights r0
+ * and r1. Each row's sums keep their order (so their bits), and the shared
+ * loop has twice the independent chains; one row's were FMA-latency-bound at
+ * HD 32. Serves two heads of a decode row (L0 == L1) and two consecutive
+ * query rows of a training head (L1 == L0 + 1). */
 static inline __attribute__((always_inline)) void attention_values2_hd(
-    float *o0, float *o1, const float *r0, const float *r1, const void *v0, const void *v1,
-    int64_t L, const int64_t HD, const int bf16) {
+    float *o0, float *o1, float *r0, float *r1, const void *v0, const void *v1, int64_t vs,
+    int64_t L0, int64_t L1, const int64_t HD, int normalise, const int bf16) {
     V16 a0[8], a1[8];
     for (int64_t c = 0; c < HD / 16; c++) a0[c] = (V16){0}, a1[c] = (V16){0};
     float s0 = 0.0f, s1 = 0.0f;
-    for (int64_t j = 0; j < L; j++) {
+    int64_t j = 0;
+    for (; j < L0; j++) {
         s0 += r0[j], s1 += r1[j];
         for (int64_t c = 0; c < HD / 16; c++) {
-            a0[c] += r0[j] * v16_load_any(v0, j * HD + 16 * c, bf16);
-            a1[c] += r1[j] * v16_load_any(v1, j * HD + 16 * c, bf16);
+            a0[c] += r0[j] * v16_load_any(v0, j * vs + 16 * c, bf16);
+            a1[c] += r1[j] * v16_load_any(v1, j * vs + 16 * c, bf16);
         }
     }
-    const float i0 = L > 0 ? 1.0f / s0 : 0.0f, i1 = L > 0 ? 1.0f / s1 : 0.0f;
+    for (; j < L1; j++) {
+        s1 += r1[j];
+        for (int64_t c = 0; c < HD / 16; c++) a1[c] += r1[j] * v16_load_any(v1, j * vs + 16 * c, bf16);
+    }
+    const float i0 = L0 > 0 ? 1.0f / s0 : 0.0f, i1 = L1 > 0 ? 1.0f / s1 : 0.0f;
     for (int64_t c = 0; c < HD / 16; c++) {
         V16 x0 = a0[c] * i0, x1 = a1[c] * i1;
         memcpy(o0 + 16 * c, &x0, sizeof x0);
         memcpy(o1 + 16 * c, &x1, sizeof x1);
+    }
+    if (normalise) {
+        for (j = 0; j < L0; j++) r0[j] *= i0;
+        for (j = 0; j < L1; j++) r1[j] *= i1;
     }
 }
 
@@ -758,6 +770,15 @@ static inline __attribute__((always_inline)) void attention_row_hd(float *o, flo
 }
 
 /* One (batch, head) of causal attention: queries and keys [s, T). */
+/* Rows i and i + 1 of attention_head_forward: weights per row, one value
+ * pass for both (attention_values2_hd). */
+#define FORWARD_PAIR(HD)                                                                           \
+    do {                                                                                           \
+        attention_exps_hd(arow + s, qi, k + s * ks, ks, L, HD, scale, 0);                          \
+        attention_exps_hd(arow1 + s, qi + qs, k + s * ks, ks, L + 1, HD, scale, 0);                \
+        attention_values2_hd(o, o1, arow + s, arow1 + s, v + s * vs, v + s * vs, vs, L, L + 1, HD, \
+                             1, 0);                                                                \
+    } while (0)
 PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
                                    int64_t qs, const float *k, int64_t ks, const float *v,
                                    int64_t vs, int64_t s, int64_t T, int64_t hd) {
@@ -769,6 +790,18 @@ PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, fl
         if (i < s) continue; // padding before the sequence starts: no output
         const float *qi = q + i * qs;
         const int64_t L = i - s + 1;
+        if (i + 1 < T && (hd == 32 || hd == 64 || hd == 128)) { /* rows i and i + 1 */
+            float *arow1 = arow + T, *o1 = o + out_stride;
+            memset(arow1, 0, (size_t)T * sizeof(float));
+            memset(o1, 0, (size_t)hd * sizeof(float));
+            switch (hd) {
+            case 32: FORWARD_PAIR(32); break;
+            case 64: FORWARD_PAIR(64); break;
+            default: FORWARD_PAIR(128); break;
+            }
+            i++;
+            continue;
+        }
         switch (hd) { /* register-resident forms (see attention_row_hd) */
         case 32: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 32, scale, 1, 0); continue;
         case 64: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 64, scale, 1, 0); continue;
@@ -780,6 +813,7 @@ PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, fl
         for (int64_t j = s; j <= i; j++) axpy_hd(o, arow[j], v + j * vs, hd);
     }
 }
+#undef FORWARD_PAIR
 
 static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
                                   const int32_t *start, int64_t B, int64_t T, int64_t NH,
@@ -1022,7 +1056,7 @@ PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const flo
     do {                                                                                           \
         attention_exps_hd(r0, q0, k0, HD, L, HD, scale, BF);                                       \
         attention_exps_hd(r1, q0 + HD, k1, HD, L, HD, scale, BF);                                  \
-        attention_values2_hd(o, o + HD, r0, r1, v0, v1, L, HD, BF);                                \
+        attention_values2_hd(o, o + HD, r0, r1, v0, v1, HD, L, L, HD, 0, BF);                      \
     } while (0)
 PONDER_HOT static void attention_cached_pair(float *o, float *r0, float *r1, const float *q0,
                                              const void *k0, const void *k1, const void *v0,
