@@ -844,6 +844,54 @@ Test(ops, attention_forward_pairs_rows_without_changing_bits) {
     }
 }
 
+/* dq of query row i of one head, from attention_forward + attention_backward
+ * over rows [0, T) of data whose rows are `stride` floats apart. */
+static void head_dq(float *dq, const float *qkv, const float *dout, int64_t T, int64_t hd) {
+    const int64_t stride = 3 * hd;
+    float *out = filled(T * hd, NAN), *att = filled(T * T, NAN), *d = filled(T * stride, 0.0f);
+    OpsHeads q = {(float *)qkv, stride}, k = {(float *)qkv + hd, stride},
+             v = {(float *)qkv + 2 * hd, stride};
+    ops_cpu()->attention_forward(out, att, q, k, v, NULL, 1, T, 1, 1, hd);
+    ops_cpu()->attention_backward((OpsHeads){d, stride}, (OpsHeads){d + hd, stride},
+                                  (OpsHeads){d + 2 * hd, stride}, dout, att, q, k, v, NULL, 1, T,
+                                  1, 1, hd);
+    for (int64_t i = 0; i < T; i++) memcpy(dq + i * hd, d + i * stride, (size_t)hd * sizeof(float));
+    free(out), free(att), free(d);
+}
+
+/* The backward's query pass also takes rows in pairs (i, i + 1). A row's dq
+ * must keep its bits whatever its partner: (1) the first row of a pair
+ * against the same row computed alone (the sequence cut after it, so it is
+ * the unpaired last row); (2) the second row of each pair unchanged when the
+ * first row's query and output gradient are replaced. */
+Test(ops, attention_backward_pairs_rows_without_changing_bits) {
+    const int64_t sizes[] = {32, 64, 128}, T = 21;
+    Rng rng = rng_from_seed(750);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si], stride = 3 * hd;
+        float *qkv = randn(&rng, T * stride, 1.0, 0.0), *dout = randn(&rng, T * hd, 1.0, 0.0);
+        float *all = filled(T * hd, NAN), *cut = filled(T * hd, NAN), *other = filled(T * hd, NAN);
+        head_dq(all, qkv, dout, T, hd);
+        int64_t first_differ = 0, second_differ = 0;
+        for (int64_t i = 0; i < T; i += 2) {
+            head_dq(cut, qkv, dout, i + 1, hd);
+            first_differ += memcmp(cut + i * hd, all + i * hd, (size_t)hd * sizeof(float)) != 0;
+        }
+        for (int64_t i = 0; i < T; i += 2) { /* new partners for the odd rows */
+            for (int64_t c = 0; c < hd; c++) qkv[i * stride + c] = (float)rng_normal(&rng);
+            for (int64_t c = 0; c < hd; c++) dout[i * hd + c] = (float)rng_normal(&rng);
+        }
+        head_dq(other, qkv, dout, T, hd);
+        for (int64_t i = 1; i < T; i += 2)
+            second_differ += memcmp(other + i * hd, all + i * hd, (size_t)hd * sizeof(float)) != 0;
+        cr_expect(first_differ == 0 && second_differ == 0,
+                  "hd %lld: %lld first rows differ from the row alone, %lld second rows change "
+                  "with their partner", (long long)hd, (long long)first_differ,
+                  (long long)second_differ);
+        free(qkv), free(dout), free(all), free(cut), free(other);
+    }
+}
+
 /* -------------------------------------------------------- activations ---- */
 
 static void ref_swiglu(double *out, const double *gu, int64_t N, int64_t F) {

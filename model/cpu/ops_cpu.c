@@ -657,6 +657,29 @@ static inline void softmax_inplace(float *row, int64_t n) {
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
+/* out[j] = v16_sum(x . y_j) for j < n, y_j rows ys values apart (fp32 or
+ * bf16), x in HD / 16 registers: whole 16-row blocks through v16_sum16, the
+ * rest one at a time, every value with v16_sum's bits. */
+static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 *x, const void *y,
+                                                          int64_t ys, int64_t n, const int64_t HD,
+                                                          const int bf16) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        V16 d[16];
+        for (int t = 0; t < 16; t++) {
+            d[t] = x[0] * v16_load_any(y, (j + t) * ys, bf16);
+            for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys + 16 * c, bf16);
+        }
+        V16 r = v16_sum16(d);
+        memcpy(out + j, &r, sizeof r);
+    }
+    for (; j < n; j++) {
+        V16 d = x[0] * v16_load_any(y, j * ys, bf16);
+        for (int64_t c = 1; c < HD / 16; c++) d += x[c] * v16_load_any(y, j * ys + 16 * c, bf16);
+        out[j] = v16_sum(d);
+    }
+}
+
 /* row[0..L) = exp(q k_j * scale - max_j): one query row's unnormalised
  * attention weights over L keys (rows ks values apart). */
 static inline __attribute__((always_inline)) void attention_exps_hd(float *row, const float *qi,
@@ -665,18 +688,13 @@ static inline __attribute__((always_inline)) void attention_exps_hd(float *row, 
                                                                     float scale, const int bf16) {
     V16 q[8];
     for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c);
+    dots_hd(row, q, kc, ks, L, HD, bf16);
     float mx = -INFINITY;
     int64_t j = 0;
-    if (L >= 16) { /* 16 keys' scores at a time (v16_sum16), then their maximum */
+    if (L >= 16) {
         V16 vmx = (V16){0} - INFINITY;
         for (; j + 16 <= L; j += 16) {
-            V16 d[16];
-            for (int t = 0; t < 16; t++) {
-                d[t] = q[0] * v16_load_any(kc, (j + t) * ks, bf16);
-                for (int64_t c = 1; c < HD / 16; c++)
-                    d[t] += q[c] * v16_load_any(kc, (j + t) * ks + 16 * c, bf16);
-            }
-            V16 sc = v16_sum16(d) * scale;
+            V16 sc = v16_load(row + j) * scale;
             memcpy(row + j, &sc, sizeof sc);
             const V16i up = sc > vmx;
             vmx = (V16)(((V16i)sc & up) | ((V16i)vmx & ~up));
@@ -684,9 +702,7 @@ static inline __attribute__((always_inline)) void attention_exps_hd(float *row, 
         for (int t = 0; t < 16; t++) mx = vmx[t] > mx ? vmx[t] : mx;
     }
     for (; j < L; j++) {
-        V16 d = q[0] * v16_load_any(kc, j * ks, bf16);
-        for (int64_t c = 1; c < HD / 16; c++) d += q[c] * v16_load_any(kc, j * ks + 16 * c, bf16);
-        row[j] = v16_sum(d) * scale;
+        row[j] *= scale;
         mx = row[j] > mx ? row[j] : mx;
     }
     j = 0;
@@ -840,37 +856,78 @@ static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k
  * in stores (perf: GPT-2 at T=64, 7% of a bf16 step); each sum still adds
  * its terms to the stored value in increasing i, as before, so results are
  * bit-identical. */
+/* The query-row pass of attention_head_backward_hd for NR (1 or 2)
+ * consecutive rows from i0: d(att) per key, its dot with the probabilities
+ * (dsum), the pre-softmax gradients into dpre and their sum into dq. Two rows
+ * share each key's loads and give twice the independent chains; each row's
+ * sums run over the keys in order, as for one row (the same bits). drow holds
+ * 2 * T floats. */
+static inline __attribute__((always_inline)) void attention_rows_backward_hd(
+    const int NR, int64_t i0, float *dq, const float *dout, int64_t dout_stride, const float *att,
+    const float *k, const float *v, int64_t stride_kv, int64_t dstride_q, float *drow, float *dpre,
+    int64_t s, int64_t T, const int64_t HD) {
+    const float scale = 1.0f / sqrtf((float)HD);
+    V16 dqa[2][8];
+    float dsum[2] = {0.0f, 0.0f};
+    for (int r = 0; r < NR; r++) {
+        V16 g[8];
+        for (int64_t c = 0; c < HD / 16; c++)
+            g[c] = v16_load(dout + (i0 + r) * dout_stride + 16 * c), dqa[r][c] = (V16){0};
+        dots_hd(drow + r * T + s, g, v + s * stride_kv, stride_kv, i0 + r - s + 1, HD, 0);
+    }
+    const float *a0 = att + i0 * T, *a1 = a0 + T, *d0 = drow, *d1 = drow + T;
+    /* The empty asm keeps GCC from vectorising these sums: its in-order
+     * vector reduction rounds each product before adding, where the scalar
+     * loop fuses them (FMA), and the bits would change. */
+    for (int64_t j = s; j <= i0; j++) {
+        dsum[0] += d0[j] * a0[j];
+        if (NR == 2) dsum[1] += d1[j] * a1[j];
+        __asm__("" : "+x"(dsum[0]), "+x"(dsum[1]));
+    }
+    if (NR == 2) dsum[1] += d1[i0 + 1] * a1[i0 + 1];
+    float *p0 = dpre + i0 * T, *p1 = p0 + T;
+    for (int64_t j = s; j <= i0; j++) {
+        const float *kj = k + j * stride_kv;
+        const float q0 = a0[j] * (d0[j] - dsum[0]) * scale;
+        p0[j] = q0;
+        if (NR == 2) {
+            const float q1 = a1[j] * (d1[j] - dsum[1]) * scale;
+            p1[j] = q1;
+            for (int64_t c = 0; c < HD / 16; c++) {
+                const V16 x = v16_load(kj + 16 * c);
+                dqa[0][c] += q0 * x, dqa[1][c] += q1 * x;
+            }
+        } else {
+            for (int64_t c = 0; c < HD / 16; c++) dqa[0][c] += q0 * v16_load(kj + 16 * c);
+        }
+    }
+    if (NR == 2) {
+        const int64_t j = i0 + 1;
+        const float q1 = a1[j] * (d1[j] - dsum[1]) * scale;
+        p1[j] = q1;
+        for (int64_t c = 0; c < HD / 16; c++) dqa[1][c] += q1 * v16_load(k + j * stride_kv + 16 * c);
+    }
+    for (int r = 0; r < NR; r++) {
+        float *dqi = dq + (i0 + r) * dstride_q;
+        for (int64_t c = 0; c < HD / 16; c++) {
+            V16 x = v16_load(dqi + 16 * c) + dqa[r][c];
+            memcpy(dqi + 16 * c, &x, sizeof x);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void attention_head_backward_hd(
     float *dq, float *dk, float *dv, const float *dout, int64_t dout_stride, const float *att,
     const float *q, const float *k, const float *v, int64_t stride_q, int64_t stride_kv,
     int64_t dstride_q, int64_t dstride_kv, float *drow, float *dpre, int64_t s, int64_t T,
     const int64_t HD) {
-    const float scale = 1.0f / sqrtf((float)HD);
-    for (int64_t i = s; i < T; i++) {
-        const float *arow = att + i * T, *go = dout + i * dout_stride;
-        float *prow = dpre + i * T;
-        V16 g[8], dqa[8];
-        for (int64_t c = 0; c < HD / 16; c++) g[c] = v16_load(go + 16 * c), dqa[c] = (V16){0};
-        float dsum = 0.0f;
-        for (int64_t j = s; j <= i; j++) {
-            const float *vj = v + j * stride_kv;
-            V16 d = g[0] * v16_load(vj);
-            for (int64_t c = 1; c < HD / 16; c++) d += g[c] * v16_load(vj + 16 * c);
-            drow[j] = v16_sum(d); // d(att_ij)
-            dsum += drow[j] * arow[j];
-        }
-        for (int64_t j = s; j <= i; j++) {
-            const float p = arow[j] * (drow[j] - dsum) * scale;
-            const float *kj = k + j * stride_kv;
-            prow[j] = p;
-            for (int64_t c = 0; c < HD / 16; c++) dqa[c] += p * v16_load(kj + 16 * c);
-        }
-        float *dqi = dq + i * dstride_q;
-        for (int64_t c = 0; c < HD / 16; c++) {
-            V16 r = v16_load(dqi + 16 * c) + dqa[c];
-            memcpy(dqi + 16 * c, &r, sizeof r);
-        }
-    }
+    int64_t i = s;
+    for (; i + 1 < T; i += 2)
+        attention_rows_backward_hd(2, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
+                                   drow, dpre, s, T, HD);
+    if (i < T)
+        attention_rows_backward_hd(1, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
+                                   drow, dpre, s, T, HD);
     /* Keys two at a time where the head is narrow: each key's sums still run
      * over i in increasing order (the same bits), but two keys give twice
      * the independent add chains and share the loads of dout_i and q_i. */
@@ -927,7 +984,7 @@ static inline __attribute__((always_inline)) void attention_head_backward_hd(
     }
 }
 
-/* drow: T floats of scratch; dpre: T * T (the two-pass forms). */
+/* drow: 2 * T floats of scratch; dpre: T * T (the two-pass forms). */
 PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
                                     int64_t dout_stride, const float *att, const float *q,
                                     const float *k, const float *v, int64_t stride_q,
@@ -971,7 +1028,7 @@ static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const 
     const int64_t group = NH / KV, C = NH * hd;
 #pragma omp parallel if (B * NH * T * T * hd > PAR_MIN_WORK)
     {
-        float *drow = malloc((size_t)(T + T * T) * sizeof(float)), *dpre = drow + T;
+        float *drow = malloc((size_t)(2 * T + T * T) * sizeof(float)), *dpre = drow + 2 * T;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bk = 0; bk < B * KV; bk++) {
             int64_t b = bk / KV, kvh = bk % KV, s = start ? start[b] : 0;
