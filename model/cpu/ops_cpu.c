@@ -468,28 +468,59 @@ static void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
 
 /* -------------------------------------------------------------- norms ---- */
 
-PONDER_HOT static void rmsnorm_row(float *out, float *rstd, const float *x, const float *w,
-                                   int64_t C, float eps) {
-    float ss = 0.0f;
-    for (int64_t c = 0; c < C; c++) ss += x[c] * x[c];
-    float r = 1.0f / sqrtf(ss / (float)C + eps);
-    for (int64_t c = 0; c < C; c++) out[c] = x[c] * r * w[c];
-    *rstd = r;
+/* An unfused product: the empty asm keeps GCC from contracting it into an
+ * FMA with the add that follows. */
+static inline __attribute__((always_inline)) float product_rounded(float p) {
+    __asm__("" : "+x"(p));
+    return p;
+}
+
+/* RMSNorm's row sums run over a row in order, each product rounded before
+ * it is added: the bits of the in-order vector reduction GCC made of the
+ * one-row loops (vmulps, then one vaddss after another) wherever C is a
+ * multiple of 8, and now on every CPU and for every C (that loop's scalar
+ * tail had fused FMAs on FMA CPUs only). One row's sum was a chain of
+ * dependent adds; NORM_ROWS rows at once are as many independent chains. */
+#define NORM_ROWS 4
+
+PONDER_HOT static void rmsnorm_rows(float *out, float *rstd, const float *x, const float *w,
+                                    int64_t R, int64_t C, float eps) {
+    float ss[NORM_ROWS] = {0};
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++) ss[r] += product_rounded(x[r * C + c] * x[r * C + c]);
+    for (int64_t r = 0; r < R; r++) {
+        const float rs = 1.0f / sqrtf(ss[r] / (float)C + eps);
+        const float *xr = x + r * C;
+        float *o = out + r * C;
+        for (int64_t c = 0; c < C; c++) o[c] = xr[c] * rs * w[c];
+        rstd[r] = rs;
+    }
 }
 
 static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
                                 int64_t N, int64_t C, float eps) {
+    const int64_t blocks = (N + NORM_ROWS - 1) / NORM_ROWS;
 #pragma omp parallel for if (N * C > ROW_PAR_MIN) schedule(static)
-    for (int64_t n = 0; n < N; n++) rmsnorm_row(out + n * C, rstd + n, inp + n * C, w, C, eps);
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = b * NORM_ROWS, R = N - n < NORM_ROWS ? N - n : NORM_ROWS;
+        rmsnorm_rows(out + n * C, rstd + n, inp + n * C, w, R, C, eps);
+    }
 }
 
-PONDER_HOT static void rmsnorm_backward_row(float *dinp, const float *dout, const float *x,
-                                            const float *w, float r, int64_t C) {
-    // xhat = x r ; y = xhat w ; dx = r (g - xhat mean(g xhat)) with g = dout w
-    float dot = 0.0f;
-    for (int64_t c = 0; c < C; c++) dot += dout[c] * w[c] * x[c] * r;
-    dot /= (float)C;
-    for (int64_t c = 0; c < C; c++) dinp[c] += r * (dout[c] * w[c] - x[c] * r * dot);
+/* xhat = x r ; y = xhat w ; dx = r (g - xhat mean(g xhat)) with g = dout w */
+PONDER_HOT static void rmsnorm_backward_rows(float *dinp, const float *dout, const float *x,
+                                             const float *w, const float *r, int64_t R,
+                                             int64_t C) {
+    float dot[NORM_ROWS] = {0};
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t i = 0; i < R; i++)
+            dot[i] += product_rounded(dout[i * C + c] * w[c] * x[i * C + c] * r[i]);
+    for (int64_t i = 0; i < R; i++) {
+        const float d = dot[i] / (float)C, ri = r[i];
+        const float *g = dout + i * C, *xi = x + i * C;
+        float *di = dinp + i * C;
+        for (int64_t c = 0; c < C; c++) di[c] += ri * (g[c] * w[c] - xi[c] * ri * d);
+    }
 }
 
 PONDER_HOT static void rmsnorm_dw_range(float *dw, const float *dout, const float *inp,
@@ -506,9 +537,12 @@ static int64_t column_blocks(int64_t C, int64_t block) { return (C + block - 1) 
 
 static void cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
                                  const float *w, const float *rstd, int64_t N, int64_t C) {
+    const int64_t blocks = (N + NORM_ROWS - 1) / NORM_ROWS;
 #pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        rmsnorm_backward_row(dinp + n * C, dout + n * C, inp + n * C, w, rstd[n], C);
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = b * NORM_ROWS, R = N - n < NORM_ROWS ? N - n : NORM_ROWS;
+        rmsnorm_backward_rows(dinp + n * C, dout + n * C, inp + n * C, w, rstd + n, R, C);
+    }
     const int64_t block = 64;
 #pragma omp parallel for if (N * C > PAR_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < column_blocks(C, block); b++) {
