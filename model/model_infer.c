@@ -274,8 +274,8 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
     const int32_t *pos = o->device ? kv->d_pos : kv->pos;
     if (llama) {
-        o->rope(q, pos, m->rope, n, NH, hd, 0);
-        o->rope(k, pos, m->rope, n, KV, hd, 0);
+        /* k's heads follow q's in each row: one rotation over both */
+        o->rope(q, pos, m->rope, n, NH + KV, hd, 0);
     }
     if (o->device) {
         float *const *kp = kv->d_kptr + l * kv->max_rows, *const *vp = kv->d_vptr + l * kv->max_rows;

@@ -234,8 +234,8 @@ static void layer_forward(Model *m, int64_t l) {
     o->matmul_forward(qkv, ln1, p.qkv_w, p.qkv_b, N, C, QKV);
     OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
     if (c->arch == MODEL_ARCH_LLAMA) {
-        o->rope(q, a->pos, m->rope, N, NH, hd, 0);
-        o->rope(k, a->pos, m->rope, N, KV, hd, 0);
+        /* k's heads follow q's in each row: one rotation over both */
+        o->rope(q, a->pos, m->rope, N, NH + KV, hd, 0);
     }
     o->attention_forward(atty, att, q, k, v, a->start, B, T, NH, KV, hd);
     o->matmul_forward(tmp, atty, p.o_w, p.o_b, N, AD, C);
@@ -417,8 +417,7 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
              dv = heads(a->dqkv, AD + KV * hd, QKV);
     o->attention_backward(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
     if (c->arch == MODEL_ARCH_LLAMA) {
-        o->rope(dq, a->pos, m->rope, N, NH, hd, 1);
-        o->rope(dk, a->pos, m->rope, N, KV, hd, 1);
+        o->rope(dq, a->pos, m->rope, N, NH + KV, hd, 1); /* dk's heads follow dq's */
     }
     o->zero(a->dln, (size_t)(N * C) * f);
     o->matmul_backward(a->dln, g.qkv_w, g.qkv_b, a->dqkv, ln1, p.qkv_w, N, C, QKV);
