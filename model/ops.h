@@ -195,7 +195,7 @@ typedef struct ModelOps {
     /* Optional (NULL: the model loops, host backends only): out = s * inp. */
     void (*scale)(float *out, const float *inp, float s, int64_t n);
 
-    /* ---- fused linear sublayer (optional; NULL on the CPU table) ---- */
+    /* ---- fused linear sublayer (optional; NULL on the fp32 CPU table) ---- */
     /* What the ops named on the right compute, in one op (inference: the
      * norm's mean and rstd are not saved):
      *   h   = norm(inp)        rmsnorm_forward (OPS_NORM_RMS, norm_w) or

@@ -643,3 +643,49 @@ Test(model_bf16, decodes_from_a_bf16_kv_cache) {
     check_bf16_kv_decode(32, 4);
     check_bf16_kv_decode(64, 2);
 }
+
+/* ------------------------------------------- fused linear (cpu-bf16) --- */
+
+/* linear_fused against the ops it stands for, run one by one from the same
+ * table, bit for bit: every norm (none, RMS, Layer), with and without bias
+ * and GELU, with no residual, a residual in place (out += y) and a separate
+ * one; 13 rows (a partial norm block), frozen and unfrozen weights. */
+Test(ops_bf16, linear_fused_equals_the_separate_ops) {
+    const ModelOps *o = ops_cpu_bf16();
+    if (!o) cr_skip_test("this CPU has no AVX512-BF16");
+    cr_assert(o->linear_fused != NULL);
+    enum { N = 13, C = 64, OC = 40 };
+    Rng r = rng_from_seed(80);
+    float *inp = random_floats(&r, N * C), *w = random_floats(&r, OC * C);
+    float *bias = random_floats(&r, OC), *nw = random_floats(&r, C), *nb = random_floats(&r, C);
+    float *res = random_floats(&r, N * OC);
+    float got[N * OC], want[N * OC], h[N * C], y[N * OC], mean[N], rstd[N];
+    int64_t cases = 0, differ = 0;
+    for (int frozen = 0; frozen < 2; frozen++) {
+        o->weights_frozen(frozen);
+        for (int norm = 0; norm < 3; norm++)
+            for (int with_bias = 0; with_bias < 2; with_bias++)
+                for (int act = 0; act < 2; act++)
+                    for (int rmode = 0; rmode < 3; rmode++) { /* none, in place, separate */
+                        const float *b = with_bias ? bias : NULL;
+                        const float *a = inp;
+                        if (norm == OPS_NORM_RMS) o->rmsnorm_forward(h, rstd, inp, nw, N, C, 1e-5f), a = h;
+                        if (norm == OPS_NORM_LAYER)
+                            o->layernorm_forward(h, mean, rstd, inp, nw, nb, N, C, 1e-5f), a = h;
+                        o->matmul_forward(y, a, w, b, N, C, OC);
+                        if (act) o->gelu_forward(y, y, N * OC);
+                        memcpy(want, y, sizeof want);
+                        if (rmode) o->add(want, res, y, N * OC);
+                        if (rmode == 1) memcpy(got, res, sizeof got);
+                        else memset(got, 0, sizeof got);
+                        o->linear_fused(got, inp, rmode == 0 ? NULL : rmode == 1 ? got : res, w, b,
+                                        nw, nb, N, C, OC, norm, 1e-5f, act);
+                        cases++;
+                        differ += memcmp(got, want, sizeof got) != 0;
+                    }
+        o->weights_frozen(0);
+    }
+    cr_expect(differ == 0, "%lld of %lld forms differ from the separate ops", (long long)differ,
+              (long long)cases);
+    free(inp), free(w), free(bias), free(nw), free(nb), free(res);
+}

@@ -318,13 +318,18 @@ void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, floa
     multiply(pa, pb, alpha, beta, C, ldc);
 }
 
-int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
-                     int64_t lda, const GemmBf16Operand *pb, float alpha, float beta, float *C,
-                     int64_t ldc) {
+int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int trans_a,
+                           int64_t M, int64_t K, const float *A, int64_t lda,
+                           const GemmBf16Operand *pb, float alpha, float beta, float *C,
+                           int64_t ldc) {
     if (reserve_a(pa, M, K)) return -1;
-    if (M == 0 || pb->rows == 0) return 0;
+    if (M == 0 || pb->rows == 0) {
+        if (pro) pro->run(pro->ctx);
+        return 0;
+    }
 #pragma omp parallel if (M * pb->rows * pa->pairs > MULTIPLY_PAR_MIN)
     {
+        if (pro) pro->run(pro->ctx);
         pack_a_any(pa, trans_a, K, A, lda);
 #pragma omp barrier
         multiply(pa, pb, alpha, beta, C, ldc);
@@ -332,17 +337,33 @@ int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, con
     return 0;
 }
 
-int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-              int64_t ldc) {
+int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
+                     int64_t lda, const GemmBf16Operand *pb, float alpha, float beta, float *C,
+                     int64_t ldc) {
+    return gemm_bf16_with_b_after(NULL, pa, trans_a, M, K, A, lda, pb, alpha, beta, C, ldc);
+}
+
+int gemm_bf16_after(const GemmBf16Prologue *pro, GemmBf16 *g, int trans_a, int trans_b, int64_t M,
+                    int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (reserve_a(&g->a, M, K) || reserve_b(&g->b, K, N)) return -1;
-    if (M == 0 || N == 0) return 0;
+    if (M == 0 || N == 0) {
+        if (pro) pro->run(pro->ctx);
+        return 0;
+    }
 #pragma omp parallel if (M * N * g->a.pairs > MULTIPLY_PAR_MIN)
     {
+        if (pro) pro->run(pro->ctx);
         pack_a_any(&g->a, trans_a, K, A, lda);
         pack_b_any(&g->b, trans_b, K, B, ldb);
 #pragma omp barrier
         multiply(&g->a, &g->b, alpha, beta, C, ldc);
     }
     return 0;
+}
+
+int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc) {
+    return gemm_bf16_after(NULL, g, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -53,17 +53,34 @@ int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, con
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
                       float *C, int64_t ldc);
 
+/* Work that produces A, run by every thread of the product's parallel region
+ * before packing, so that it costs no region of its own (a norm before a
+ * linear layer). `run` may hold worksharing loops; it must end with every
+ * thread's part of A written and visible (an `omp for` without nowait). */
+typedef struct GemmBf16Prologue {
+    void (*run)(void *ctx);
+    void *ctx;
+} GemmBf16Prologue;
+
 /* Pack op(A) into pa and multiply it by an already packed B (one parallel
- * region for both). Returns -1 when memory cannot be allocated. */
+ * region for both, after `pro` when not NULL). Returns -1 when memory cannot
+ * be allocated. */
 int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,
                      int64_t lda, const GemmBf16Operand *pb, float alpha, float beta, float *C,
                      int64_t ldc);
+int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int trans_a,
+                           int64_t M, int64_t K, const float *A, int64_t lda,
+                           const GemmBf16Operand *pb, float alpha, float beta, float *C,
+                           int64_t ldc);
 
 /* Pack both and multiply, with the packed copies kept in g for reuse.
  * Returns -1 when memory cannot be allocated (C unchanged). */
 int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
               int64_t ldc);
+int gemm_bf16_after(const GemmBf16Prologue *pro, GemmBf16 *g, int trans_a, int trans_b, int64_t M,
+                    int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 void gemm_bf16_free(GemmBf16 *g);
 void gemm_bf16_operand_free(GemmBf16Operand *op);

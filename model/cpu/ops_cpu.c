@@ -321,6 +321,8 @@ typedef struct Bf16Scratch {
     int frozen;                   /* inside weights_frozen(1) .. (0) */
     PackedWeight *weights;
     int64_t n_weights, cap_weights;
+    float *fused;         /* bf16_linear_fused: normed rows, then a branch output */
+    int64_t fused_cap;    /* floats */
 } Bf16Scratch;
 
 static pthread_key_t bf16_scratch_key;
@@ -333,6 +335,7 @@ static void bf16_scratch_free(void *p) {
     gemm_bf16_operand_free(&s->lm_w);
     for (int64_t i = 0; i < s->n_weights; i++) gemm_bf16_operand_free(&s->weights[i].op);
     free(s->weights);
+    free(s->fused);
     free(s);
 }
 
@@ -404,24 +407,37 @@ static const GemmBf16Operand *frozen_weight(Bf16Scratch *s, const float *w, int6
     return &pw->op;
 }
 
-/* No matrix-vector path: a few decoded rows also round to bf16, so sampling
- * sees the same products whatever the batch. */
-static void bf16_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
-                                int64_t N, int64_t C, int64_t OC) {
+/* y[N,OC] = a w^T + beta * y, after `pro` inside the same region. */
+static void bf16_product_after(Bf16Scratch *s, const GemmBf16Prologue *pro, float *y,
+                               const float *a, const float *w, int64_t N, int64_t C, int64_t OC,
+                               float beta) {
+    int rc;
+    if (s->frozen)
+        rc = gemm_bf16_with_b_after(pro, &s->g.a, 0, N, C, a, C, frozen_weight(s, w, OC, C), 1.0f,
+                                    beta, y, OC);
+    else
+        rc = gemm_bf16_after(pro, &s->g, 0, 1, N, OC, C, 1.0f, a, C, w, C, beta, y, OC);
+    if (rc) bf16_out_of_memory("matmul rows", N * C);
+}
+
+/* out = inp w^T (+ bias), after `pro` (NULL: none) inside the product's
+ * parallel region. No matrix-vector path: a few decoded rows also round to
+ * bf16, so sampling sees the same products whatever the batch. */
+static void bf16_matmul_forward_after(Bf16Scratch *s, const GemmBf16Prologue *pro, float *out,
+                                      const float *inp, const float *w, const float *bias,
+                                      int64_t N, int64_t C, int64_t OC) {
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for if (N * OC > PAR_MIN_WORK) schedule(static)
         for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    Bf16Scratch *s = bf16_scratch();
-    if (!s->frozen) {
-        bf16_product(&s->g, 0, 1, N, OC, C, inp, C, w, C, beta, out, OC);
-        return;
-    }
-    const GemmBf16Operand *pw = frozen_weight(s, w, OC, C);
-    if (gemm_bf16_with_b(&s->g.a, 0, N, C, inp, C, pw, 1.0f, beta, out, OC))
-        bf16_out_of_memory("matmul rows", N * C);
+    bf16_product_after(s, pro, out, inp, w, N, C, OC, beta);
+}
+
+static void bf16_matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                                int64_t N, int64_t C, int64_t OC) {
+    bf16_matmul_forward_after(bf16_scratch(), NULL, out, inp, w, bias, N, C, OC);
 }
 
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
@@ -1600,6 +1616,66 @@ static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64
 /* ------------------------------------------------------------- table ----- */
 
 /* Every entry but the products, shared by the fp32 and bf16 tables. */
+/* ------------------------------------------- fused linear (cpu-bf16) ---- */
+
+/* The decode step's linear sublayers in fewer parallel regions: an RMSNorm
+ * runs inside the product's region (GemmBf16Prologue), and a residual with no
+ * bias or activation is added by the product itself (beta = 1), where the
+ * separate ops take a region for the norm and another for the add. The bits
+ * are the separate ops': the same norm function, and the product's epilogue
+ * computes round(resid + sum) as the add did from the unrounded-again sum
+ * (alpha = 1). Other forms (LayerNorm, bias, GELU) run the separate ops. */
+typedef struct RmsPrologue {
+    float *out, *rstd;
+    const float *x, *w;
+    int64_t N, C;
+    float eps;
+} RmsPrologue;
+
+static void rms_rows_in_region(void *ctx) {
+    const RmsPrologue *t = ctx;
+    const int64_t blocks = (t->N + NORM_ROWS - 1) / NORM_ROWS;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = b * NORM_ROWS, R = t->N - n < NORM_ROWS ? t->N - n : NORM_ROWS;
+        rmsnorm_rows(t->out + n * t->C, t->rstd + n, t->x + n * t->C, t->w, R, t->C, t->eps);
+    }
+}
+
+static float *fused_scratch(Bf16Scratch *s, int64_t n) {
+    if (n > s->fused_cap) {
+        float *grown = realloc(s->fused, (size_t)n * sizeof(float));
+        if (!grown) bf16_out_of_memory("a fused linear layer's rows", n);
+        s->fused = grown, s->fused_cap = n;
+    }
+    return s->fused;
+}
+
+static void bf16_linear_fused(float *out, const float *inp, const float *resid, const float *w,
+                              const float *bias, const float *norm_w, const float *norm_b,
+                              int64_t N, int64_t C, int64_t OC, int norm, float eps, int act) {
+    Bf16Scratch *s = bf16_scratch();
+    const int add_in_product = resid && !bias && act == OPS_ACT_NONE;
+    /* scratch: normed rows [N,C] and their rstd/mean [2N], then the branch
+     * output [N,OC] when the residual is added separately */
+    float *h = fused_scratch(s, N * C + 2 * N + (resid && !add_in_product ? N * OC : 0));
+    float *rstd = h + N * C, *mean = rstd + N, *ybuf = mean + N;
+    RmsPrologue rp = {h, rstd, inp, norm_w, N, C, eps};
+    GemmBf16Prologue pro = {rms_rows_in_region, &rp};
+    const float *a = norm == OPS_NORM_NONE ? inp : h;
+    if (norm == OPS_NORM_LAYER) cpu_layernorm_forward(h, mean, rstd, inp, norm_w, norm_b, N, C, eps);
+    if (add_in_product) {
+        if (resid != out) memcpy(out, resid, (size_t)(N * OC) * sizeof(float));
+        bf16_product_after(s, norm == OPS_NORM_RMS ? &pro : NULL, out, a, w, N, C, OC, 1.0f);
+        return;
+    }
+    float *y = resid ? ybuf : out;
+    bf16_matmul_forward_after(s, norm == OPS_NORM_RMS ? &pro : NULL, y, a, w, bias, N, C, OC);
+    if (act == OPS_ACT_GELU) cpu_gelu_forward(y, y, N * OC);
+    if (resid == out) cpu_accumulate(out, y, N * OC);
+    else if (resid) cpu_add(out, resid, y, N * OC);
+}
+
 #define CPU_OPS_COMMON                                                                             \
     .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero, .copy = cpu_copy,                      \
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,      \
@@ -1633,6 +1709,7 @@ static const ModelOps CPU_BF16_OPS = {
     .lm_head_backward_kept = bf16_lm_head_backward_kept,
     .weights_frozen = bf16_weights_frozen,
     .attention_cached_bf16 = cpu_attention_cached_bf16,
+    .linear_fused = bf16_linear_fused,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
