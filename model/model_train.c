@@ -382,6 +382,19 @@ int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, Ponde
 
 /* ----------------------------------------------------------- backward ---- */
 
+/* dinp = dout w (overwritten), dw and dbias accumulated: one op where the
+ * backend has it, else zeroing and the accumulating op. */
+static void matmul_backward_into(const ModelOps *o, float *dinp, float *dw, float *dbias,
+                                 const float *dout, const float *inp, const float *w, int64_t N,
+                                 int64_t C, int64_t OC) {
+    if (o->matmul_backward_set) {
+        o->matmul_backward_set(dinp, dw, dbias, dout, inp, w, N, C, OC);
+        return;
+    }
+    o->zero(dinp, (size_t)(N * C) * sizeof(float));
+    o->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+}
+
 /* dres holds d(output of layer l) on entry and d(input of layer l) on exit. */
 static void layer_backward(Model *m, int64_t l, float *dres) {
     const ModelConfig *c = &m->cfg;
@@ -398,19 +411,16 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
     float *act = a->act + l * N * F;
 
     /* MLP branch: xo = x2 + proj(act(fc(norm(x2)))) */
-    o->zero(a->dact, (size_t)(N * F) * f);
-    o->matmul_backward(a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
+    matmul_backward_into(o, a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
     o->zero(a->dfc, (size_t)(N * FC) * f);
     if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
     else o->gelu_backward(a->dfc, fc, a->dact, N * F);
-    o->zero(a->dln, (size_t)(N * C) * f);
-    o->matmul_backward(a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
+    matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
     norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, x2, p.ln2_w, a->ln2_mean + l * N,
                   a->ln2_rstd + l * N, N);
 
     /* attention branch: x2 = x + o_proj(attention(qkv(norm(x)))) */
-    o->zero(a->datty, (size_t)(N * AD) * f);
-    o->matmul_backward(a->datty, g.o_w, g.o_b, dres, atty, p.o_w, N, AD, C);
+    matmul_backward_into(o, a->datty, g.o_w, g.o_b, dres, atty, p.o_w, N, AD, C);
     o->zero(a->dqkv, (size_t)(N * QKV) * f);
     OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
     OpsHeads dq = heads(a->dqkv, 0, QKV), dk = heads(a->dqkv, AD, QKV),
@@ -419,8 +429,7 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
     if (c->arch == MODEL_ARCH_LLAMA) {
         o->rope(dq, a->pos, m->rope, N, NH + KV, hd, 1); /* dk's heads follow dq's */
     }
-    o->zero(a->dln, (size_t)(N * C) * f);
-    o->matmul_backward(a->dln, g.qkv_w, g.qkv_b, a->dqkv, ln1, p.qkv_w, N, C, QKV);
+    matmul_backward_into(o, a->dln, g.qkv_w, g.qkv_b, a->dqkv, ln1, p.qkv_w, N, C, QKV);
     norm_backward(m, dres, g.ln1_w, g.ln1_b, a->dln, x, p.ln1_w, a->ln1_mean + l * N,
                   a->ln1_rstd + l * N, N);
 }

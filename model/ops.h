@@ -113,6 +113,12 @@ typedef struct ModelOps {
      * Any of dinp, dw, dbias may be NULL (skipped). */
     void (*matmul_backward)(float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, int64_t N, int64_t C, int64_t OC);
+    /* Optional (NULL: the model zeroes dinp, then calls matmul_backward): the
+     * same with dinp = dout w written, not added, which saves zeroing and
+     * reading it. dw and dbias still accumulate. */
+    void (*matmul_backward_set)(float *dinp, float *dw, float *dbias, const float *dout,
+                                const float *inp, const float *w, int64_t N, int64_t C,
+                                int64_t OC);
 
     /* ---- embeddings ---- */
     /* out[n] = wte[tokens[n]] (+ wpe[pos[n]] when wpe != NULL); overwrites. */

@@ -689,3 +689,32 @@ Test(ops_bf16, linear_fused_equals_the_separate_ops) {
               (long long)cases);
     free(inp), free(w), free(bias), free(nw), free(nb), free(res);
 }
+
+/* matmul_backward_set against zeroing dinp and calling matmul_backward, bit
+ * for bit, in both CPU tables; dw and dbias still accumulate onto what was
+ * there. */
+static void check_backward_set(const ModelOps *o) {
+    enum { N = 37, C = 24, OC = 40 };
+    Rng r = rng_from_seed(90);
+    float *dout = random_floats(&r, N * OC), *inp = random_floats(&r, N * C);
+    float *w = random_floats(&r, OC * C), *dw0 = random_floats(&r, OC * C), *db0 = random_floats(&r, OC);
+    float *junk = random_floats(&r, N * C);
+    float want_x[N * C], got_x[N * C], want_w[OC * C], got_w[OC * C], want_b[OC], got_b[OC];
+    memset(want_x, 0, sizeof want_x);
+    memcpy(got_x, junk, sizeof got_x); /* overwritten, whatever it held */
+    memcpy(want_w, dw0, sizeof want_w), memcpy(got_w, dw0, sizeof got_w);
+    memcpy(want_b, db0, sizeof want_b), memcpy(got_b, db0, sizeof got_b);
+    o->matmul_backward(want_x, want_w, want_b, dout, inp, w, N, C, OC);
+    o->matmul_backward_set(got_x, got_w, got_b, dout, inp, w, N, C, OC);
+    cr_expect(memcmp(got_x, want_x, sizeof got_x) == 0, "%s: dinp differs", o->name);
+    cr_expect(memcmp(got_w, want_w, sizeof got_w) == 0, "%s: dw differs", o->name);
+    cr_expect(memcmp(got_b, want_b, sizeof got_b) == 0, "%s: dbias differs", o->name);
+    free(dout), free(inp), free(w), free(dw0), free(db0), free(junk);
+}
+
+Test(ops_bf16, matmul_backward_set_equals_zero_then_accumulate) {
+    cr_assert(ops_cpu()->matmul_backward_set != NULL);
+    check_backward_set(ops_cpu());
+    if (!ops_cpu_bf16()) cr_skip_test("this CPU has no AVX512-BF16: the bf16 table untested");
+    check_backward_set(ops_cpu_bf16());
+}

@@ -286,13 +286,28 @@ static void accumulate_column_sums(float *dst, const float *src, int64_t N, int6
     }
 }
 
+/* dinp[N,C] = dout[N,OC] w[OC,C] + beta dinp;  dw[OC,C] += dout^T inp;
+ * dbias[OC] += colsum(dout). beta 0 (matmul_backward_set) gives the bits of
+ * beta 1 on a zeroed dinp: sgemm zeroes C, then adds the products as it does
+ * onto any C. */
+static void cpu_matmul_backward_beta(float *dinp, float *dw, float *dbias, const float *dout,
+                                     const float *inp, const float *w, int64_t N, int64_t C,
+                                     int64_t OC, float beta) {
+    if (dinp) blas_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, beta, dinp, C);
+    if (dw) blas_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+}
+
 static void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                 const float *inp, const float *w, int64_t N, int64_t C,
                                 int64_t OC) {
-    // dinp[N,C] += dout[N,OC] w[OC,C];  dw[OC,C] += dout^T inp;  dbias[OC] += colsum(dout)
-    if (dinp) blas_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
-    if (dw) blas_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
-    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+    cpu_matmul_backward_beta(dinp, dw, dbias, dout, inp, w, N, C, OC, 1.0f);
+}
+
+static void cpu_matmul_backward_set(float *dinp, float *dw, float *dbias, const float *dout,
+                                    const float *inp, const float *w, int64_t N, int64_t C,
+                                    int64_t OC) {
+    cpu_matmul_backward_beta(dinp, dw, dbias, dout, inp, w, N, C, OC, 0.0f);
 }
 
 /* ----------------------------------------------- bf16 products ---- */
@@ -440,13 +455,28 @@ static void bf16_matmul_forward(float *out, const float *inp, const float *w, co
     bf16_matmul_forward_after(bf16_scratch(), NULL, out, inp, w, bias, N, C, OC);
 }
 
+/* As cpu_matmul_backward_beta with bf16 products. beta 0 gives the bits of
+ * beta 1 on a zeroed dinp: the tile's sum starts at +0, so it is never -0,
+ * and sum + 0 is the sum. */
+static void bf16_matmul_backward_beta(float *dinp, float *dw, float *dbias, const float *dout,
+                                      const float *inp, const float *w, int64_t N, int64_t C,
+                                      int64_t OC, float beta) {
+    GemmBf16 *g = &bf16_scratch()->g;
+    if (dinp) bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, beta, dinp, C);
+    if (dw) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+}
+
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                  const float *inp, const float *w, int64_t N, int64_t C,
                                  int64_t OC) {
-    GemmBf16 *g = &bf16_scratch()->g;
-    if (dinp) bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, 1.0f, dinp, C);
-    if (dw) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
-    if (dbias) accumulate_column_sums(dbias, dout, N, OC);
+    bf16_matmul_backward_beta(dinp, dw, dbias, dout, inp, w, N, C, OC, 1.0f);
+}
+
+static void bf16_matmul_backward_set(float *dinp, float *dw, float *dbias, const float *dout,
+                                     const float *inp, const float *w, int64_t N, int64_t C,
+                                     int64_t OC) {
+    bf16_matmul_backward_beta(dinp, dw, dbias, dout, inp, w, N, C, OC, 0.0f);
 }
 
 /* --------------------------------------------------------- embeddings ---- */
@@ -1692,6 +1722,7 @@ static const ModelOps CPU_OPS = {
     CPU_OPS_COMMON,
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,
+    .matmul_backward_set = cpu_matmul_backward_set,
     .lm_head_forward = cpu_lm_head_forward,
     .lm_head_backward = cpu_lm_head_backward,
     .lm_head_forward_keep = cpu_lm_head_forward_keep,
@@ -1703,6 +1734,7 @@ static const ModelOps CPU_BF16_OPS = {
     CPU_OPS_COMMON,
     .matmul_forward = bf16_matmul_forward,
     .matmul_backward = bf16_matmul_backward,
+    .matmul_backward_set = bf16_matmul_backward_set,
     .lm_head_forward = bf16_lm_head_forward,
     .lm_head_backward = bf16_lm_head_backward,
     .lm_head_forward_keep = bf16_lm_head_forward_keep,
