@@ -892,31 +892,38 @@ Test(ops, attention_backward_pairs_rows_without_changing_bits) {
     }
 }
 
-/* RMSNorm sums NORM_ROWS rows at once. A row's output, rstd and input
- * gradient must not depend on its neighbours: 7 rows (a partial block) of
- * width 100 (not a multiple of the vector width) against each row alone,
- * bit for bit. */
-Test(ops, rmsnorm_rows_keep_their_bits_in_blocks) {
+/* RMSNorm sums rows in blocks (16 rows through transposed vectors when the
+ * width is a multiple of 16, else up to 16 scalar chains). A row's output,
+ * rstd and input gradient must not depend on its neighbours: 7 rows of width
+ * 100 and 37 rows (two whole blocks and a partial one) of width 128, against
+ * each row alone, bit for bit. */
+static void check_rmsnorm_rows(int64_t N, int64_t C, uint64_t seed) {
     const ModelOps *o = ops_cpu();
-    enum { N = 7, C = 100 };
-    Rng rng = rng_from_seed(760);
+    Rng rng = rng_from_seed(seed);
     float *x = randn(&rng, N * C, 1.0, 0.0), *w = randn(&rng, C, 0.1, 1.0);
     float *d = randn(&rng, N * C, 1.0, 0.0);
     float *out = filled(N * C, NAN), *rs = filled(N, NAN), *dx = filled(N * C, 0.0f);
-    float *dw = filled(C, 0.0f), *dw1 = filled(C, 0.0f);
+    float *dw = filled(C, 0.0f), *dw1 = filled(C, 0.0f), *o1 = filled(C, NAN), *dx1 = filled(C, 0.0f);
     o->rmsnorm_forward(out, rs, x, w, N, C, 1e-5f);
     o->rmsnorm_backward(dx, dw, d, x, w, rs, N, C);
     int64_t differ = 0;
     for (int64_t n = 0; n < N; n++) {
-        float o1[C], dx1[C], r1;
-        memset(dx1, 0, sizeof dx1);
+        float r1;
+        memset(dx1, 0, (size_t)C * sizeof(float));
         o->rmsnorm_forward(o1, &r1, x + n * C, w, 1, C, 1e-5f);
         o->rmsnorm_backward(dx1, dw1, d + n * C, x + n * C, w, &r1, 1, C);
-        differ += memcmp(o1, out + n * C, sizeof o1) != 0 || memcmp(&r1, rs + n, sizeof r1) != 0 ||
-                  memcmp(dx1, dx + n * C, sizeof dx1) != 0;
+        const size_t row = (size_t)C * sizeof(float);
+        differ += memcmp(o1, out + n * C, row) != 0 || memcmp(&r1, rs + n, sizeof r1) != 0 ||
+                  memcmp(dx1, dx + n * C, row) != 0;
     }
-    cr_expect(differ == 0, "%lld of %d rows differ from the row normalised alone", (long long)differ, N);
-    free(x), free(w), free(d), free(out), free(rs), free(dx), free(dw), free(dw1);
+    cr_expect(differ == 0, "N %lld C %lld: %lld rows differ from the row normalised alone",
+              (long long)N, (long long)C, (long long)differ);
+    free(x), free(w), free(d), free(out), free(rs), free(dx), free(dw), free(dw1), free(o1), free(dx1);
+}
+
+Test(ops, rmsnorm_rows_keep_their_bits_in_blocks) {
+    check_rmsnorm_rows(7, 100, 760);
+    check_rmsnorm_rows(37, 128, 761);
 }
 
 /* -------------------------------------------------------- activations ---- */

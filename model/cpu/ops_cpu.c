@@ -527,13 +527,88 @@ static inline __attribute__((always_inline)) float product_rounded(float p) {
  * multiple of 8, and now on every CPU and for every C (that loop's scalar
  * tail had fused FMAs on FMA CPUs only). One row's sum was a chain of
  * dependent adds; NORM_ROWS rows at once are as many independent chains. */
-#define NORM_ROWS 4
+#define NORM_ROWS 16
+
+/* Sixteen rows' sums in the lanes of one vector: 16 x 16 blocks are
+ * transposed so that lane r of column c holds row r's value, and each lane
+ * adds its row's rounded products in increasing c, the same order and
+ * rounding as the scalar chains. Contraction is off here so that the vector
+ * product is rounded before the add, as product_rounded makes it. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+static inline __attribute__((always_inline)) void v16_transpose16(V16 *r) {
+    V16 t[16], u[16];
+    for (int i = 0; i < 8; i++) { /* 32-bit interleave within 128-bit lanes */
+        t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8,
+                                           24, 9, 25, 12, 28, 13, 29);
+        t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 18, 3, 19, 6, 22, 7, 23,
+                                               10, 26, 11, 27, 14, 30, 15, 31);
+    }
+    for (int g = 0; g < 4; g++) { /* u[4g + c], lane L: column c + 4L of rows 4g..4g+3 */
+        for (int h = 0; h < 2; h++) {
+            const V16 a = t[4 * g + h], b = t[4 * g + h + 2];
+            u[4 * g + 2 * h] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24,
+                                                       25, 12, 13, 28, 29);
+            u[4 * g + 2 * h + 1] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10,
+                                                           11, 26, 27, 14, 15, 30, 31);
+        }
+    }
+    for (int c = 0; c < 4; c++) { /* gather lane L of u[c], u[4+c], u[8+c], u[12+c] */
+        const V16 p = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6,
+                                              7, 20, 21, 22, 23);
+        const V16 q = __builtin_shufflevector(u[c], u[4 + c], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13,
+                                              14, 15, 28, 29, 30, 31);
+        const V16 p2 = __builtin_shufflevector(u[8 + c], u[12 + c], 0, 1, 2, 3, 16, 17, 18, 19, 4,
+                                               5, 6, 7, 20, 21, 22, 23);
+        const V16 q2 = __builtin_shufflevector(u[8 + c], u[12 + c], 8, 9, 10, 11, 24, 25, 26, 27,
+                                               12, 13, 14, 15, 28, 29, 30, 31);
+        r[c] = __builtin_shufflevector(p, p2, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        r[c + 4] = __builtin_shufflevector(p, p2, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28,
+                                           29, 30, 31);
+        r[c + 8] = __builtin_shufflevector(q, q2, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                                           23);
+        r[c + 12] = __builtin_shufflevector(q, q2, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28,
+                                            29, 30, 31);
+    }
+}
+
+/* ss[r] = sum over c of x[r][c]^2 for 16 rows of C (a multiple of 16). */
+PONDER_HOT static void sum_squares_16_rows(float *ss, const float *x, int64_t C) {
+    V16 acc = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        V16 r[16];
+        for (int t = 0; t < 16; t++) r[t] = v16_load(x + t * C + c0);
+        v16_transpose16(r);
+        for (int c = 0; c < 16; c++) acc = acc + r[c] * r[c];
+    }
+    memcpy(ss, &acc, sizeof acc);
+}
+
+/* dot[r] = sum over c of dout[r][c] w[c] x[r][c] rs[r] (the products in that
+ * order) for 16 rows of C (a multiple of 16). */
+PONDER_HOT static void rms_dots_16_rows(float *dot, const float *dout, const float *w,
+                                        const float *x, const float *rs, int64_t C) {
+    V16 acc = {0}, rv;
+    memcpy(&rv, rs, sizeof rv);
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const V16 wc = v16_load(w + c0);
+        V16 p[16]; /* dout w x along each row, then transposed; times rs per lane */
+        for (int t = 0; t < 16; t++) p[t] = v16_load(dout + t * C + c0) * wc * v16_load(x + t * C + c0);
+        v16_transpose16(p);
+        for (int c = 0; c < 16; c++) acc = acc + p[c] * rv;
+    }
+    memcpy(dot, &acc, sizeof acc);
+}
+#pragma GCC pop_options
 
 PONDER_HOT static void rmsnorm_rows(float *out, float *rstd, const float *x, const float *w,
                                     int64_t R, int64_t C, float eps) {
     float ss[NORM_ROWS] = {0};
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t r = 0; r < R; r++) ss[r] += product_rounded(x[r * C + c] * x[r * C + c]);
+    if (R == 16 && C % 16 == 0)
+        sum_squares_16_rows(ss, x, C);
+    else
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t r = 0; r < R; r++) ss[r] += product_rounded(x[r * C + c] * x[r * C + c]);
     for (int64_t r = 0; r < R; r++) {
         const float rs = 1.0f / sqrtf(ss[r] / (float)C + eps);
         const float *xr = x + r * C;
@@ -558,9 +633,12 @@ PONDER_HOT static void rmsnorm_backward_rows(float *dinp, const float *dout, con
                                              const float *w, const float *r, int64_t R,
                                              int64_t C) {
     float dot[NORM_ROWS] = {0};
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t i = 0; i < R; i++)
-            dot[i] += product_rounded(dout[i * C + c] * w[c] * x[i * C + c] * r[i]);
+    if (R == 16 && C % 16 == 0)
+        rms_dots_16_rows(dot, dout, w, x, r, C);
+    else
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < R; i++)
+                dot[i] += product_rounded(dout[i * C + c] * w[c] * x[i * C + c] * r[i]);
     for (int64_t i = 0; i < R; i++) {
         const float d = dot[i] / (float)C, ri = r[i];
         const float *g = dout + i * C, *xi = x + i * C;
