@@ -618,14 +618,23 @@ PONDER_HOT static void rmsnorm_rows(float *out, float *rstd, const float *x, con
     }
 }
 
-static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
-                                int64_t N, int64_t C, float eps) {
+/* N rows in blocks of NORM_ROWS, shared among the threads of an enclosing
+ * parallel region (orphaned omp for, ending in its barrier), or all on the
+ * calling thread outside one. */
+static void rmsnorm_blocks(float *out, float *rstd, const float *inp, const float *w, int64_t N,
+                           int64_t C, float eps) {
     const int64_t blocks = (N + NORM_ROWS - 1) / NORM_ROWS;
-#pragma omp parallel for if (N * C > ROW_PAR_MIN) schedule(static)
+#pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t n = b * NORM_ROWS, R = N - n < NORM_ROWS ? N - n : NORM_ROWS;
         rmsnorm_rows(out + n * C, rstd + n, inp + n * C, w, R, C, eps);
     }
+}
+
+static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
+                                int64_t N, int64_t C, float eps) {
+#pragma omp parallel if (N * C > ROW_PAR_MIN)
+    rmsnorm_blocks(out, rstd, inp, w, N, C, eps);
 }
 
 /* xhat = x r ; y = xhat w ; dx = r (g - xhat mean(g xhat)) with g = dout w */
@@ -1730,9 +1739,9 @@ static void cpu_adamw(float *param, const float *grad, float *m, float *v, int64
  * runs inside the product's region (GemmBf16Prologue), and a residual with no
  * bias or activation is added by the product itself (beta = 1), where the
  * separate ops take a region for the norm and another for the add. The bits
- * are the separate ops': the same norm function, and the product's epilogue
- * computes round(resid + sum) as the add did from the unrounded-again sum
- * (alpha = 1). Other forms (LayerNorm, bias, GELU) run the separate ops. */
+ * are the separate ops': the same norm code, and with alpha = 1 the product's
+ * epilogue rounds resid + sum once, as the separate add did. Other forms
+ * (LayerNorm, bias, GELU) run the separate ops. */
 typedef struct RmsPrologue {
     float *out, *rstd;
     const float *x, *w;
@@ -1742,12 +1751,7 @@ typedef struct RmsPrologue {
 
 static void rms_rows_in_region(void *ctx) {
     const RmsPrologue *t = ctx;
-    const int64_t blocks = (t->N + NORM_ROWS - 1) / NORM_ROWS;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t n = b * NORM_ROWS, R = t->N - n < NORM_ROWS ? t->N - n : NORM_ROWS;
-        rmsnorm_rows(t->out + n * t->C, t->rstd + n, t->x + n * t->C, t->w, R, t->C, t->eps);
-    }
+    rmsnorm_blocks(t->out, t->rstd, t->x, t->w, t->N, t->C, t->eps);
 }
 
 static float *fused_scratch(Bf16Scratch *s, int64_t n) {
