@@ -10,7 +10,6 @@
 #include <stdlib.h> /* calloc, free */
 #include <string.h> /* memcpy */
 
-#include "util/bf16.h" /* bf16_from_float */
 
 /* A decode step of n rows captured once by the backend (ModelOps.graph_*) and
  * replayed for every later step of n rows: its kernels read the step's
@@ -88,7 +87,7 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
     const int64_t R = kv->max_rows, C = c->d_model;
     const size_t f = sizeof(float), cache = (size_t)kv->L * (size_t)n_slots * slot_floats(kv);
     const ModelOps *o = m->ops;
-    const int bf16 = o->attention_cached_bf16 != NULL && !o->device;
+    const int bf16 = o->attention_cached_bf16 && o->kv_store_bf16 && !o->device;
     if (bf16) {
         kv->k16 = o->alloc(cache * sizeof(uint16_t));
         kv->v16 = o->alloc(cache * sizeof(uint16_t));
@@ -201,8 +200,7 @@ static void store_values(const ModelKVCache *kv, char *dst, const float *x) {
         memcpy(dst, x, (size_t)kv->hd * sizeof(float));
         return;
     }
-    uint16_t *h = (uint16_t *)dst;
-    for (int64_t i = 0; i < kv->hd; i++) h[i] = bf16_from_float(x[i]);
+    kv->ops->kv_store_bf16((uint16_t *)dst, x, kv->hd);
 }
 
 /* Copies row n's k and v (after RoPE) into its slot at its position. */

@@ -170,6 +170,10 @@ typedef struct ModelOps {
     void (*attention_cached_bf16)(float *out, OpsHeads q, const uint16_t *const *k_cache,
                                   const uint16_t *const *v_cache, const int64_t *len, int64_t N,
                                   int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
+    /* With attention_cached_bf16: rounds one head's hd k or v values to bf16
+     * and stores them at dst in the order attention_cached_bf16 reads (the
+     * backend's own order, not necessarily 0..hd-1). */
+    void (*kv_store_bf16)(uint16_t *dst, const float *src, int64_t hd);
     /* Optional (NULL: the model copies with memcpy, host backends only). For
      * row i < N: copies KV heads of k (row i of k) and of v into k_cache[i] and
      * v_cache[i] at position pos[i]; caches laid out as for attention_cached. */

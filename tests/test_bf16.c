@@ -19,6 +19,7 @@
 #include "model/model.h"
 #include "model/ops.h"
 #include "trainer/optim.h"
+#include "util/bf16.h"
 #include "util/rng.h"
 
 static void need_bf16(void) {
@@ -536,10 +537,12 @@ Test(ops_bf16, kept_lm_logits_equal_recomputed_ones) {
 /* ---------------------------------------------------- bf16 KV cache --- */
 
 /* The bf16 cached attention against the fp32 one reading the same values
- * (the caches rounded to bf16 first): the same kernel where the head size has
- * a register form (32, 64, 128), so equal; within 1e-5 in the generic form
- * (hd 8), whose sums run in another order. Rows attend to 20, 7 and 1
- * positions; 4 query heads share 2 kv heads. */
+ * (the caches rounded to bf16 first, and stored through kv_store_bf16 in the
+ * backend's order): the same kernel where the head size has a register form
+ * (32, 64, 128), so equal; within 1e-5 in the generic form (hd 8 and 48, the
+ * latter one whole 32-value block and a plain tail), whose sums run in
+ * another order. Rows attend to 20, 7 and 1 positions; 4 query heads share 2
+ * kv heads. */
 static void check_cached_attention(int64_t hd, double tol) {
     enum { N = 3, NH = 4, KV = 2, MAXL = 20 };
     const int64_t len[N] = {20, 7, 1}, block = KV * MAXL * hd;
@@ -549,10 +552,12 @@ static void check_cached_attention(int64_t hd, double tol) {
     for (int n = 0; n < N; n++) {
         kf[n] = random_floats(&r, block), vf[n] = random_floats(&r, block);
         kh[n] = malloc((size_t)block * sizeof(uint16_t)), vh[n] = malloc((size_t)block * sizeof(uint16_t));
-        for (int64_t i = 0; i < block; i++) {
-            kf[n][i] = gemm_bf16_round(kf[n][i]), vf[n][i] = gemm_bf16_round(vf[n][i]);
-            kh[n][i] = (uint16_t)(bits_of(kf[n][i]) >> 16), vh[n][i] = (uint16_t)(bits_of(vf[n][i]) >> 16);
+        for (int64_t i = 0; i < block; i += hd) {
+            ops_cpu_bf16()->kv_store_bf16(kh[n] + i, kf[n] + i, hd);
+            ops_cpu_bf16()->kv_store_bf16(vh[n] + i, vf[n] + i, hd);
         }
+        for (int64_t i = 0; i < block; i++)
+            kf[n][i] = gemm_bf16_round(kf[n][i]), vf[n][i] = gemm_bf16_round(vf[n][i]);
     }
     float *want = calloc((size_t)(N * NH * hd), sizeof(float)), *got = calloc((size_t)(N * NH * hd), sizeof(float));
     OpsHeads qh = {q, NH * hd};
@@ -575,6 +580,52 @@ Test(ops_bf16, cached_attention_reads_a_bf16_cache) {
     check_cached_attention(64, 0.0);
     check_cached_attention(128, 0.0);
     check_cached_attention(8, 1e-5);
+    check_cached_attention(48, 1e-5);
+}
+
+/* kv_store_bf16 rounds as bf16_from_float does, read back through the
+ * cached attention at one position (whose output is then that position's
+ * value: weight exp(0) = 1, divided by a sum of 1). The values include ties
+ * to even both ways, a carry into the exponent, denormals (to zero), the
+ * largest finite values (rounding to infinity), infinities and a NaN. */
+static void check_kv_store_rounding(int64_t hd) {
+    enum { MAXL = 2 };
+    const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x3fffffffu, 0x00000001u,
+                                0x807fffffu, 0x7f7fffffu, 0xff7f8000u, 0x7f800000u, 0xff800000u,
+                                0x7fc00001u, 0x80000000u, 0x3f7f7fffu, 0xbf808001u};
+    const int64_t ns = (int64_t)(sizeof special / sizeof special[0]);
+    Rng r = rng_from_seed(90 + (uint64_t)hd);
+    float *v = random_floats(&r, hd), *k = random_floats(&r, hd), *q = random_floats(&r, hd);
+    for (int64_t i = 0; i < hd; i++) {
+        uint32_t u = bits_of(v[i]) + (uint32_t)rng_below(&r, 65536); /* every rounding case */
+        if (i % 3 == 0) u = special[(i / 3) % ns];
+        memcpy(&v[i], &u, sizeof u);
+    }
+    uint16_t *kh = calloc((size_t)(MAXL * hd), sizeof(uint16_t)), *vh = calloc((size_t)(MAXL * hd), sizeof(uint16_t));
+    ops_cpu_bf16()->kv_store_bf16(kh, k, hd);
+    ops_cpu_bf16()->kv_store_bf16(vh, v, hd);
+    float *got = calloc((size_t)hd, sizeof(float));
+    const int64_t len[1] = {1};
+    OpsHeads qh = {q, hd};
+    ops_cpu_bf16()->attention_cached_bf16(got, qh, (const uint16_t *const *)&kh,
+                                          (const uint16_t *const *)&vh, len, 1, 1, 1, hd, MAXL);
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < hd; i++) {
+        const float want = bf16_to_float(bf16_from_float(v[i]));
+        const int same = isnan(want) ? isnan(got[i]) : got[i] == want;
+        if (!same && wrong++ < 3)
+            cr_log_error("hd %lld value %lld (bits %08x): read back %a, want %a", (long long)hd,
+                         (long long)i, bits_of(v[i]), (double)got[i], (double)want);
+    }
+    cr_expect_eq(wrong, 0, "hd %lld: %lld values stored with the wrong rounding or place",
+                 (long long)hd, (long long)wrong);
+    free(v), free(k), free(q), free(kh), free(vh), free(got);
+}
+
+Test(ops_bf16, kv_store_rounds_like_bf16_from_float) {
+    need_bf16();
+    cr_assert(ops_cpu_bf16()->kv_store_bf16 != NULL);
+    for (int64_t hd = 8; hd <= 128; hd += 8) check_kv_store_rounding(hd);
 }
 
 /* A bf16 model decodes from a bf16 cache: prefill then batched decode follow

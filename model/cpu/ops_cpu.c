@@ -66,18 +66,30 @@ typedef int32_t V16i __attribute__((vector_size(64)));
 typedef uint16_t V16h __attribute__((vector_size(32)));
 typedef uint32_t V16u __attribute__((vector_size(64)));
 
-/* 16 bf16 values widened to fp32: each is the upper half of its fp32. */
-static inline __attribute__((always_inline)) V16 v16_load_bf16(const uint16_t *p) {
-    V16h h;
-    memcpy(&h, p, sizeof h);
-    return (V16)(__builtin_convertvector(h, V16u) << 16);
+/* The bf16 KV cache's order within one head's hd values (cpu_kv_store_bf16
+ * writes it, the cached attention reads it): in each whole block of 32,
+ * 32-bit word i holds value i in its upper half and value 16 + i in its
+ * lower half, so one 64-byte load widens to both 16-value halves with one
+ * mask and one shift. In plain order GCC widened 16 values with six
+ * instructions (16-bit lanes go through 128-bit pieces), and that was most of
+ * a batch-64 bf16 decode's attention. Values past the last whole block keep
+ * their places. */
+static inline int64_t bf16_cache_index(int64_t c, int64_t hd) {
+    const int64_t block = c & ~(int64_t)31, r = c - block;
+    if (block + 32 > hd) return c;
+    return block + (r < 16 ? 2 * r + 1 : 2 * (r - 16));
 }
 
-/* 16 values from element j of a row that is fp32 (bf16 == 0) or bf16: the
- * attention kernels take both kinds of cache through this, with bf16 a
- * compile-time constant after inlining. */
-static inline __attribute__((always_inline)) V16 v16_load_any(const void *p, int64_t j, int bf16) {
-    return bf16 ? v16_load_bf16((const uint16_t *)p + j) : v16_load((const float *)p + j);
+/* Values 16 c .. 16 c + 15 of the hd values at p (fp32, or a bf16 cache's
+ * whole blocks): the attention kernels take both kinds of cache through
+ * this, with bf16 and c compile-time constants after inlining (two chunks
+ * of one block load the same 64 bytes, and GCC loads them once). */
+static inline __attribute__((always_inline)) V16 v16_load_any(const void *p, int64_t row,
+                                                              int64_t c, int bf16) {
+    if (!bf16) return v16_load((const float *)p + row + 16 * c);
+    V16u w;
+    memcpy(&w, (const uint16_t *)p + row + 32 * (c / 2), sizeof w);
+    return (V16)(c % 2 ? w << 16 : w & 0xffff0000u);
 }
 
 /* exp_fast (kernels.h) on 16 lanes: the same clamp, range reduction and
@@ -834,15 +846,15 @@ static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 
     for (; j + 16 <= n; j += 16) {
         V16 d[16];
         for (int t = 0; t < 16; t++) {
-            d[t] = x[0] * v16_load_any(y, (j + t) * ys, bf16);
-            for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys + 16 * c, bf16);
+            d[t] = x[0] * v16_load_any(y, (j + t) * ys, 0, bf16);
+            for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys, c, bf16);
         }
         V16 r = v16_sum16(d);
         memcpy(out + j, &r, sizeof r);
     }
     for (; j < n; j++) {
-        V16 d = x[0] * v16_load_any(y, j * ys, bf16);
-        for (int64_t c = 1; c < HD / 16; c++) d += x[c] * v16_load_any(y, j * ys + 16 * c, bf16);
+        V16 d = x[0] * v16_load_any(y, j * ys, 0, bf16);
+        for (int64_t c = 1; c < HD / 16; c++) d += x[c] * v16_load_any(y, j * ys, c, bf16);
         out[j] = v16_sum(d);
     }
 }
@@ -891,7 +903,7 @@ static inline __attribute__((always_inline)) void attention_values_hd(float *o, 
     float sum = 0.0f;
     for (int64_t j = 0; j < L; j++) {
         sum += row[j];
-        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load_any(vc, j * vs + 16 * c, bf16);
+        for (int64_t c = 0; c < HD / 16; c++) acc[c] += row[j] * v16_load_any(vc, j * vs, c, bf16);
     }
     const float inv = L > 0 ? 1.0f / sum : 0.0f;
     for (int64_t c = 0; c < HD / 16; c++) {
@@ -918,13 +930,13 @@ static inline __attribute__((always_inline)) void attention_values2_hd(
     for (; j < L0; j++) {
         s0 += r0[j], s1 += r1[j];
         for (int64_t c = 0; c < HD / 16; c++) {
-            a0[c] += r0[j] * v16_load_any(v0, j * vs + 16 * c, bf16);
-            a1[c] += r1[j] * v16_load_any(v1, j * vs + 16 * c, bf16);
+            a0[c] += r0[j] * v16_load_any(v0, j * vs, c, bf16);
+            a1[c] += r1[j] * v16_load_any(v1, j * vs, c, bf16);
         }
     }
     for (; j < L1; j++) {
         s1 += r1[j];
-        for (int64_t c = 0; c < HD / 16; c++) a1[c] += r1[j] * v16_load_any(v1, j * vs + 16 * c, bf16);
+        for (int64_t c = 0; c < HD / 16; c++) a1[c] += r1[j] * v16_load_any(v1, j * vs, c, bf16);
     }
     const float i0 = L0 > 0 ? 1.0f / s0 : 0.0f, i1 = L1 > 0 ? 1.0f / s1 : 0.0f;
     for (int64_t c = 0; c < HD / 16; c++) {
@@ -1252,14 +1264,14 @@ static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
                                           int64_t hd, float scale) {
     for (int64_t j = 0; j < L; j++) {
         float d = 0.0f;
-        for (int64_t c = 0; c < hd; c++) d += qi[c] * bf16_to_float(kc[j * hd + c]);
+        for (int64_t c = 0; c < hd; c++) d += qi[c] * bf16_to_float(kc[j * hd + bf16_cache_index(c, hd)]);
         row[j] = d * scale;
     }
     memset(o, 0, (size_t)hd * sizeof(float));
     if (L == 0) return;
     softmax_inplace(row, L);
     for (int64_t j = 0; j < L; j++)
-        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vc[j * hd + c]);
+        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vc[j * hd + bf16_cache_index(c, hd)]);
 }
 
 PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const float *qi,
@@ -1357,6 +1369,27 @@ static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  float *const *v_cache, const int64_t *len, int64_t N,
                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
     attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len);
+}
+
+/* bf16_from_float (util/bf16.h) on 16 lanes, each result in the upper half
+ * of its 32-bit lane. */
+static inline __attribute__((always_inline)) V16u v16_round_bf16(const float *p) {
+    V16u u;
+    memcpy(&u, p, sizeof u);
+    const V16u zero = (V16u)((u & 0x7f800000u) == 0), nan = (V16u)((u & 0x7fffffffu) > 0x7f800000u);
+    const V16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    return (zero & (u & 0x80000000u)) | (nan & ((u | 0x00400000u) & 0xffff0000u)) |
+           (~zero & ~nan & rounded);
+}
+
+/* hd values into a bf16 cache in bf16_cache_index's order. */
+PONDER_HOT static void cpu_kv_store_bf16(uint16_t *dst, const float *src, int64_t hd) {
+    int64_t c = 0;
+    for (; c + 32 <= hd; c += 32) {
+        const V16u w = v16_round_bf16(src + c) | (v16_round_bf16(src + c + 16) >> 16);
+        memcpy(dst + c, &w, sizeof w);
+    }
+    for (; c < hd; c++) dst[c] = bf16_from_float(src[c]);
 }
 
 static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *const *k_cache,
@@ -1823,6 +1856,7 @@ static const ModelOps CPU_BF16_OPS = {
     .lm_head_backward_kept = bf16_lm_head_backward_kept,
     .weights_frozen = bf16_weights_frozen,
     .attention_cached_bf16 = cpu_attention_cached_bf16,
+    .kv_store_bf16 = cpu_kv_store_bf16,
     .linear_fused = bf16_linear_fused,
 };
 
