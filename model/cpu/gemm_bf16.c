@@ -123,27 +123,21 @@ BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t
     }
 }
 
-/* op(A) = A^T with A [K,M]: words come out pair-major and are transposed in
- * 16 x 16 blocks. */
+/* op(A) = A^T with A [K,M]: rows 2p and 2p + 1 of A give pair p of 16
+ * consecutive rows of op(A) at once, stored pair-major (dst[p * M + i]);
+ * the row-major form took a 16 x 16 transpose per block, which made this
+ * the slowest packing (2.5x pack_a_rows per value). */
 BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
                                     const float *A, int64_t lda) {
-    const int64_t ib = (M + 15) / 16, pb = (pairs + 15) / 16;
+    const int64_t ib = (M + 15) / 16;
 #pragma omp for schedule(static) nowait
-    for (int64_t blk = 0; blk < ib * pb; blk++) {
-        const int64_t i0 = (blk / pb) * 16, p0 = (blk % pb) * 16;
+    for (int64_t blk = 0; blk < pairs * ib; blk++) {
+        const int64_t p = blk / ib, i0 = (blk % ib) * 16;
         const __mmask16 mi = mask_first(M - i0);
-        __m512i r[16];
-        for (int q = 0; q < 16; q++) {
-            const int64_t k = 2 * (p0 + q);
-            __m512 lo = k < K ? _mm512_maskz_loadu_ps(mi, A + k * lda + i0) : _mm512_setzero_ps();
-            __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(mi, A + (k + 1) * lda + i0)
+        __m512 lo = _mm512_maskz_loadu_ps(mi, A + 2 * p * lda + i0);
+        __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(mi, A + (2 * p + 1) * lda + i0)
                                   : _mm512_setzero_ps();
-            r[q] = pair_words(lo, hi);
-        }
-        transpose16(r);
-        const __mmask16 mp = mask_first(pairs - p0);
-        for (int t = 0; t < 16 && i0 + t < M; t++)
-            _mm512_mask_storeu_epi32(dst + (i0 + t) * pairs + p0, mp, r[t]);
+        _mm512_mask_storeu_epi32(dst + p * M + i0, mi, pair_words(lo, hi));
     }
 }
 
@@ -194,8 +188,9 @@ BF16_TARGET static void pack_b_cols(uint32_t *dst, int64_t K, int64_t N, int64_t
  * which at the tiny model's sizes were a visible share of a step. The
  * bodies use orphaned `omp for ... nowait`, so they also run alone (one
  * thread) outside any region; callers put the barriers in. */
-static void pack_a_any(const GemmBf16Operand *pa, int trans_a, int64_t K, const float *A,
+static void pack_a_any(GemmBf16Operand *pa, int trans_a, int64_t K, const float *A,
                        int64_t lda) {
+    pa->pair_major = trans_a;
     if (trans_a)
         pack_a_cols(pa->words, pa->rows, K, pa->pairs, A, lda);
     else
@@ -247,9 +242,11 @@ int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, con
 
 /* ----------------------------------------------------------- multiply --- */
 
-/* C tile [mr, up to NR] = alpha * sum_p a_r[p] . panel[p] + beta * C. */
-BF16_INLINE void tile(int mr, int64_t pairs, const uint32_t *a, const uint32_t *panel, float *c,
-                      int64_t ldc, int64_t ncols, float alpha, float beta) {
+/* C tile [mr, up to NR] = alpha * sum_p a_r[p] . panel[p] + beta * C, with
+ * a_r[p] at a[r * pairs + p] (row-major A) or a[p * lda + r] (pair-major). */
+BF16_INLINE void tile(int mr, int pm, int64_t lda, int64_t pairs, const uint32_t *a,
+                      const uint32_t *panel, float *c, int64_t ldc, int64_t ncols, float alpha,
+                      float beta) {
     /* the loops over r and v must unroll fully, or acc lives on the stack */
     __m512 acc[MR][NRV];
 #pragma GCC unroll 8
@@ -263,7 +260,7 @@ BF16_INLINE void tile(int mr, int64_t pairs, const uint32_t *a, const uint32_t *
         __m512bh b2 = (__m512bh)_mm512_load_si512(bp + 32);
 #pragma GCC unroll 8
         for (int r = 0; r < mr; r++) {
-            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + p]);
+            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)(pm ? a[p * lda + r] : a[r * pairs + p]));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
             acc[r][2] = _mm512_dpbf16_ps(acc[r][2], ar, b2);
@@ -284,19 +281,26 @@ BF16_INLINE void tile(int mr, int64_t pairs, const uint32_t *a, const uint32_t *
     }
 }
 
-BF16_TARGET static void tile_any(int mr, int64_t pairs, const uint32_t *a, const uint32_t *panel,
-                                 float *c, int64_t ldc, int64_t ncols, float alpha, float beta) {
-    switch (mr) {
-    case 1: tile(1, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 2: tile(2, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 3: tile(3, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 4: tile(4, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 5: tile(5, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 6: tile(6, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    case 7: tile(7, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
-    default: tile(MR, pairs, a, panel, c, ldc, ncols, alpha, beta); break;
+#define TILE_CASES(PM)                                                                             \
+    switch (mr) {                                                                                  \
+    case 1: tile(1, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 2: tile(2, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 3: tile(3, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 4: tile(4, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 5: tile(5, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 6: tile(6, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    case 7: tile(7, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
+    default: tile(MR, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                \
     }
+BF16_TARGET static void tile_any(int mr, int pm, int64_t lda, int64_t pairs, const uint32_t *a,
+                                 const uint32_t *panel, float *c, int64_t ldc, int64_t ncols,
+                                 float alpha, float beta) {
+    if (pm)
+        TILE_CASES(1)
+    else
+        TILE_CASES(0)
 }
+#undef TILE_CASES
 
 /* Inside or outside a parallel region (orphaned omp for). */
 BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
@@ -307,9 +311,9 @@ BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operan
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < mt * panels; t++) {
         const int64_t jp = t / mt, i0 = (t % mt) * MR;
-        tile_any((int)min64(MR, M - i0), pairs, pa->words + i0 * pairs,
-                 pb->words + jp * pairs * NR, C + i0 * ldc + jp * NR, ldc, N - jp * NR, alpha,
-                 beta);
+        tile_any((int)min64(MR, M - i0), pa->pair_major, M, pairs,
+                 pa->words + (pa->pair_major ? i0 : i0 * pairs), pb->words + jp * pairs * NR,
+                 C + i0 * ldc + jp * NR, ldc, N - jp * NR, alpha, beta);
     }
 }
 

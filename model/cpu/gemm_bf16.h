@@ -19,12 +19,17 @@
 
 #define GEMM_BF16_NR 48 /* columns per packed B panel (three 16-float vectors) */
 
-/* A packed operand: `words` holds pairs of bf16 values, low half = even k. */
+/* A packed operand: `words` holds pairs of bf16 values, low half = even k.
+ * A is row-major (row i's pair p at i * pairs + p) when packed from A, and
+ * pair-major (at p * rows + i) when packed from A^T: its pairs then come
+ * from two rows of the source, converted and stored as they are read,
+ * without a transpose. */
 typedef struct GemmBf16Operand {
     uint32_t *words;
-    size_t cap;    /* words allocated */
-    int64_t rows;  /* A: M; B: N (columns of op(B)) */
-    int64_t pairs; /* ceil(K / 2) */
+    size_t cap;     /* words allocated */
+    int64_t rows;   /* A: M; B: N (columns of op(B)) */
+    int64_t pairs;  /* ceil(K / 2) */
+    int pair_major; /* A only */
 } GemmBf16Operand;
 
 typedef struct GemmBf16 {
