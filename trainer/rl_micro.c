@@ -4,6 +4,7 @@
  * about a fifth padding, and the products, norms and attention compute it all.
  * Sorting by length and cutting by a token budget gives each micro-batch its
  * own narrower window. */
+#include <stdint.h> /* INT64_MAX */
 #include <stdlib.h> /* calloc, free, qsort */
 #include <string.h> /* memcpy, memset */
 
@@ -37,38 +38,57 @@ static int64_t row_end_col(const TrainBatch *b, int64_t i) {
     return end > b->start[i] ? end : b->start[i] + 1;
 }
 
+/* What a micro-batch costs, in padded tokens: its rows x columns, plus a
+ * fixed charge for the pass itself (each op's thread start-up and barrier:
+ * about 1 ms a pass for the tiny model, about 50 of its tokens). */
+#define MICRO_PASS_TOKENS 64
+
+/* Cuts rows keys[0..n), in their sorted order, into micro-batches of at most
+ * `budget` padded tokens (a longer row alone) that cost the least in all:
+ * best[e] is the least cost of rows [0, e), cut[e] where its last
+ * micro-batch starts. A greedy fill left up to a fifth of a GRPO batch as
+ * padding where completions of different lengths met in one micro-batch. */
+static void plan_cuts(const TrainBatch *b, const RowKey *keys, int64_t n, int64_t budget,
+                      int64_t *best, int64_t *cut) {
+    best[0] = 0;
+    for (int64_t e = 1; e <= n; e++) {
+        int64_t lo = INT64_MAX, hi = 0;
+        best[e] = INT64_MAX;
+        for (int64_t s = e - 1; s >= 0; s--) {
+            const int64_t i = keys[s].row, f = row_first_col(b, i), end = row_end_col(b, i);
+            lo = f < lo ? f : lo, hi = end > hi ? end : hi;
+            const int64_t rows = e - s, padded = rows * (hi - lo);
+            if (rows > 1 && padded > budget) break; /* wider still further back */
+            const int64_t cost = best[s] + padded + MICRO_PASS_TOKENS;
+            if (cost < best[e]) best[e] = cost, cut[e] = s;
+        }
+    }
+}
+
 int rl_micro_plan(const TrainBatch *b, int64_t r0, int64_t rows, int64_t budget, RlMicroPlan *p,
                   PonderError *err) {
     memset(p, 0, sizeof *p);
     if (budget < 1) return ponder_error(err, PONDER_ERR_CONFIG, "micro-batch budget %lld < 1",
                                         (long long)budget);
     RowKey *keys = calloc((size_t)rows + 1, sizeof *keys);
+    int64_t *best = calloc((size_t)rows + 1, sizeof *best), *cut = calloc((size_t)rows + 1, sizeof *cut);
     p->row = calloc((size_t)rows + 1, sizeof *p->row);
     p->first = calloc((size_t)rows + 2, sizeof *p->first);
-    if (!keys || !p->row || !p->first) {
-        free(keys);
+    if (!keys || !best || !cut || !p->row || !p->first) {
+        free(keys), free(best), free(cut);
         rl_micro_plan_free(p);
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory (micro-batch plan)");
     }
     for (int64_t i = 0; i < rows; i++)
         keys[i] = (RowKey){b->clen[r0 + i], (int32_t)(b->Pmax - b->start[r0 + i]), r0 + i};
     qsort(keys, (size_t)rows, sizeof *keys, row_key_cmp);
-    int64_t lo = 0, hi = 0, count = 0;
-    for (int64_t k = 0; k < rows; k++) {
-        const int64_t i = keys[k].row, f = row_first_col(b, i), e = row_end_col(b, i);
-        const int64_t nlo = count && lo < f ? lo : f, nhi = count && hi > e ? hi : e;
-        if (count > 0 && (count + 1) * (nhi - nlo) > budget) {
-            p->first[++p->n] = k; /* close the current micro-batch */
-            count = 0;
-            lo = f, hi = e;
-        } else {
-            lo = nlo, hi = nhi;
-        }
-        p->row[k] = i;
-        count++;
-    }
-    if (count > 0) p->first[++p->n] = rows;
-    free(keys);
+    for (int64_t k = 0; k < rows; k++) p->row[k] = keys[k].row;
+    plan_cuts(b, keys, rows, budget, best, cut);
+    for (int64_t e = rows; e > 0; e = cut[e]) p->n++;
+    p->first[p->n] = rows;
+    int64_t k = p->n;
+    for (int64_t e = rows; e > 0; e = cut[e]) p->first[--k] = cut[e];
+    free(keys), free(best), free(cut);
     return PONDER_OK;
 }
 
