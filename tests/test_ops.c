@@ -747,35 +747,37 @@ Test(ops, attention_cached_head_sizes) {
     }
 }
 
-/* The decode attention computes heads h and h + 1 of a row together at head
- * sizes 32, 64 and 128 (one value pass for both). A head's output must not
- * depend on that: 3 query heads (an odd one left over) on 2 kv heads, rows of
- * 37, 16 and 5 positions, against each head computed alone, bit for bit. */
-Test(ops, attention_cached_pairs_heads_without_changing_bits) {
+/* The decode attention computes up to 4 consecutive heads of a row together
+ * (2 at head size 128) in one value pass. A head's output must not depend on
+ * that: 3, 4, 5, 6 and 7 query heads (groups of 4 with 1 to 3 left over) on
+ * one kv head, rows of 37, 16 and 5 positions, against each head computed
+ * alone, bit for bit, at head sizes 32, 64 and 128. */
+Test(ops, attention_cached_groups_heads_without_changing_bits) {
     const ModelOps *o = ops_cpu();
-    enum { N = 3, NH = 3, KV = 1, MAXL = 40 };
+    enum { N = 3, KV = 1, MAXL = 40 };
     const int64_t sizes[] = {32, 64, 128}, len[N] = {37, 16, 5};
     Rng rng = rng_from_seed(720);
-    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-        const int64_t hd = sizes[si];
-        float *q = randn(&rng, N * NH * hd, 1.0, 0.0), *kc[N], *vc[N];
-        for (int n = 0; n < N; n++)
-            kc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0), vc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0);
-        float *all = filled(N * NH * hd, NAN), *one = filled(hd, NAN);
-        o->attention_cached(all, (OpsHeads){q, NH * hd}, kc, vc, len, N, NH, KV, hd, MAXL);
-        int64_t differ = 0;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t h = 0; h < NH; h++) {
-                float *kp[1] = {kc[n]}, *vp[1] = {vc[n]};
-                o->attention_cached(one, (OpsHeads){q + (n * NH + h) * hd, hd}, kp, vp, &len[n], 1,
-                                    1, 1, hd, MAXL);
-                differ += memcmp(one, all + (n * NH + h) * hd, (size_t)hd * sizeof(float)) != 0;
-            }
-        cr_expect(differ == 0, "hd %lld: %lld of %d (row, head) outputs changed bits when paired",
-                  (long long)hd, (long long)differ, N * NH);
-        for (int n = 0; n < N; n++) free(kc[n]), free(vc[n]);
-        free(q), free(all), free(one);
-    }
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (int64_t NH = 3; NH <= 7; NH++) {
+            const int64_t hd = sizes[si];
+            float *q = randn(&rng, N * NH * hd, 1.0, 0.0), *kc[N], *vc[N];
+            for (int n = 0; n < N; n++)
+                kc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0), vc[n] = randn(&rng, KV * MAXL * hd, 1.0, 0.0);
+            float *all = filled(N * NH * hd, NAN), *one = filled(hd, NAN);
+            o->attention_cached(all, (OpsHeads){q, NH * hd}, kc, vc, len, N, NH, KV, hd, MAXL);
+            int64_t differ = 0;
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t h = 0; h < NH; h++) {
+                    float *kp[1] = {kc[n]}, *vp[1] = {vc[n]};
+                    o->attention_cached(one, (OpsHeads){q + (n * NH + h) * hd, hd}, kp, vp, &len[n],
+                                        1, 1, 1, hd, MAXL);
+                    differ += memcmp(one, all + (n * NH + h) * hd, (size_t)hd * sizeof(float)) != 0;
+                }
+            cr_expect(differ == 0, "hd %lld, %lld heads: %lld of %lld (row, head) outputs changed bits in groups",
+                      (long long)hd, (long long)NH, (long long)differ, (long long)(N * NH));
+            for (int n = 0; n < N; n++) free(kc[n]), free(vc[n]);
+            free(q), free(all), free(one);
+        }
 }
 
 /* Scores of whole 16-key blocks take a 16-vector lane sum (v16_sum16) and

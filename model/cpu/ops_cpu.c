@@ -1236,29 +1236,8 @@ static inline void attention_cached_row_any(float *o, float *row, const float *q
     for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
 }
 
-/* The decode form for head sizes 32, 64, 128 (a compile-time HD, so the
- * query and the output stay in vector registers). Written with GCC vector
- * types because plain loops left the per-key dot product's lane sum and the
- * output accumulation going through memory (measured: the attention of a
- * 128-wide, 4-layer model cost more than its matrix products). The lane sum
- * is pairwise in a fixed order, so results do not depend on the CPU. */
-static inline __attribute__((always_inline)) void attention_cached_row_hd(float *o, float *row, const float *qi, const float *kc,
-                                           const float *vc, int64_t L, const int64_t HD, float scale) {
-    attention_row_hd(o, row, qi, kc, HD, vc, HD, L, HD, scale, 0, 0);
-}
-
-PONDER_HOT static void attention_cached_row(float *o, float *row, const float *qi, const float *kc,
-                                            const float *vc, int64_t L, int64_t hd, float scale) {
-    switch (hd) {
-    case 32: attention_cached_row_hd(o, row, qi, kc, vc, L, 32, scale); break;
-    case 64: attention_cached_row_hd(o, row, qi, kc, vc, L, 64, scale); break;
-    case 128: attention_cached_row_hd(o, row, qi, kc, vc, L, 128, scale); break;
-    default: attention_cached_row_any(o, row, qi, kc, vc, L, hd, scale);
-    }
-}
-
-/* attention_cached_row over a bf16 cache: the same kernel reading the
- * widened values; other head sizes widen in scalar code. */
+/* attention_cached_row_any over a bf16 cache (values in bf16_cache_index's
+ * order). */
 static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
                                           const uint16_t *kc, const uint16_t *vc, int64_t L,
                                           int64_t hd, float scale) {
@@ -1274,94 +1253,133 @@ static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
         for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vc[j * hd + bf16_cache_index(c, hd)]);
 }
 
-PONDER_HOT static void attention_cached_row_bf16(float *o, float *row, const float *qi,
-                                                 const uint16_t *kc, const uint16_t *vc, int64_t L,
-                                                 int64_t hd, float scale) {
-    switch (hd) {
-    case 32: attention_row_hd(o, row, qi, kc, 32, vc, 32, L, 32, scale, 0, 1); break;
-    case 64: attention_row_hd(o, row, qi, kc, 64, vc, 64, L, 64, scale, 0, 1); break;
-    case 128: attention_row_hd(o, row, qi, kc, 128, vc, 128, L, 128, scale, 0, 1); break;
-    default: attention_cached_row_bf16_any(o, row, qi, kc, vc, L, hd, scale);
+/* attention_values_hd for NV heads of one decode row over the same L
+ * cached values (v[h] head h's, rows HD apart; r[h] its unnormalised
+ * weights; outputs at o + h * HD). Each head's sums keep their order (so
+ * their bits); the shared loop gives NV times the independent add chains,
+ * which one head's pass waited on (FMA latency). NV * HD <= 256. */
+static inline __attribute__((always_inline)) void attention_values_heads_hd(
+    float *o, float *const *r, const void *const *v, int64_t L, const int64_t HD, const int NV,
+    const int bf16) {
+    V16 a[4][8];
+    float sum[4];
+    for (int h = 0; h < NV; h++) {
+        sum[h] = 0.0f;
+        for (int64_t c = 0; c < HD / 16; c++) a[h][c] = (V16){0};
+    }
+    for (int64_t j = 0; j < L; j++)
+        for (int h = 0; h < NV; h++) {
+            sum[h] += r[h][j];
+            for (int64_t c = 0; c < HD / 16; c++) a[h][c] += r[h][j] * v16_load_any(v[h], j * HD, c, bf16);
+        }
+    for (int h = 0; h < NV; h++) {
+        const float inv = L > 0 ? 1.0f / sum[h] : 0.0f;
+        for (int64_t c = 0; c < HD / 16; c++) {
+            V16 x = a[h][c] * inv;
+            memcpy(o + h * HD + 16 * c, &x, sizeof x);
+        }
     }
 }
 
-/* Heads h and h + 1 of one decode row over the same L cached positions
- * (k0/v0 and k1/v1 their caches, fp32 or bf16): exponentials per head, then
- * one value pass for both (attention_values2_hd). HD is 32, 64 or 128. */
-#define CACHED_PAIR(HD, BF)                                                                        \
+/* NV consecutive heads of one decode row (q their queries, k[h] and v[h]
+ * their caches, fp32 or bf16, r[h] L floats of scratch each): exponentials
+ * per head, then one value pass for all. The decode forms take a
+ * compile-time HD and GCC vector types so that queries and outputs stay in
+ * registers (plain loops sent the lane sums and the accumulation through
+ * memory, and a 128-wide model's attention cost more than its products);
+ * lane sums are pairwise in a fixed order, so results do not depend on the
+ * CPU. */
+static inline __attribute__((always_inline)) void attention_cached_heads_hd(
+    float *o, float *const *r, const float *q, const void *const *k, const void *const *v,
+    int64_t L, const int64_t HD, const int NV, float scale, const int bf16) {
+    for (int h = 0; h < NV; h++) attention_exps_hd(r[h], q + h * HD, k[h], HD, L, HD, scale, bf16);
+    attention_values_heads_hd(o, r, v, L, HD, NV, bf16);
+}
+
+#define CACHED_HEADS(HD, NV)                                                                       \
     do {                                                                                           \
-        attention_exps_hd(r0, q0, k0, HD, L, HD, scale, BF);                                       \
-        attention_exps_hd(r1, q0 + HD, k1, HD, L, HD, scale, BF);                                  \
-        attention_values2_hd(o, o + HD, r0, r1, v0, v1, HD, L, L, HD, 0, BF);                      \
+        if (bf16)                                                                                  \
+            attention_cached_heads_hd(o, r, q, k, v, L, HD, NV, scale, 1);                         \
+        else                                                                                       \
+            attention_cached_heads_hd(o, r, q, k, v, L, HD, NV, scale, 0);                         \
     } while (0)
-PONDER_HOT static void attention_cached_pair(float *o, float *r0, float *r1, const float *q0,
-                                             const void *k0, const void *k1, const void *v0,
-                                             const void *v1, int64_t L, int64_t hd, float scale,
-                                             int bf16) {
-    if (bf16) {
-        switch (hd) {
-        case 32: CACHED_PAIR(32, 1); break;
-        case 64: CACHED_PAIR(64, 1); break;
-        default: CACHED_PAIR(128, 1); break;
-        }
-    } else {
-        switch (hd) {
-        case 32: CACHED_PAIR(32, 0); break;
-        case 64: CACHED_PAIR(64, 0); break;
-        default: CACHED_PAIR(128, 0); break;
-        }
+#define CACHED_HEADS_NV(HD)                                                                        \
+    do {                                                                                           \
+        switch (nv) {                                                                              \
+        case 1: CACHED_HEADS(HD, 1); break;                                                        \
+        case 2: CACHED_HEADS(HD, 2); break;                                                        \
+        case 3: CACHED_HEADS(HD, 3); break;                                                        \
+        default: CACHED_HEADS(HD, 4); break;                                                       \
+        }                                                                                          \
+    } while (0)
+/* attention_cached_heads_hd for hd 32 or 64 (nv 1 to 4) and 128 (nv 1 or 2). */
+PONDER_HOT static void attention_cached_heads(float *o, float *const *r, const float *q,
+                                              const void *const *k, const void *const *v,
+                                              int64_t L, int64_t hd, int nv, float scale,
+                                              int bf16) {
+    switch (hd) {
+    case 32: CACHED_HEADS_NV(32); break;
+    case 64: CACHED_HEADS_NV(64); break;
+    default:
+        if (nv == 1)
+            CACHED_HEADS(128, 1);
+        else
+            CACHED_HEADS(128, 2);
+        break;
     }
 }
-#undef CACHED_PAIR
+#undef CACHED_HEADS_NV
+#undef CACHED_HEADS
 
-/* One (row, head) item of attention_cached_any. */
+/* One (row, head) item of attention_cached_any at a head size without a
+ * register form. */
 static void attention_cached_one(float *o, float *row, const float *qi, const void *kc,
                                  const void *vc, int64_t L, int64_t hd, float scale, int bf16) {
     if (bf16)
-        attention_cached_row_bf16(o, row, qi, kc, vc, L, hd, scale);
+        attention_cached_row_bf16_any(o, row, qi, kc, vc, L, hd, scale);
     else
-        attention_cached_row(o, row, qi, kc, vc, L, hd, scale);
+        attention_cached_row_any(o, row, qi, kc, vc, L, hd, scale);
 }
 
 /* Cached attention over fp32 caches (kf, vf) or bf16 ones (kh, vh; the
- * others NULL): parallel over (row, pair of heads), rows of different
- * lengths. A pair shares one value pass (attention_cached_pair) at head
- * sizes 32, 64 and 128; an odd last head and other sizes go one at a time. */
+ * others NULL): parallel over (row, group of heads), rows of different
+ * lengths. At head sizes 32 and 64 a group is up to 4 consecutive heads,
+ * at 128 up to 2, sharing one value pass (attention_cached_heads); other
+ * sizes go one head at a time. */
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
                                  int64_t hd, int64_t max_len) {
-    const int64_t group = NH / KV, pairs = (NH + 1) / 2;
+    const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
+    const int64_t per = !fixed ? 1 : hd == 128 ? 2 : 4, groups = (NH + per - 1) / per;
     const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
     int64_t work = 0;
     for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
 #pragma omp parallel if (work > PAR_MIN_WORK)
     {
-        float *row = malloc((size_t)(2 * max_len) * sizeof(float));
+        float *scratch = malloc((size_t)(4 * max_len) * sizeof(float));
+        float *r[4] = {scratch, scratch + max_len, scratch + 2 * max_len, scratch + 3 * max_len};
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < N * pairs; it++) {
-            const int64_t n = it / pairs, h = 2 * (it % pairs);
+        for (int64_t it = 0; it < N * groups; it++) {
+            const int64_t n = it / groups, h = per * (it % groups);
+            const int nv = (int)(NH - h < per ? NH - h : per);
             const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
             const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
-            const size_t at0 = (size_t)(h / group * max_len * hd) * es;
+            const void *k[4], *v[4];
+            for (int g = 0; g < nv; g++) {
+                const size_t at = (size_t)((h + g) / group * max_len * hd) * es;
+                k[g] = kc + at, v[g] = vc + at;
+            }
             float *o = out + n * NH * hd + h * hd;
             const float *qi = q.base + n * q.row_stride + h * hd;
-            if (h + 1 < NH && fixed) {
-                const size_t at1 = (size_t)((h + 1) / group * max_len * hd) * es;
-                attention_cached_pair(o, row, row + max_len, qi, kc + at0, kc + at1, vc + at0,
-                                      vc + at1, len[n], hd, scale, bf16);
-                continue;
-            }
-            for (int64_t g = h; g < h + 2 && g < NH; g++) {
-                const size_t at = (size_t)(g / group * max_len * hd) * es;
-                attention_cached_one(out + n * NH * hd + g * hd, row,
-                                     q.base + n * q.row_stride + g * hd, kc + at, vc + at, len[n],
-                                     hd, scale, bf16);
-            }
+            if (fixed)
+                attention_cached_heads(o, r, qi, k, v, len[n], hd, nv, scale, bf16);
+            else
+                attention_cached_one(o, r[0], qi, k[0], v[0], len[n], hd, scale, bf16);
         }
-        free(row);
+        free(scratch);
     }
 }
 
