@@ -15,6 +15,7 @@
 #include "util/bf16.h"            /* bf16_from_float, bf16_to_float */
 
 #include <immintrin.h>
+#include <omp.h>    /* omp_get_num_threads, omp_get_thread_num */
 #include <stdlib.h> /* posix_memalign, free, getenv */
 #include <string.h> /* memcpy, strcmp */
 
@@ -130,9 +131,11 @@ BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t
 BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
                                     const float *A, int64_t lda) {
     const int64_t ib = (M + 15) / 16;
+    /* row blocks outermost: a thread packs a contiguous share of op(A)'s
+     * rows, the share multiply gives it */
 #pragma omp for schedule(static) nowait
     for (int64_t blk = 0; blk < pairs * ib; blk++) {
-        const int64_t p = blk / ib, i0 = (blk % ib) * 16;
+        const int64_t i0 = (blk / pairs) * 16, p = blk % pairs;
         const __mmask16 mi = mask_first(M - i0);
         __m512 lo = _mm512_maskz_loadu_ps(mi, A + 2 * p * lda + i0);
         __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(mi, A + (2 * p + 1) * lda + i0)
@@ -243,32 +246,34 @@ int gemm_bf16_pack_b(GemmBf16Operand *pb, int trans_b, int64_t K, int64_t N, con
 /* ----------------------------------------------------------- multiply --- */
 
 /* C tile [mr, up to NR] = alpha * sum_p a_r[p] . panel[p] + beta * C, with
- * a_r[p] at a[r * pairs + p] (row-major A) or a[p * lda + r] (pair-major). */
-BF16_INLINE void tile(int mr, int pm, int64_t lda, int64_t pairs, const uint32_t *a,
+ * a_r[p] at a[r * pairs + p] (row-major A) or a[p * lda + r] (pair-major).
+ * Only the first nv vectors of the panel are multiplied: a last panel of
+ * 32 or fewer columns (N = 128 is two panels and 32 columns, as most of
+ * the tiny model's products are) skips the third vector's work. */
+BF16_INLINE void tile(int mr, int pm, int nv, int64_t lda, int64_t pairs, const uint32_t *a,
                       const uint32_t *panel, float *c, int64_t ldc, int64_t ncols, float alpha,
                       float beta) {
     /* the loops over r and v must unroll fully, or acc lives on the stack */
     __m512 acc[MR][NRV];
+    __m512bh b[NRV];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 3
-        for (int v = 0; v < NRV; v++) acc[r][v] = _mm512_setzero_ps();
+        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++) {
         const uint32_t *bp = panel + p * NR;
-        __m512bh b0 = (__m512bh)_mm512_load_si512(bp);
-        __m512bh b1 = (__m512bh)_mm512_load_si512(bp + 16);
-        __m512bh b2 = (__m512bh)_mm512_load_si512(bp + 32);
+#pragma GCC unroll 3
+        for (int v = 0; v < nv; v++) b[v] = (__m512bh)_mm512_load_si512(bp + 16 * v);
 #pragma GCC unroll 8
         for (int r = 0; r < mr; r++) {
             __m512bh ar = (__m512bh)_mm512_set1_epi32((int)(pm ? a[p * lda + r] : a[r * pairs + p]));
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], ar, b2);
+#pragma GCC unroll 3
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, b[v]);
         }
     }
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 3
-    for (int v = 0; v < NRV; v++) {
+    for (int v = 0; v < nv; v++) {
         const __mmask16 m = mask_first(ncols - 16 * v);
         if (!m) break;
 #pragma GCC unroll 8
@@ -281,16 +286,25 @@ BF16_INLINE void tile(int mr, int pm, int64_t lda, int64_t pairs, const uint32_t
     }
 }
 
+/* Whole tiles (mr == MR) take the narrower forms; the few edge tiles of
+ * fewer rows multiply all three vectors. */
 #define TILE_CASES(PM)                                                                             \
     switch (mr) {                                                                                  \
-    case 1: tile(1, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 2: tile(2, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 3: tile(3, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 4: tile(4, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 5: tile(5, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 6: tile(6, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    case 7: tile(7, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                  \
-    default: tile(MR, PM, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;                \
+    case 1: tile(1, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 2: tile(2, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 3: tile(3, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 4: tile(4, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 5: tile(5, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 6: tile(6, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    case 7: tile(7, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta); break;             \
+    default:                                                                                       \
+        if (ncols <= 16)                                                                           \
+            tile(MR, PM, 1, lda, pairs, a, panel, c, ldc, ncols, alpha, beta);                     \
+        else if (ncols <= 32)                                                                      \
+            tile(MR, PM, 2, lda, pairs, a, panel, c, ldc, ncols, alpha, beta);                     \
+        else                                                                                       \
+            tile(MR, PM, NRV, lda, pairs, a, panel, c, ldc, ncols, alpha, beta);                   \
+        break;                                                                                     \
     }
 BF16_TARGET static void tile_any(int mr, int pm, int64_t lda, int64_t pairs, const uint32_t *a,
                                  const uint32_t *panel, float *c, int64_t ldc, int64_t ncols,
@@ -302,19 +316,33 @@ BF16_TARGET static void tile_any(int mr, int pm, int64_t lda, int64_t pairs, con
 }
 #undef TILE_CASES
 
-/* Inside or outside a parallel region (orphaned omp for). */
+/* Inside or outside a parallel region (orphaned omp for). With enough row
+ * tiles each thread takes a contiguous share of them and walks every panel
+ * over it: the packings split A's rows the same way, so a thread multiplies
+ * the rows it packed, from its own L2. (Splitting by panel made both
+ * threads read all of A, half of it from the other core: 2048-row products
+ * with N = 96 ran at 0.6 of N = 48's rate.) Few row tiles (decode) split
+ * the (panel, row tile) pairs instead. */
 BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
                                  float beta, float *C, int64_t ldc) {
     const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
     const int64_t mt = (M + MR - 1) / MR, panels = (N + NR - 1) / NR;
+    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+#define TILE_AT(jp, it)                                                                            \
+    tile_any((int)min64(MR, M - (it) * MR), pa->pair_major, M, pairs,                              \
+             pa->words + (pa->pair_major ? (it) * MR : (it) * MR * pairs),                         \
+             pb->words + (jp) * pairs * NR, C + (it) * MR * ldc + (jp) * NR, ldc,                   \
+             N - (jp) * NR, alpha, beta)
+    if (mt >= 4 * nt) {
+        const int64_t t0 = mt * me / nt, t1 = mt * (me + 1) / nt;
+        for (int64_t jp = 0; jp < panels; jp++)
+            for (int64_t it = t0; it < t1; it++) TILE_AT(jp, it);
+        return;
+    }
     /* panel-major order: a thread's consecutive tiles share one B panel */
 #pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < mt * panels; t++) {
-        const int64_t jp = t / mt, i0 = (t % mt) * MR;
-        tile_any((int)min64(MR, M - i0), pa->pair_major, M, pairs,
-                 pa->words + (pa->pair_major ? i0 : i0 * pairs), pb->words + jp * pairs * NR,
-                 C + i0 * ldc + jp * NR, ldc, N - jp * NR, alpha, beta);
-    }
+    for (int64_t t = 0; t < mt * panels; t++) TILE_AT(t / mt, t % mt);
+#undef TILE_AT
 }
 
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
