@@ -148,7 +148,7 @@ static const ConfigKey STAGE_KEYS[] = {
     STAGE_KEY("num_generations", CONFIG_INT, num_generations, "8", "[1,inf)", NULL, "RL: samples per prompt (G)"),
     STAGE_KEY("prompts_per_step", CONFIG_INT, prompts_per_step, "16", "[1,inf)", NULL, "RL: prompts per rollout"),
     STAGE_KEY("mini_batches", CONFIG_INT, mini_batches, "1", "[1,inf)", NULL, "RL: optimizer steps per pass, each over a range of whole groups; <= prompts_per_step"),
-    STAGE_KEY("micro_batch_tokens", CONFIG_INT, micro_batch_tokens, "2048", "[0,inf)", NULL, "RL: padded tokens per forward/backward pass; a larger mini-batch is cut into length-sorted micro-batches (host losses; the CUDA loss path takes a mini-batch at once); 0 = one pass"),
+    STAGE_KEY("micro_batch_tokens", CONFIG_INT, micro_batch_tokens, "1024", "[0,inf)", NULL, "RL: padded tokens per forward/backward pass; a larger mini-batch is cut into length-sorted micro-batches (host losses; the CUDA loss path takes a mini-batch at once); 0 = one pass"),
     STAGE_KEY("num_iterations", CONFIG_INT, num_iterations, "1", "[1,inf)", NULL, "RL: passes over each rollout (PPO epochs)"),
     STAGE_KEY("temperature", CONFIG_FLOAT, temperature, "1.0", "(0,inf)", NULL, "RL: rollout sampling temperature"),
     STAGE_KEY("top_p", CONFIG_FLOAT, top_p, "1.0", "(0,1]", NULL, "RL: rollout nucleus mass; 1 = off"),
