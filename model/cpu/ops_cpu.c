@@ -1261,17 +1261,39 @@ static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
 static inline __attribute__((always_inline)) void attention_values_heads_hd(
     float *o, float *const *r, const void *const *v, int64_t L, const int64_t HD, const int NV,
     const int bf16) {
+    /* the loops over h and c must unroll fully, or a[][] lives on the stack */
     V16 a[4][8];
-    float sum[4];
-    for (int h = 0; h < NV; h++) {
-        sum[h] = 0.0f;
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; h++)
+#pragma GCC unroll 8
         for (int64_t c = 0; c < HD / 16; c++) a[h][c] = (V16){0};
-    }
-    for (int64_t j = 0; j < L; j++)
-        for (int h = 0; h < NV; h++) {
-            sum[h] += r[h][j];
-            for (int64_t c = 0; c < HD / 16; c++) a[h][c] += r[h][j] * v16_load_any(v[h], j * HD, c, bf16);
+    /* the weight sums as separate scalars, each pinned to a register by an
+     * empty asm: as an array GCC kept them two to a general register, or
+     * packed in one vector on the stack, a wait on every key (the bits are
+     * the same either way) */
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (int64_t j = 0; j < L; j++) {
+        s0 += r[0][j];
+        __asm__("" : "+x"(s0));
+        if (NV > 1) {
+            s1 += r[1][j];
+            __asm__("" : "+x"(s1));
         }
+        if (NV > 2) {
+            s2 += r[2][j];
+            __asm__("" : "+x"(s2));
+        }
+        if (NV > 3) {
+            s3 += r[3][j];
+            __asm__("" : "+x"(s3));
+        }
+#pragma GCC unroll 4
+        for (int h = 0; h < NV; h++)
+#pragma GCC unroll 8
+            for (int64_t c = 0; c < HD / 16; c++) a[h][c] += r[h][j] * v16_load_any(v[h], j * HD, c, bf16);
+    }
+    const float sum[4] = {s0, s1, s2, s3};
+#pragma GCC unroll 4
     for (int h = 0; h < NV; h++) {
         const float inv = L > 0 ? 1.0f / sum[h] : 0.0f;
         for (int64_t c = 0; c < HD / 16; c++) {
