@@ -3,8 +3,9 @@
  * interleaved in one process: for each shape, sgemm, then gemm_bf16 with
  * both operands packed on every call (what an op does), then the multiply
  * alone on operands packed once. Shapes: GPT-2 124M at B*T = 256 (forward,
- * d(input), d(weight)), the tiny GRPO update at 7168 tokens, a batch-64
- * decode step of the tiny model, and a 1024 x 4096 x 1024 reference.
+ * d(input), d(weight)), the tiny GRPO update at 7168 tokens and in a
+ * 1024-token micro-batch, a batch-64 decode step of the tiny model, and a
+ * 1024 x 4096 x 1024 reference.
  *
  *   gemm_bf16_bench [rounds] [threads]
  * prints one JSON line per shape and round. */
@@ -30,6 +31,11 @@ static const Shape SHAPES[] = {
     {"tiny qkv forward, 7168 tokens", 7168, 384, 128, 0, 1},
     {"tiny proj d(weight), 7168 tokens", 128, 352, 7168, 1, 0},
     {"tiny qkv decode, batch 64", 64, 384, 128, 0, 1},
+    /* a 1024-token RL micro-batch: N = 128 (two whole panels and 32
+     * columns) is most of the tiny model's products */
+    {"tiny attn-out forward, 1024 tokens", 1024, 128, 128, 0, 1},
+    {"tiny qkv d(input), 1024 tokens", 1024, 128, 384, 0, 0},
+    {"tiny qkv d(weight), 1024 tokens", 384, 128, 1024, 1, 0},
     {"square 1024x4096x1024", 1024, 4096, 1024, 0, 1},
 };
 
