@@ -780,30 +780,33 @@ Test(ops, attention_cached_groups_heads_without_changing_bits) {
         }
 }
 
-/* Scores of whole 16-key blocks take a 16-vector lane sum (v16_sum16) and
- * the keys after the last block a single-vector one; both must round alike.
- * A query over 17 keys whose last key copies key c < 16: the two keys'
- * probabilities must be equal bit for bit, for every c and head size. */
+/* Scores of whole 16-key blocks take a 16-vector lane sum (v16_sum16), a
+ * tail of 6 or more keys a partial block, and a shorter tail a
+ * single-vector sum per key; all must round alike. A query over T keys
+ * whose last key copies key c < 16: the two keys' probabilities must be
+ * equal bit for bit, for every c and head size, with tails of 1 (single
+ * sums), 7 and 11 keys (partial blocks). */
 Test(ops, attention_score_blocks_round_like_single_keys) {
     const ModelOps *o = ops_cpu();
-    const int64_t sizes[] = {32, 64, 128}, T = 17;
+    const int64_t sizes[] = {32, 64, 128}, lengths[] = {17, 23, 27};
     Rng rng = rng_from_seed(730);
-    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-        const int64_t hd = sizes[si], stride = 3 * hd;
-        int64_t differ = 0;
-        for (int64_t c = 0; c < 16; c++) {
-            float *qkv = randn(&rng, T * stride, 1.0, 0.0);
-            memcpy(qkv + (T - 1) * stride + hd, qkv + c * stride + hd, (size_t)hd * sizeof(float));
-            float *out = filled(T * hd, NAN), *att = filled(T * T, NAN);
-            o->attention_forward(out, att, (OpsHeads){qkv, stride}, (OpsHeads){qkv + hd, stride},
-                                 (OpsHeads){qkv + 2 * hd, stride}, NULL, 1, T, 1, 1, hd);
-            const float *last = att + (T - 1) * T;
-            differ += memcmp(&last[c], &last[T - 1], sizeof(float)) != 0;
-            free(qkv), free(out), free(att);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+            const int64_t hd = sizes[si], stride = 3 * hd, T = lengths[li];
+            int64_t differ = 0;
+            for (int64_t c = 0; c < 16; c++) {
+                float *qkv = randn(&rng, T * stride, 1.0, 0.0);
+                memcpy(qkv + (T - 1) * stride + hd, qkv + c * stride + hd, (size_t)hd * sizeof(float));
+                float *out = filled(T * hd, NAN), *att = filled(T * T, NAN);
+                o->attention_forward(out, att, (OpsHeads){qkv, stride}, (OpsHeads){qkv + hd, stride},
+                                     (OpsHeads){qkv + 2 * hd, stride}, NULL, 1, T, 1, 1, hd);
+                const float *last = att + (T - 1) * T;
+                differ += memcmp(&last[c], &last[T - 1], sizeof(float)) != 0;
+                free(qkv), free(out), free(att);
+            }
+            cr_expect(differ == 0, "hd %lld, %lld keys: %lld of 16 copied keys scored differently",
+                      (long long)hd, (long long)T, (long long)differ);
         }
-        cr_expect(differ == 0, "hd %lld: %lld of 16 copied keys scored differently", (long long)hd,
-                  (long long)differ);
-    }
 }
 
 /* The training forward computes query rows in pairs (one value pass for
