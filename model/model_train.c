@@ -412,20 +412,28 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
 
     /* MLP branch: xo = x2 + proj(act(fc(norm(x2)))) */
     matmul_backward_into(o, a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
-    o->zero(a->dfc, (size_t)(N * FC) * f);
-    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
-    else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+    if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_backward_set) {
+        o->swiglu_backward_set(a->dfc, a->dact, fc, N, F);
+    } else {
+        o->zero(a->dfc, (size_t)(N * FC) * f);
+        if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
+        else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+    }
     matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
     norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, x2, p.ln2_w, a->ln2_mean + l * N,
                   a->ln2_rstd + l * N, N);
 
     /* attention branch: x2 = x + o_proj(attention(qkv(norm(x)))) */
     matmul_backward_into(o, a->datty, g.o_w, g.o_b, dres, atty, p.o_w, N, AD, C);
-    o->zero(a->dqkv, (size_t)(N * QKV) * f);
     OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
     OpsHeads dq = heads(a->dqkv, 0, QKV), dk = heads(a->dqkv, AD, QKV),
              dv = heads(a->dqkv, AD + KV * hd, QKV);
-    o->attention_backward(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+    if (o->attention_backward_set) { /* dq, dk and dv cover every column of dqkv */
+        o->attention_backward_set(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+    } else {
+        o->zero(a->dqkv, (size_t)(N * QKV) * f);
+        o->attention_backward(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+    }
     if (c->arch == MODEL_ARCH_LLAMA) {
         o->rope(dq, a->pos, m->rope, N, NH + KV, hd, 1); /* dk's heads follow dq's */
     }

@@ -157,6 +157,13 @@ typedef struct ModelOps {
     void (*attention_backward)(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout, const float *att, OpsHeads q, OpsHeads k,
                                OpsHeads v, const int32_t *start, int64_t B, int64_t T,
                                int64_t NH, int64_t KV, int64_t hd);
+    /* Optional (NULL: the model zeroes dq, dk and dv, then attention_backward):
+     * writes them instead of adding onto them (rows before a sequence's
+     * start as zeros), with the same bits. */
+    void (*attention_backward_set)(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+                                   const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                   const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                   int64_t KV, int64_t hd);
     /* Cached attention for inference: row n (a token of some sequence) attends
      * to positions [0, len[n]) of its own cache, where k_cache[n] and v_cache[n]
      * point at that sequence's [KV, max_len, hd] block. */
@@ -195,6 +202,10 @@ typedef struct ModelOps {
     void (*swiglu_forward)(float *out, const float *gate_up, int64_t N, int64_t F);
     void (*swiglu_backward)(float *dgate_up, const float *dout, const float *gate_up, int64_t N,
                             int64_t F);
+    /* Optional (NULL: the model zeroes dgate_up, then swiglu_backward):
+     * writes dgate_up instead of adding onto it, with the same bits. */
+    void (*swiglu_backward_set)(float *dgate_up, const float *dout, const float *gate_up,
+                                int64_t N, int64_t F);
     /* tanh-approximated GELU, elementwise over n values. */
     void (*gelu_forward)(float *out, const float *inp, int64_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, int64_t n);

@@ -1314,3 +1314,44 @@ Test(kernels, tanh_fast) {
     printf("tanh_fast over [-20, 20]: max absolute error %.3e at u = %.6g\n", worst, at);
     cr_expect(worst < 1e-6, "tanh_fast absolute error %.3e at %g", worst, at);
 }
+
+/* The _set forms of the backward ops write what zeroing and then adding
+ * would leave, bit for bit, over outputs that start as junk. Attention:
+ * 4 query heads on 2 kv heads, sequences starting at 0 and 3 (rows before
+ * the start become zeros), head sizes 8 (generic form), 32 and 64. SwiGLU:
+ * 5 rows of 40. */
+Test(ops, backward_set_forms_equal_zero_then_accumulate) {
+    const ModelOps *o = ops_cpu();
+    cr_assert(o->attention_backward_set && o->swiglu_backward_set);
+    Rng rng = rng_from_seed(760);
+    const int64_t sizes[] = {8, 32, 64};
+    enum { B = 2, T = 11, NH = 4, KV = 2 };
+    const int32_t start[B] = {0, 3};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t hd = sizes[si], QKV = (NH + 2 * KV) * hd, AD = NH * hd, N = B * T;
+        float *qkv = randn(&rng, N * QKV, 1.0, 0.0), *dout = randn(&rng, N * AD, 1.0, 0.0);
+        float *att = filled(B * NH * T * T, 0.0f), *out = filled(N * AD, 0.0f);
+        OpsHeads q = {qkv, QKV}, k = {qkv + AD, QKV}, v = {qkv + AD + KV * hd, QKV};
+        o->attention_forward(out, att, q, k, v, start, B, T, NH, KV, hd);
+        float *want = filled(N * QKV, 0.0f), *got = randn(&rng, N * QKV, 1e3, 0.0);
+        o->attention_backward((OpsHeads){want, QKV}, (OpsHeads){want + AD, QKV},
+                              (OpsHeads){want + AD + KV * hd, QKV}, dout, att, q, k, v, start, B,
+                              T, NH, KV, hd);
+        o->attention_backward_set((OpsHeads){got, QKV}, (OpsHeads){got + AD, QKV},
+                                  (OpsHeads){got + AD + KV * hd, QKV}, dout, att, q, k, v, start,
+                                  B, T, NH, KV, hd);
+        cr_expect_eq(memcmp(got, want, (size_t)(N * QKV) * sizeof(float)), 0,
+                     "hd %lld: attention_backward_set differs from zero + attention_backward",
+                     (long long)hd);
+        free(qkv), free(dout), free(att), free(out), free(want), free(got);
+    }
+    enum { SN = 5, F = 40 };
+    float *gu = randn(&rng, SN * 2 * F, 2.0, 0.0), *dout = randn(&rng, SN * F, 1.0, 0.0);
+    dout[3] = -0.0f, dout[F + 7] = 0.0f; /* zero gradients: signed zeros must match too */
+    float *want = filled(SN * 2 * F, 0.0f), *got = randn(&rng, SN * 2 * F, 1e3, 0.0);
+    o->swiglu_backward(want, dout, gu, SN, F);
+    o->swiglu_backward_set(got, dout, gu, SN, F);
+    cr_expect_eq(memcmp(got, want, (size_t)(SN * 2 * F) * sizeof(float)), 0,
+                 "swiglu_backward_set differs from zero + swiglu_backward");
+    free(gu), free(dout), free(want), free(got);
+}

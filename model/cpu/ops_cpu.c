@@ -1060,7 +1060,7 @@ static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k
 static inline __attribute__((always_inline)) void attention_rows_backward_hd(
     const int NR, int64_t i0, float *dq, const float *dout, int64_t dout_stride, const float *att,
     const float *k, const float *v, int64_t stride_kv, int64_t dstride_q, float *drow, float *dpre,
-    int64_t s, int64_t T, const int64_t HD) {
+    int64_t s, int64_t T, const int64_t HD, int set_q) {
     const float scale = 1.0f / sqrtf((float)HD);
     V16 dqa[2][8];
     float dsum[2] = {0.0f, 0.0f};
@@ -1105,7 +1105,7 @@ static inline __attribute__((always_inline)) void attention_rows_backward_hd(
     for (int r = 0; r < NR; r++) {
         float *dqi = dq + (i0 + r) * dstride_q;
         for (int64_t c = 0; c < HD / 16; c++) {
-            V16 x = v16_load(dqi + 16 * c) + dqa[r][c];
+            V16 x = (set_q ? (V16){0} : v16_load(dqi + 16 * c)) + dqa[r][c];
             memcpy(dqi + 16 * c, &x, sizeof x);
         }
     }
@@ -1115,14 +1115,14 @@ static inline __attribute__((always_inline)) void attention_head_backward_hd(
     float *dq, float *dk, float *dv, const float *dout, int64_t dout_stride, const float *att,
     const float *q, const float *k, const float *v, int64_t stride_q, int64_t stride_kv,
     int64_t dstride_q, int64_t dstride_kv, float *drow, float *dpre, int64_t s, int64_t T,
-    const int64_t HD) {
+    const int64_t HD, int set_q, int set_kv) {
     int64_t i = s;
     for (; i + 1 < T; i += 2)
         attention_rows_backward_hd(2, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
-                                   drow, dpre, s, T, HD);
+                                   drow, dpre, s, T, HD, set_q);
     if (i < T)
         attention_rows_backward_hd(1, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
-                                   drow, dpre, s, T, HD);
+                                   drow, dpre, s, T, HD, set_q);
     /* Keys two at a time where the head is narrow: each key's sums still run
      * over i in increasing order (the same bits), but two keys give twice
      * the independent add chains and share the loads of dout_i and q_i. */
@@ -1132,6 +1132,8 @@ static inline __attribute__((always_inline)) void attention_head_backward_hd(
         float *dv1 = dv0 + dstride_kv, *dk1 = dk0 + dstride_kv;
         V16 av0[4], ak0[4], av1[4], ak1[4];
         for (int64_t c = 0; c < HD / 16; c++) {
+            av0[c] = av1[c] = ak0[c] = ak1[c] = (V16){0};
+            if (set_kv) continue;
             av0[c] = v16_load(dv0 + 16 * c), ak0[c] = v16_load(dk0 + 16 * c);
             av1[c] = v16_load(dv1 + 16 * c), ak1[c] = v16_load(dk1 + 16 * c);
         }
@@ -1163,7 +1165,10 @@ static inline __attribute__((always_inline)) void attention_head_backward_hd(
     for (; j < T; j++) {
         float *dvj = dv + j * dstride_kv, *dkj = dk + j * dstride_kv;
         V16 av[8], ak[8];
-        for (int64_t c = 0; c < HD / 16; c++) av[c] = v16_load(dvj + 16 * c), ak[c] = v16_load(dkj + 16 * c);
+        for (int64_t c = 0; c < HD / 16; c++) {
+            av[c] = set_kv ? (V16){0} : v16_load(dvj + 16 * c);
+            ak[c] = set_kv ? (V16){0} : v16_load(dkj + 16 * c);
+        }
         for (int64_t i = j; i < T; i++) {
             const float a = att[i * T + j], p = dpre[i * T + j];
             const float *go = dout + i * dout_stride, *qi = q + i * stride_q;
@@ -1184,18 +1189,26 @@ PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, 
                                     int64_t dout_stride, const float *att, const float *q,
                                     const float *k, const float *v, int64_t stride_q,
                                     int64_t stride_kv, int64_t dstride_q, int64_t dstride_kv,
-                                    float *drow, float *dpre, int64_t s, int64_t T, int64_t hd) {
+                                    float *drow, float *dpre, int64_t s, int64_t T, int64_t hd,
+                                    int set_q, int set_kv) {
     switch (hd) {
 #define HD_CASE(n)                                                                              \
     case n:                                                                                     \
         attention_head_backward_hd(dq, dk, dv, dout, dout_stride, att, q, k, v, stride_q,       \
-                                   stride_kv, dstride_q, dstride_kv, drow, dpre, s, T, n);      \
+                                   stride_kv, dstride_q, dstride_kv, drow, dpre, s, T, n,       \
+                                   set_q, set_kv);                                              \
         return;
         HD_CASE(32)
         HD_CASE(64)
         HD_CASE(128)
 #undef HD_CASE
     default: break;
+    }
+    /* the generic form adds onto dq, dk and dv: zeros first where it writes */
+    for (int64_t i = s; i < T; i++) {
+        if (set_q) memset(dq + i * dstride_q, 0, (size_t)hd * sizeof(float));
+        if (set_kv) memset(dk + i * dstride_kv, 0, (size_t)hd * sizeof(float));
+        if (set_kv) memset(dv + i * dstride_kv, 0, (size_t)hd * sizeof(float));
     }
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t i = s; i < T; i++) {
@@ -1216,10 +1229,12 @@ PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, 
     }
 }
 
-static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+/* set: dq, dk and dv written (rows before a sequence's start as zeros), with
+ * the bits of adding onto zeros; else added onto. */
+static void attention_backward_any(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
                                    const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
                                    const int32_t *start, int64_t B, int64_t T, int64_t NH,
-                                   int64_t KV, int64_t hd) {
+                                   int64_t KV, int64_t hd, int set) {
     const int64_t group = NH / KV, C = NH * hd;
 #pragma omp parallel if (B * NH * T * T * hd > PAR_MIN_WORK)
     {
@@ -1229,17 +1244,39 @@ static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const 
             int64_t b = bk / KV, kvh = bk % KV, s = start ? start[b] : 0;
             int64_t kofs = b * T * k.row_stride + kvh * hd;
             int64_t dkofs = b * T * dk.row_stride + kvh * hd;
+            float *dkb = dk.base + dkofs, *dvb = dv.base + b * T * dv.row_stride + kvh * hd;
+            for (int64_t i = 0; set && i < s; i++) {
+                memset(dkb + i * dk.row_stride, 0, (size_t)hd * sizeof(float));
+                memset(dvb + i * dv.row_stride, 0, (size_t)hd * sizeof(float));
+            }
             for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+                float *dqb = dq.base + b * T * dq.row_stride + h * hd;
+                for (int64_t i = 0; set && i < s; i++)
+                    memset(dqb + i * dq.row_stride, 0, (size_t)hd * sizeof(float));
                 attention_head_backward(
-                    dq.base + b * T * dq.row_stride + h * hd, dk.base + dkofs,
-                    dv.base + b * T * dv.row_stride + kvh * hd, dout + b * T * C + h * hd, C,
-                    att + (b * NH + h) * T * T, q.base + b * T * q.row_stride + h * hd,
-                    k.base + kofs, v.base + b * T * v.row_stride + kvh * hd, q.row_stride,
-                    k.row_stride, dq.row_stride, dk.row_stride, drow, dpre, s, T, hd);
+                    dqb, dkb, dvb, dout + b * T * C + h * hd, C, att + (b * NH + h) * T * T,
+                    q.base + b * T * q.row_stride + h * hd, k.base + kofs,
+                    v.base + b * T * v.row_stride + kvh * hd, q.row_stride, k.row_stride,
+                    dq.row_stride, dk.row_stride, drow, dpre, s, T, hd, set,
+                    set && h == kvh * group);
             }
         }
         free(drow);
     }
+}
+
+static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+                                   const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                   const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                   int64_t KV, int64_t hd) {
+    attention_backward_any(dq, dk, dv, dout, att, q, k, v, start, B, T, NH, KV, hd, 0);
+}
+
+static void cpu_attention_backward_set(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
+                                       const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                       const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                       int64_t KV, int64_t hd) {
+    attention_backward_any(dq, dk, dv, dout, att, q, k, v, start, B, T, NH, KV, hd, 1);
 }
 
 /* One query row against L cached keys of one head: the generic form. */
@@ -1467,22 +1504,42 @@ static void cpu_swiglu_forward(float *out, const float *gate_up, int64_t N, int6
     for (int64_t n = 0; n < N; n++) swiglu_row(out + n * F, gate_up + n * 2 * F, F);
 }
 
-PONDER_HOT static void swiglu_backward_row(float *dgu, const float *dout, const float *gu,
-                                           int64_t F) {
+/* acc: add onto dgu (the op); else write 0 + the terms, the bits of adding
+ * onto zeros (0 + x is +0 where x is -0). */
+static inline __attribute__((always_inline)) void swiglu_backward_row_as(
+    float *dgu, const float *dout, const float *gu, int64_t F, const int acc) {
     const float *g = gu, *u = gu + F;
     for (int64_t f = 0; f < F; f++) {
         float sig = 1.0f / (1.0f + exp_fast(-g[f]));
         float silu = g[f] * sig;
-        dgu[f] += dout[f] * u[f] * sig * (1.0f + g[f] * (1.0f - sig));
-        dgu[F + f] += dout[f] * silu;
+        dgu[f] = (acc ? dgu[f] : 0.0f) + dout[f] * u[f] * sig * (1.0f + g[f] * (1.0f - sig));
+        dgu[F + f] = (acc ? dgu[F + f] : 0.0f) + dout[f] * silu;
     }
+}
+
+PONDER_HOT static void swiglu_backward_row(float *dgu, const float *dout, const float *gu,
+                                           int64_t F, int acc) {
+    if (acc)
+        swiglu_backward_row_as(dgu, dout, gu, F, 1);
+    else
+        swiglu_backward_row_as(dgu, dout, gu, F, 0);
+}
+
+static void swiglu_backward_any(float *dgate_up, const float *dout, const float *gate_up,
+                                int64_t N, int64_t F, int acc) {
+#pragma omp parallel for if (N * F > PAR_MIN_WORK) schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        swiglu_backward_row(dgate_up + n * 2 * F, dout + n * F, gate_up + n * 2 * F, F, acc);
 }
 
 static void cpu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up,
                                 int64_t N, int64_t F) {
-#pragma omp parallel for if (N * F > PAR_MIN_WORK) schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        swiglu_backward_row(dgate_up + n * 2 * F, dout + n * F, gate_up + n * 2 * F, F);
+    swiglu_backward_any(dgate_up, dout, gate_up, N, F, 1);
+}
+
+static void cpu_swiglu_backward_set(float *dgate_up, const float *dout, const float *gate_up,
+                                    int64_t N, int64_t F) {
+    swiglu_backward_any(dgate_up, dout, gate_up, N, F, 0);
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -1884,7 +1941,9 @@ static void bf16_linear_fused(float *out, const float *inp, const float *resid, 
     .layernorm_forward = cpu_layernorm_forward, .layernorm_backward = cpu_layernorm_backward,      \
     .rope = cpu_rope, .attention_forward = cpu_attention_forward,                                  \
     .attention_backward = cpu_attention_backward, .attention_cached = cpu_attention_cached,        \
+    .attention_backward_set = cpu_attention_backward_set,                                          \
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,                  \
+    .swiglu_backward_set = cpu_swiglu_backward_set,                                                \
     .gelu_forward = cpu_gelu_forward, .gelu_backward = cpu_gelu_backward, .add = cpu_add,          \
     .accumulate = cpu_accumulate, .sum_squares = cpu_sum_squares, .adamw = cpu_adamw
 
