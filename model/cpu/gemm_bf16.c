@@ -69,8 +69,9 @@ static inline __mmask16 mask_first(int64_t n) {
  * conversion (lo's 16 bf16 then hi's), then one word permute interleaves
  * them (was two conversions, two widenings, a shift and an or). */
 BF16_INLINE __m512i pair_words(__m512 lo, __m512 hi) {
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i interleave =
+        _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
@@ -266,7 +267,8 @@ BF16_INLINE void tile(int mr, int pm, int nv, int64_t lda, int64_t pairs, const 
         for (int v = 0; v < nv; v++) b[v] = (__m512bh)_mm512_load_si512(bp + 16 * v);
 #pragma GCC unroll 8
         for (int r = 0; r < mr; r++) {
-            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)(pm ? a[p * lda + r] : a[r * pairs + p]));
+            const uint32_t w = pm ? a[p * lda + r] : a[r * pairs + p];
+            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)w);
 #pragma GCC unroll 3
             for (int v = 0; v < nv; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, b[v]);
         }
@@ -331,7 +333,7 @@ BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operan
 #define TILE_AT(jp, it)                                                                            \
     tile_any((int)min64(MR, M - (it) * MR), pa->pair_major, M, pairs,                              \
              pa->words + (pa->pair_major ? (it) * MR : (it) * MR * pairs),                         \
-             pb->words + (jp) * pairs * NR, C + (it) * MR * ldc + (jp) * NR, ldc,                   \
+             pb->words + (jp) * pairs * NR, C + (it) * MR * ldc + (jp) * NR, ldc,                  \
              N - (jp) * NR, alpha, beta)
     if (mt >= 4 * nt) {
         const int64_t t0 = mt * me / nt, t1 = mt * (me + 1) / nt;
