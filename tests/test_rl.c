@@ -252,6 +252,28 @@ Test(rl_micro, plan_sorts_rows_and_keeps_the_budget) {
     cr_expect_neq(rl_micro_plan(&b, 0, 6, 0, &p, &err), 0, "a zero budget was accepted");
 }
 
+/* Where one micro-batch would be mostly padding, the plan cuts even under
+ * the budget: 4 rows of 100 completion tokens and 4 of 5 (prompts of 4)
+ * cost 8 x 103 = 824 padded tokens in one pass, and 4 x 103 + 4 x 8 = 444
+ * plus one more pass's charge in two; equal lengths stay in one. */
+Test(rl_micro, plan_cuts_where_padding_costs_more_than_a_pass) {
+    int32_t start[8] = {0}, clen[8];
+    for (int i = 0; i < 8; i++) clen[i] = i % 2 ? 100 : 5;
+    TrainBatch b = {8, 104, 100, 4, NULL, NULL, start, NULL, NULL, NULL, NULL, clen};
+    PonderError err = {0};
+    RlMicroPlan p;
+    cr_assert_eq(rl_micro_plan(&b, 0, 8, 1 << 20, &p, &err), 0, "%s", err.msg);
+    cr_expect_eq(p.n, 2, "%lld micro-batches", (long long)p.n);
+    cr_expect_eq(p.first[1], 4);
+    for (int k = 0; k < 8; k++)
+        cr_expect_eq(clen[p.row[k]], k < 4 ? 100 : 5, "row %d: completion %d", k, clen[p.row[k]]);
+    rl_micro_plan_free(&p);
+    for (int i = 0; i < 8; i++) clen[i] = 100;
+    cr_assert_eq(rl_micro_plan(&b, 0, 8, 1 << 20, &p, &err), 0, "%s", err.msg);
+    cr_expect_eq(p.n, 1, "rows of one length were split into %lld", (long long)p.n);
+    rl_micro_plan_free(&p);
+}
+
 Test(rl_micro, batch_keeps_each_rows_cells) {
     TrainBatch b = six_rows(), mb;
     PonderError err = {0};
