@@ -10,7 +10,6 @@
 #include <stdlib.h> /* calloc, free */
 #include <string.h> /* memcpy */
 
-
 /* A decode step of n rows captured once by the backend (ModelOps.graph_*) and
  * replayed for every later step of n rows: its kernels read the step's
  * tokens, positions, lengths and cache pointers from the packed step buffer,

@@ -1,7 +1,8 @@
 /* util/bf16.h — bf16 as the upper 16 bits of an fp32, rounded to nearest
  * even. One definition for every place that stores bf16: the CPU products'
- * packing reference (model/cpu/gemm_bf16.c gemm_bf16_round), the bf16 KV
- * cache (model/model_infer.c) and its readers (model/cpu/ops_cpu.c). Zero and
+ * packing reference (model/cpu/gemm_bf16.c gemm_bf16_round) and the bf16 KV
+ * cache's scalar store and readers (model/cpu/ops_cpu.c; its vector store
+ * rounds the same way, tests/test_bf16.c). Zero and
  * denormals become signed zero, as VCVTNEPS2BF16 makes them; a NaN stays a
  * (quiet) NaN. */
 #ifndef PONDER_UTIL_BF16_H
