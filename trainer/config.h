@@ -201,6 +201,7 @@ typedef struct ConfigStage {
     int64_t top_k; /* 0 = off */
     double min_p;  /* 0 = off */
     int64_t max_new_tokens;
+    int64_t rollout_batch; /* completions decoded together; 0 = a rank's whole rollout */
     AlgoScaleRewards scale_rewards;
     AlgoLossType loss_type;
     double epsilon;      /* lower clip */

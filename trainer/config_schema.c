@@ -155,6 +155,7 @@ static const ConfigKey STAGE_KEYS[] = {
     STAGE_KEY("top_k", CONFIG_INT, top_k, "0", "[0,inf)", NULL, "RL: rollout top-k; 0 = off"),
     STAGE_KEY("min_p", CONFIG_FLOAT, min_p, "0", "[0,1)", NULL, "RL: rollout min-p; 0 = off"),
     STAGE_KEY("max_new_tokens", CONFIG_INT, max_new_tokens, "64", "[1,inf)", NULL, "RL: completion budget"),
+    STAGE_KEY("rollout_batch", CONFIG_INT, rollout_batch, "0", "[0,inf)", NULL, "RL: completions decoded together (the KV cache holds this many + 1 sequences of model.max_seq_len); 0 = a rank's whole rollout"),
     STAGE_KEY("scale_rewards", CONFIG_ENUM, scale_rewards, "group", NULL, SCALE_REWARDS_NAMES, "RL: advantage std: group, batch or none"),
     STAGE_KEY("loss_type", CONFIG_ENUM, loss_type, "dapo", NULL, LOSS_TYPE_NAMES, "RL: token-loss aggregation (TRL loss_type)"),
     STAGE_KEY("epsilon", CONFIG_FLOAT, epsilon, "0.2", "(0,1)", NULL, "RL: ratio clip, low side"),

@@ -258,6 +258,17 @@ static int decode_completion(const Tokenizer *tok, const GenSample *g, char **te
     return tokenizer_decode(tok, g->tokens, n, text, err);
 }
 
+/* Completions decoded together: the stage's rollout_batch, or every
+ * completion of this rank's share of a rollout, so that a step decodes in
+ * one wave of slots (each decode step costs about the same fixed work for
+ * its parallel regions, whatever the batch). Samples do not depend on it. */
+static int64_t rollout_batch(const RlStage *s) {
+    const ConfigStage *cs = &s->cfg->stages[s->stage];
+    if (cs->rollout_batch > 0) return cs->rollout_batch;
+    const int64_t R = s->dist->size;
+    return (cs->prompts_per_step + R - 1) / R * cs->num_generations;
+}
+
 static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, Round *rd,
                           PonderError *err) {
     const ConfigStage *cs = &s->cfg->stages[s->stage];
@@ -285,7 +296,7 @@ static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, 
         GenConfig gc = {.sampling = {(float)cs->temperature, cs->top_k, (float)cs->top_p,
                                      (float)cs->min_p, cs->max_new_tokens},
                         .num_generations = G,
-                        .max_batch = s->cfg->eval.max_batch,
+                        .max_batch = rollout_batch(s),
                         .seed = (uint64_t)s->cfg->run.seed,
                         .step = step,
                         .eos_id = tokenizer_special(s->tok, TOK_EOS),
