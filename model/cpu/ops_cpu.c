@@ -930,69 +930,240 @@ static inline __attribute__((always_inline)) void attention_values_hd(float *o, 
         for (int64_t j = 0; j < L; j++) row[j] *= inv;
 }
 
-/* attention_values_hd for two rows in one loop: row 0 over L0 values of v0,
- * row 1 over L1 >= L0 of v1 (both vs floats apart), unnormalised weights r0
- * and r1. Each row's sums keep their order (so their bits), and the shared
- * loop has twice the independent chains; one row's were FMA-latency-bound at
- * HD 32. Serves two heads of a decode row (L0 == L1) and two consecutive
- * query rows of a training head (L1 == L0 + 1). */
-static inline __attribute__((always_inline)) void attention_values2_hd(
-    float *o0, float *o1, float *r0, float *r1, const void *v0, const void *v1, int64_t vs,
-    int64_t L0, int64_t L1, const int64_t HD, int normalise, const int bf16) {
-    V16 a0[8], a1[8];
-    for (int64_t c = 0; c < HD / 16; c++) a0[c] = (V16){0}, a1[c] = (V16){0};
-    float s0 = 0.0f, s1 = 0.0f;
-    int64_t j = 0;
-    for (; j < L0; j++) {
-        s0 += r0[j], s1 += r1[j];
-        for (int64_t c = 0; c < HD / 16; c++) {
-            a0[c] += r0[j] * v16_load_any(v0, j * vs, c, bf16);
-            a1[c] += r1[j] * v16_load_any(v1, j * vs, c, bf16);
+/* Lanes t < n of x (all when n >= 16); the others `fill`. */
+static inline __attribute__((always_inline)) V16 v16_first(V16 x, int64_t n, float fill) {
+    if (n >= 16) return x;
+    const V16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const V16i keep = lane < (int32_t)n;
+    return (V16)(((V16i)x & keep) | ((V16i)((V16){0} + fill) & ~keep));
+}
+
+/* The first min(n, 16) floats at p, zeros after: reads nothing past p + n. */
+static inline __attribute__((always_inline)) V16 v16_load_n(const float *p, int64_t n) {
+    if (n >= 16) return v16_load(p);
+    V16 x = (V16){0};
+    memcpy(&x, p, (size_t)n * sizeof(float));
+    return x;
+}
+
+/* ------------------------------------------- blocked causal attention --- */
+/* The training attention of head sizes that are multiples of 16, as small
+ * register-tiled products (the O(T^2) work as GEMMs, no horizontal sums):
+ * S = Q K^T (K transposed into a scratch panel), the softmax along rows,
+ * O = P V; backward dP = dO V^T, dS = P (dP - rowsum(dP P)) scale,
+ * dQ = dS K, dK = dS^T Q, dV = P^T dO. Each output element is one chain of
+ * fused multiply-adds in increasing p, whatever the blocking or thread
+ * count. (The row-at-a-time forms, whose dots ended in lane sums, ran at
+ * 30-50 GFLOP/s on 2 cores at T = 64, hd 32.) */
+#define ATT_KB 32 /* keys per score tile: two vectors */
+
+/* C[R rows, 16 NV] (+)= scale * sum_{p0 <= p < p1} A[r, p] B[p, :]: A[r, p]
+ * at a[r * lda + p], or a[p * lda + r] when AT (A read transposed); B's row
+ * p at b + p * ldb. */
+static inline __attribute__((always_inline)) void att_tile(const int R, const int NV, const int AT,
+                                                           const float *a, int64_t lda,
+                                                           const float *b, int64_t ldb, int64_t p0,
+                                                           int64_t p1, float *c, int64_t ldc,
+                                                           float scale, int add) {
+    V16 acc[8][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[r][v] = (V16){0};
+    for (int64_t p = p0; p < p1; p++) {
+        V16 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = v16_load(b + p * ldb + 16 * v);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const float x = AT ? a[p * lda + r] : a[r * lda + p];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];
         }
     }
-    for (; j < L1; j++) {
-        s1 += r1[j];
-        for (int64_t c = 0; c < HD / 16; c++) a1[c] += r1[j] * v16_load_any(v1, j * vs, c, bf16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            V16 out = acc[r][v] * scale;
+            if (add) out += v16_load(c + r * ldc + 16 * v);
+            memcpy(c + r * ldc + 16 * v, &out, sizeof out);
+        }
+}
+
+/* att_tile for mr (1..8 with NV <= 2, 1..4 with NV 3 or 4) rows. */
+#define ATT_ROWS(NV, AT, RMAX)                                                                     \
+    static inline __attribute__((always_inline)) void att_rows_##NV##_##AT(                       \
+        int mr, const float *a, int64_t lda, const float *b, int64_t ldb, int64_t p0, int64_t p1,  \
+        float *c, int64_t ldc, float scale, int add) {                                             \
+        switch (mr) {                                                                              \
+        case 1: att_tile(1, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break;            \
+        case 2: att_tile(2, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break;            \
+        case 3: att_tile(3, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break;            \
+        case 4: att_tile(4, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break;            \
+        case 5: if (RMAX > 4) att_tile(5, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break; \
+        case 6: if (RMAX > 4) att_tile(6, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break; \
+        case 7: if (RMAX > 4) att_tile(7, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break; \
+        default: if (RMAX > 4) att_tile(8, NV, AT, a, lda, b, ldb, p0, p1, c, ldc, scale, add); break; \
+        }                                                                                          \
     }
-    const float i0 = L0 > 0 ? 1.0f / s0 : 0.0f, i1 = L1 > 0 ? 1.0f / s1 : 0.0f;
-    for (int64_t c = 0; c < HD / 16; c++) {
-        V16 x0 = a0[c] * i0, x1 = a1[c] * i1;
-        memcpy(o0 + 16 * c, &x0, sizeof x0);
-        memcpy(o1 + 16 * c, &x1, sizeof x1);
-    }
-    if (normalise) {
-        for (j = 0; j < L0; j++) r0[j] *= i0;
-        for (j = 0; j < L1; j++) r1[j] *= i1;
+ATT_ROWS(1, 0, 8)
+ATT_ROWS(2, 0, 8)
+ATT_ROWS(3, 0, 4)
+ATT_ROWS(4, 0, 4)
+ATT_ROWS(1, 1, 8)
+ATT_ROWS(2, 1, 8)
+ATT_ROWS(3, 1, 4)
+ATT_ROWS(4, 1, 4)
+#undef ATT_ROWS
+
+/* C[m, hd] (+)= A B over causal ranges: rows of block [r0, r0 + mr) sum p
+ * over [0, r0 + mr) (lower, the rows' own keys) or over [r0, n) (upper:
+ * keys summing over the queries at or after them); A as for att_tile.
+ * Columns go in chunks of up to 4 vectors (8 rows a block at <= 2). */
+static inline __attribute__((always_inline)) void att_product(int upper, int at, int64_t m, int64_t n,
+                                                              int64_t hd, const float *a,
+                                                              int64_t lda, const float *b,
+                                                              int64_t ldb, float *c, int64_t ldc,
+                                                              int add) {
+    for (int64_t c0 = 0; c0 < hd; c0 += 64) {
+        const int nv = (int)((hd - c0) / 16 < 4 ? (hd - c0) / 16 : 4), rb = nv <= 2 ? 8 : 4;
+        for (int64_t r0 = 0; r0 < m; r0 += rb) {
+            const int mr = (int)(m - r0 < rb ? m - r0 : rb);
+            const int64_t p0 = upper ? r0 : 0, p1 = upper ? n : r0 + mr;
+            const float *ar = at ? a + r0 : a + r0 * lda;
+            float *cr = c + r0 * ldc + c0;
+            const float *bc = b + c0;
+#define ATT_CALL(NV)                                                                               \
+    (at ? att_rows_##NV##_1(mr, ar, lda, bc, ldb, p0, p1, cr, ldc, 1.0f, add)                     \
+        : att_rows_##NV##_0(mr, ar, lda, bc, ldb, p0, p1, cr, ldc, 1.0f, add))
+            switch (nv) {
+            case 1: ATT_CALL(1); break;
+            case 2: ATT_CALL(2); break;
+            case 3: ATT_CALL(3); break;
+            default: ATT_CALL(4); break;
+            }
+#undef ATT_CALL
+        }
     }
 }
 
-/* One query row against L keys and values (rows ks / vs floats apart):
- * o = softmax(q k^T * scale) v. row[0..L) receives the probabilities when
- * `normalise` (the training forward keeps them for the backward), else the
- * unnormalised exponentials. */
-static inline __attribute__((always_inline)) void attention_row_hd(float *o, float *row, const float *qi,
-                                                                   const void *kc, int64_t ks,
-                                                                   const void *vc, int64_t vs,
-                                                                   int64_t L, const int64_t HD,
-                                                                   float scale, int normalise,
-                                                                   const int bf16) {
-    attention_exps_hd(row, qi, kc, ks, L, HD, scale, bf16);
-    attention_values_hd(o, row, vc, vs, L, HD, normalise, bf16);
+/* S[i, j] = scale * x_i . y_j for i < m and the key tiles j < i + 1 of
+ * row block i's (keys ATT_KB at a time; columns past a row's own keys hold
+ * values the caller ignores). x rows xs apart; yt is y transposed, hd rows
+ * of ldy >= m rounded up to ATT_KB, zero past m. S rows ldy apart. */
+static inline __attribute__((always_inline)) void att_scores(int64_t m, int64_t hd, const float *x,
+                                                             int64_t xs, const float *yt,
+                                                             int64_t ldy, float scale, float *S) {
+    for (int64_t r0 = 0; r0 < m; r0 += 8) {
+        const int mr = (int)(m - r0 < 8 ? m - r0 : 8);
+        const int64_t keys = r0 + mr;
+        for (int64_t j0 = 0; j0 < keys; j0 += ATT_KB) {
+            if (keys - j0 <= 16)
+                att_rows_1_0(mr, x + r0 * xs, xs, yt + j0, ldy, 0, hd, S + r0 * ldy + j0, ldy,
+                             scale, 0);
+            else
+                att_rows_2_0(mr, x + r0 * xs, xs, yt + j0, ldy, 0, hd, S + r0 * ldy + j0, ldy,
+                             scale, 0);
+        }
+    }
 }
 
-/* One (batch, head) of causal attention: queries and keys [s, T). */
-/* Rows i and i + 1 of attention_head_forward: weights per row, one value
- * pass for both (attention_values2_hd). */
-#define FORWARD_PAIR(HD)                                                                           \
-    do {                                                                                           \
-        attention_exps_hd(arow + s, qi, k + s * ks, ks, L, HD, scale, 0);                          \
-        attention_exps_hd(arow1 + s, qi + qs, k + s * ks, ks, L + 1, HD, scale, 0);                \
-        attention_values2_hd(o, o1, arow + s, arow1 + s, v + s * vs, v + s * vs, vs, L, L + 1, HD, \
-                             1, 0);                                                                \
-    } while (0)
-PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, float *att, const float *q,
-                                   int64_t qs, const float *k, int64_t ks, const float *v,
-                                   int64_t vs, int64_t s, int64_t T, int64_t hd) {
+/* yt[c, j] = y[j, c] for j < m, zeros for m <= j < ldy (hd and ldy
+ * multiples of 16), in 16 x 16 blocks through registers. */
+static inline __attribute__((always_inline)) void att_transpose(float *yt, int64_t ldy,
+                                                                const float *y, int64_t ys,
+                                                                int64_t m, int64_t hd) {
+    for (int64_t j0 = 0; j0 < ldy; j0 += 16)
+        for (int64_t c0 = 0; c0 < hd; c0 += 16) {
+            V16 r[16];
+            for (int t = 0; t < 16; t++)
+                r[t] = j0 + t < m ? v16_load(y + (j0 + t) * ys + c0) : (V16){0};
+            v16_transpose16(r);
+            for (int t = 0; t < 16; t++) memcpy(yt + (c0 + t) * ldy + j0, &r[t], sizeof r[t]);
+        }
+}
+
+static inline int64_t att_padded(int64_t m) { return (m + ATT_KB - 1) / ATT_KB * ATT_KB; }
+
+/* One head's forward rows [s, T) (m = T - s of them) with hd % 16 == 0:
+ * probabilities into att (its row i zero outside [s, i]), output rows.
+ * scratch: hd * ldy + m * ldy floats. */
+PONDER_HOT static void attention_head_forward_blocked(float *out, int64_t os, float *att,
+                                                      const float *q, int64_t qs, const float *k,
+                                                      int64_t ks, const float *v, int64_t vs,
+                                                      int64_t s, int64_t T, int64_t hd,
+                                                      float *scratch) {
+    const int64_t m = T - s, ldy = att_padded(m);
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *kt = scratch, *S = scratch + hd * ldy;
+    att_transpose(kt, ldy, k + s * ks, ks, m, hd);
+    att_scores(m, hd, q + s * qs, qs, kt, ldy, scale, S);
+    for (int64_t i = 0; i < T; i++) memset(att + i * T, 0, (size_t)(i < s ? T : s) * sizeof(float));
+    for (int64_t i = 0; i < s; i++) memset(out + i * os, 0, (size_t)hd * sizeof(float));
+    for (int64_t i = 0; i < m; i++) {
+        float *srow = S + i * ldy, *arow = att + (s + i) * T + s;
+        const int64_t n = i + 1; /* the row's keys; S rows are whole 16-blocks */
+        V16 vmx = (V16){0} - INFINITY;
+        for (int64_t j = 0; j < n; j += 16) {
+            const V16 x = v16_first(v16_load(srow + j), n - j, -INFINITY);
+            const V16i up = x > vmx;
+            vmx = (V16)(((V16i)x & up) | ((V16i)vmx & ~up));
+        }
+        float mx = vmx[0];
+        for (int t = 1; t < 16; t++) mx = vmx[t] > mx ? vmx[t] : mx;
+        V16 vsum = (V16){0};
+        for (int64_t j = 0; j < n; j += 16) {
+            const V16 e = v16_first(v16_exp(v16_load(srow + j) - mx), n - j, 0.0f);
+            vsum += e;
+            memcpy(srow + j, &e, sizeof e);
+        }
+        const float inv = 1.0f / v16_sum(vsum);
+        int64_t j = 0;
+        for (; j < n; j++) arow[j] = srow[j] * inv;
+        for (; j < m; j++) arow[j] = 0.0f;
+    }
+    att_product(0, 0, m, m, hd, att + s * T + s, T, v + s * vs, vs, out + s * os, os, 0);
+}
+
+/* One head's backward over rows [s, T): dq (+)= dS K; dk (+)= dS^T Q and
+ * dv (+)= P^T dO (set_* writes instead of adding). scratch as for the
+ * forward: hd * ldy + m * ldy floats. */
+PONDER_HOT static void attention_head_backward_blocked(
+    float *dq, float *dk, float *dv, const float *dout, int64_t dos, const float *att,
+    const float *q, const float *k, const float *v, int64_t qs, int64_t kvs, int64_t dqs,
+    int64_t dkvs, int64_t s, int64_t T, int64_t hd, float *scratch, int set_q, int set_kv) {
+    const int64_t m = T - s, ldy = att_padded(m);
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *vt = scratch, *D = scratch + hd * ldy;
+    att_transpose(vt, ldy, v + s * kvs, kvs, m, hd);
+    att_scores(m, hd, dout + s * dos, dos, vt, ldy, 1.0f, D); /* dP */
+    for (int64_t i = 0; i < m; i++) {
+        float *drow = D + i * ldy;
+        const float *arow = att + (s + i) * T + s;
+        const int64_t n = i + 1;
+        /* att is zero past the row's keys up to its end (m), and dP is
+         * computed for whole 16-blocks of them */
+        V16 acc = (V16){0};
+        int64_t j = 0;
+        for (; j < n && j + 16 <= m; j += 16) acc += v16_load(drow + j) * v16_load(arow + j);
+        if (j < n) acc += v16_load(drow + j) * v16_load_n(arow + j, m - j);
+        const float dsum = v16_sum(acc);
+        for (j = 0; j < n; j++) drow[j] = arow[j] * (drow[j] - dsum) * scale;
+        for (; j < ldy; j++) drow[j] = 0.0f;
+    }
+    att_product(0, 0, m, m, hd, D, ldy, k + s * kvs, kvs, dq + s * dqs, dqs, !set_q);
+    att_product(1, 1, m, m, hd, D, ldy, q + s * qs, qs, dk + s * dkvs, dkvs, !set_kv);
+    att_product(1, 1, m, m, hd, att + s * T + s, T, dout + s * dos, dos, dv + s * dkvs, dkvs,
+                !set_kv);
+}
+
+/* Attention at head sizes that are not multiples of 16: one query row at a
+ * time, scalar dots. */
+static void attention_head_forward_generic(float *out, int64_t out_stride, float *att,
+                                           const float *q, int64_t qs, const float *k, int64_t ks,
+                                           const float *v, int64_t vs, int64_t s, int64_t T,
+                                           int64_t hd) {
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t i = 0; i < T; i++) {
         float *arow = att + i * T, *o = out + i * out_stride;
@@ -1000,216 +1171,20 @@ PONDER_HOT static void attention_head_forward(float *out, int64_t out_stride, fl
         memset(o, 0, (size_t)hd * sizeof(float));
         if (i < s) continue; // padding before the sequence starts: no output
         const float *qi = q + i * qs;
-        const int64_t L = i - s + 1;
-        if (i + 1 < T && (hd == 32 || hd == 64 || hd == 128)) { /* rows i and i + 1 */
-            float *arow1 = arow + T, *o1 = o + out_stride;
-            memset(arow1, 0, (size_t)T * sizeof(float));
-            memset(o1, 0, (size_t)hd * sizeof(float));
-            switch (hd) {
-            case 32: FORWARD_PAIR(32); break;
-            case 64: FORWARD_PAIR(64); break;
-            default: FORWARD_PAIR(128); break;
-            }
-            i++;
-            continue;
-        }
-        switch (hd) { /* register-resident forms (see attention_row_hd) */
-        case 32: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 32, scale, 1, 0); continue;
-        case 64: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 64, scale, 1, 0); continue;
-        case 128: attention_row_hd(o, arow + s, qi, k + s * ks, ks, v + s * vs, vs, L, 128, scale, 1, 0); continue;
-        default: break;
-        }
         for (int64_t j = s; j <= i; j++) arow[j] = dot_hd(qi, k + j * ks, hd) * scale;
         softmax_inplace(arow + s, i - s + 1);
         for (int64_t j = s; j <= i; j++) axpy_hd(o, arow[j], v + j * vs, hd);
     }
 }
-#undef FORWARD_PAIR
 
-static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
-                                  const int32_t *start, int64_t B, int64_t T, int64_t NH,
-                                  int64_t KV, int64_t hd) {
-    const int64_t group = NH / KV, C = NH * hd;
-#pragma omp parallel for if (B * NH * T * T * hd > PAR_MIN_WORK) schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < B * NH; bh++) {
-        int64_t b = bh / NH, h = bh % NH, kvh = h / group;
-        int64_t s = start ? start[b] : 0;
-        attention_head_forward(out + b * T * C + h * hd, C, att + bh * T * T,
-                               q.base + b * T * q.row_stride + h * hd, q.row_stride,
-                               k.base + b * T * k.row_stride + kvh * hd, k.row_stride,
-                               v.base + b * T * v.row_stride + kvh * hd, v.row_stride, s, T, hd);
-    }
-}
-
-/* Backward of one query head; dk/dv belong to its kv head and are shared by
- * the heads of the group, which the caller runs in order on one thread. */
-/* The backward of one head with a compile-time HD, in two passes. Rows:
- * d(att), its row sum, d(pre-softmax) into dpre[i, j], and dq_i with the
- * output gradient, the query and dq's running sum in vector registers.
- * Keys: dv_j and dk_j summed over i in registers and stored once. Updating
- * dv_j and dk_j in memory for every (i, j) spent most of this kernel's time
- * in stores (perf: GPT-2 at T=64, 7% of a bf16 step); each sum still adds
- * its terms to the stored value in increasing i, as before, so results are
- * bit-identical. */
-/* The query-row pass of attention_head_backward_hd for NR (1 or 2)
- * consecutive rows from i0: d(att) per key, its dot with the probabilities
- * (dsum), the pre-softmax gradients into dpre and their sum into dq. Two rows
- * share each key's loads and give twice the independent chains; each row's
- * sums run over the keys in order, as for one row (the same bits). drow holds
- * 2 * T floats. */
-static inline __attribute__((always_inline)) void attention_rows_backward_hd(
-    const int NR, int64_t i0, float *dq, const float *dout, int64_t dout_stride, const float *att,
-    const float *k, const float *v, int64_t stride_kv, int64_t dstride_q, float *drow, float *dpre,
-    int64_t s, int64_t T, const int64_t HD, int set_q) {
-    const float scale = 1.0f / sqrtf((float)HD);
-    V16 dqa[2][8];
-    float dsum[2] = {0.0f, 0.0f};
-    for (int r = 0; r < NR; r++) {
-        V16 g[8];
-        for (int64_t c = 0; c < HD / 16; c++)
-            g[c] = v16_load(dout + (i0 + r) * dout_stride + 16 * c), dqa[r][c] = (V16){0};
-        dots_hd(drow + r * T + s, g, v + s * stride_kv, stride_kv, i0 + r - s + 1, HD, 0);
-    }
-    const float *a0 = att + i0 * T, *a1 = a0 + T, *d0 = drow, *d1 = drow + T;
-    /* The empty asm keeps GCC from vectorising these sums: its in-order
-     * vector reduction rounds each product before adding, where the scalar
-     * loop fuses them (FMA), and the bits would change. */
-    for (int64_t j = s; j <= i0; j++) {
-        dsum[0] += d0[j] * a0[j];
-        if (NR == 2) dsum[1] += d1[j] * a1[j];
-        __asm__("" : "+x"(dsum[0]), "+x"(dsum[1]));
-    }
-    if (NR == 2) dsum[1] += d1[i0 + 1] * a1[i0 + 1];
-    float *p0 = dpre + i0 * T, *p1 = p0 + T;
-    for (int64_t j = s; j <= i0; j++) {
-        const float *kj = k + j * stride_kv;
-        const float q0 = a0[j] * (d0[j] - dsum[0]) * scale;
-        p0[j] = q0;
-        if (NR == 2) {
-            const float q1 = a1[j] * (d1[j] - dsum[1]) * scale;
-            p1[j] = q1;
-            for (int64_t c = 0; c < HD / 16; c++) {
-                const V16 x = v16_load(kj + 16 * c);
-                dqa[0][c] += q0 * x, dqa[1][c] += q1 * x;
-            }
-        } else {
-            for (int64_t c = 0; c < HD / 16; c++) dqa[0][c] += q0 * v16_load(kj + 16 * c);
-        }
-    }
-    if (NR == 2) {
-        const int64_t j = i0 + 1;
-        const float q1 = a1[j] * (d1[j] - dsum[1]) * scale;
-        p1[j] = q1;
-        for (int64_t c = 0; c < HD / 16; c++) dqa[1][c] += q1 * v16_load(k + j * stride_kv + 16 * c);
-    }
-    for (int r = 0; r < NR; r++) {
-        float *dqi = dq + (i0 + r) * dstride_q;
-        for (int64_t c = 0; c < HD / 16; c++) {
-            V16 x = (set_q ? (V16){0} : v16_load(dqi + 16 * c)) + dqa[r][c];
-            memcpy(dqi + 16 * c, &x, sizeof x);
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void attention_head_backward_hd(
-    float *dq, float *dk, float *dv, const float *dout, int64_t dout_stride, const float *att,
-    const float *q, const float *k, const float *v, int64_t stride_q, int64_t stride_kv,
-    int64_t dstride_q, int64_t dstride_kv, float *drow, float *dpre, int64_t s, int64_t T,
-    const int64_t HD, int set_q, int set_kv) {
-    int64_t i = s;
-    for (; i + 1 < T; i += 2)
-        attention_rows_backward_hd(2, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
-                                   drow, dpre, s, T, HD, set_q);
-    if (i < T)
-        attention_rows_backward_hd(1, i, dq, dout, dout_stride, att, k, v, stride_kv, dstride_q,
-                                   drow, dpre, s, T, HD, set_q);
-    /* Keys two at a time where the head is narrow: each key's sums still run
-     * over i in increasing order (the same bits), but two keys give twice
-     * the independent add chains and share the loads of dout_i and q_i. */
-    int64_t j = s;
-    for (; HD <= 64 && j + 1 < T; j += 2) {
-        float *dv0 = dv + j * dstride_kv, *dk0 = dk + j * dstride_kv;
-        float *dv1 = dv0 + dstride_kv, *dk1 = dk0 + dstride_kv;
-        V16 av0[4], ak0[4], av1[4], ak1[4];
-        for (int64_t c = 0; c < HD / 16; c++) {
-            av0[c] = av1[c] = ak0[c] = ak1[c] = (V16){0};
-            if (set_kv) continue;
-            av0[c] = v16_load(dv0 + 16 * c), ak0[c] = v16_load(dk0 + 16 * c);
-            av1[c] = v16_load(dv1 + 16 * c), ak1[c] = v16_load(dk1 + 16 * c);
-        }
-        {
-            const float a = att[j * T + j], p = dpre[j * T + j];
-            const float *go = dout + j * dout_stride, *qi = q + j * stride_q;
-            for (int64_t c = 0; c < HD / 16; c++) {
-                av0[c] += a * v16_load(go + 16 * c);
-                ak0[c] += p * v16_load(qi + 16 * c);
-            }
-        }
-        for (int64_t i = j + 1; i < T; i++) {
-            const float a0 = att[i * T + j], p0 = dpre[i * T + j];
-            const float a1 = att[i * T + j + 1], p1 = dpre[i * T + j + 1];
-            const float *go = dout + i * dout_stride, *qi = q + i * stride_q;
-            for (int64_t c = 0; c < HD / 16; c++) {
-                const V16 g = v16_load(go + 16 * c), x = v16_load(qi + 16 * c);
-                av0[c] += a0 * g, ak0[c] += p0 * x;
-                av1[c] += a1 * g, ak1[c] += p1 * x;
-            }
-        }
-        for (int64_t c = 0; c < HD / 16; c++) {
-            memcpy(dv0 + 16 * c, &av0[c], sizeof av0[c]);
-            memcpy(dk0 + 16 * c, &ak0[c], sizeof ak0[c]);
-            memcpy(dv1 + 16 * c, &av1[c], sizeof av1[c]);
-            memcpy(dk1 + 16 * c, &ak1[c], sizeof ak1[c]);
-        }
-    }
-    for (; j < T; j++) {
-        float *dvj = dv + j * dstride_kv, *dkj = dk + j * dstride_kv;
-        V16 av[8], ak[8];
-        for (int64_t c = 0; c < HD / 16; c++) {
-            av[c] = set_kv ? (V16){0} : v16_load(dvj + 16 * c);
-            ak[c] = set_kv ? (V16){0} : v16_load(dkj + 16 * c);
-        }
-        for (int64_t i = j; i < T; i++) {
-            const float a = att[i * T + j], p = dpre[i * T + j];
-            const float *go = dout + i * dout_stride, *qi = q + i * stride_q;
-            for (int64_t c = 0; c < HD / 16; c++) {
-                av[c] += a * v16_load(go + 16 * c);
-                ak[c] += p * v16_load(qi + 16 * c);
-            }
-        }
-        for (int64_t c = 0; c < HD / 16; c++) {
-            memcpy(dvj + 16 * c, &av[c], sizeof av[c]);
-            memcpy(dkj + 16 * c, &ak[c], sizeof ak[c]);
-        }
-    }
-}
-
-/* drow: 2 * T floats of scratch; dpre: T * T (the two-pass forms). */
-PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, const float *dout,
-                                    int64_t dout_stride, const float *att, const float *q,
-                                    const float *k, const float *v, int64_t stride_q,
-                                    int64_t stride_kv, int64_t dstride_q, int64_t dstride_kv,
-                                    float *drow, float *dpre, int64_t s, int64_t T, int64_t hd,
-                                    int set_q, int set_kv) {
-    switch (hd) {
-#define HD_CASE(n)                                                                              \
-    case n:                                                                                     \
-        attention_head_backward_hd(dq, dk, dv, dout, dout_stride, att, q, k, v, stride_q,       \
-                                   stride_kv, dstride_q, dstride_kv, drow, dpre, s, T, n,       \
-                                   set_q, set_kv);                                              \
-        return;
-        HD_CASE(32)
-        HD_CASE(64)
-        HD_CASE(128)
-#undef HD_CASE
-    default: break;
-    }
-    /* the generic form adds onto dq, dk and dv: zeros first where it writes */
-    for (int64_t i = s; i < T; i++) {
-        if (set_q) memset(dq + i * dstride_q, 0, (size_t)hd * sizeof(float));
-        if (set_kv) memset(dk + i * dstride_kv, 0, (size_t)hd * sizeof(float));
-        if (set_kv) memset(dv + i * dstride_kv, 0, (size_t)hd * sizeof(float));
-    }
+/* Adds onto dq, dk and dv (the caller zeroes what is to be set); drow: T
+ * floats of scratch. */
+static void attention_head_backward_generic(float *dq, float *dk, float *dv, const float *dout,
+                                            int64_t dout_stride, const float *att, const float *q,
+                                            const float *k, const float *v, int64_t stride_q,
+                                            int64_t stride_kv, int64_t dstride_q,
+                                            int64_t dstride_kv, float *drow, int64_t s, int64_t T,
+                                            int64_t hd) {
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t i = s; i < T; i++) {
         const float *arow = att + i * T, *go = dout + i * dout_stride;
@@ -1229,41 +1204,91 @@ PONDER_HOT static void attention_head_backward(float *dq, float *dk, float *dv, 
     }
 }
 
-/* set: dq, dk and dv written (rows before a sequence's start as zeros), with
- * the bits of adding onto zeros; else added onto. */
+/* Scratch of the attention kernels; the ops return nothing, so running out
+ * of memory ends the process with the size. */
+static float *attention_scratch(int64_t floats) {
+    float *p = malloc((size_t)floats * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "ponder: out of memory for attention scratch (%lld floats)\n",
+                (long long)floats);
+        abort();
+    }
+    return p;
+}
+
+static void cpu_attention_forward(float *out, float *att, OpsHeads q, OpsHeads k, OpsHeads v,
+                                  const int32_t *start, int64_t B, int64_t T, int64_t NH,
+                                  int64_t KV, int64_t hd) {
+    const int64_t group = NH / KV, C = NH * hd, ldy = att_padded(T);
+    const int blocked = hd % 16 == 0;
+#pragma omp parallel if (B * NH * T * T * hd > PAR_MIN_WORK)
+    {
+        float *scratch = blocked ? attention_scratch((hd + T) * ldy) : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bh = 0; bh < B * NH; bh++) {
+            int64_t b = bh / NH, h = bh % NH, kvh = h / group;
+            int64_t s = start ? start[b] : 0;
+            float *o = out + b * T * C + h * hd, *a = att + bh * T * T;
+            const float *qb = q.base + b * T * q.row_stride + h * hd;
+            const float *kb = k.base + b * T * k.row_stride + kvh * hd;
+            const float *vb = v.base + b * T * v.row_stride + kvh * hd;
+            if (blocked)
+                attention_head_forward_blocked(o, C, a, qb, q.row_stride, kb, k.row_stride, vb,
+                                               v.row_stride, s, T, hd, scratch);
+            else
+                attention_head_forward_generic(o, C, a, qb, q.row_stride, kb, k.row_stride, vb,
+                                               v.row_stride, s, T, hd);
+        }
+        free(scratch);
+    }
+}
+
+/* set: dq, dk and dv written (rows before a sequence's start as zeros);
+ * else added onto. Parallel over (batch, kv head): the heads of a group
+ * share dk and dv and run in order on one thread. */
 static void attention_backward_any(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
                                    const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
                                    const int32_t *start, int64_t B, int64_t T, int64_t NH,
                                    int64_t KV, int64_t hd, int set) {
-    const int64_t group = NH / KV, C = NH * hd;
+    const int64_t group = NH / KV, C = NH * hd, ldy = att_padded(T);
+    const int blocked = hd % 16 == 0;
 #pragma omp parallel if (B * NH * T * T * hd > PAR_MIN_WORK)
     {
-        float *drow = malloc((size_t)(2 * T + T * T) * sizeof(float)), *dpre = drow + 2 * T;
+        float *scratch = attention_scratch(blocked ? (hd + T) * ldy : T);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bk = 0; bk < B * KV; bk++) {
             int64_t b = bk / KV, kvh = bk % KV, s = start ? start[b] : 0;
-            int64_t kofs = b * T * k.row_stride + kvh * hd;
-            int64_t dkofs = b * T * dk.row_stride + kvh * hd;
-            float *dkb = dk.base + dkofs, *dvb = dv.base + b * T * dv.row_stride + kvh * hd;
-            for (int64_t i = 0; set && i < s; i++) {
+            const int64_t kofs = b * T * k.row_stride + kvh * hd;
+            float *dkb = dk.base + b * T * dk.row_stride + kvh * hd;
+            float *dvb = dv.base + b * T * dv.row_stride + kvh * hd;
+            const int64_t zero_kv = !set ? 0 : blocked ? s : T;
+            for (int64_t i = 0; i < zero_kv; i++) {
                 memset(dkb + i * dk.row_stride, 0, (size_t)hd * sizeof(float));
                 memset(dvb + i * dv.row_stride, 0, (size_t)hd * sizeof(float));
             }
             for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
                 float *dqb = dq.base + b * T * dq.row_stride + h * hd;
-                for (int64_t i = 0; set && i < s; i++)
+                for (int64_t i = 0; i < (!set ? 0 : blocked ? s : T); i++)
                     memset(dqb + i * dq.row_stride, 0, (size_t)hd * sizeof(float));
-                attention_head_backward(
-                    dqb, dkb, dvb, dout + b * T * C + h * hd, C, att + (b * NH + h) * T * T,
-                    q.base + b * T * q.row_stride + h * hd, k.base + kofs,
-                    v.base + b * T * v.row_stride + kvh * hd, q.row_stride, k.row_stride,
-                    dq.row_stride, dk.row_stride, drow, dpre, s, T, hd, set,
-                    set && h == kvh * group);
+                const float *db = dout + b * T * C + h * hd, *ab = att + (b * NH + h) * T * T;
+                const float *qb = q.base + b * T * q.row_stride + h * hd;
+                const float *vb = v.base + b * T * v.row_stride + kvh * hd;
+                if (blocked)
+                    attention_head_backward_blocked(
+                        dqb, dkb, dvb, db, C, ab, qb, k.base + kofs, vb, q.row_stride,
+                        k.row_stride, dq.row_stride, dk.row_stride, s, T, hd, scratch, set,
+                        set && h == kvh * group);
+                else
+                    attention_head_backward_generic(dqb, dkb, dvb, db, C, ab, qb, k.base + kofs,
+                                                    vb, q.row_stride, k.row_stride,
+                                                    dq.row_stride, dk.row_stride, scratch, s, T,
+                                                    hd);
             }
         }
-        free(drow);
+        free(scratch);
     }
 }
+
 
 static void cpu_attention_backward(OpsHeads dq, OpsHeads dk, OpsHeads dv, const float *dout,
                                    const float *att, OpsHeads q, OpsHeads k, OpsHeads v,
