@@ -115,7 +115,8 @@ const ModelTensor *model_find_tensor(const Model *m, const char *name);
 void model_init_weights(Model *m, uint64_t seed);
 void model_zero_grad(Model *m);
 
-/* Brackets code that only reads the weights (generation): between
+/* Brackets code that only reads the weights (generation, or the
+ * micro-batches before one optimizer step): between
  * model_weights_frozen(m, 1) and (m, 0), on the same thread, nothing may
  * write the parameters, and the backend may reuse converted copies of them
  * (ModelOps.weights_frozen). Does nothing on backends without it. */

@@ -550,7 +550,10 @@ static int score_tokens(Model *m, const TrainBatch *b, int64_t budget, float tem
                         float *logp_c, float *values_c, PonderError *err) {
     if (b->S == 0) return PONDER_OK;
     ScoreOut o = {m, b, temperature, logp_c, values_c};
-    return over_micro_batches(b, budget, 0, b->S, score_part, &o, err);
+    model_weights_frozen(m, 1);
+    int rc = over_micro_batches(b, budget, 0, b->S, score_part, &o, err);
+    model_weights_frozen(m, 0);
+    return rc;
 }
 
 static AlgoPolicyConfig policy_config(const RlStage *s) {
@@ -852,8 +855,10 @@ static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64
                             const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
     PolicyParts p = {.s = s, .u = u, .pc = pc, .mismatch = mismatch};
+    model_weights_frozen(s->policy, 1); /* the optimizer steps after every micro-batch */
     int rc = over_micro_batches(u->b, s->cfg->stages[s->stage].micro_batch_tokens, r0, rows,
                                 policy_part, &p, err);
+    model_weights_frozen(s->policy, 0);
     if (p.parts > 1) policy_result_finish(&p.sum);
     *res = p.parts > 1 ? p.sum : p.last;
     return rc;
@@ -887,8 +892,10 @@ static int value_part(const TrainBatch *b, const int64_t *idx, int64_t r0, int64
 static int value_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64_t rows,
                            const AlgoValueConfig *vcfg, AlgoValueResult *res, PonderError *err) {
     ValueParts p = {.s = s, .u = u, .vcfg = vcfg};
+    model_weights_frozen(s->critic, 1);
     int rc = over_micro_batches(u->b, s->cfg->stages[s->stage].micro_batch_tokens, r0, rows,
                                 value_part, &p, err);
+    model_weights_frozen(s->critic, 0);
     const double n = p.sum.tokens > 0.0 ? p.sum.tokens : 1.0;
     p.sum.clip_frac /= n, p.sum.value_mean /= n;
     *res = p.parts > 1 ? p.sum : p.last;

@@ -331,13 +331,15 @@ static void cpu_matmul_backward_set(float *dinp, float *dw, float *dbias, const 
  * fresh memory on every call spent ~5% of a GPT-2 step in page faults (the
  * LM head's weight alone is 77 MB packed). Grow-only; freed when the thread
  * exits (pthread key destructor) or at process exit. */
-/* A weight packed as the B operand of x w^T, kept while weights are frozen
- * (ModelOps.weights_frozen); `fresh` says it was packed in the current
- * frozen window. Buffers stay allocated into the next window so that
+/* A weight packed as the B operand of x w^T or of dy w, kept while weights
+ * are frozen (ModelOps.weights_frozen): a rollout's decode steps, or the
+ * micro-batches of one optimizer step. `fresh` says it was packed in the
+ * current frozen window. Buffers stay allocated into the next window so that
  * repacking the same model's weights does not fault pages in again. */
 typedef struct PackedWeight {
     const float *w;
     int64_t out, in;
+    int trans; /* 1: the B of x w^T (forward); 0: the B of dy w (input gradient) */
     int fresh;
     GemmBf16Operand op;
 } PackedWeight;
@@ -411,12 +413,15 @@ static void bf16_weights_frozen(int on) {
         }
 }
 
-/* w [out, in] packed as the B operand of x w^T, from this frozen window's
- * copy when there is one. */
-static const GemmBf16Operand *frozen_weight(Bf16Scratch *s, const float *w, int64_t out, int64_t in) {
+/* w [out, in] packed as the B operand of x w^T (trans 1) or of dy w
+ * (trans 0), from this frozen window's copy when there is one. */
+static const GemmBf16Operand *frozen_weight(Bf16Scratch *s, const float *w, int64_t out, int64_t in,
+                                            int trans) {
     PackedWeight *pw = NULL;
     for (int64_t i = 0; i < s->n_weights && !pw; i++)
-        if (s->weights[i].w == w && s->weights[i].out == out && s->weights[i].in == in) pw = &s->weights[i];
+        if (s->weights[i].w == w && s->weights[i].out == out && s->weights[i].in == in &&
+            s->weights[i].trans == trans)
+            pw = &s->weights[i];
     if (!pw) {
         if (s->n_weights == s->cap_weights) {
             int64_t cap = s->cap_weights ? 2 * s->cap_weights : 16;
@@ -425,10 +430,12 @@ static const GemmBf16Operand *frozen_weight(Bf16Scratch *s, const float *w, int6
             s->weights = grown, s->cap_weights = cap;
         }
         pw = &s->weights[s->n_weights++];
-        *pw = (PackedWeight){.w = w, .out = out, .in = in};
+        *pw = (PackedWeight){.w = w, .out = out, .in = in, .trans = trans};
     }
     if (!pw->fresh) {
-        if (gemm_bf16_pack_b(&pw->op, 1, in, out, w, in)) bf16_out_of_memory("a frozen weight", out * in);
+        const int rc = trans ? gemm_bf16_pack_b(&pw->op, 1, in, out, w, in)
+                             : gemm_bf16_pack_b(&pw->op, 0, out, in, w, in);
+        if (rc) bf16_out_of_memory("a frozen weight", out * in);
         pw->fresh = 1;
     }
     return &pw->op;
@@ -440,7 +447,7 @@ static void bf16_product_after(Bf16Scratch *s, const GemmBf16Prologue *pro, floa
                                float beta) {
     int rc;
     if (s->frozen)
-        rc = gemm_bf16_with_b_after(pro, &s->g.a, 0, N, C, a, C, frozen_weight(s, w, OC, C), 1.0f,
+        rc = gemm_bf16_with_b_after(pro, &s->g.a, 0, N, C, a, C, frozen_weight(s, w, OC, C, 1), 1.0f,
                                     beta, y, OC);
     else
         rc = gemm_bf16_after(pro, &s->g, 0, 1, N, OC, C, 1.0f, a, C, w, C, beta, y, OC);
@@ -473,8 +480,15 @@ static void bf16_matmul_forward(float *out, const float *inp, const float *w, co
 static void bf16_matmul_backward_beta(float *dinp, float *dw, float *dbias, const float *dout,
                                       const float *inp, const float *w, int64_t N, int64_t C,
                                       int64_t OC, float beta) {
-    GemmBf16 *g = &bf16_scratch()->g;
-    if (dinp) bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, beta, dinp, C);
+    Bf16Scratch *s = bf16_scratch();
+    GemmBf16 *g = &s->g;
+    if (dinp && s->frozen) {
+        if (gemm_bf16_with_b_after(NULL, &g->a, 0, N, OC, dout, OC, frozen_weight(s, w, OC, C, 0),
+                                   1.0f, beta, dinp, C))
+            bf16_out_of_memory("matmul rows", N * OC);
+    } else if (dinp) {
+        bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, beta, dinp, C);
+    }
     if (dw) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) accumulate_column_sums(dbias, dout, N, OC);
 }
