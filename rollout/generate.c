@@ -7,6 +7,7 @@
  * slot is refilled once per prompt. */
 #include "rollout/generate.h"
 
+#include <omp.h>    /* omp_get_max_threads, omp_get_thread_num */
 #include <stdlib.h> /* calloc, free, realloc */
 #include <string.h> /* memcpy, strlen */
 
@@ -28,6 +29,9 @@ void gen_samples_free(GenSample *s, int64_t n) {
     }
 }
 
+/* Rows x vocabulary below which a decode step samples on one thread. */
+#define SAMPLE_PAR_MIN ((int64_t)1 << 12)
+
 typedef struct Running {
     int64_t request; /* index into out[], -1 when the slot is free */
     int64_t cap;
@@ -42,13 +46,16 @@ typedef struct Engine {
     GenSample *out;
     ModelKVCache *kv;
     int own_kv; /* kv was made by this call (else the caller's GenConfig.kv) */
-    Sampler sampler;
+    Sampler *samplers; /* one per OpenMP thread: a decode step's rows sample in parallel */
+    int64_t n_samplers;
     Running *slots;
     int64_t n_slots, staging, staged_prompt, V, max_len;
     float *prompt_logits; /* [V] logits after the staged prompt */
     float *logits;        /* [n_slots, V] */
     int64_t *active;      /* slot ids decoded this step */
     int32_t *feed;
+    int32_t *picked;      /* [n_slots] this step's tokens */
+    float *picked_logp;   /* [n_slots] their log-probs */
     GenStats stats;
 } Engine;
 
@@ -137,7 +144,7 @@ static int admit(Engine *e, int64_t slot, int64_t req, int *done, PonderError *e
     GenSample *s = &e->out[req];
     s->prompt = p, s->sample = g, s->group = p, s->policy_version = gc->policy_version;
     float lp;
-    int32_t tok = sampler_pick(&e->sampler, e->prompt_logits, &gc->sampling, &r->rng, &lp);
+    int32_t tok = sampler_pick(&e->samplers[0], e->prompt_logits, &gc->sampling, &r->rng, &lp);
     if (take_token(e, slot, tok, lp, done))
         return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
     return PONDER_OK;
@@ -169,14 +176,19 @@ static int decode_step(Engine *e, PonderError *err) {
     if (rc) return rc;
     e->stats.decode_tokens += n;
     e->stats.decode_steps++;
+    /* Each row draws from its own stream, so the tokens do not depend on
+     * which thread samples it; bookkeeping stays serial, in row order. */
+#pragma omp parallel for if (n * e->V >= SAMPLE_PAR_MIN && e->n_samplers > 1) schedule(static)
     for (int64_t i = 0; i < n; i++) {
-        Running *r = &e->slots[e->active[i]];
-        float lp;
-        int32_t tok = sampler_pick(&e->sampler, e->logits + i * e->V, &e->gc->sampling, &r->rng, &lp);
+        Sampler *sp = &e->samplers[omp_get_thread_num() % e->n_samplers];
+        e->picked[i] = sampler_pick(sp, e->logits + i * e->V, &e->gc->sampling,
+                                    &e->slots[e->active[i]].rng, &e->picked_logp[i]);
+    }
+    for (int64_t i = 0; i < n; i++) {
         int done = 0;
-        if (take_token(e, e->active[i], tok, lp, &done))
+        if (take_token(e, e->active[i], e->picked[i], e->picked_logp[i], &done))
             return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
-        if (done) r->request = -1;
+        if (done) e->slots[e->active[i]].request = -1;
     }
     return PONDER_OK;
 }
@@ -189,7 +201,10 @@ static int any_running(const Engine *e) {
 
 static void engine_free(Engine *e) {
     if (e->own_kv) model_kv_free(e->kv);
-    sampler_free(&e->sampler);
+    for (int64_t i = 0; i < e->n_samplers; i++) sampler_free(&e->samplers[i]);
+    free(e->samplers);
+    free(e->picked);
+    free(e->picked_logp);
     free(e->slots);
     free(e->prompt_logits);
     free(e->logits);
@@ -216,14 +231,22 @@ static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t to
         e->own_kv = 1;
     }
     if (rc) return rc;
-    rc = sampler_init(&e->sampler, e->V, err);
-    if (rc) return rc;
+    const int64_t nt = omp_get_max_threads();
+    e->samplers = calloc((size_t)nt, sizeof(Sampler));
+    if (!e->samplers) return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
+    for (; e->n_samplers < nt; e->n_samplers++) {
+        rc = sampler_init(&e->samplers[e->n_samplers], e->V, err);
+        if (rc) return rc;
+    }
     e->slots = calloc((size_t)e->n_slots, sizeof(Running));
     e->prompt_logits = calloc((size_t)e->V, sizeof(float));
     e->logits = calloc((size_t)(e->n_slots * e->V), sizeof(float));
     e->active = calloc((size_t)e->n_slots, sizeof(int64_t));
     e->feed = calloc((size_t)e->n_slots, sizeof(int32_t));
-    if (!e->slots || !e->prompt_logits || !e->logits || !e->active || !e->feed)
+    e->picked = calloc((size_t)e->n_slots, sizeof(int32_t));
+    e->picked_logp = calloc((size_t)e->n_slots, sizeof(float));
+    if (!e->slots || !e->prompt_logits || !e->logits || !e->active || !e->feed || !e->picked ||
+        !e->picked_logp)
         return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
     for (int64_t s = 0; s < e->n_slots; s++) e->slots[s].request = -1;
     return PONDER_OK;

@@ -81,11 +81,21 @@ int optim_step(Optimizer *opt, Model *model, OptimStepInfo *info, PonderError *e
     int64_t t = opt->step + 1;
     size_t count;
     const ModelTensor *tensors = model_tensors(model, &count);
-    for (size_t i = 0; i < count; i++) {
+    /* Adjacent tensors with the same decay go in one call: the update is
+     * elementwise, and one call over a run parallelises where each small
+     * tensor alone would run on one thread. */
+    for (size_t i = 0; i < count;) {
         const ModelTensor *tt = &tensors[i];
-        float wd = optim_decays(&opt->s, tt) ? opt->s.weight_decay : 0.0f;
-        o->adamw(p + tt->offset, g + tt->offset, opt->m + tt->offset, opt->v + tt->offset,
-                 (int64_t)tt->numel, lr, opt->s.beta1, opt->s.beta2, opt->s.eps, wd, scale, t);
+        const float wd = optim_decays(&opt->s, tt) ? opt->s.weight_decay : 0.0f;
+        int64_t n = (int64_t)tt->numel;
+        size_t j = i + 1;
+        for (; j < count && tensors[j].offset == tt->offset + (size_t)n &&
+               (optim_decays(&opt->s, &tensors[j]) ? opt->s.weight_decay : 0.0f) == wd;
+             j++)
+            n += (int64_t)tensors[j].numel;
+        o->adamw(p + tt->offset, g + tt->offset, opt->m + tt->offset, opt->v + tt->offset, n, lr,
+                 opt->s.beta1, opt->s.beta2, opt->s.eps, wd, scale, t);
+        i = j;
     }
     opt->step = t;
     if (info) {
