@@ -769,3 +769,38 @@ Test(ops_bf16, matmul_backward_set_equals_zero_then_accumulate) {
     if (!ops_cpu_bf16()) cr_skip_test("this CPU has no AVX512-BF16: the bf16 table untested");
     check_backward_set(ops_cpu_bf16());
 }
+
+/* Both products of a linear backward in one call (dinp and dw together,
+ * dout packed once for both, inside or outside a weights_frozen window)
+ * against each product alone, bit for bit: an odd N with widths off the
+ * 32-value blocks, and a 1024-token micro-batch's shape. */
+static void check_backward_together(const ModelOps *o, int64_t N, int64_t C, int64_t OC,
+                                    int frozen) {
+    Rng r = rng_from_seed(95 + (uint64_t)N);
+    float *dout = random_floats(&r, N * OC), *inp = random_floats(&r, N * C);
+    float *w = random_floats(&r, OC * C), *x0 = random_floats(&r, N * C), *w0 = random_floats(&r, OC * C);
+    const size_t xs = (size_t)(N * C) * sizeof(float), ws = (size_t)(OC * C) * sizeof(float);
+    float *want_x = malloc(xs), *got_x = malloc(xs), *want_w = malloc(ws), *got_w = malloc(ws);
+    memcpy(want_x, x0, xs), memcpy(got_x, x0, xs), memcpy(want_w, w0, ws), memcpy(got_w, w0, ws);
+    o->matmul_backward(want_x, NULL, NULL, dout, inp, w, N, C, OC);
+    o->matmul_backward(NULL, want_w, NULL, dout, inp, w, N, C, OC);
+    if (frozen) o->weights_frozen(1);
+    o->matmul_backward(got_x, got_w, NULL, dout, inp, w, N, C, OC);
+    if (frozen) o->weights_frozen(0);
+    cr_expect(memcmp(got_x, want_x, xs) == 0, "N %lld C %lld OC %lld frozen %d: dinp differs",
+              (long long)N, (long long)C, (long long)OC, frozen);
+    cr_expect(memcmp(got_w, want_w, ws) == 0, "N %lld C %lld OC %lld frozen %d: dw differs",
+              (long long)N, (long long)C, (long long)OC, frozen);
+    free(dout), free(inp), free(w), free(x0), free(w0), free(want_x), free(got_x), free(want_w),
+        free(got_w);
+}
+
+Test(ops_bf16, linear_backward_together_equals_each_product_alone) {
+    need_bf16();
+    const ModelOps *o = ops_cpu_bf16();
+    cr_assert(o != NULL && o->weights_frozen != NULL);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        check_backward_together(o, 37, 40, 56, frozen);
+        check_backward_together(o, 1024, 128, 352, frozen);
+    }
+}

@@ -145,6 +145,36 @@ BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t
     }
 }
 
+/* A [M,K] row-major into both of its packed forms at once: `rows` as
+ * pack_a_rows writes it (for A B) and `cols`, pair-major over M, as
+ * pack_a_cols writes op(A) = A^T (for A^T B'). Rows 2p and 2p + 1 are read
+ * once for both, with the same conversions, so the words are the same. A
+ * thread takes a contiguous share of the row pairs, close to the share of
+ * rows the product A B gives it. */
+BF16_TARGET static void pack_a_both(uint32_t *rows, uint32_t *cols, int64_t M, int64_t K,
+                                    const float *A, int64_t lda) {
+    const int64_t kp = (K + 1) / 2, mp = (M + 1) / 2;
+#pragma omp for schedule(static) nowait
+    for (int64_t p = 0; p < mp; p++) {
+        const float *r0 = A + 2 * p * lda, *r1 = r0 + lda;
+        const int has1 = 2 * p + 1 < M;
+        uint32_t *w0 = rows + 2 * p * kp, *w1 = w0 + kp, *wc = cols + p * K;
+        for (int64_t c0 = 0; c0 < K; c0 += 32) {
+            const __mmask16 m0 = mask_first(K - c0), m1 = mask_first(K - c0 - 16);
+            const __m512 a0 = _mm512_maskz_loadu_ps(m0, r0 + c0);
+            const __m512 a1 = _mm512_maskz_loadu_ps(m1, r0 + c0 + 16);
+            const __m512 b0 = has1 ? _mm512_maskz_loadu_ps(m0, r1 + c0) : _mm512_setzero_ps();
+            const __m512 b1 = has1 ? _mm512_maskz_loadu_ps(m1, r1 + c0 + 16) : _mm512_setzero_ps();
+            const __mmask16 mw = mask_first(kp - c0 / 2);
+            _mm512_mask_storeu_epi32(w0 + c0 / 2, mw, (__m512i)_mm512_cvtne2ps_pbh(a1, a0));
+            if (has1)
+                _mm512_mask_storeu_epi32(w1 + c0 / 2, mw, (__m512i)_mm512_cvtne2ps_pbh(b1, b0));
+            _mm512_mask_storeu_epi32(wc + c0, m0, pair_words(a0, b0));
+            if (m1) _mm512_mask_storeu_epi32(wc + c0 + 16, m1, pair_words(a1, b1));
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- B --- */
 
 /* op(B) = B [K,N] row-major: rows 2p and 2p+1 give a panel row directly. */
@@ -369,6 +399,29 @@ int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int
         pack_a_any(pa, trans_a, K, A, lda);
 #pragma omp barrier
         multiply(pa, pb, alpha, beta, C, ldc);
+    }
+    return 0;
+}
+
+int gemm_bf16_linear_backward(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                              GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                              const GemmBf16Operand *w_packed, int64_t N, int64_t C, int64_t OC,
+                              const float *dy, const float *x, const float *w, float beta,
+                              float *dx, float *dw) {
+    if (reserve_a(dy_rows, N, OC) || reserve_a(dy_cols, OC, N) || reserve_b(x_op, N, C) ||
+        (!w_packed && reserve_b(w_op, OC, C)))
+        return -1;
+    const GemmBf16Operand *wb = w_packed ? w_packed : w_op;
+    dy_rows->pair_major = 0, dy_cols->pair_major = 1;
+    if (N == 0 || C == 0 || OC == 0) return 0;
+#pragma omp parallel if (N * C * dy_rows->pairs > MULTIPLY_PAR_MIN)
+    {
+        pack_a_both(dy_rows->words, dy_cols->words, N, OC, dy, OC);
+        pack_b_rows(x_op->words, N, C, x_op->pairs, x, C);
+        if (!w_packed) pack_b_rows(w_op->words, OC, C, w_op->pairs, w, C);
+#pragma omp barrier
+        multiply(dy_rows, wb, 1.0f, beta, dx, C);
+        multiply(dy_cols, x_op, 1.0f, 1.0f, dw, C);
     }
     return 0;
 }

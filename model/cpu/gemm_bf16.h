@@ -78,6 +78,19 @@ int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int
                            const GemmBf16Operand *pb, float alpha, float beta, float *C,
                            int64_t ldc);
 
+/* The products of a linear layer's backward, y = x w^T with x [N,C] and w
+ * [OC,C], in one region: dx = dy w + beta * dx and dw += dy^T x. dy [N,OC]
+ * is read once for both of its packed forms (dy_rows, dy_cols). w comes
+ * packed as the B of dy w (w_packed, e.g. a frozen weight) or, when that is
+ * NULL, is packed into w_op; x is packed into x_op. The same bits as the two
+ * products through gemm_bf16. Returns -1 when memory cannot be allocated
+ * (dx and dw unchanged). */
+int gemm_bf16_linear_backward(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                              GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                              const GemmBf16Operand *w_packed, int64_t N, int64_t C, int64_t OC,
+                              const float *dy, const float *x, const float *w, float beta,
+                              float *dx, float *dw);
+
 /* Pack both and multiply, with the packed copies kept in g for reuse.
  * Returns -1 when memory cannot be allocated (C unchanged). */
 int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -346,6 +346,7 @@ typedef struct PackedWeight {
 
 typedef struct Bf16Scratch {
     GemmBf16 g;                 /* the current product's A and B */
+    GemmBf16 g2;                /* a linear backward's second pair (dy^T, x) */
     GemmBf16Operand lm_w_t, lm_w; /* the LM head weight, both layouts */
     int frozen;                   /* inside weights_frozen(1) .. (0) */
     PackedWeight *weights;
@@ -360,6 +361,7 @@ static pthread_once_t bf16_scratch_once = PTHREAD_ONCE_INIT;
 static void bf16_scratch_free(void *p) {
     Bf16Scratch *s = p;
     gemm_bf16_free(&s->g);
+    gemm_bf16_free(&s->g2);
     gemm_bf16_operand_free(&s->lm_w_t);
     gemm_bf16_operand_free(&s->lm_w);
     for (int64_t i = 0; i < s->n_weights; i++) gemm_bf16_operand_free(&s->weights[i].op);
@@ -482,14 +484,19 @@ static void bf16_matmul_backward_beta(float *dinp, float *dw, float *dbias, cons
                                       int64_t OC, float beta) {
     Bf16Scratch *s = bf16_scratch();
     GemmBf16 *g = &s->g;
-    if (dinp && s->frozen) {
+    if (dinp && dw) { /* both products in one region, dout read once */
+        if (gemm_bf16_linear_backward(&g->a, &s->g2.a, &g->b, &s->g2.b,
+                                      s->frozen ? frozen_weight(s, w, OC, C, 0) : NULL, N, C, OC,
+                                      dout, inp, w, beta, dinp, dw))
+            bf16_out_of_memory("matmul operands", N * (OC + C));
+    } else if (dinp && s->frozen) {
         if (gemm_bf16_with_b_after(NULL, &g->a, 0, N, OC, dout, OC, frozen_weight(s, w, OC, C, 0),
                                    1.0f, beta, dinp, C))
             bf16_out_of_memory("matmul rows", N * OC);
     } else if (dinp) {
         bf16_product(g, 0, 0, N, C, OC, dout, OC, w, C, beta, dinp, C);
     }
-    if (dw) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    if (dw && !dinp) bf16_product(g, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) accumulate_column_sums(dbias, dout, N, OC);
 }
 
