@@ -412,14 +412,19 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
 
     /* MLP branch: xo = x2 + proj(act(fc(norm(x2)))) */
     matmul_backward_into(o, a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
-    if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_backward_set) {
-        o->swiglu_backward_set(a->dfc, a->dact, fc, N, F);
+    if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_matmul_backward_set && !g.fc_b) {
+        /* d(fc) formed inside the fc layer's backward, never stored */
+        o->swiglu_matmul_backward_set(a->dln, g.fc_w, a->dact, fc, ln2, p.fc_w, N, C, F);
     } else {
-        o->zero(a->dfc, (size_t)(N * FC) * f);
-        if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
-        else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+        if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_backward_set) {
+            o->swiglu_backward_set(a->dfc, a->dact, fc, N, F);
+        } else {
+            o->zero(a->dfc, (size_t)(N * FC) * f);
+            if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
+            else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+        }
+        matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
     }
-    matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
     norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, x2, p.ln2_w, a->ln2_mean + l * N,
                   a->ln2_rstd + l * N, N);
 

@@ -206,6 +206,16 @@ typedef struct ModelOps {
      * writes dgate_up instead of adding onto it, with the same bits. */
     void (*swiglu_backward_set)(float *dgate_up, const float *dout, const float *gate_up,
                                 int64_t N, int64_t F);
+    /* Optional (NULL: swiglu_backward_set into a buffer, then
+     * matmul_backward_set on it): the gate/up projection's backward through
+     * SwiGLU, gate_up = inp w^T with w [2F, C]. d(gate_up) is formed from
+     * dout [N,F] and gate_up as swiglu_backward_set forms it, a few rows at a
+     * time, and used at once as the product's output gradient: dinp = it w
+     * (written), dw += it^T inp. The same bits, without writing d(gate_up)
+     * out and reading it back. No bias. */
+    void (*swiglu_matmul_backward_set)(float *dinp, float *dw, const float *dout,
+                                       const float *gate_up, const float *inp, const float *w,
+                                       int64_t N, int64_t C, int64_t F);
     /* tanh-approximated GELU, elementwise over n values. */
     void (*gelu_forward)(float *out, const float *inp, int64_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, int64_t n);

@@ -804,3 +804,37 @@ Test(ops_bf16, linear_backward_together_equals_each_product_alone) {
         check_backward_together(o, 1024, 128, 352, frozen);
     }
 }
+
+/* swiglu_matmul_backward_set (d(gate_up) formed inside the product, never
+ * stored) against swiglu_backward_set into a buffer and then
+ * matmul_backward_set on it, bit for bit: an odd N, and a 1024-token
+ * micro-batch of the tiny model's MLP inside a weights_frozen window. */
+static void check_swiglu_matmul(const ModelOps *o, int64_t N, int64_t C, int64_t F, int frozen) {
+    Rng r = rng_from_seed(97 + (uint64_t)N);
+    float *dout = random_floats(&r, N * F), *gu = random_floats(&r, N * 2 * F);
+    float *inp = random_floats(&r, N * C), *w = random_floats(&r, 2 * F * C);
+    float *w0 = random_floats(&r, 2 * F * C), *junk = random_floats(&r, N * C);
+    const size_t xs = (size_t)(N * C) * sizeof(float), ws = (size_t)(2 * F * C) * sizeof(float);
+    float *dgu = malloc((size_t)(N * 2 * F) * sizeof(float));
+    float *want_x = malloc(xs), *got_x = malloc(xs), *want_w = malloc(ws), *got_w = malloc(ws);
+    memcpy(want_x, junk, xs), memcpy(got_x, junk, xs), memcpy(want_w, w0, ws), memcpy(got_w, w0, ws);
+    if (frozen) o->weights_frozen(1);
+    o->swiglu_backward_set(dgu, dout, gu, N, F);
+    o->matmul_backward_set(want_x, want_w, NULL, dgu, inp, w, N, C, 2 * F);
+    o->swiglu_matmul_backward_set(got_x, got_w, dout, gu, inp, w, N, C, F);
+    if (frozen) o->weights_frozen(0);
+    cr_expect(memcmp(got_x, want_x, xs) == 0 && memcmp(got_w, want_w, ws) == 0,
+              "N %lld C %lld F %lld frozen %d: dinp %s, dw %s", (long long)N, (long long)C,
+              (long long)F, frozen, memcmp(got_x, want_x, xs) ? "differs" : "same",
+              memcmp(got_w, want_w, ws) ? "differs" : "same");
+    free(dout), free(gu), free(inp), free(w), free(w0), free(junk), free(dgu), free(want_x),
+        free(got_x), free(want_w), free(got_w);
+}
+
+Test(ops_bf16, swiglu_matmul_backward_equals_the_two_ops) {
+    need_bf16();
+    const ModelOps *o = ops_cpu_bf16();
+    cr_assert(o != NULL && o->swiglu_matmul_backward_set != NULL);
+    check_swiglu_matmul(o, 37, 40, 28, 0);
+    check_swiglu_matmul(o, 1024, 128, 352, 1);
+}

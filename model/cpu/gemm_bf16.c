@@ -152,12 +152,18 @@ BF16_TARGET static void pack_a_cols(uint32_t *dst, int64_t M, int64_t K, int64_t
  * thread takes a contiguous share of the row pairs, close to the share of
  * rows the product A B gives it. */
 BF16_TARGET static void pack_a_both(uint32_t *rows, uint32_t *cols, int64_t M, int64_t K,
-                                    const float *A, int64_t lda) {
+                                    const float *A, int64_t lda, const GemmBf16RowSource *src,
+                                    float *buf) {
     const int64_t kp = (K + 1) / 2, mp = (M + 1) / 2;
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < mp; p++) {
-        const float *r0 = A + 2 * p * lda, *r1 = r0 + lda;
         const int has1 = 2 * p + 1 < M;
+        const float *r0 = A + 2 * p * lda, *r1 = r0 + lda;
+        if (src) { /* rows 2p and 2p + 1 formed here, K floats apart in buf */
+            src->fill(src->ctx, 2 * p, buf);
+            if (has1) src->fill(src->ctx, 2 * p + 1, buf + K);
+            r0 = buf, r1 = buf + K;
+        }
         uint32_t *w0 = rows + 2 * p * kp, *w1 = w0 + kp, *wc = cols + p * K;
         for (int64_t c0 = 0; c0 < K; c0 += 32) {
             const __mmask16 m0 = mask_first(K - c0), m1 = mask_first(K - c0 - 16);
@@ -403,27 +409,50 @@ int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int
     return 0;
 }
 
-int gemm_bf16_linear_backward(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
-                              GemmBf16Operand *w_op, GemmBf16Operand *x_op,
-                              const GemmBf16Operand *w_packed, int64_t N, int64_t C, int64_t OC,
-                              const float *dy, const float *x, const float *w, float beta,
-                              float *dx, float *dw) {
+static int linear_backward_any(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                               GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                               const GemmBf16Operand *w_packed, int64_t N, int64_t C, int64_t OC,
+                               const float *dy, const GemmBf16RowSource *src, const float *x,
+                               const float *w, float beta, float *dx, float *dw) {
     if (reserve_a(dy_rows, N, OC) || reserve_a(dy_cols, OC, N) || reserve_b(x_op, N, C) ||
         (!w_packed && reserve_b(w_op, OC, C)))
         return -1;
     const GemmBf16Operand *wb = w_packed ? w_packed : w_op;
     dy_rows->pair_major = 0, dy_cols->pair_major = 1;
     if (N == 0 || C == 0 || OC == 0) return 0;
+    /* two rows of dy per thread when they are formed here */
+    float *bufs = src ? malloc((size_t)(omp_get_max_threads() * 2 * OC) * sizeof(float)) : NULL;
+    if (src && !bufs) return -1;
 #pragma omp parallel if (N * C * dy_rows->pairs > MULTIPLY_PAR_MIN)
     {
-        pack_a_both(dy_rows->words, dy_cols->words, N, OC, dy, OC);
+        float *buf = bufs ? bufs + omp_get_thread_num() * 2 * OC : NULL;
+        pack_a_both(dy_rows->words, dy_cols->words, N, OC, dy, OC, src, buf);
         pack_b_rows(x_op->words, N, C, x_op->pairs, x, C);
         if (!w_packed) pack_b_rows(w_op->words, OC, C, w_op->pairs, w, C);
 #pragma omp barrier
         multiply(dy_rows, wb, 1.0f, beta, dx, C);
         multiply(dy_cols, x_op, 1.0f, 1.0f, dw, C);
     }
+    free(bufs);
     return 0;
+}
+
+int gemm_bf16_linear_backward(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                              GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                              const GemmBf16Operand *w_packed, int64_t N, int64_t C, int64_t OC,
+                              const float *dy, const float *x, const float *w, float beta,
+                              float *dx, float *dw) {
+    return linear_backward_any(dy_rows, dy_cols, w_op, x_op, w_packed, N, C, OC, dy, NULL, x, w,
+                               beta, dx, dw);
+}
+
+int gemm_bf16_linear_backward_from(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                                   GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                                   const GemmBf16Operand *w_packed, int64_t N, int64_t C,
+                                   int64_t OC, const GemmBf16RowSource *src, const float *x,
+                                   const float *w, float beta, float *dx, float *dw) {
+    return linear_backward_any(dy_rows, dy_cols, w_op, x_op, w_packed, N, C, OC, NULL, src, x, w,
+                               beta, dx, dw);
 }
 
 int gemm_bf16_with_b(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K, const float *A,

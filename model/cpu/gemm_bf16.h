@@ -91,6 +91,23 @@ int gemm_bf16_linear_backward(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols
                               const float *dy, const float *x, const float *w, float beta,
                               float *dx, float *dw);
 
+/* Rows of an operand computed on demand instead of read from memory:
+ * fill(ctx, i, dst) writes row i's values (dst holds the row). Called from
+ * any thread of the product's region, once per row. */
+typedef struct GemmBf16RowSource {
+    void (*fill)(void *ctx, int64_t row, float *dst);
+    void *ctx;
+} GemmBf16RowSource;
+
+/* gemm_bf16_linear_backward with dy's rows from `src`, each formed once,
+ * into a per-thread buffer of two rows, and packed from there (dy itself
+ * never exists in memory). Returns -1 when memory cannot be allocated. */
+int gemm_bf16_linear_backward_from(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_cols,
+                                   GemmBf16Operand *w_op, GemmBf16Operand *x_op,
+                                   const GemmBf16Operand *w_packed, int64_t N, int64_t C,
+                                   int64_t OC, const GemmBf16RowSource *src, const float *x,
+                                   const float *w, float beta, float *dx, float *dw);
+
 /* Pack both and multiply, with the packed copies kept in g for reuse.
  * Returns -1 when memory cannot be allocated (C unchanged). */
 int gemm_bf16(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -500,6 +500,33 @@ static void bf16_matmul_backward_beta(float *dinp, float *dw, float *dbias, cons
     if (dbias) accumulate_column_sums(dbias, dout, N, OC);
 }
 
+PONDER_HOT static void swiglu_backward_row(float *dgu, const float *dout, const float *gu,
+                                           int64_t F, int acc);
+
+/* d(gate_up) row by row for bf16_swiglu_matmul_backward_set: the rows
+ * swiglu_backward_set writes. */
+typedef struct SwigluRows {
+    const float *dout, *gate_up;
+    int64_t F;
+} SwigluRows;
+
+static void swiglu_fill_row(void *ctx, int64_t row, float *dst) {
+    const SwigluRows *r = ctx;
+    swiglu_backward_row(dst, r->dout + row * r->F, r->gate_up + row * 2 * r->F, r->F, 0);
+}
+
+static void bf16_swiglu_matmul_backward_set(float *dinp, float *dw, const float *dout,
+                                            const float *gate_up, const float *inp,
+                                            const float *w, int64_t N, int64_t C, int64_t F) {
+    Bf16Scratch *s = bf16_scratch();
+    SwigluRows rows = {dout, gate_up, F};
+    const GemmBf16RowSource src = {swiglu_fill_row, &rows};
+    if (gemm_bf16_linear_backward_from(&s->g.a, &s->g2.a, &s->g.b, &s->g2.b,
+                                       s->frozen ? frozen_weight(s, w, 2 * F, C, 0) : NULL, N, C,
+                                       2 * F, &src, inp, w, 0.0f, dinp, dw))
+        bf16_out_of_memory("matmul operands", N * (2 * F + C));
+}
+
 static void bf16_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                  const float *inp, const float *w, int64_t N, int64_t C,
                                  int64_t OC) {
@@ -2011,6 +2038,7 @@ static const ModelOps CPU_BF16_OPS = {
     .matmul_forward = bf16_matmul_forward,
     .matmul_backward = bf16_matmul_backward,
     .matmul_backward_set = bf16_matmul_backward_set,
+    .swiglu_matmul_backward_set = bf16_swiglu_matmul_backward_set,
     .lm_head_forward = bf16_lm_head_forward,
     .lm_head_backward = bf16_lm_head_backward,
     .lm_head_forward_keep = bf16_lm_head_forward_keep,
