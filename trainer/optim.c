@@ -66,6 +66,10 @@ bool optim_decays(const OptimSettings *s, const ModelTensor *t) {
     }
 }
 
+static float decay_of(const OptimSettings *s, const ModelTensor *t) {
+    return optim_decays(s, t) ? s->weight_decay : 0.0f;
+}
+
 int optim_step(Optimizer *opt, Model *model, OptimStepInfo *info, PonderError *err) {
     const ModelOps *o = model->ops;
     float *p = model->params, *g = model->grads; /* backend memory, not the host views */
@@ -86,11 +90,11 @@ int optim_step(Optimizer *opt, Model *model, OptimStepInfo *info, PonderError *e
      * tensor alone would run on one thread. */
     for (size_t i = 0; i < count;) {
         const ModelTensor *tt = &tensors[i];
-        const float wd = optim_decays(&opt->s, tt) ? opt->s.weight_decay : 0.0f;
+        const float wd = decay_of(&opt->s, tt);
         int64_t n = (int64_t)tt->numel;
         size_t j = i + 1;
         for (; j < count && tensors[j].offset == tt->offset + (size_t)n &&
-               (optim_decays(&opt->s, &tensors[j]) ? opt->s.weight_decay : 0.0f) == wd;
+               decay_of(&opt->s, &tensors[j]) == wd;
              j++)
             n += (int64_t)tensors[j].numel;
         o->adamw(p + tt->offset, g + tt->offset, opt->m + tt->offset, opt->v + tt->offset, n, lr,

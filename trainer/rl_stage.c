@@ -855,7 +855,7 @@ static int policy_loss_host(RlStage *s, const UpdateInputs *u, int64_t r0, int64
                             const AlgoPolicyConfig *pc, AlgoPolicyResult *res, double *mismatch,
                             PonderError *err) {
     PolicyParts p = {.s = s, .u = u, .pc = pc, .mismatch = mismatch};
-    model_weights_frozen(s->policy, 1); /* the optimizer steps after every micro-batch */
+    model_weights_frozen(s->policy, 1); /* the optimizer steps only after the last micro-batch */
     int rc = over_micro_batches(u->b, s->cfg->stages[s->stage].micro_batch_tokens, r0, rows,
                                 policy_part, &p, err);
     model_weights_frozen(s->policy, 0);

@@ -1039,7 +1039,8 @@ static inline __attribute__((always_inline)) void att_tile(const int R, const in
         }
 }
 
-/* att_tile for mr (1..8 with NV <= 2, 1..4 with NV 3 or 4) rows. */
+/* att_tile for mr (1..8 with NV <= 2, 1..4 with NV 3 or 4) rows; att_product
+ * never passes more than RMAX, so the RMAX 4 forms have no 5..8-row tiles. */
 #define ATT_ROWS(NV, AT, RMAX)                                                                     \
     static inline __attribute__((always_inline)) void att_rows_##NV##_##AT(                       \
         int mr, const float *a, int64_t lda, const float *b, int64_t ldb, int64_t p0, int64_t p1,  \
