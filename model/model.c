@@ -288,6 +288,7 @@ int model_create_on(Model **out, const ModelConfig *cfg, const ModelOps *ops, Po
     if (!m) return ponder_error(err, PONDER_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;
     m->ops = ops;
+    m->share_prefixes = 1;
     const int64_t hd = cfg->d_model / cfg->n_head;
     m->head_dim = hd;
     m->attn_dim = cfg->n_head * hd;
@@ -399,6 +400,8 @@ void model_init_weights(Model *m, uint64_t seed) {
 }
 
 void model_zero_grad(Model *m) { m->ops->zero(m->grads, m->num_params * sizeof(float)); }
+
+void model_share_prefixes(Model *m, int on) { m->share_prefixes = on != 0; }
 
 void model_weights_frozen(Model *m, int on) {
     if (m->ops->weights_frozen) m->ops->weights_frozen(on);

@@ -122,6 +122,17 @@ void model_zero_grad(Model *m);
  * (ModelOps.weights_frozen). Does nothing on backends without it. */
 void model_weights_frozen(Model *m, int on);
 
+/* Rows of a training batch whose first positions hold the same tokens,
+ * targets and mask (the prompt a GRPO group's samples share, or a preference
+ * pair's) compute those positions' forward and backward once, where the
+ * backend supports it (ModelOps.rows_gather) and enough is shared. The
+ * outputs do not change; the weights' gradients are the same sums taken in
+ * another order. On by default; off computes every row in full. */
+void model_share_prefixes(Model *m, int on);
+/* Positions the last training forward computed: B*T of its batch, or fewer
+ * where rows shared prefixes; 0 before any. */
+int64_t model_last_rows(const Model *m);
+
 /* Forward over a batch. logp and entropy are [B,T] (entropy may be NULL when not
  * needed); values is [B,T] and required iff the config has a scalar head.
  * Activations needed by model_backward are kept until the next forward. */

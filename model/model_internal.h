@@ -57,6 +57,22 @@ typedef struct Activations {
     int32_t *h_tokens, *h_targets, *h_pos, *h_start;
     float *h_mask, *h_rows;             /* h_rows: [N] host scratch */
     float *d_logp, *d_entropy, *d_values, *d_dlogp, *d_dentropy; /* [N] device */
+    /* Shared prefixes (model_train.c): rows whose first positions hold the
+     * same tokens, targets and mask (a GRPO group's prompt) compute those
+     * positions once. The per-token ops then run on Nu <= N unique rows;
+     * attention, which needs the [B,T] layout, reads q, k and v expanded back
+     * to N rows. shared = 0 (Nu = N, maps unused) where nothing worth it is
+     * shared. sh_unique [N]: each position's unique row; sh_rep [Nu]: the
+     * position that computes a unique row's attention (its first);
+     * sh_grad [N]: the unique row at representative positions, else -1;
+     * sh_off [Nu+1] and sh_idx [N]: each unique row's positions in order. */
+    int64_t Nu;
+    int shared;
+    int32_t *sh_unique, *sh_rep, *sh_grad, *sh_off, *sh_idx;
+    float *qkv_u;  /* [Nu, QKV]: q, k, v before expansion; d(qkv) after summing */
+    float *atty_x; /* [N, AD]: attention's output, then d(output), at N rows */
+    /* the heads' per-token outputs and gradients at Nu rows */
+    float *u_logp, *u_entropy, *u_values, *u_dlogp, *u_dentropy, *u_dvalues;
     int has_forward;
 } Activations;
 
@@ -72,6 +88,7 @@ struct Model {
     float *host_params, *host_grads; /* device backends: host mirrors that model_params()
                                         and model_grads() return; NULL on host backends */
     float *rope; /* [max_seq_len, hd/2, 2] cos/sin; llama only */
+    int share_prefixes; /* model_share_prefixes; 1 by default */
     Activations act;
 };
 

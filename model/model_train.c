@@ -18,7 +18,10 @@ void model_free_activations(Model *m) {
                     a->atty,   a->resid2,  a->ln2,      a->ln2_mean, a->ln2_rstd, a->fc,
                     a->act,    a->lnf,     a->lnf_scaled, a->lnf_mean, a->lnf_rstd, a->lse,    a->tokens,
                     a->targets, a->pos,    a->start,    a->mask,     a->dresid, a->dln,
-                    a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues};
+                    a->datty,  a->dqkv,    a->dfc,      a->dact,     a->dlnf,   a->dvalues,
+                    a->sh_unique, a->sh_rep, a->sh_grad, a->sh_off, a->sh_idx, a->qkv_u,
+                    a->atty_x, a->u_logp, a->u_entropy, a->u_values, a->u_dlogp, a->u_dentropy,
+                    a->u_dvalues};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->ops->free(bufs[i]);
     if (a->lm_logits) m->ops->free(a->lm_logits);
     void *dev_io[] = {a->d_logp, a->d_entropy, a->d_values, a->d_dlogp, a->d_dentropy};
@@ -29,11 +32,17 @@ void model_free_activations(Model *m) {
     memset(a, 0, sizeof *a);
 }
 
+/* Host backends with the gather op share prefixes (model_share_prefixes). */
+static int sharing_possible(const Model *m) {
+    return m->share_prefixes && m->ops->rows_gather && !m->ops->device;
+}
+
 static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) {
     Activations *a = &m->act;
     const int64_t N = B * T, att = B * m->cfg.n_head * T * T;
     /* per-sequence buffers (start) need B, not only N, to fit */
-    if (N <= a->capacity_n && att <= a->capacity_att && B <= a->capacity_b) {
+    const int sharing_ready = !sharing_possible(m) || a->sh_unique;
+    if (N <= a->capacity_n && att <= a->capacity_att && B <= a->capacity_b && sharing_ready) {
         a->B = B, a->T = T;
         return PONDER_OK;
     }
@@ -82,6 +91,21 @@ static int ensure_activations(Model *m, int64_t B, int64_t T, PonderError *err) 
     ALLOC(dact, Nc * F);
     ALLOC(dlnf, Nc * C);
     ALLOC(dvalues, Nc);
+    if (sharing_possible(m)) {
+        ALLOC(sh_unique, Nc);
+        ALLOC(sh_rep, Nc);
+        ALLOC(sh_grad, Nc);
+        ALLOC(sh_off, Nc + 1);
+        ALLOC(sh_idx, Nc);
+        ALLOC(qkv_u, Nc * m->qkv_dim);
+        ALLOC(atty_x, Nc * m->attn_dim);
+        ALLOC(u_logp, Nc);
+        ALLOC(u_entropy, Nc);
+        ALLOC(u_values, Nc);
+        ALLOC(u_dlogp, Nc);
+        ALLOC(u_dentropy, Nc);
+        ALLOC(u_dvalues, Nc);
+    }
     /* saves the backward's recomputation of the LM head's logits (about a
      * tenth of a GPT-2 T=64 step's products) where they fit */
     if (o->lm_head_forward_keep && o->lm_head_backward_kept && Nc * c->vocab_size <= MODEL_LM_KEEP_MAX)
@@ -161,12 +185,113 @@ static void scale_rows(const Model *m, float *out, const float *inp, float s, in
         for (int64_t i = 0; i < n; i++) out[i] = inp[i] * s;
 }
 
+/* ----------------------------------------------------- shared prefixes --- */
+
+/* Sharing pays for its gathers (about 4 KB a row a layer at GPT-2 small
+ * widths, against the row's products) once this share of the rows goes. */
+#define SHARE_MIN_FRACTION 16 /* at least N / 16 rows saved */
+
+static int position_mask(const ModelBatch *b, int64_t i) {
+    return !b->mask || b->mask[i] != 0.0f;
+}
+
+/* Positions [0, k) of rows r and l (same start) that hold the same token,
+ * mask and, where the mask is set, target: their activations are the same
+ * in every layer, since a position attends only to those before it. */
+static int64_t common_prefix(const ModelBatch *b, int64_t r, int64_t l) {
+    if ((b->start ? b->start[r] : 0) != (b->start ? b->start[l] : 0)) return 0;
+    const int64_t T = b->T;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t i = r * T + t, j = l * T + t;
+        const int mi = position_mask(b, i);
+        if (b->tokens[i] != b->tokens[j] || mi != position_mask(b, j) ||
+            (mi && b->targets && b->targets[i] != b->targets[j]))
+            return t;
+    }
+    return T;
+}
+
+/* Numbers the batch's positions by unique row: each row takes the longest
+ * prefix it has in common with an earlier row from that row, and new rows
+ * for the rest. Returns the number of unique rows. */
+static int64_t number_unique_rows(Activations *a, const ModelBatch *b) {
+    const int64_t B = b->B, T = b->T;
+    int64_t Nu = 0;
+    for (int64_t r = 0; r < B; r++) {
+        int64_t best = 0, lead = 0;
+        for (int64_t l = 0; l < r && best < T; l++) {
+            const int64_t k = common_prefix(b, r, l);
+            if (k > best) best = k, lead = l;
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t i = r * T + t;
+            if (t < best) {
+                a->sh_unique[i] = a->sh_unique[lead * T + t];
+            } else {
+                a->sh_rep[Nu] = (int32_t)i;
+                a->sh_unique[i] = (int32_t)Nu++;
+            }
+        }
+    }
+    return Nu;
+}
+
+/* The maps of Activations' shared-prefix fields, from sh_unique and sh_rep:
+ * each unique row's positions in order (sh_off, sh_idx) and the
+ * representatives' (sh_grad). */
+static void build_share_maps(Activations *a, int64_t N, int64_t Nu) {
+    int32_t *off = a->sh_off, *fill = a->sh_grad; /* sh_grad: cursor until the end */
+    memset(off, 0, (size_t)(Nu + 1) * sizeof *off);
+    for (int64_t i = 0; i < N; i++) off[a->sh_unique[i] + 1]++;
+    for (int64_t u = 0; u < Nu; u++) off[u + 1] += off[u];
+    memcpy(fill, off, (size_t)Nu * sizeof *fill);
+    for (int64_t i = 0; i < N; i++) a->sh_idx[fill[a->sh_unique[i]]++] = (int32_t)i;
+    for (int64_t i = 0; i < N; i++) {
+        const int32_t u = a->sh_unique[i];
+        a->sh_grad[i] = a->sh_rep[u] == i ? u : -1;
+    }
+}
+
+/* Decides whether this batch's rows share prefixes (sets a->Nu and
+ * a->shared, and the maps when they do). */
+static void find_shared_prefixes(Model *m, const ModelBatch *b, int allow) {
+    Activations *a = &m->act;
+    const int64_t N = b->B * b->T;
+    a->Nu = N, a->shared = 0;
+    if (!allow || !sharing_possible(m) || b->B < 2) return;
+    const int64_t Nu = number_unique_rows(a, b);
+    if ((N - Nu) * SHARE_MIN_FRACTION < N) return;
+    build_share_maps(a, N, Nu);
+    a->Nu = Nu, a->shared = 1;
+}
+
+/* The batch at unique rows: tokens, targets, mask and position ids of each
+ * unique row's representative. */
+static void stage_unique_rows(Activations *a, const ModelBatch *b) {
+    const int64_t T = b->T;
+    for (int64_t u = 0; u < a->Nu; u++) {
+        const int64_t i = a->sh_rep[u], t = i % T, s = b->start ? b->start[i / T] : 0;
+        const int mi = position_mask(b, i);
+        a->tokens[u] = b->tokens[i];
+        a->mask[u] = mi ? 1.0f : 0.0f;
+        a->targets[u] = (mi && b->targets) ? b->targets[i] : 0;
+        a->pos[u] = t >= s ? (int32_t)(t - s) : 0;
+    }
+    for (int64_t r = 0; r < b->B; r++) a->start[r] = b->start ? b->start[r] : 0;
+}
+
 /* Copies the batch and derives position ids (counting from each start). On a
- * device backend the batch is staged in host memory and uploaded. */
-static void stage_batch(Model *m, const ModelBatch *b) {
+ * device backend the batch is staged in host memory and uploaded. allow:
+ * the pass may share prefixes (find_shared_prefixes). */
+static void stage_batch(Model *m, const ModelBatch *b, int allow_share) {
     Activations *a = &m->act;
     const int dev = m->ops->device;
     const int64_t B = b->B, T = b->T, N = B * T;
+    find_shared_prefixes(m, b, allow_share);
+    if (a->shared) {
+        stage_unique_rows(a, b);
+        return;
+    }
     int32_t *tokens = dev ? a->h_tokens : a->tokens, *targets = dev ? a->h_targets : a->targets;
     int32_t *pos = dev ? a->h_pos : a->pos, *start = dev ? a->h_start : a->start;
     float *mask = dev ? a->h_mask : a->mask;
@@ -216,37 +341,62 @@ static void norm_backward(const Model *m, float *dinp, float *dw, float *db, con
         m->ops->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, c->d_model);
 }
 
+/* Layer l's saved activations. The per-token ones have a->Nu rows (the
+ * unique rows); qkv and the attention probabilities keep the [B,T] layout
+ * that attention reads. */
+typedef struct LayerActs {
+    float *x, *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *x2, *ln2, *ln2_mean, *ln2_rstd, *fc,
+        *act, *xo;
+} LayerActs;
+
+static LayerActs layer_acts(const Model *m, int64_t l) {
+    const Activations *a = &m->act;
+    const int64_t N = a->B * a->T, Nu = a->Nu, C = m->cfg.d_model;
+    LayerActs s = {
+        .x = a->resid + l * Nu * C, .ln1 = a->ln1 + l * Nu * C,
+        .ln1_mean = a->ln1_mean + l * Nu, .ln1_rstd = a->ln1_rstd + l * Nu,
+        .qkv = a->qkv + l * N * m->qkv_dim, .att = a->att + l * a->B * m->cfg.n_head * a->T * a->T,
+        .atty = a->atty + l * Nu * m->attn_dim, .x2 = a->resid2 + l * Nu * C,
+        .ln2 = a->ln2 + l * Nu * C, .ln2_mean = a->ln2_mean + l * Nu,
+        .ln2_rstd = a->ln2_rstd + l * Nu, .fc = a->fc + l * Nu * m->fc_dim,
+        .act = a->act + l * Nu * m->cfg.d_ff, .xo = a->resid + (l + 1) * Nu * C,
+    };
+    return s;
+}
+
 static void layer_forward(Model *m, int64_t l) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     Activations *a = &m->act;
-    const int64_t B = a->B, T = a->T, N = B * T, C = c->d_model, F = c->d_ff;
+    const int64_t B = a->B, T = a->T, N = B * T, Nu = a->Nu, C = c->d_model, F = c->d_ff;
     const int64_t NH = c->n_head, KV = c->n_kv_head, hd = m->head_dim, QKV = m->qkv_dim;
     const int64_t AD = m->attn_dim, FC = m->fc_dim;
     LayerView p = model_layer_view(m, m->params, l);
-    float *x = a->resid + l * N * C, *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * QKV;
-    float *att = a->att + l * B * NH * T * T, *atty = a->atty + l * N * AD;
-    float *x2 = a->resid2 + l * N * C, *ln2 = a->ln2 + l * N * C, *fc = a->fc + l * N * FC;
-    float *act = a->act + l * N * F, *xo = a->resid + (l + 1) * N * C;
-    float *tmp = a->dln; /* scratch [N,C]: branch outputs before the residual add */
+    LayerActs s = layer_acts(m, l);
+    float *tmp = a->dln; /* scratch [Nu,C]: branch outputs before the residual add */
 
-    norm_forward(m, ln1, a->ln1_mean + l * N, a->ln1_rstd + l * N, x, p.ln1_w, p.ln1_b, N);
-    o->matmul_forward(qkv, ln1, p.qkv_w, p.qkv_b, N, C, QKV);
-    OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
+    norm_forward(m, s.ln1, s.ln1_mean, s.ln1_rstd, s.x, p.ln1_w, p.ln1_b, Nu);
+    float *qkv_u = a->shared ? a->qkv_u : s.qkv;
+    o->matmul_forward(qkv_u, s.ln1, p.qkv_w, p.qkv_b, Nu, C, QKV);
     if (c->arch == MODEL_ARCH_LLAMA) {
         /* k's heads follow q's in each row: one rotation over both */
-        o->rope(q, a->pos, m->rope, N, NH + KV, hd, 0);
+        o->rope(heads(qkv_u, 0, QKV), a->pos, m->rope, Nu, NH + KV, hd, 0);
     }
-    o->attention_forward(atty, att, q, k, v, a->start, B, T, NH, KV, hd);
-    o->matmul_forward(tmp, atty, p.o_w, p.o_b, N, AD, C);
-    o->add(x2, x, tmp, N * C);
+    if (a->shared) o->rows_gather(s.qkv, qkv_u, a->sh_unique, NULL, N, QKV);
+    OpsHeads q = heads(s.qkv, 0, QKV), k = heads(s.qkv, AD, QKV),
+             v = heads(s.qkv, AD + KV * hd, QKV);
+    float *atty_x = a->shared ? a->atty_x : s.atty;
+    o->attention_forward(atty_x, s.att, q, k, v, a->start, B, T, NH, KV, hd);
+    if (a->shared) o->rows_gather(s.atty, atty_x, a->sh_rep, NULL, Nu, AD);
+    o->matmul_forward(tmp, s.atty, p.o_w, p.o_b, Nu, AD, C);
+    o->add(s.x2, s.x, tmp, Nu * C);
 
-    norm_forward(m, ln2, a->ln2_mean + l * N, a->ln2_rstd + l * N, x2, p.ln2_w, p.ln2_b, N);
-    o->matmul_forward(fc, ln2, p.fc_w, p.fc_b, N, C, FC);
-    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_forward(act, fc, N, F);
-    else o->gelu_forward(act, fc, N * F);
-    o->matmul_forward(tmp, act, p.proj_w, p.proj_b, N, F, C);
-    o->add(xo, x2, tmp, N * C);
+    norm_forward(m, s.ln2, s.ln2_mean, s.ln2_rstd, s.x2, p.ln2_w, p.ln2_b, Nu);
+    o->matmul_forward(s.fc, s.ln2, p.fc_w, p.fc_b, Nu, C, FC);
+    if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_forward(s.act, s.fc, Nu, F);
+    else o->gelu_forward(s.act, s.fc, Nu * F);
+    o->matmul_forward(tmp, s.act, p.proj_w, p.proj_b, Nu, F, C);
+    o->add(s.xo, s.x2, tmp, Nu * C);
 }
 
 /* Embeddings, every layer and the final norm: leaves the normed final hidden
@@ -254,7 +404,7 @@ static void layer_forward(Model *m, int64_t l) {
 static void forward_trunk(Model *m) {
     const ModelConfig *c = &m->cfg;
     Activations *a = &m->act;
-    const int64_t N = a->B * a->T, C = c->d_model;
+    const int64_t N = a->Nu, C = c->d_model;
     const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
     m->ops->embedding_forward(a->resid, a->tokens, a->pos, m->params + m->lay.wte, wpe, N, C);
     for (int64_t l = 0; l < c->n_layer; l++) layer_forward(m, l);
@@ -268,19 +418,34 @@ static int prepare(Model *m, const ModelBatch *batch, int need_targets, PonderEr
     if (rc) return rc;
     rc = ensure_activations(m, batch->B, batch->T, err);
     if (rc) return rc;
-    stage_batch(m, batch);
+    stage_batch(m, batch, need_targets);
     return PONDER_OK;
+}
+
+/* dst[i] = src[unique row of position i] over the batch's N positions. */
+static void expand_positions(const Model *m, float *dst, const float *src) {
+    const Activations *a = &m->act;
+    m->ops->rows_gather(dst, src, a->sh_unique, NULL, a->B * a->T, 1);
+}
+
+/* The mask of batch position i, on the host. */
+static float mask_at(const Model *m, int64_t i) {
+    return host_mask(m)[m->act.shared ? m->act.sh_unique[i] : i];
 }
 
 /* The heads on act.lnf after forward_trunk, into backend arrays: logp and
  * entropy (may be NULL) of softmax(logits / temperature), and the scalar
  * head's values (values NULL: skipped), not masked. */
-static void forward_heads(Model *m, float temperature, float *logp, float *entropy,
-                          float *values) {
+static void forward_heads(Model *m, float temperature, float *logp_out, float *entropy_out,
+                          float *values_out) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     Activations *a = &m->act;
-    const int64_t N = a->B * a->T, C = c->d_model;
+    const int64_t N = a->Nu, C = c->d_model;
+    /* shared prefixes: the heads run on the unique rows, then expand */
+    float *logp = a->shared ? a->u_logp : logp_out;
+    float *entropy = a->shared && entropy_out ? a->u_entropy : entropy_out;
+    float *values = a->shared && values_out ? a->u_values : values_out;
     /* softmax(h W^T / T) = softmax((h / T) W^T): scale the head's input */
     a->head_scale = (temperature > 0.0f) ? 1.0f / temperature : 1.0f;
     const float *head_in = a->lnf;
@@ -298,6 +463,11 @@ static void forward_heads(Model *m, float temperature, float *logp, float *entro
     if (values)
         o->matmul_forward(values, a->lnf, m->params + m->lay.score_w, m->params + m->lay.score_b,
                           N, C, 1);
+    if (a->shared) {
+        expand_positions(m, logp_out, logp);
+        if (entropy) expand_positions(m, entropy_out, entropy);
+        if (values) expand_positions(m, values_out, values);
+    }
 }
 
 static int forward_start(Model *m, const ModelBatch *batch, PonderError *err) {
@@ -335,8 +505,7 @@ int model_forward(Model *m, const ModelBatch *batch, float *logp, float *entropy
     }
     if (c->scalar_head) {
         if (dev) o->download(values, a->d_values, row_bytes);
-        const float *mask = host_mask(m);
-        for (int64_t i = 0; i < N; i++) values[i] *= mask[i];
+        for (int64_t i = 0; i < N; i++) values[i] *= mask_at(m, i);
     } else if (values) {
         memset(values, 0, row_bytes);
     }
@@ -363,7 +532,7 @@ int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, Ponde
     m->act.has_forward = 0; /* the saved state no longer matches a loss forward */
     int rc = prepare(m, batch, 0, err);
     if (rc) return rc;
-    forward_trunk(m);
+    forward_trunk(m); /* not shared (need_targets 0): N rows */
     const int64_t N = m->act.B * m->act.T;
     const ModelOps *o = m->ops;
     const size_t bytes = (size_t)(N * m->cfg.vocab_size) * sizeof(float);
@@ -400,51 +569,61 @@ static void layer_backward(Model *m, int64_t l, float *dres) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     Activations *a = &m->act;
-    const int64_t B = a->B, T = a->T, N = B * T, C = c->d_model, F = c->d_ff;
+    const int64_t B = a->B, T = a->T, N = B * T, Nu = a->Nu, C = c->d_model, F = c->d_ff;
     const int64_t NH = c->n_head, KV = c->n_kv_head, hd = m->head_dim, QKV = m->qkv_dim;
     const int64_t AD = m->attn_dim, FC = m->fc_dim;
     const size_t f = sizeof(float);
     LayerView p = model_layer_view(m, m->params, l), g = model_layer_view(m, m->grads, l);
-    float *x = a->resid + l * N * C, *ln1 = a->ln1 + l * N * C, *qkv = a->qkv + l * N * QKV;
-    float *att = a->att + l * B * NH * T * T, *atty = a->atty + l * N * AD;
-    float *x2 = a->resid2 + l * N * C, *ln2 = a->ln2 + l * N * C, *fc = a->fc + l * N * FC;
-    float *act = a->act + l * N * F;
+    LayerActs s = layer_acts(m, l);
 
     /* MLP branch: xo = x2 + proj(act(fc(norm(x2)))) */
-    matmul_backward_into(o, a->dact, g.proj_w, g.proj_b, dres, act, p.proj_w, N, F, C);
+    matmul_backward_into(o, a->dact, g.proj_w, g.proj_b, dres, s.act, p.proj_w, Nu, F, C);
     if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_matmul_backward_set && !g.fc_b) {
         /* d(fc) formed inside the fc layer's backward, never stored */
-        o->swiglu_matmul_backward_set(a->dln, g.fc_w, a->dact, fc, ln2, p.fc_w, N, C, F);
+        o->swiglu_matmul_backward_set(a->dln, g.fc_w, a->dact, s.fc, s.ln2, p.fc_w, Nu, C, F);
     } else {
         if (c->arch == MODEL_ARCH_LLAMA && o->swiglu_backward_set) {
-            o->swiglu_backward_set(a->dfc, a->dact, fc, N, F);
+            o->swiglu_backward_set(a->dfc, a->dact, s.fc, Nu, F);
         } else {
-            o->zero(a->dfc, (size_t)(N * FC) * f);
-            if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, fc, N, F);
-            else o->gelu_backward(a->dfc, fc, a->dact, N * F);
+            o->zero(a->dfc, (size_t)(Nu * FC) * f);
+            if (c->arch == MODEL_ARCH_LLAMA) o->swiglu_backward(a->dfc, a->dact, s.fc, Nu, F);
+            else o->gelu_backward(a->dfc, s.fc, a->dact, Nu * F);
         }
-        matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, ln2, p.fc_w, N, C, FC);
+        matmul_backward_into(o, a->dln, g.fc_w, g.fc_b, a->dfc, s.ln2, p.fc_w, Nu, C, FC);
     }
-    norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, x2, p.ln2_w, a->ln2_mean + l * N,
-                  a->ln2_rstd + l * N, N);
+    norm_backward(m, dres, g.ln2_w, g.ln2_b, a->dln, s.x2, p.ln2_w, s.ln2_mean, s.ln2_rstd, Nu);
 
-    /* attention branch: x2 = x + o_proj(attention(qkv(norm(x)))) */
-    matmul_backward_into(o, a->datty, g.o_w, g.o_b, dres, atty, p.o_w, N, AD, C);
-    OpsHeads q = heads(qkv, 0, QKV), k = heads(qkv, AD, QKV), v = heads(qkv, AD + KV * hd, QKV);
+    /* attention branch: x2 = x + o_proj(attention(qkv(norm(x)))). Shared
+     * prefixes: d(output) goes to each unique row's representative position
+     * (the one whose output the forward kept), and d(q, k, v) of a unique row
+     * is the sum over its positions. */
+    matmul_backward_into(o, a->datty, g.o_w, g.o_b, dres, s.atty, p.o_w, Nu, AD, C);
+    float *datty_x = a->datty;
+    if (a->shared) {
+        o->rows_gather(a->atty_x, a->datty, a->sh_grad, NULL, N, AD);
+        datty_x = a->atty_x;
+    }
+    OpsHeads q = heads(s.qkv, 0, QKV), k = heads(s.qkv, AD, QKV),
+             v = heads(s.qkv, AD + KV * hd, QKV);
     OpsHeads dq = heads(a->dqkv, 0, QKV), dk = heads(a->dqkv, AD, QKV),
              dv = heads(a->dqkv, AD + KV * hd, QKV);
     if (o->attention_backward_set) { /* dq, dk and dv cover every column of dqkv */
-        o->attention_backward_set(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+        o->attention_backward_set(dq, dk, dv, datty_x, s.att, q, k, v, a->start, B, T, NH, KV,
+                                  hd);
     } else {
         o->zero(a->dqkv, (size_t)(N * QKV) * f);
-        o->attention_backward(dq, dk, dv, a->datty, att, q, k, v, a->start, B, T, NH, KV, hd);
+        o->attention_backward(dq, dk, dv, datty_x, s.att, q, k, v, a->start, B, T, NH, KV, hd);
     }
-    if (c->arch == MODEL_ARCH_LLAMA) {
-        o->rope(dq, a->pos, m->rope, N, NH + KV, hd, 1); /* dk's heads follow dq's */
+    float *dqkv_u = a->dqkv;
+    if (a->shared) {
+        o->rows_gather(a->qkv_u, a->dqkv, a->sh_idx, a->sh_off, Nu, QKV);
+        dqkv_u = a->qkv_u;
     }
-    matmul_backward_into(o, a->dln, g.qkv_w, g.qkv_b, a->dqkv, ln1, p.qkv_w, N, C, QKV);
-    norm_backward(m, dres, g.ln1_w, g.ln1_b, a->dln, x, p.ln1_w, a->ln1_mean + l * N,
-                  a->ln1_rstd + l * N, N);
+    if (c->arch == MODEL_ARCH_LLAMA) { /* dk's heads follow dq's */
+        o->rope(heads(dqkv_u, 0, QKV), a->pos, m->rope, Nu, NH + KV, hd, 1);
+    }
+    matmul_backward_into(o, a->dln, g.qkv_w, g.qkv_b, dqkv_u, s.ln1, p.qkv_w, Nu, C, QKV);
+    norm_backward(m, dres, g.ln1_w, g.ln1_b, a->dln, s.x, p.ln1_w, s.ln1_mean, s.ln1_rstd, Nu);
 }
 
 static int check_forward(const Model *m, PonderError *err) {
@@ -454,6 +633,14 @@ static int check_forward(const Model *m, PonderError *err) {
                         "first)");
 }
 
+/* Shared prefixes: a unique row's gradient is the sum over its positions
+ * (dst [Nu] from src [N]; NULL for NULL). */
+static const float *sum_positions(const Model *m, float *dst, const float *src) {
+    if (!src) return NULL;
+    m->ops->rows_gather(dst, src, m->act.sh_idx, m->act.sh_off, m->act.Nu, 1);
+    return dst;
+}
+
 /* The backward pass from per-token gradients in backend memory (dvalues
  * already 0 at mask-0 positions, NULL without a scalar head's gradient). */
 static void backward_from(Model *m, const float *dlogp, const float *dentropy,
@@ -461,9 +648,14 @@ static void backward_from(Model *m, const float *dlogp, const float *dentropy,
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
     Activations *a = &m->act;
-    const int64_t N = a->B * a->T, C = c->d_model, L = c->n_layer;
+    const int64_t N = a->Nu, C = c->d_model, L = c->n_layer;
     const int gpt2 = c->arch == MODEL_ARCH_GPT2;
     float *G = m->grads;
+    if (a->shared) {
+        dlogp = sum_positions(m, a->u_dlogp, dlogp);
+        dentropy = sum_positions(m, a->u_dentropy, dentropy);
+        dvalues = sum_positions(m, a->u_dvalues, dvalues);
+    }
 
     /* heads: d(final normed hidden) */
     o->zero(a->dlnf, (size_t)(N * C) * sizeof(float));
@@ -515,15 +707,16 @@ int model_backward(Model *m, const float *dlogp, const float *dentropy, const fl
     }
     const float *dv_backend = NULL;
     if (m->cfg.scalar_head && dvalues) { /* masked on the host, then moved */
-        const float *mask = host_mask(m);
         float *dv = dev ? a->h_rows : a->dvalues;
-        for (int64_t i = 0; i < N; i++) dv[i] = dvalues[i] * mask[i];
+        for (int64_t i = 0; i < N; i++) dv[i] = dvalues[i] * mask_at(m, i);
         if (dev) o->upload(a->dvalues, dv, row_bytes);
         dv_backend = a->dvalues;
     }
     backward_from(m, dlogp, dentropy, dv_backend);
     return PONDER_OK;
 }
+
+int64_t model_last_rows(const Model *m) { return m->act.has_forward ? m->act.Nu : 0; }
 
 int model_backward_backend(Model *m, const float *dlogp, const float *dentropy,
                            const float *dvalues, PonderError *err) {

@@ -225,6 +225,15 @@ typedef struct ModelOps {
     void (*accumulate)(float *acc, const float *a, int64_t n);
     /* Optional (NULL: the model loops, host backends only): out = s * inp. */
     void (*scale)(float *out, const float *inp, float s, int64_t n);
+    /* Optional; the model shares the forward and backward of rows' common
+     * prefixes only where this is set (model_train.c). Row r of dst
+     * ([n, width]) is, with offsets NULL, row idx[r] of src, or zeros where
+     * idx[r] < 0; with offsets ([n+1]), the sum of the src rows
+     * idx[offsets[r]] .. idx[offsets[r+1]-1] added in that order (the first
+     * copied, so a single row keeps its bits), or zeros for none. src and
+     * dst must not overlap. */
+    void (*rows_gather)(float *dst, const float *src, const int32_t *idx, const int32_t *offsets,
+                        int64_t n, int64_t width);
 
     /* ---- fused linear sublayer (optional; NULL on the fp32 CPU table) ---- */
     /* What the ops named on the right compute, in one op (inference: the

@@ -494,7 +494,9 @@ static void rig_start(RlRig *r, const char *dir, const char *yaml, const ModelOp
                     "model.max_seq_len=64", "stages.1.steps=4", "stages.1.prompts_per_step=2",
                     "stages.1.num_generations=4", "stages.1.max_new_tokens=10",
                     "stages.1.lr=1e-3", "rewards.0.name=hash", "rewards.0.type=external",
-                    cmd_kv, "rewards.1.weight=0", "runtime.threads=1"};
+                    cmd_kv, "rewards.1.weight=0", "runtime.threads=1",
+                    /* the fake device computes every row in full: so must the CPU twin */
+                    "model.share_prefixes=false"};
     char *all[40];
     int n = 0;
     for (size_t i = 0; i < sizeof base / sizeof base[0]; i++) all[n++] = base[i];
@@ -505,6 +507,7 @@ static void rig_start(RlRig *r, const char *dir, const char *yaml, const ModelOp
     ModelConfig mc;
     cr_assert_eq(config_model(&r->cfg, &mc, tokenizer_vocab_size(r->tok), &err), 0, "%s", err.msg);
     cr_assert_eq(model_create_on(&r->policy, &mc, ops, &err), 0, "%s", err.msg);
+    model_share_prefixes(r->policy, r->cfg.model.share_prefixes);
     model_init_weights(r->policy, (uint64_t)r->cfg.run.seed);
     ArithSpec spec = {(int)r->cfg.data.min_digits, (int)r->cfg.data.max_digits, "+-"};
     cr_assert_eq(dataset_open_arith(&r->train, &spec, (uint64_t)r->cfg.run.seed, DATA_SPLIT_TRAIN,

@@ -92,13 +92,12 @@ static double loss_of(Model *m, const Case *k) {
     return L;
 }
 
-static void check_gradients_at(ModelConfig cfg, int left_pad, float temperature) {
+/* Finite differences against the backward on case k (freed here). */
+static void check_gradients_case(ModelConfig cfg, Case k) {
     Model *m = NULL;
     PonderError err = {0};
     cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
     model_init_weights(m, 7);
-    Case k = make_case(2, 6, cfg.vocab_size, 11, left_pad);
-    k.temperature = temperature;
     loss_of(m, &k);
     model_zero_grad(m);
     cr_assert_eq(model_backward(m, k.a, k.b, k.c, &err), 0, "%s", err.msg);
@@ -134,6 +133,12 @@ static void check_gradients_at(ModelConfig cfg, int left_pad, float temperature)
     model_free(m);
 }
 
+static void check_gradients_at(ModelConfig cfg, int left_pad, float temperature) {
+    Case k = make_case(2, 6, cfg.vocab_size, 11, left_pad);
+    k.temperature = temperature;
+    check_gradients_case(cfg, k);
+}
+
 static void check_gradients(ModelConfig cfg, int left_pad) { check_gradients_at(cfg, left_pad, 0.0f); }
 
 /* logp and entropy of softmax(logits / T), as the RL learner needs */
@@ -154,6 +159,131 @@ Test(model_grad, gpt2_untied_scalar) {
 }
 Test(model_grad, gpt2_left_padding) {
     check_gradients(small_config(MODEL_ARCH_GPT2, false, false, 4), 1);
+}
+
+/* ----------------------------------------------------- shared prefixes --- */
+
+/* Six rows of 8 whose prefixes overlap as a GRPO batch's do (V >= 13):
+ *   row 0  prompt 1 2 3 4, completion 5 6 7 8
+ *   row 1  the same prompt and first completion token, then others, right-padded:
+ *          shares positions 0-3 with row 0 (its target at 4 differs)
+ *   row 2  the same prompt, another first completion token: the target at
+ *          position 3 differs, so it shares positions 0-2
+ *   row 3  row 0 again: shares all 8
+ *   rows 4, 5  left-padded (start 2), one prompt, the same first completion
+ *          token: row 5 shares positions 0-5 with row 4 (none with rows 0-3,
+ *          which start at 0)
+ * Targets at mask-0 positions differ between rows everywhere: they are not
+ * read, so they must not stop the sharing. 48 positions, 21 shared: 27 rows. */
+static Case shared_prefix_case(void) {
+    static const int32_t tok[6][8] = {{1, 2, 3, 4, 5, 6, 7, 8},  {1, 2, 3, 4, 5, 9, 9, 0},
+                                      {1, 2, 3, 4, 7, 7, 7, 7},  {1, 2, 3, 4, 5, 6, 7, 8},
+                                      {0, 0, 10, 11, 12, 5, 6, 7}, {0, 0, 10, 11, 12, 5, 8, 8}};
+    static const int32_t tgt[6][8] = {{0, 1, 2, 5, 6, 7, 8, 9},  {3, 4, 5, 5, 9, 9, 0, 0},
+                                      {6, 7, 8, 7, 7, 7, 7, 1},  {0, 1, 2, 5, 6, 7, 8, 9},
+                                      {1, 2, 3, 4, 5, 6, 7, 8},  {9, 9, 9, 9, 9, 6, 8, 8}};
+    static const float msk[6][8] = {{0, 0, 0, 1, 1, 1, 1, 1}, {0, 0, 0, 1, 1, 1, 0, 0},
+                                    {0, 0, 0, 1, 1, 1, 1, 1}, {0, 0, 0, 1, 1, 1, 1, 1},
+                                    {0, 0, 0, 0, 0, 1, 1, 1}, {0, 0, 0, 0, 0, 1, 1, 1}};
+    Case k = make_case(6, 8, 13, 23, 1); /* random loss coefficients */
+    for (int64_t b = 0; b < 6; b++) {
+        k.start[b] = b >= 4 ? 2 : 0;
+        for (int64_t t = 0; t < 8; t++) {
+            k.tokens[b * 8 + t] = tok[b][t];
+            k.targets[b * 8 + t] = tgt[b][t];
+            k.mask[b * 8 + t] = msk[b][t];
+        }
+    }
+    return k;
+}
+
+Test(model_grad, llama_shared_prefixes) {
+    Case k = shared_prefix_case();
+    k.temperature = 0.7f;
+    check_gradients_case(small_config(MODEL_ARCH_LLAMA, false, true, 2), k);
+}
+Test(model_grad, gpt2_shared_prefixes) {
+    check_gradients_case(small_config(MODEL_ARCH_GPT2, false, true, 4), shared_prefix_case());
+}
+
+static double max_abs_diff(const float *x, const float *y, size_t n) {
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)x[i] - (double)y[i]));
+    return d;
+}
+
+/* One forward and backward of case k: outputs and gradients into out. */
+static void run_case(Model *m, const Case *k, float *lp, float *ent, float *val, float *grads) {
+    PonderError err = {0};
+    ModelBatch b = batch_of(k);
+    cr_assert_eq(model_forward(m, &b, lp, ent, val, &err), 0, "%s", err.msg);
+    model_zero_grad(m);
+    cr_assert_eq(model_backward(m, k->a, k->b, k->c, &err), 0, "%s", err.msg);
+    memcpy(grads, model_grads(m), model_num_params(m) * sizeof(float));
+}
+
+/* Shared rows give what every row computed in full gives: the same outputs
+ * (each op's rows do not depend on the others) and the same gradients up to
+ * the order of their sums. */
+static void check_sharing_matches_full(ModelConfig cfg) {
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, 5);
+    Case k = shared_prefix_case();
+    k.temperature = 0.7f;
+    const size_t N = 48, P = model_num_params(m);
+    float *out[2][3], *g[2];
+    for (int s = 0; s < 2; s++) {
+        for (int j = 0; j < 3; j++) out[s][j] = calloc(N, sizeof(float));
+        g[s] = calloc(P, sizeof(float));
+        model_share_prefixes(m, s == 0);
+        run_case(m, &k, out[s][0], out[s][1], out[s][2], g[s]);
+        cr_assert_eq(model_last_rows(m), s == 0 ? 27 : 48, "%s: rows computed %lld",
+                     s == 0 ? "shared" : "full", (long long)model_last_rows(m));
+    }
+    for (int j = 0; j < 3; j++)
+        cr_expect(max_abs_diff(out[0][j], out[1][j], N) <= 1e-6,
+                  "output %d differs by %.3g", j, max_abs_diff(out[0][j], out[1][j], N));
+    double scale = 0.0;
+    for (size_t i = 0; i < P; i++) scale = fmax(scale, fabs((double)g[1][i]));
+    const double d = max_abs_diff(g[0], g[1], P);
+    cr_expect(scale > 1e-3 && d <= 1e-5 * scale, "gradients differ by %.3g (largest %.3g)", d,
+              scale);
+    for (int s = 0; s < 2; s++) {
+        for (int j = 0; j < 3; j++) free(out[s][j]);
+        free(g[s]);
+    }
+    free_case(&k);
+    model_free(m);
+}
+
+Test(model_share, llama_matches_every_row_in_full) {
+    check_sharing_matches_full(small_config(MODEL_ARCH_LLAMA, false, true, 2));
+}
+Test(model_share, gpt2_matches_every_row_in_full) {
+    check_sharing_matches_full(small_config(MODEL_ARCH_GPT2, true, false, 4));
+}
+
+/* Rows with nothing in common, and a batch of one row, compute every position. */
+Test(model_share, distinct_rows_share_nothing) {
+    ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, true, false, 4);
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, 5);
+    Case k = make_case(3, 6, cfg.vocab_size, 11, 0);
+    for (int64_t b = 0; b < 3; b++) k.tokens[b * 6] = (int32_t)b; /* first tokens differ */
+    float *lp = calloc(18, sizeof(float));
+    ModelBatch b = batch_of(&k);
+    cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_last_rows(m), 18);
+    b.B = 1;
+    cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_last_rows(m), 6);
+    free(lp);
+    free_case(&k);
+    model_free(m);
 }
 
 /* ----------------------------------------------------------- KV cache ---- */

@@ -1044,6 +1044,38 @@ Test(ops, add_and_accumulate) {
     free(a), free(b), free(out), free(ref), free(acc);
 }
 
+/* rows_gather: picks, zero rows, and sums in list order, on values whose
+ * sums are exact in float so the expected rows are written out by hand. */
+Test(ops, rows_gather_picks_zeros_and_sums) {
+    const ModelOps *o = ops_cpu();
+    cr_assert(o->rows_gather != NULL);
+    const float src[4][3] = {{1, 2, 3}, {10, 20, 30}, {100, 200, 300}, {0.5f, -1, 4}};
+    float dst[4][3];
+    memset(dst, 0x7f, sizeof dst); /* every row must be written */
+    const int32_t pick[4] = {2, -1, 0, 2};
+    o->rows_gather(&dst[0][0], &src[0][0], pick, NULL, 4, 3);
+    const float want_pick[4][3] = {{100, 200, 300}, {0, 0, 0}, {1, 2, 3}, {100, 200, 300}};
+    cr_expect(memcmp(dst, want_pick, sizeof dst) == 0, "picked rows differ");
+    /* row 0: rows 3 + 1 + 0; row 1: none; row 2: row 2 alone */
+    const int32_t idx[4] = {3, 1, 0, 2}, off[4] = {0, 3, 3, 4};
+    memset(dst, 0x7f, sizeof dst);
+    o->rows_gather(&dst[0][0], &src[0][0], idx, off, 3, 3);
+    const float want_sum[3][3] = {{11.5f, 21, 37}, {0, 0, 0}, {100, 200, 300}};
+    cr_expect(memcmp(dst, want_sum, sizeof want_sum) == 0, "summed rows differ");
+    cr_expect(dst[3][0] != 0.0f, "a row past n was written");
+    /* a wide, threaded call keeps each row's bits */
+    const int64_t n = 300, w = 96;
+    Rng rng = rng_from_seed(77);
+    float *big = randn(&rng, n * w, 1.0, 0.0), *got = filled(n * w, NAN);
+    int32_t *rev = malloc((size_t)n * sizeof *rev);
+    for (int64_t r = 0; r < n; r++) rev[r] = (int32_t)(n - 1 - r);
+    o->rows_gather(got, big, rev, NULL, n, w);
+    for (int64_t r = 0; r < n; r++)
+        cr_assert(memcmp(got + r * w, big + (n - 1 - r) * w, (size_t)w * sizeof(float)) == 0,
+                  "row %lld", (long long)r);
+    free(big), free(got), free(rev);
+}
+
 /* ------------------------------------------------------------ LM head ---- */
 
 /* One row: logits z = h w^T; fills lse, logp of target, entropy. */

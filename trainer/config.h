@@ -102,6 +102,7 @@ typedef struct ConfigModel {
     bool scalar_head;
     ConfigDevice device;
     ConfigPrecision precision;
+    bool share_prefixes; /* model_share_prefixes */
     char init_from[CONFIG_PATH_MAX]; /* checkpoint to start from, "" = fresh init */
 } ConfigModel;
 

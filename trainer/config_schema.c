@@ -72,6 +72,8 @@ static const ConfigKey KEYS[] = {
     KEY("model.device", CONFIG_ENUM, model.device, "cpu", NULL, DEVICE_NAMES, "where the model runs"),
     KEY("model.precision", CONFIG_ENUM, model.precision, "fp32", NULL, PRECISION_NAMES,
         "matmul precision: fp32, tf32 (cuda only) or bf16 (bf16 products, fp32 master weights)"),
+    KEY("model.share_prefixes", CONFIG_BOOL, model.share_prefixes, "true", NULL, NULL,
+        "training passes compute a prefix that rows share (a group's prompt) once (CPU); false = every row in full"),
     KEY("model.init_from", CONFIG_STRING, model.init_from, "", NULL, NULL, "checkpoint to start from; \"\" = random init"),
 
     KEY("tokenizer.type", CONFIG_ENUM, tokenizer.type, "char", NULL, TOKENIZER_NAMES, "char (built-in alphabet) or bpe"),

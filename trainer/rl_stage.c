@@ -79,6 +79,7 @@ static int create_reference(RlStage *s, const char *dir, int resume, int64_t sta
     ModelConfig mc = *model_config(s->policy);
     int rc = model_create_on(&s->ref, &mc, model_ops(s->policy), err);
     if (rc) return rc;
+    model_share_prefixes(s->ref, s->cfg->model.share_prefixes);
     char path[1100];
     sibling_path(path, sizeof path, dir, "reference", stage_start);
     if (resume) return load_weights(s->ref, NULL, path, err);
@@ -93,6 +94,7 @@ static int create_critic(RlStage *s, const char *dir, int resume, int64_t step, 
     ModelConfig mc = *model_config(s->policy);
     mc.scalar_head = true;
     int rc = model_create_on(&s->critic, &mc, model_ops(s->policy), err);
+    if (rc == PONDER_OK) model_share_prefixes(s->critic, s->cfg->model.share_prefixes);
     if (rc == PONDER_OK) rc = copy_matching_tensors(s->critic, s->policy, err);
     OptimSettings os = critic_settings(s->cfg, s->stage, s->opt);
     if (rc == PONDER_OK) rc = optim_create(&s->critic_opt, s->critic, &os, err);

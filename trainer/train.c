@@ -292,7 +292,9 @@ static int create_model(const PonderConfig *cfg, const ModelConfig *mc, const Di
                             "(the backend already runs on another device)", world->local_rank);
     const ModelOps *ops = NULL;
     int rc = train_backend(cfg, &ops, err);
-    return rc ? rc : model_create_on(out, mc, ops, err);
+    if (rc == PONDER_OK) rc = model_create_on(out, mc, ops, err);
+    if (rc == PONDER_OK) model_share_prefixes(*out, cfg->model.share_prefixes);
+    return rc;
 }
 
 /* dist.mode disaggregated: world ranks 0 .. n_learners-1 learn, the rest

@@ -1666,6 +1666,26 @@ static void cpu_accumulate(float *acc, const float *a, int64_t n) {
     for (int64_t i = 0; i < n; i++) acc[i] += a[i];
 }
 
+/* One destination row per iteration, its sources added in list order: the
+ * result does not depend on the thread split. */
+static void cpu_rows_gather(float *dst, const float *src, const int32_t *idx,
+                            const int32_t *offsets, int64_t n, int64_t width) {
+#pragma omp parallel for if (n * width > ROW_PAR_MIN) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        float *d = dst + r * width;
+        const int64_t j0 = offsets ? offsets[r] : r, j1 = offsets ? offsets[r + 1] : r + 1;
+        if (j1 <= j0 || idx[j0] < 0) {
+            memset(d, 0, (size_t)width * sizeof(float));
+            continue;
+        }
+        memcpy(d, src + (int64_t)idx[j0] * width, (size_t)width * sizeof(float));
+        for (int64_t j = j0 + 1; j < j1; j++) {
+            const float *s = src + (int64_t)idx[j] * width;
+            for (int64_t c = 0; c < width; c++) d[c] += s[c];
+        }
+    }
+}
+
 /* ------------------------------------------------------------ LM head ---- */
 
 /* Rows per chunk so that a chunk's logits stay near 64 MB whatever V is: at 41
@@ -2019,7 +2039,8 @@ static void bf16_linear_fused(float *out, const float *inp, const float *resid, 
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,                  \
     .swiglu_backward_set = cpu_swiglu_backward_set,                                                \
     .gelu_forward = cpu_gelu_forward, .gelu_backward = cpu_gelu_backward, .add = cpu_add,          \
-    .accumulate = cpu_accumulate, .sum_squares = cpu_sum_squares, .adamw = cpu_adamw
+    .accumulate = cpu_accumulate, .rows_gather = cpu_rows_gather,                                  \
+    .sum_squares = cpu_sum_squares, .adamw = cpu_adamw
 
 static const ModelOps CPU_OPS = {
     .name = "cpu",
