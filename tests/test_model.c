@@ -265,6 +265,39 @@ Test(model_share, gpt2_matches_every_row_in_full) {
     check_sharing_matches_full(small_config(MODEL_ARCH_GPT2, true, false, 4));
 }
 
+/* The backend-resident API on a host backend, with rows shared: the same
+ * [B,T] outputs and gradients as the host API. */
+Test(model_share, backend_api_matches_host_api) {
+    ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, false, true, 2);
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, 5);
+    Case k = shared_prefix_case();
+    const size_t N = 48, P = model_num_params(m);
+    float *lp = calloc(N, sizeof(float)), *ent = calloc(N, sizeof(float)),
+          *val = calloc(N, sizeof(float)), *g = calloc(P, sizeof(float)),
+          *dval = calloc(N, sizeof(float));
+    run_case(m, &k, lp, ent, val, g);
+    for (size_t i = 0; i < N; i++) dval[i] = k.c[i] * k.mask[i]; /* 0 at mask-0, as required */
+    ModelBatch b = batch_of(&k);
+    ModelOutputs out;
+    cr_assert_eq(model_forward_backend(m, &b, 1, &out, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_last_rows(m), 27);
+    for (size_t i = 0; i < N; i++) {
+        if (k.mask[i] == 0.0f) continue; /* values are not zeroed there on this API */
+        cr_expect(out.logp[i] == lp[i] && out.entropy[i] == ent[i] && out.values[i] == val[i],
+                  "position %zu", i);
+    }
+    model_zero_grad(m);
+    cr_assert_eq(model_backward_backend(m, k.a, k.b, dval, &err), 0, "%s", err.msg);
+    cr_expect(memcmp(model_grads(m), g, P * sizeof(float)) == 0,
+              "backend-API gradients differ from the host API's");
+    free(lp), free(ent), free(val), free(g), free(dval);
+    free_case(&k);
+    model_free(m);
+}
+
 /* Rows with nothing in common, and a batch of one row, compute every position. */
 Test(model_share, distinct_rows_share_nothing) {
     ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, true, false, 4);
