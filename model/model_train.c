@@ -211,25 +211,49 @@ static int64_t common_prefix(const ModelBatch *b, int64_t r, int64_t l) {
     return T;
 }
 
+/* One past the last position of row r with its mask set (0 for none). No
+ * loss reads a position after it: causal attention looks only back. */
+static int64_t live_end(const ModelBatch *b, int64_t r) {
+    for (int64_t t = b->T; t > 0; t--)
+        if (position_mask(b, r * b->T + t - 1)) return t;
+    return 0;
+}
+
+/* Whether position t of row r can matter to the outputs: not after the
+ * row's last masked-in position, and not a masked-out one before its start
+ * (attention never reads keys there). */
+static int position_live(const ModelBatch *b, int64_t r, int64_t t, int64_t end) {
+    const int64_t s = b->start ? b->start[r] : 0;
+    return t < end && (t >= s || position_mask(b, r * b->T + t));
+}
+
 /* Numbers the batch's positions by unique row: each row takes the longest
- * prefix it has in common with an earlier row from that row, and new rows
- * for the rest. Returns the number of unique rows. */
+ * prefix it has in common with an earlier row from that row (up to that
+ * row's live end, so a shared position is one the earlier row computes), and
+ * new rows for the rest of its live positions; positions that cannot matter
+ * get -1 and are not computed. sh_off holds each row's live end meanwhile.
+ * Returns the number of unique rows. */
 static int64_t number_unique_rows(Activations *a, const ModelBatch *b) {
     const int64_t B = b->B, T = b->T;
+    int32_t *end = a->sh_off;
     int64_t Nu = 0;
     for (int64_t r = 0; r < B; r++) {
+        end[r] = (int32_t)live_end(b, r);
         int64_t best = 0, lead = 0;
-        for (int64_t l = 0; l < r && best < T; l++) {
-            const int64_t k = common_prefix(b, r, l);
+        for (int64_t l = 0; l < r && best < end[r]; l++) {
+            int64_t k = common_prefix(b, r, l);
+            k = k < end[l] ? k : end[l];
             if (k > best) best = k, lead = l;
         }
         for (int64_t t = 0; t < T; t++) {
             const int64_t i = r * T + t;
             if (t < best) {
                 a->sh_unique[i] = a->sh_unique[lead * T + t];
-            } else {
+            } else if (position_live(b, r, t, end[r])) {
                 a->sh_rep[Nu] = (int32_t)i;
                 a->sh_unique[i] = (int32_t)Nu++;
+            } else {
+                a->sh_unique[i] = -1;
             }
         }
     }
@@ -242,13 +266,15 @@ static int64_t number_unique_rows(Activations *a, const ModelBatch *b) {
 static void build_share_maps(Activations *a, int64_t N, int64_t Nu) {
     int32_t *off = a->sh_off, *fill = a->sh_grad; /* sh_grad: cursor until the end */
     memset(off, 0, (size_t)(Nu + 1) * sizeof *off);
-    for (int64_t i = 0; i < N; i++) off[a->sh_unique[i] + 1]++;
+    for (int64_t i = 0; i < N; i++)
+        if (a->sh_unique[i] >= 0) off[a->sh_unique[i] + 1]++;
     for (int64_t u = 0; u < Nu; u++) off[u + 1] += off[u];
     memcpy(fill, off, (size_t)Nu * sizeof *fill);
-    for (int64_t i = 0; i < N; i++) a->sh_idx[fill[a->sh_unique[i]]++] = (int32_t)i;
+    for (int64_t i = 0; i < N; i++)
+        if (a->sh_unique[i] >= 0) a->sh_idx[fill[a->sh_unique[i]]++] = (int32_t)i;
     for (int64_t i = 0; i < N; i++) {
         const int32_t u = a->sh_unique[i];
-        a->sh_grad[i] = a->sh_rep[u] == i ? u : -1;
+        a->sh_grad[i] = u >= 0 && a->sh_rep[u] == i ? u : -1;
     }
 }
 
@@ -258,9 +284,9 @@ static void find_shared_prefixes(Model *m, const ModelBatch *b, int allow) {
     Activations *a = &m->act;
     const int64_t N = b->B * b->T;
     a->Nu = N, a->shared = 0;
-    if (!allow || !sharing_possible(m) || b->B < 2) return;
+    if (!allow || !sharing_possible(m)) return;
     const int64_t Nu = number_unique_rows(a, b);
-    if ((N - Nu) * SHARE_MIN_FRACTION < N) return;
+    if (Nu == 0 || (N - Nu) * SHARE_MIN_FRACTION < N) return;
     build_share_maps(a, N, Nu);
     a->Nu = Nu, a->shared = 1;
 }
@@ -428,9 +454,11 @@ static void expand_positions(const Model *m, float *dst, const float *src) {
     m->ops->rows_gather(dst, src, a->sh_unique, NULL, a->B * a->T, 1);
 }
 
-/* The mask of batch position i, on the host. */
+/* The mask of batch position i, on the host (0 at positions not computed). */
 static float mask_at(const Model *m, int64_t i) {
-    return host_mask(m)[m->act.shared ? m->act.sh_unique[i] : i];
+    if (!m->act.shared) return host_mask(m)[i];
+    const int32_t u = m->act.sh_unique[i];
+    return u >= 0 ? host_mask(m)[u] : 0.0f;
 }
 
 /* The heads on act.lnf after forward_trunk, into backend arrays: logp and

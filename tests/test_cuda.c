@@ -306,6 +306,7 @@ static Model *twin(const ModelOps *ops, int scalar, uint64_t seed) {
     Model *m = NULL;
     PonderError err = {0};
     cr_assert_eq(model_create_on(&m, &cfg, ops, &err), 0, "%s", err.msg);
+    model_share_prefixes(m, 0); /* the fake device computes every position: so must its twin */
     model_init_weights(m, seed);
     return m;
 }

@@ -174,7 +174,10 @@ Test(model_grad, gpt2_left_padding) {
  *          token: row 5 shares positions 0-5 with row 4 (none with rows 0-3,
  *          which start at 0)
  * Targets at mask-0 positions differ between rows everywhere: they are not
- * read, so they must not stop the sharing. 48 positions, 21 shared: 27 rows. */
+ * read, so they must not stop the sharing. Of 48 positions 21 are shared, and
+ * 4 more can never matter (row 1's two after its last masked-in position, row
+ * 4's two masked-out ones before its start; row 5's come with its prefix):
+ * 23 are computed. */
 static Case shared_prefix_case(void) {
     static const int32_t tok[6][8] = {{1, 2, 3, 4, 5, 6, 7, 8},  {1, 2, 3, 4, 5, 9, 9, 0},
                                       {1, 2, 3, 4, 7, 7, 7, 7},  {1, 2, 3, 4, 5, 6, 7, 8},
@@ -239,7 +242,7 @@ static void check_sharing_matches_full(ModelConfig cfg) {
         g[s] = calloc(P, sizeof(float));
         model_share_prefixes(m, s == 0);
         run_case(m, &k, out[s][0], out[s][1], out[s][2], g[s]);
-        cr_assert_eq(model_last_rows(m), s == 0 ? 27 : 48, "%s: rows computed %lld",
+        cr_assert_eq(model_last_rows(m), s == 0 ? 23 : 48, "%s: rows computed %lld",
                      s == 0 ? "shared" : "full", (long long)model_last_rows(m));
     }
     for (int j = 0; j < 3; j++)
@@ -283,7 +286,7 @@ Test(model_share, backend_api_matches_host_api) {
     ModelBatch b = batch_of(&k);
     ModelOutputs out;
     cr_assert_eq(model_forward_backend(m, &b, 1, &out, &err), 0, "%s", err.msg);
-    cr_expect_eq(model_last_rows(m), 27);
+    cr_expect_eq(model_last_rows(m), 23);
     for (size_t i = 0; i < N; i++) {
         if (k.mask[i] == 0.0f) continue; /* values are not zeroed there on this API */
         cr_expect(out.logp[i] == lp[i] && out.entropy[i] == ent[i] && out.values[i] == val[i],
@@ -298,19 +301,30 @@ Test(model_share, backend_api_matches_host_api) {
     model_free(m);
 }
 
-/* Rows with nothing in common, and a batch of one row, compute every position. */
-Test(model_share, distinct_rows_share_nothing) {
+/* Rows with nothing in common compute every position up to their last
+ * masked-in one; a batch of one row too. */
+Test(model_share, distinct_rows_compute_their_live_positions) {
     ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, true, false, 4);
     Model *m = NULL;
     PonderError err = {0};
     cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
     model_init_weights(m, 5);
-    Case k = make_case(3, 6, cfg.vocab_size, 11, 0);
+    Case k = make_case(3, 6, cfg.vocab_size, 11, 0); /* row b masked in for 6 - b positions */
     for (int64_t b = 0; b < 3; b++) k.tokens[b * 6] = (int32_t)b; /* first tokens differ */
     float *lp = calloc(18, sizeof(float));
     ModelBatch b = batch_of(&k);
     cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_last_rows(m), 15);
+    for (int64_t i = 0; i < 18; i++)
+        if (k.mask[i] == 0.0f) cr_expect(lp[i] == 0.0f, "position %lld not zeroed", (long long)i);
+    b.mask = NULL; /* every position counts */
+    cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
     cr_expect_eq(model_last_rows(m), 18);
+    float none[18] = {0}; /* nothing counts: computed in full, all outputs 0 */
+    b.mask = none;
+    cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(model_last_rows(m), 18);
+    for (int64_t i = 0; i < 18; i++) cr_expect(lp[i] == 0.0f);
     b.B = 1;
     cr_assert_eq(model_forward(m, &b, lp, NULL, NULL, &err), 0, "%s", err.msg);
     cr_expect_eq(model_last_rows(m), 6);
