@@ -209,6 +209,14 @@ Test(model_grad, gpt2_shared_prefixes) {
     check_gradients_case(small_config(MODEL_ARCH_GPT2, false, true, 4), shared_prefix_case());
 }
 
+static Model *seeded_model(ModelConfig cfg, uint64_t seed) {
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
+    model_init_weights(m, seed);
+    return m;
+}
+
 static double max_abs_diff(const float *x, const float *y, size_t n) {
     double d = 0.0;
     for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)x[i] - (double)y[i]));
@@ -229,10 +237,7 @@ static void run_case(Model *m, const Case *k, float *lp, float *ent, float *val,
  * (each op's rows do not depend on the others) and the same gradients up to
  * the order of their sums. */
 static void check_sharing_matches_full(ModelConfig cfg) {
-    Model *m = NULL;
-    PonderError err = {0};
-    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
-    model_init_weights(m, 5);
+    Model *m = seeded_model(cfg, 5);
     Case k = shared_prefix_case();
     k.temperature = 0.7f;
     const size_t N = 48, P = model_num_params(m);
@@ -272,10 +277,8 @@ Test(model_share, gpt2_matches_every_row_in_full) {
  * [B,T] outputs and gradients as the host API. */
 Test(model_share, backend_api_matches_host_api) {
     ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, false, true, 2);
-    Model *m = NULL;
+    Model *m = seeded_model(cfg, 5);
     PonderError err = {0};
-    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
-    model_init_weights(m, 5);
     Case k = shared_prefix_case();
     const size_t N = 48, P = model_num_params(m);
     float *lp = calloc(N, sizeof(float)), *ent = calloc(N, sizeof(float)),
@@ -305,10 +308,8 @@ Test(model_share, backend_api_matches_host_api) {
  * masked-in one; a batch of one row too. */
 Test(model_share, distinct_rows_compute_their_live_positions) {
     ModelConfig cfg = small_config(MODEL_ARCH_LLAMA, true, false, 4);
-    Model *m = NULL;
+    Model *m = seeded_model(cfg, 5);
     PonderError err = {0};
-    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
-    model_init_weights(m, 5);
     Case k = make_case(3, 6, cfg.vocab_size, 11, 0); /* row b masked in for 6 - b positions */
     for (int64_t b = 0; b < 3; b++) k.tokens[b * 6] = (int32_t)b; /* first tokens differ */
     float *lp = calloc(18, sizeof(float));
@@ -336,10 +337,8 @@ Test(model_share, distinct_rows_compute_their_live_positions) {
 /* ----------------------------------------------------------- KV cache ---- */
 
 static void check_kv_cache(ModelConfig cfg) {
-    Model *m = NULL;
+    Model *m = seeded_model(cfg, 5);
     PonderError err = {0};
-    cr_assert_eq(model_create(&m, &cfg, &err), 0, "%s", err.msg);
-    model_init_weights(m, 5);
     const int64_t B = 3, T = 10, V = cfg.vocab_size;
     Case k = make_case(B, T, V, 9, 0);
     float *full = malloc((size_t)(B * T * V) * sizeof(float));
