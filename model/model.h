@@ -125,9 +125,11 @@ void model_weights_frozen(Model *m, int on);
 /* Rows of a training batch whose first positions hold the same tokens,
  * targets and mask (the prompt a GRPO group's samples share, or a preference
  * pair's) compute those positions' forward and backward once, where the
- * backend supports it (ModelOps.rows_gather) and enough is shared. The
- * outputs do not change; the weights' gradients are the same sums taken in
- * another order. On by default; off computes every row in full. */
+ * backend supports it (ModelOps.rows_gather) and enough is saved; positions
+ * no loss can read (after a row's last mask-1 position, mask-0 ones before
+ * its start) are then not computed at all. The outputs do not change (0 at
+ * mask-0 positions, as always); the weights' gradients are the same sums
+ * taken in another order. On by default; off computes every row in full. */
 void model_share_prefixes(Model *m, int on);
 /* Positions the last training forward computed: B*T of its batch, or fewer
  * where rows shared prefixes; 0 before any. */

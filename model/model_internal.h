@@ -61,8 +61,10 @@ typedef struct Activations {
      * same tokens, targets and mask (a GRPO group's prompt) compute those
      * positions once. The per-token ops then run on Nu <= N unique rows;
      * attention, which needs the [B,T] layout, reads q, k and v expanded back
-     * to N rows. shared = 0 (Nu = N, maps unused) where nothing worth it is
-     * shared. sh_unique [N]: each position's unique row; sh_rep [Nu]: the
+     * to N rows. Positions no loss can read (after a row's last masked-in
+     * one, masked-out ones before its start) get no unique row at all.
+     * shared = 0 (Nu = N, maps unused) where too little is saved.
+     * sh_unique [N]: each position's unique row, or -1; sh_rep [Nu]: the
      * position that computes a unique row's attention (its first);
      * sh_grad [N]: the unique row at representative positions, else -1;
      * sh_off [Nu+1] and sh_idx [N]: each unique row's positions in order. */
