@@ -187,8 +187,9 @@ static void scale_rows(const Model *m, float *out, const float *inp, float s, in
 
 /* ----------------------------------------------------- shared prefixes --- */
 
-/* Sharing pays for its gathers (about 4 KB a row a layer at GPT-2 small
- * widths, against the row's products) once this share of the rows goes. */
+/* Sharing pays for its gathers (each position's q, k, v and attention output
+ * copied about twice a layer, against a row's products) once this share of
+ * the positions goes. */
 #define SHARE_MIN_FRACTION 16 /* at least N / 16 rows saved */
 
 static int position_mask(const ModelBatch *b, int64_t i) {
@@ -291,53 +292,37 @@ static void find_shared_prefixes(Model *m, const ModelBatch *b, int allow) {
     a->Nu = Nu, a->shared = 1;
 }
 
-/* The batch at unique rows: tokens, targets, mask and position ids of each
- * unique row's representative. */
-static void stage_unique_rows(Activations *a, const ModelBatch *b) {
-    const int64_t T = b->T;
-    for (int64_t u = 0; u < a->Nu; u++) {
-        const int64_t i = a->sh_rep[u], t = i % T, s = b->start ? b->start[i / T] : 0;
-        const int mi = position_mask(b, i);
-        a->tokens[u] = b->tokens[i];
-        a->mask[u] = mi ? 1.0f : 0.0f;
-        a->targets[u] = (mi && b->targets) ? b->targets[i] : 0;
-        a->pos[u] = t >= s ? (int32_t)(t - s) : 0;
-    }
-    for (int64_t r = 0; r < b->B; r++) a->start[r] = b->start ? b->start[r] : 0;
-}
-
-/* Copies the batch and derives position ids (counting from each start). On a
- * device backend the batch is staged in host memory and uploaded. allow:
- * the pass may share prefixes (find_shared_prefixes). */
+/* Copies the batch at the rows the ops will run on (each unique row's
+ * representative position when rows share prefixes, else every position) and
+ * derives position ids (counting from each start). On a device backend the
+ * batch is staged in host memory and uploaded. allow_share: the pass may
+ * share prefixes (find_shared_prefixes). */
 static void stage_batch(Model *m, const ModelBatch *b, int allow_share) {
     Activations *a = &m->act;
     const int dev = m->ops->device;
-    const int64_t B = b->B, T = b->T, N = B * T;
+    const int64_t B = b->B, T = b->T;
     find_shared_prefixes(m, b, allow_share);
-    if (a->shared) {
-        stage_unique_rows(a, b);
-        return;
-    }
+    const int64_t Nu = a->Nu;
+    const int32_t *rep = a->shared ? a->sh_rep : NULL;
     int32_t *tokens = dev ? a->h_tokens : a->tokens, *targets = dev ? a->h_targets : a->targets;
     int32_t *pos = dev ? a->h_pos : a->pos, *start = dev ? a->h_start : a->start;
     float *mask = dev ? a->h_mask : a->mask;
-    memcpy(tokens, b->tokens, (size_t)N * sizeof(int32_t));
-    for (int64_t i = 0; i < N; i++) {
-        mask[i] = b->mask ? (b->mask[i] != 0.0f ? 1.0f : 0.0f) : 1.0f;
-        targets[i] = (b->targets && mask[i] != 0.0f) ? b->targets[i] : 0;
+    for (int64_t u = 0; u < Nu; u++) {
+        const int64_t i = rep ? rep[u] : u, t = i % T, s = b->start ? b->start[i / T] : 0;
+        const int mi = position_mask(b, i);
+        tokens[u] = b->tokens[i];
+        mask[u] = mi ? 1.0f : 0.0f;
+        targets[u] = (mi && b->targets) ? b->targets[i] : 0;
+        pos[u] = t >= s ? (int32_t)(t - s) : 0;
     }
-    for (int64_t bi = 0; bi < B; bi++) {
-        int32_t s = b->start ? b->start[bi] : 0;
-        start[bi] = s;
-        for (int64_t t = 0; t < T; t++) pos[bi * T + t] = t >= s ? (int32_t)(t - s) : 0;
-    }
+    for (int64_t r = 0; r < B; r++) start[r] = b->start ? b->start[r] : 0;
     if (dev) {
         const ModelOps *o = m->ops;
-        o->upload(a->tokens, tokens, (size_t)N * sizeof(int32_t));
-        o->upload(a->targets, targets, (size_t)N * sizeof(int32_t));
-        o->upload(a->pos, pos, (size_t)N * sizeof(int32_t));
+        o->upload(a->tokens, tokens, (size_t)Nu * sizeof(int32_t));
+        o->upload(a->targets, targets, (size_t)Nu * sizeof(int32_t));
+        o->upload(a->pos, pos, (size_t)Nu * sizeof(int32_t));
         o->upload(a->start, start, (size_t)B * sizeof(int32_t));
-        o->upload(a->mask, mask, (size_t)N * sizeof(float));
+        o->upload(a->mask, mask, (size_t)Nu * sizeof(float));
     }
 }
 
@@ -439,12 +424,13 @@ static void forward_trunk(Model *m) {
                  m->params + m->lay.lnf_w, lnf_b, N);
 }
 
-static int prepare(Model *m, const ModelBatch *batch, int need_targets, PonderError *err) {
+static int prepare(Model *m, const ModelBatch *batch, int need_targets, int allow_share,
+                   PonderError *err) {
     int rc = check_batch(m, batch, need_targets, err);
     if (rc) return rc;
     rc = ensure_activations(m, batch->B, batch->T, err);
     if (rc) return rc;
-    stage_batch(m, batch, need_targets);
+    stage_batch(m, batch, allow_share);
     return PONDER_OK;
 }
 
@@ -502,7 +488,7 @@ static int forward_start(Model *m, const ModelBatch *batch, PonderError *err) {
     m->act.has_forward = 0;
     if (!batch->targets)
         return ponder_error(err, PONDER_ERR_SHAPE, "model_forward: batch has no targets");
-    int rc = prepare(m, batch, 1, err);
+    int rc = prepare(m, batch, 1, 1, err);
     if (rc == PONDER_OK) forward_trunk(m);
     return rc;
 }
@@ -558,9 +544,9 @@ int model_forward_backend(Model *m, const ModelBatch *batch, int want_entropy, M
 
 int model_forward_logits(Model *m, const ModelBatch *batch, float *logits, PonderError *err) {
     m->act.has_forward = 0; /* the saved state no longer matches a loss forward */
-    int rc = prepare(m, batch, 0, err);
+    int rc = prepare(m, batch, 0, 0, err); /* logits at every position: not shared */
     if (rc) return rc;
-    forward_trunk(m); /* not shared (need_targets 0): N rows */
+    forward_trunk(m);
     const int64_t N = m->act.B * m->act.T;
     const ModelOps *o = m->ops;
     const size_t bytes = (size_t)(N * m->cfg.vocab_size) * sizeof(float);
