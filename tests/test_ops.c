@@ -656,6 +656,61 @@ Test(ops, attention_mqa_left_padding) {
     check_attention(1, start, 603);
 }
 
+/* The attention loops give each thread one contiguous run of (row, head)
+ * items cut at equal shares of the work, and rows of different starts and
+ * lengths move the cuts into the middle of rows. Every item is computed by
+ * one thread, so 1, 2 and 3 threads must give the same bits. */
+static int64_t count_bit_diffs(const float *a, const float *b, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return bad;
+}
+
+Test(ops, attention_work_shares_keep_bits_at_any_thread_count) {
+    const ModelOps *o = ops_cpu();
+    enum { B = 7, T = 12, NH = 4, KV = 2, hd = 32 };
+    const int64_t N = B * T, stride = (NH + 2 * KV) * hd, C = NH * hd;
+    const int32_t start[B] = {0, 11, 3, 0, 7, 1, 10};
+    Rng rng = rng_from_seed(720);
+    float *qkv = randn(&rng, N * stride, 1.0, 0.0), *dout = randn(&rng, N * C, 1.0, 0.0);
+    OpsHeads q = {qkv, stride}, k = {qkv + NH * hd, stride}, v = {qkv + (NH + KV) * hd, stride};
+    /* decode: 23 rows of lengths 1..60 over 5 caches, in no order */
+    enum { R = 23, L = 64 };
+    float *kc = randn(&rng, 5 * KV * L * hd, 1.0, 0.0), *vc = randn(&rng, 5 * KV * L * hd, 1.0, 0.0);
+    float *qd = randn(&rng, R * C, 1.0, 0.0), *kp[R], *vp[R];
+    int64_t len[R];
+    for (int64_t n = 0; n < R; n++) {
+        kp[n] = kc + (n % 5) * KV * L * hd, vp[n] = vc + (n % 5) * KV * L * hd;
+        len[n] = 1 + (n * 37) % 60;
+    }
+    float *out[3], *att[3], *g[3], *dec[3];
+    const int saved = omp_get_max_threads();
+    for (int t = 0; t < 3; t++) {
+        omp_set_num_threads(t + 1);
+        out[t] = filled(N * C, NAN), att[t] = filled(B * NH * T * T, NAN);
+        g[t] = filled(N * stride, 0.0f), dec[t] = filled(R * C, NAN);
+        o->attention_forward(out[t], att[t], q, k, v, start, B, T, NH, KV, hd);
+        OpsHeads dq = {g[t], stride}, dk = {g[t] + NH * hd, stride};
+        OpsHeads dv = {g[t] + (NH + KV) * hd, stride};
+        o->attention_backward(dq, dk, dv, dout, att[t], q, k, v, start, B, T, NH, KV, hd);
+        OpsHeads qh = {qd, C};
+        o->attention_cached(dec[t], qh, kp, vp, len, R, NH, KV, hd, L);
+    }
+    omp_set_num_threads(saved);
+    for (int t = 1; t < 3; t++) {
+        const int64_t d_out = count_bit_diffs(out[0], out[t], N * C);
+        const int64_t d_g = count_bit_diffs(g[0], g[t], N * stride);
+        const int64_t d_dec = count_bit_diffs(dec[0], dec[t], R * C);
+        printf("attention, %d threads against 1: %ld outputs, %ld gradients, %ld decode outputs "
+               "differ in their bits\n", t + 1, (long)d_out, (long)d_g, (long)d_dec);
+        cr_expect_eq(d_out, 0, "%d threads: %ld forward outputs differ", t + 1, (long)d_out);
+        cr_expect_eq(d_g, 0, "%d threads: %ld gradients differ", t + 1, (long)d_g);
+        cr_expect_eq(d_dec, 0, "%d threads: %ld decode outputs differ", t + 1, (long)d_dec);
+    }
+    for (int t = 0; t < 3; t++) free(out[t]), free(att[t]), free(g[t]), free(dec[t]);
+    free(qkv), free(dout), free(kc), free(vc), free(qd);
+}
+
 /* Cached attention on the same data as the full causal forward: row (b, t)
  * sees positions [0, t] of sequence b's cache, so the outputs must agree. */
 Test(ops, attention_cached) {
