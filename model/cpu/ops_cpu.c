@@ -344,9 +344,24 @@ typedef struct PackedWeight {
     GemmBf16Operand op;
 } PackedWeight;
 
+/* Packed operands of one kind of product (a role and the layer's two
+ * widths). Products of one kind split their rows between threads the same
+ * way, so a cache line of these buffers is written by the same core every
+ * time. With one buffer for every product a line changed core from one
+ * product to the next, and when the host put the two cores on different L3
+ * caches the packing waited on those lines: pack_a_both took 5-7x its
+ * usual time (bench/RESULTS.md, tenth session). */
+#define BF16_SLOTS 16
+typedef struct Bf16Slot {
+    int64_t key;
+    GemmBf16 g;
+} Bf16Slot;
+
 typedef struct Bf16Scratch {
     GemmBf16 g;                 /* the current product's A and B */
     GemmBf16 g2;                /* a linear backward's second pair (dy^T, x) */
+    Bf16Slot slots[BF16_SLOTS]; /* products by kind (bf16_slot) */
+    int n_slots;
     GemmBf16Operand lm_w_t, lm_w; /* the LM head weight, both layouts */
     int frozen;                   /* inside weights_frozen(1) .. (0) */
     PackedWeight *weights;
@@ -362,6 +377,7 @@ static void bf16_scratch_free(void *p) {
     Bf16Scratch *s = p;
     gemm_bf16_free(&s->g);
     gemm_bf16_free(&s->g2);
+    for (int i = 0; i < s->n_slots; i++) gemm_bf16_free(&s->slots[i].g);
     gemm_bf16_operand_free(&s->lm_w_t);
     gemm_bf16_operand_free(&s->lm_w);
     for (int64_t i = 0; i < s->n_weights; i++) gemm_bf16_operand_free(&s->weights[i].op);
@@ -387,6 +403,18 @@ static Bf16Scratch *bf16_scratch(void) {
     s = calloc(1, sizeof *s);
     if (!s || pthread_setspecific(bf16_scratch_key, s)) bf16_out_of_memory("the scratch table", 1);
     return s;
+}
+
+/* The packed operands kept for products of one kind: role (0 forward, 1 and
+ * 2 a linear backward's two pairs) and the layer's widths. More kinds than
+ * slots share the last one. */
+static GemmBf16 *bf16_slot(Bf16Scratch *s, int64_t role, int64_t in, int64_t out) {
+    const int64_t key = (role << 48) | (in << 24) | out;
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].key == key) return &s->slots[i].g;
+    if (s->n_slots == BF16_SLOTS) return &s->slots[BF16_SLOTS - 1].g;
+    s->slots[s->n_slots].key = key;
+    return &s->slots[s->n_slots++].g;
 }
 
 static void bf16_product(GemmBf16 *g, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
@@ -448,11 +476,12 @@ static void bf16_product_after(Bf16Scratch *s, const GemmBf16Prologue *pro, floa
                                const float *a, const float *w, int64_t N, int64_t C, int64_t OC,
                                float beta) {
     int rc;
+    GemmBf16 *g = bf16_slot(s, 0, C, OC);
     if (s->frozen)
-        rc = gemm_bf16_with_b_after(pro, &s->g.a, 0, N, C, a, C, frozen_weight(s, w, OC, C, 1), 1.0f,
+        rc = gemm_bf16_with_b_after(pro, &g->a, 0, N, C, a, C, frozen_weight(s, w, OC, C, 1), 1.0f,
                                     beta, y, OC);
     else
-        rc = gemm_bf16_after(pro, &s->g, 0, 1, N, OC, C, 1.0f, a, C, w, C, beta, y, OC);
+        rc = gemm_bf16_after(pro, g, 0, 1, N, OC, C, 1.0f, a, C, w, C, beta, y, OC);
     if (rc) bf16_out_of_memory("matmul rows", N * C);
 }
 
@@ -485,7 +514,8 @@ static void bf16_matmul_backward_beta(float *dinp, float *dw, float *dbias, cons
     Bf16Scratch *s = bf16_scratch();
     GemmBf16 *g = &s->g;
     if (dinp && dw) { /* both products in one region, dout read once */
-        if (gemm_bf16_linear_backward(&g->a, &s->g2.a, &g->b, &s->g2.b,
+        GemmBf16 *g1 = bf16_slot(s, 1, C, OC), *g2 = bf16_slot(s, 2, C, OC);
+        if (gemm_bf16_linear_backward(&g1->a, &g2->a, &g1->b, &g2->b,
                                       s->frozen ? frozen_weight(s, w, OC, C, 0) : NULL, N, C, OC,
                                       dout, inp, w, beta, dinp, dw))
             bf16_out_of_memory("matmul operands", N * (OC + C));
@@ -521,7 +551,8 @@ static void bf16_swiglu_matmul_backward_set(float *dinp, float *dw, const float 
     Bf16Scratch *s = bf16_scratch();
     SwigluRows rows = {dout, gate_up, F};
     const GemmBf16RowSource src = {swiglu_fill_row, &rows};
-    if (gemm_bf16_linear_backward_from(&s->g.a, &s->g2.a, &s->g.b, &s->g2.b,
+    GemmBf16 *g1 = bf16_slot(s, 1, C, 2 * F), *g2 = bf16_slot(s, 2, C, 2 * F);
+    if (gemm_bf16_linear_backward_from(&g1->a, &g2->a, &g1->b, &g2->b,
                                        s->frozen ? frozen_weight(s, w, 2 * F, C, 0) : NULL, N, C,
                                        2 * F, &src, inp, w, 0.0f, dinp, dw))
         bf16_out_of_memory("matmul operands", N * (2 * F + C));
