@@ -1,7 +1,9 @@
 /* tests/test_sft.c — the SFT stage: TON thought dropout, the loss mask, exact
  * resume (2N steps == N steps + stop + resume + N steps, bit for bit), the
  * non-finite guard, and a short learning run that must reach a stated accuracy. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <criterion/criterion.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +340,45 @@ Test(sft, sigint_checkpoints_and_resumes, .timeout = 120) {
     cr_expect_eq(WEXITSTATUS(st), 0, "resume exit status %d", WEXITSTATUS(st));
     snprintf(cmd, sizeof cmd, "grep -q 'resumed from' %s/out2.txt", d);
     cr_expect_eq(system(cmd), 0, "no 'resumed from' line");
+    remove_dir(d);
+}
+
+/* OMP_PROC_BIND makes libgomp bind the first image to one place before
+ * `ponder` re-executes itself for its spin count; the new image must still
+ * get every CPU (it had put both threads on one, at half the speed), and a
+ * process confined to fewer CPUs than threads says so. */
+Test(sft, bound_threads_keep_every_cpu, .timeout = 120) {
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    if (CPU_COUNT(&allowed) < 2) cr_skip_test("needs 2 CPUs");
+    int first = 0;
+    while (!CPU_ISSET(first, &allowed)) first++;
+    char d[] = "/tmp/ponder_bind_XXXXXX";
+    cr_assert(mkdtemp(d));
+    char cmd[1400];
+    const char *common = "model.d_model=32 model.n_layer=1 model.n_head=2 model.max_seq_len=64 "
+                         "stages.0.steps=2 stages.0.batch_size=4 checkpoint.every=0 eval.every=0 "
+                         "data.eval_size=4 runtime.threads=2";
+    const char *cases[2] = {"OMP_PROC_BIND=close", "taskset -c"};
+    for (int i = 0; i < 2; i++) {
+        char prefix[64];
+        if (i == 0)
+            snprintf(prefix, sizeof prefix, "%s", cases[0]);
+        else
+            snprintf(prefix, sizeof prefix, "%s %d", cases[1], first);
+        snprintf(cmd, sizeof cmd,
+                 "env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY %s %s/ponder train %s/configs/sft_arith.yaml "
+                 "run.dir=%s/r%d %s > %s/out%d.txt 2>&1",
+                 prefix, PONDER_BINARY_DIR, PONDER_SOURCE_DIR, d, i, common, d, i);
+        cr_assert_eq(system(cmd), 0, "%s: ponder failed", prefix);
+        /* bound: both CPUs and no warning; confined to one CPU: the warning */
+        snprintf(cmd, sizeof cmd, "grep -q '2 threads on %s CPUs' %s/out%d.txt", i == 0 ? "[2-9]" : "1", d, i);
+        cr_expect_eq(system(cmd), 0, "%s: not the expected 'threads on CPUs' line", prefix);
+        snprintf(cmd, sizeof cmd, "grep -q 'warning: 2 threads share' %s/out%d.txt", d, i);
+        const int warned = system(cmd) == 0;
+        cr_expect_eq(warned, i == 1, "%s: the threads-share-CPUs warning %s", prefix,
+                     warned ? "appeared" : "is missing");
+    }
     remove_dir(d);
 }
 

@@ -25,6 +25,7 @@
 #include "trainer/checkpoint.h" /* ckpt_save, ckpt_load */
 #include "trainer/optim.h"      /* Optimizer */
 #include "trainer/rl_stage.h"   /* RlStage */
+#include "util/omp_env.h"       /* omp_env_cpus_allowed */
 
 /* ------------------------------------------------------------ run state -- */
 
@@ -377,8 +378,11 @@ static void print_plan(const Run *r) {
         (long long)c->vocab_size, (long long)c->max_seq_len,
         c->tie_embeddings ? ", tied embeddings" : "", c->scalar_head ? ", scalar head" : "");
     const BlasInfo *bi = blas_info();
-    say(r, "  compute cpu, %d threads, BLAS %s (%s)\n", omp_get_max_threads(),
-        bi ? bi->library : "?", bi ? bi->core : "?");
+    say(r, "  compute cpu, %d threads on %d CPUs, BLAS %s (%s)\n", omp_get_max_threads(),
+        omp_env_cpus_allowed(), bi ? bi->library : "?", bi ? bi->core : "?");
+    if (omp_env_cpus_allowed() > 0 && omp_get_max_threads() > omp_env_cpus_allowed())
+        say(r, "  warning: %d threads share %d CPUs (the process's CPU affinity); steps will be slower\n",
+            omp_get_max_threads(), omp_env_cpus_allowed());
     for (int s = 0; s < cfg->n_stages; s++) {
         const ConfigStage *st = &cfg->stages[s];
         if (st->type != CONFIG_STAGE_SFT) {

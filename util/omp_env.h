@@ -12,7 +12,14 @@
 
 #define PONDER_GOMP_SPINCOUNT "10000" /* iterations before an idle thread sleeps */
 
-/* Returns only when no re-exec happened (policy already chosen, or exec failed). */
+/* Returns only when no re-exec happened (policy already chosen, or exec failed).
+ * With OMP_PROC_BIND set, the re-executed program starts on all of libgomp's
+ * places, not only the one libgomp bound the first image to. */
 void omp_env_use_short_spin(char **argv);
+
+/* CPUs the program's threads may run on: those of libgomp's places with
+ * OMP_PROC_BIND set, else the calling thread's affinity (-1 when the system
+ * does not say). */
+int omp_env_cpus_allowed(void);
 
 #endif
