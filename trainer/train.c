@@ -378,11 +378,12 @@ static void print_plan(const Run *r) {
         (long long)c->vocab_size, (long long)c->max_seq_len,
         c->tie_embeddings ? ", tied embeddings" : "", c->scalar_head ? ", scalar head" : "");
     const BlasInfo *bi = blas_info();
-    say(r, "  compute cpu, %d threads on %d CPUs, BLAS %s (%s)\n", omp_get_max_threads(),
-        omp_env_cpus_allowed(), bi ? bi->library : "?", bi ? bi->core : "?");
-    if (omp_env_cpus_allowed() > 0 && omp_get_max_threads() > omp_env_cpus_allowed())
+    const int threads = omp_get_max_threads(), cpus = omp_env_cpus_allowed();
+    say(r, "  compute cpu, %d threads on %d CPUs, BLAS %s (%s)\n", threads, cpus,
+        bi ? bi->library : "?", bi ? bi->core : "?");
+    if (cpus > 0 && threads > cpus)
         say(r, "  warning: %d threads share %d CPUs (the process's CPU affinity); steps will be slower\n",
-            omp_get_max_threads(), omp_env_cpus_allowed());
+            threads, cpus);
     for (int s = 0; s < cfg->n_stages; s++) {
         const ConfigStage *st = &cfg->stages[s];
         if (st->type != CONFIG_STAGE_SFT) {

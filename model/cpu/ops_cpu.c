@@ -358,8 +358,7 @@ typedef struct Bf16Slot {
 } Bf16Slot;
 
 typedef struct Bf16Scratch {
-    GemmBf16 g;                 /* the current product's A and B */
-    GemmBf16 g2;                /* a linear backward's second pair (dy^T, x) */
+    GemmBf16 g;                 /* products of no kind below (a lone d(input) or d(weight)) */
     Bf16Slot slots[BF16_SLOTS]; /* products by kind (bf16_slot) */
     int n_slots;
     GemmBf16Operand lm_w_t, lm_w; /* the LM head weight, both layouts */
@@ -376,7 +375,6 @@ static pthread_once_t bf16_scratch_once = PTHREAD_ONCE_INIT;
 static void bf16_scratch_free(void *p) {
     Bf16Scratch *s = p;
     gemm_bf16_free(&s->g);
-    gemm_bf16_free(&s->g2);
     for (int i = 0; i < s->n_slots; i++) gemm_bf16_free(&s->slots[i].g);
     gemm_bf16_operand_free(&s->lm_w_t);
     gemm_bf16_operand_free(&s->lm_w);
@@ -407,7 +405,8 @@ static Bf16Scratch *bf16_scratch(void) {
 
 /* The packed operands kept for products of one kind: role (0 forward, 1 and
  * 2 a linear backward's two pairs) and the layer's widths. More kinds than
- * slots share the last one. */
+ * slots share the last one, as do widths past 2^24 whose keys collide: a
+ * shared slot costs speed, never correctness. */
 static GemmBf16 *bf16_slot(Bf16Scratch *s, int64_t role, int64_t in, int64_t out) {
     const int64_t key = (role << 48) | (in << 24) | out;
     for (int i = 0; i < s->n_slots; i++)
