@@ -379,11 +379,19 @@ static void print_plan(const Run *r) {
         c->tie_embeddings ? ", tied embeddings" : "", c->scalar_head ? ", scalar head" : "");
     const BlasInfo *bi = blas_info();
     const int threads = omp_get_max_threads(), cpus = omp_env_cpus_allowed();
-    say(r, "  compute cpu, %d threads on %d CPUs, BLAS %s (%s)\n", threads, cpus,
+    say(r, "  compute cpu, %d thread%s on %d CPUs, BLAS %s (%s)\n", threads, threads == 1 ? "" : "s", cpus,
         bi ? bi->library : "?", bi ? bi->core : "?");
     if (cpus > 0 && threads > cpus)
         say(r, "  warning: %d threads share %d CPUs (the process's CPU affinity); steps will be slower\n",
             threads, cpus);
+    /* ranks on one node each run their own threads: 2 ranks x 2 threads on 2
+     * cores ran the GRPO benchmark 8x slower than 2 x 1 (bench/RESULTS.md) */
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    const int here = r->world->local_size;
+    if (here > 1 && online > 0 && (long)threads * here > online)
+        say(r, "  warning: %d ranks on this node x %d threads = %ld threads on %ld CPUs; steps will "
+               "be much slower (runtime.threads: 0 gives each rank its share of the cores)\n",
+            here, threads, (long)threads * here, online);
     for (int s = 0; s < cfg->n_stages; s++) {
         const ConfigStage *st = &cfg->stages[s];
         if (st->type != CONFIG_STAGE_SFT) {

@@ -99,6 +99,15 @@ colocated)
     # rank 0 alone writes the metrics; every step is there once
     n=$(grep -c '"kind":"rl"' "$WORK/r3/metrics.jsonl")
     [ "$n" -eq 4 ] || fail "3 ranks wrote $n RL metric lines, expected 4"
+    # more threads on the node than CPUs (ranks x runtime.threads) is named in
+    # the plan; one thread per rank on enough CPUs is not
+    cpus=$(getconf _NPROCESSORS_ONLN)
+    run 2 "$WORK/over" runtime.threads="$cpus" --stop-at 1
+    grep -q "warning: 2 ranks on this node x $cpus threads = $((2 * cpus)) threads on $cpus CPUs" \
+        "$WORK/over.log" || { grep threads "$WORK/over.log"; fail "no warning for $((2 * cpus)) threads on $cpus CPUs"; }
+    if [ "$cpus" -ge 3 ] && grep -q "ranks on this node" "$WORK/r3.log"; then
+        fail "3 ranks x 1 thread on $cpus CPUs were warned about"
+    fi
     ;;
 resume)
     # a 2-rank run stopped at step 5, resumed on 1 and on 3 ranks, continues
