@@ -117,13 +117,15 @@ static int cmd_train(int argc, char **argv) {
         return code;
     }
     const int rank = dist.rank;
-    dist_finalize(&dist);
-    if (rank != 0) return sum.stopped_early ? 130 : 0;
-    if (sum.stopped_early) {
+    /* before MPI_Finalize: once a rank exits with 130, mpirun may end the
+     * others, and rank 0's line would be lost in its stdout buffer */
+    if (rank == 0 && sum.stopped_early) {
         printf("stopped at step %lld; resume with: ponder train %s --resume\n",
                (long long)sum.steps_done, path);
-        return 130;
+        fflush(stdout);
     }
+    dist_finalize(&dist);
+    if (rank != 0 || sum.stopped_early) return sum.stopped_early ? 130 : 0;
     printf("done: %lld steps in %.1fs", (long long)sum.steps_done, sum.seconds);
     if (sum.final_accuracy >= 0)
         printf(", final accuracy %.4f, think_ratio %.3f", sum.final_accuracy, sum.final_think_ratio);

@@ -4,7 +4,7 @@
 # checkpoint with `ponder compare`. CTest runs each case as its own test:
 #
 #   run_tests.sh BUILD_DIR CASE
-#   CASE: colocated | resume | killed | stalled | stalled_rollout | disaggregated
+#   CASE: colocated | resume | interrupted | killed | stalled | stalled_rollout | disaggregated
 #
 # Tolerance. Ranks sum gradients in another order than one rank does, so
 # weights agree to rounding, not bit for bit. AdamW divides each gradient by
@@ -161,6 +161,25 @@ killed | stalled | stalled_rollout)
     "$PONDER" inspect "$latest" >/dev/null || fail "the last checkpoint $latest does not load"
     "$PONDER" compare "$latest" "$latest" --tol 0 >/dev/null || fail "$latest does not load"
     echo "last checkpoint $latest loads"
+    ;;
+interrupted)
+    # Ctrl-C (SIGINT) to mpirun mid-run: the ranks stop together at a step,
+    # rank 0 writes a checkpoint that loads and says how to resume (that
+    # resuming trains the same weights is the resume case's check)
+    "$SRC/launch/ponder-mpi" -n 2 --ponder "$PONDER" train "$CFG" run.dir="$WORK/int" \
+        "${COMMON[@]}" stages.1.steps=500 checkpoint.every=1000 >"$WORK/int.log" 2>&1 &
+    job=$!
+    wait_for_step "$WORK/int" 5
+    kill -INT "$job"
+    wait "$job"
+    rc=$?
+    [ $rc -ne 0 ] || fail "an interrupted job exited 0"
+    grep -q "stopped at step [0-9]*; resume with: ponder train" "$WORK/int.log" ||
+        { tail -20 "$WORK/int.log"; fail "no resume line after Ctrl-C (exit $rc)"; }
+    stopped=$(grep -o "stopped at step [0-9]*" "$WORK/int.log" | grep -o "[0-9]*$")
+    ckpt="$WORK/int/checkpoints/$(printf 'step_%08d.h5' "$stopped")"
+    "$PONDER" inspect "$ckpt" >/dev/null || fail "the checkpoint of step $stopped does not load"
+    echo "stopped at step $stopped (exit $rc)"
     ;;
 disaggregated)
     # one rollout rank + one learner with max_staleness 0 trains what one
