@@ -1178,7 +1178,9 @@ PONDER_HOT static void attention_head_forward_blocked(float *out, int64_t os, fl
     float *kt = scratch, *S = scratch + hd * ldy;
     att_transpose(kt, ldy, k + s * ks, ks, m, hd);
     att_scores(m, hd, q + s * qs, qs, kt, ldy, scale, S);
-    for (int64_t i = 0; i < T; i++) memset(att + i * T, 0, (size_t)(i < s ? T : s) * sizeof(float));
+    /* rows with no padding before them (s 0, most rows) skip T empty calls */
+    for (int64_t i = 0; s > 0 && i < T; i++)
+        memset(att + i * T, 0, (size_t)(i < s ? T : s) * sizeof(float));
     for (int64_t i = 0; i < s; i++) memset(out + i * os, 0, (size_t)hd * sizeof(float));
     for (int64_t i = 0; i < m; i++) {
         float *srow = S + i * ldy, *arow = att + (s + i) * T + s;
