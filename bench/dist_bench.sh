@@ -6,9 +6,13 @@
 # 8 samples, <= 48 new tokens) from the same SFT checkpoint, twice,
 # interleaved (A B C D A B C D) because this machine is shared and noisy.
 # Samples/s is taken from rank 0's metrics (elapsed_s of RL steps 2..N, so
-# start-up and the first step are left out). Also prints the job's traffic.
+# start-up and the first step are left out). Also prints the job's traffic,
+# and before each run the cache-line round trip between cpu0 and cpu1
+# (bench/core_distance: about 60 ns when the host put them on one L3, 300+
+# when on two; one rank with 2 threads slows down in the second case).
 #
 #   bash bench/dist_bench.sh [BUILD_DIR]      (default build/)
+#   PRECISION=bf16 bash bench/dist_bench.sh   (model.precision; default fp32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -35,7 +39,10 @@ layouts=("1x2" "2x1-colocated" "2x1-disagg-k0" "2x1-disagg-k1")
 run_layout() {
   local name=$1 dir=$OUTDIR/$1-$2
   rm -rf "$dir"
-  local common=(bench/dist_bench.yaml model.init_from="$SFT" run.dir="$dir")
+  local common=(bench/dist_bench.yaml model.init_from="$SFT" run.dir="$dir"
+    model.precision="${PRECISION:-fp32}")
+  local rt="-"
+  [ -x "$BUILD/core_distance" ] && rt=$("$BUILD/core_distance" | grep -o '"roundtrip_ns":[0-9]*' | cut -d: -f2)
   case $name in
   1x2) "$BUILD/ponder" train "${common[@]}" runtime.threads=2 >"$dir.log" 2>&1 ;;
   2x1-colocated) OMP_NUM_THREADS=1 launch/ponder-mpi -n 2 --ponder "$BUILD/ponder" train \
@@ -49,7 +56,7 @@ run_layout() {
   r=$(rate "$dir")
   local traffic
   traffic=$(grep -o 'per RL step.*' "$dir.log" || echo "-")
-  printf '%-16s run %s  %8s samples/s  %6s ms/step   %s\n' "$name" "$2" ${r} "$traffic"
+  printf '%-16s run %s  round trip %4s ns  %8s samples/s  %6s ms/step   %s\n' "$name" "$2" "$rt" ${r} "$traffic"
 }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
