@@ -379,8 +379,8 @@ static void print_plan(const Run *r) {
         c->tie_embeddings ? ", tied embeddings" : "", c->scalar_head ? ", scalar head" : "");
     const BlasInfo *bi = blas_info();
     const int threads = omp_get_max_threads(), cpus = omp_env_cpus_allowed();
-    say(r, "  compute cpu, %d thread%s on %d CPUs, BLAS %s (%s)\n", threads, threads == 1 ? "" : "s", cpus,
-        bi ? bi->library : "?", bi ? bi->core : "?");
+    say(r, "  compute cpu, %d thread%s on %d CPUs, BLAS %s (%s)\n", threads,
+        threads == 1 ? "" : "s", cpus, bi ? bi->library : "?", bi ? bi->core : "?");
     if (cpus > 0 && threads > cpus)
         say(r, "  warning: %d threads share %d CPUs (the process's CPU affinity); steps will be slower\n",
             threads, cpus);
