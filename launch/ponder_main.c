@@ -53,8 +53,11 @@ static int cmd_config(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- train -----*/
 
-/* Set by SIGINT/SIGTERM; the trainer polls it between steps, writes a
- * checkpoint and returns. A signal handler can only talk through a global. */
+/* Set by SIGINT/SIGTERM, and by SIGUSR1, the signal launch/ponder-mpi has
+ * mpirun forward to every rank on Ctrl-C (mpirun's own SIGINT handling kills
+ * the ranks two seconds later, before a real model's step and checkpoint are
+ * done); the trainer polls it between steps, writes a checkpoint and
+ * returns. A signal handler can only talk through a global. */
 static volatile sig_atomic_t g_stop_request = 0;
 
 static void on_stop_signal(int sig) {
@@ -69,6 +72,7 @@ static void install_stop_handlers(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 }
 
 static int cmd_train(int argc, char **argv) {

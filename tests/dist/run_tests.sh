@@ -163,23 +163,30 @@ killed | stalled | stalled_rollout)
     echo "last checkpoint $latest loads"
     ;;
 interrupted)
-    # Ctrl-C (SIGINT) to mpirun mid-run: the ranks stop together at a step,
-    # rank 0 writes a checkpoint that loads and says how to resume (that
-    # resuming trains the same weights is the resume case's check)
-    "$SRC/launch/ponder-mpi" -n 2 --ponder "$PONDER" train "$CFG" run.dir="$WORK/int" \
-        "${COMMON[@]}" stages.1.steps=500 checkpoint.every=1000 >"$WORK/int.log" 2>&1 &
-    job=$!
-    wait_for_step "$WORK/int" 5
-    kill -INT "$job"
-    wait "$job"
-    rc=$?
-    [ $rc -ne 0 ] || fail "an interrupted job exited 0"
-    grep -q "stopped at step [0-9]*; resume with: ponder train" "$WORK/int.log" ||
-        { tail -20 "$WORK/int.log"; fail "no resume line after Ctrl-C (exit $rc)"; }
-    stopped=$(grep -o "stopped at step [0-9]*" "$WORK/int.log" | grep -o "[0-9]*$")
-    ckpt="$WORK/int/checkpoints/$(printf 'step_%08d.h5' "$stopped")"
-    "$PONDER" inspect "$ckpt" >/dev/null || fail "the checkpoint of step $stopped does not load"
-    echo "stopped at step $stopped (exit $rc)"
+    # Ctrl-C in a terminal (SIGINT to the launcher's process group) and a
+    # scheduler's SIGTERM to the launcher alone, mid-run: the ranks stop
+    # together at a step, rank 0 writes a checkpoint that loads and says how
+    # to resume, and the launcher exits 130 (that resuming trains the same
+    # weights is the resume case's check). Job control on, as in a terminal:
+    # without it a background job ignores SIGINT.
+    set -m
+    for how in INT TERM; do
+        "$SRC/launch/ponder-mpi" -n 2 --ponder "$PONDER" train "$CFG" run.dir="$WORK/int$how" \
+            "${COMMON[@]}" stages.1.steps=500 checkpoint.every=1000 >"$WORK/int$how.log" 2>&1 &
+        job=$!
+        wait_for_step "$WORK/int$how" 5
+        if [ "$how" = INT ]; then kill -INT -- "-$job"; else kill -TERM "$job"; fi
+        wait "$job"
+        rc=$?
+        [ $rc -eq 130 ] || { tail -20 "$WORK/int$how.log"; fail "SIG$how: the launcher exited $rc, not 130"; }
+        grep -q "stopped at step [0-9]*; resume with: ponder train" "$WORK/int$how.log" ||
+            { tail -20 "$WORK/int$how.log"; fail "SIG$how: no resume line"; }
+        stopped=$(grep -o "stopped at step [0-9]*" "$WORK/int$how.log" | grep -o "[0-9]*$")
+        ckpt="$WORK/int$how/checkpoints/$(printf 'step_%08d.h5' "$stopped")"
+        "$PONDER" inspect "$ckpt" >/dev/null || fail "SIG$how: the checkpoint of step $stopped does not load"
+        echo "SIG$how: stopped at step $stopped, exit $rc"
+    done
+    set +m
     ;;
 disaggregated)
     # one rollout rank + one learner with max_staleness 0 trains what one
