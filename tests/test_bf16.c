@@ -164,6 +164,21 @@ Test(gemm_bf16, products_match_the_rounded_operands_in_double) {
                               100 + i * 4 + (size_t)(ta * 2 + tb));
 }
 
+/* The same shapes on the VDPBF16PS register tiles where the CPU would
+ * otherwise take AMX tiles (on a CPU without AMX this repeats the test
+ * above, which then ran on the register tiles). */
+Test(gemm_bf16, register_tiles_match_the_rounded_operands_where_amx_is_used) {
+    need_bf16();
+    cr_log_info("AMX %s on this CPU", gemm_bf16_amx() ? "is used" : "is not used");
+    setenv("PONDER_CPU_AMX", "0", 1);
+    cr_assert_eq(gemm_bf16_amx(), 0);
+    const Shape shapes[] = {{1, 1, 1}, {9, 49, 33}, {17, 100, 31}, {64, 130, 257}, {100, 20, 1000}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int ta = 0; ta < 2; ta++)
+            check_product(ta, 1 - ta, shapes[i], 1.0f, i % 2 ? 0.0f : 0.75f, 300 + i * 2 + (size_t)ta);
+    unsetenv("PONDER_CPU_AMX");
+}
+
 Test(gemm_bf16, results_do_not_depend_on_the_thread_count) {
     need_bf16();
     const int64_t M = 100, N = 130, K = 257;
@@ -172,14 +187,52 @@ Test(gemm_bf16, results_do_not_depend_on_the_thread_count) {
     float *C1 = calloc((size_t)(M * N), sizeof(float)), *C2 = calloc((size_t)(M * N), sizeof(float));
     GemmBf16 g = {0};
     int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N), 0);
-    omp_set_num_threads(2);
-    cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N), 0);
+    /* op(A) from rows (A B^T, a forward) and from columns (A^T B, a weight
+     * gradient: pair-major, which AMX transposes per block) */
+    for (int ta = 0; ta < 2; ta++) {
+        const int64_t lda = ta ? M : K;
+        omp_set_num_threads(1);
+        cr_assert_eq(gemm_bf16(&g, ta, 1, M, N, K, 1.0f, A, lda, B, K, 0.0f, C1, N), 0);
+        omp_set_num_threads(2);
+        cr_assert_eq(gemm_bf16(&g, ta, 1, M, N, K, 1.0f, A, lda, B, K, 0.0f, C2, N), 0);
+        cr_expect_eq(memcmp(C1, C2, (size_t)(M * N) * sizeof(float)), 0, "trans_a %d", ta);
+    }
     omp_set_num_threads(saved);
-    cr_expect_eq(memcmp(C1, C2, (size_t)(M * N) * sizeof(float)), 0);
     gemm_bf16_free(&g);
     free(A), free(B), free(C1), free(C2);
+}
+
+/* A row of C has the same bits whatever rows are multiplied with it: one
+ * decoded row gets the logits it would get in a batch of 64 (the cpu-bf16
+ * table has no matrix-vector path for that reason). On AMX the rows share
+ * 16-row tiles, so this checks that a short block (fewer tile rows) and the
+ * copied blocks (pair-major A, K not a multiple of 32) sum each row as a
+ * whole block does. */
+Test(gemm_bf16, rows_do_not_depend_on_the_rows_multiplied_with_them) {
+    need_bf16();
+    enum { MMAX = 64, N = 100 };
+    const int64_t Ks[] = {128, 70, 352};
+    const int64_t Ms[] = {1, 5, 16, 17, 40};
+    for (size_t k = 0; k < sizeof Ks / sizeof Ks[0]; k++)
+        for (int ta = 0; ta < 2; ta++) {
+            const int64_t K = Ks[k], lda = ta ? MMAX : K;
+            Rng r = rng_from_seed(40 + k);
+            float *A = random_floats(&r, MMAX * K), *B = random_floats(&r, N * K);
+            float *all = calloc((size_t)(MMAX * N), sizeof(float));
+            float *few = calloc((size_t)(MMAX * N), sizeof(float));
+            GemmBf16 g = {0};
+            cr_assert_eq(gemm_bf16(&g, ta, 1, MMAX, N, K, 1.0f, A, lda, B, K, 0.0f, all, N), 0);
+            for (size_t m = 0; m < sizeof Ms / sizeof Ms[0]; m++) {
+                const int64_t M = Ms[m];
+                /* the first M rows of op(A): the same memory, fewer rows */
+                cr_assert_eq(gemm_bf16(&g, ta, 1, M, N, K, 1.0f, A, lda, B, K, 0.0f, few, N), 0);
+                cr_expect_eq(memcmp(all, few, (size_t)(M * N) * sizeof(float)), 0,
+                             "K=%lld trans_a=%d: the first %lld rows differ from the same rows of %d",
+                             (long long)K, ta, (long long)M, MMAX);
+            }
+            gemm_bf16_free(&g);
+            free(A), free(B), free(all), free(few);
+        }
 }
 
 /* A packed B multiplied by two different A gives what packing both does. */

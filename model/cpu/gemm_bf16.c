@@ -14,10 +14,14 @@
 #include "model/cpu/gemm_bf16.h"
 #include "util/bf16.h"            /* bf16_from_float, bf16_to_float */
 
+#include <cpuid.h>       /* __get_cpuid_count */
 #include <immintrin.h>
-#include <omp.h>    /* omp_get_num_threads, omp_get_thread_num */
-#include <stdlib.h> /* posix_memalign, free, getenv */
-#include <string.h> /* memcpy, strcmp */
+#include <omp.h>           /* omp_get_num_threads, omp_get_thread_num */
+#include <pthread.h>       /* pthread_once */
+#include <stdlib.h>        /* posix_memalign, free, getenv */
+#include <string.h>        /* memcpy, strcmp */
+#include <sys/syscall.h>   /* SYS_arch_prctl */
+#include <unistd.h>        /* syscall */
 
 #define MR 8
 #define NRV 3 /* vectors of 16 floats per panel */
@@ -31,6 +35,28 @@ int gemm_bf16_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+/* AMX needs the CPU's tile instructions and the kernel's permission to use
+ * their 8 KB of register state (Linux >= 5.16 asks each process to request
+ * it). Both are facts of the machine, asked once per process. */
+static int amx_usable;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    const int tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
+    /* ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA */
+    amx_usable = tile && bf16 && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+int gemm_bf16_amx(void) {
+    const char *off = getenv("PONDER_CPU_AMX");
+    if (off && strcmp(off, "0") == 0) return 0;
+    if (!gemm_bf16_supported()) return 0;
+    pthread_once(&amx_once, amx_probe);
+    return amx_usable;
 }
 
 float gemm_bf16_round(float x) { return bf16_to_float(bf16_from_float(x)); }
@@ -361,8 +387,8 @@ BF16_TARGET static void tile_any(int mr, int pm, int64_t lda, int64_t pairs, con
  * threads read all of A, half of it from the other core: 2048-row products
  * with N = 96 ran at 0.6 of N = 48's rate.) Few row tiles (decode) split
  * the (panel, row tile) pairs instead. */
-BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
-                                 float beta, float *C, int64_t ldc) {
+BF16_TARGET static void multiply_avx512(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
+                                        float alpha, float beta, float *C, int64_t ldc) {
     const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
     const int64_t mt = (M + MR - 1) / MR, panels = (N + NR - 1) / NR;
     const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
@@ -383,11 +409,213 @@ BF16_TARGET static void multiply(const GemmBf16Operand *pa, const GemmBf16Operan
 #undef TILE_AT
 }
 
+/* ---------------------------------------------------------------- AMX --- */
+
+/* With AMX (Sapphire Rapids and later) a TDPBF16PS multiplies a 16-row,
+ * 32-value tile of op(A) by a 32-value, 16-column tile of op(B) into 16 x 16
+ * fp32 sums: 16 times the work of a VDPBF16PS for the same issue slot. The
+ * packed forms already are tile layouts: packed A rows are A tiles (16 rows,
+ * 16 pairs, stride `pairs` words) and a B panel's rows are B tiles (16 pairs,
+ * 16 columns, stride NR words), so the products read them in place. A block
+ * of 16 rows by one panel keeps its three 16 x 16 sums in tiles 0-2, the A
+ * tile in 3 and the panel's three B tiles in 4-6. Every element of C is
+ * still summed by one thread over the whole k range in a fixed order, so
+ * the bits do not depend on the thread count; nor on M: rows past M are
+ * zeros in a copied block, so a row's sums are the same whatever rows share
+ * its tile (decoding one row or 64 gives each row the same logits). */
+#define AMX_TARGET                                                                                 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+#define AMX_ROWS 16
+#define AMX_PAIRS 16 /* pairs of k per tile step (64 bytes of a tile row) */
+
+typedef struct AmxTileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} AmxTileConfig;
+
+/* Tiles 0-3 (sums, A) get `rows` rows: a block of fewer than 16 rows (a
+ * decode step's few rows, the last block of a product) costs TDPBF16PS
+ * fewer cycles, and its A tile is read in place, not copied with zeros. */
+AMX_TARGET static void amx_configure(int64_t rows) {
+    AmxTileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 7; t++) cfg.colsb[t] = 64, cfg.rows[t] = t < 4 ? (uint8_t)rows : AMX_ROWS;
+    /* not _tile_loadconfig: GCC 12's form names only the first 8 bytes as
+     * read, so the stores to the rest may be dropped (a bench that used it
+     * loaded a garbage configuration and faulted) */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+/* Per-thread scratch of one product: a copied A block (16 rows of kp pairs)
+ * and the last, partial k step of one panel, zero past `pairs`. */
+typedef struct AmxScratch {
+    uint32_t *a;      /* 16 * kp words, or NULL when A is read in place */
+    int64_t a_block;  /* the row block held in a, -1 for none */
+    int64_t rows;     /* rows of the sum and A tiles as configured, 0: none */
+    uint32_t btail[AMX_PAIRS * NR] __attribute__((aligned(64)));
+    float c[AMX_ROWS * NR] __attribute__((aligned(64)));
+} AmxScratch;
+
+/* Rows i0..i0+15 (or to M) of op(A) as tile rows: in place when the packed
+ * rows are whole (row-major, pairs a multiple of 16); otherwise copied into
+ * s->a, zero past M and past pairs, and transposed from the pair-major form.
+ * *ld gets the row stride in words. */
+AMX_TARGET static const uint32_t *amx_a_block(const GemmBf16Operand *pa, int64_t i0, int64_t kp,
+                                              AmxScratch *s, int64_t *ld) {
+    const int64_t M = pa->rows, pairs = pa->pairs, mr = min64(AMX_ROWS, M - i0);
+    if (!pa->pair_major && pairs == kp) {
+        *ld = pairs;
+        return pa->words + i0 * pairs;
+    }
+    *ld = kp;
+    if (s->a_block == i0) return s->a;
+    s->a_block = i0;
+    if (!pa->pair_major) {
+        for (int64_t r = 0; r < AMX_ROWS; r++) {
+            uint32_t *dst = s->a + r * kp;
+            const int64_t n = r < mr ? pairs : 0;
+            if (n) memcpy(dst, pa->words + (i0 + r) * pairs, (size_t)n * sizeof(uint32_t));
+            memset(dst + n, 0, (size_t)(kp - n) * sizeof(uint32_t));
+        }
+        return s->a;
+    }
+    const __mmask16 mi = mask_first(mr);
+    for (int64_t p0 = 0; p0 < kp; p0 += AMX_PAIRS) {
+        __m512i t[16];
+        for (int q = 0; q < 16; q++)
+            t[q] = p0 + q < pairs ? _mm512_maskz_loadu_epi32(mi, pa->words + (p0 + q) * M + i0)
+                                  : _mm512_setzero_si512();
+        transpose16(t); /* t[r] = row i0 + r's pairs p0..p0+15 */
+        for (int r = 0; r < AMX_ROWS; r++) _mm512_store_si512(s->a + r * kp + p0, t[r]);
+    }
+    return s->a;
+}
+
+/* The panel's pairs past the last whole k step, zero-filled to 16 (the
+ * rows after them belong to the next panel, and 0 x NaN would be NaN). */
+static void amx_b_tail(const uint32_t *panel, int64_t pairs, uint32_t *btail) {
+    const int64_t full = pairs / AMX_PAIRS * AMX_PAIRS, rem = pairs - full;
+    memcpy(btail, panel + full * NR, (size_t)(rem * NR) * sizeof(uint32_t));
+    memset(btail + rem * NR, 0, (size_t)((AMX_PAIRS - rem) * NR) * sizeof(uint32_t));
+}
+
+/* One 16-row block times one panel's first nv column tiles, into s->c. */
+static inline __attribute__((always_inline)) AMX_TARGET void
+amx_block(int nv, const uint32_t *a, int64_t lda, const uint32_t *panel, int64_t pairs,
+          const uint32_t *btail, float *c) {
+    const int64_t full = pairs / AMX_PAIRS, steps = (pairs + AMX_PAIRS - 1) / AMX_PAIRS;
+    _tile_zero(0);
+    if (nv > 1) _tile_zero(1);
+    if (nv > 2) _tile_zero(2);
+    for (int64_t q = 0; q < steps; q++) {
+        const uint32_t *b = q < full ? panel + q * AMX_PAIRS * NR : btail;
+        _tile_loadd(3, a + q * AMX_PAIRS, lda * 4);
+        _tile_loadd(4, b, NR * 4);
+        _tile_dpbf16ps(0, 3, 4);
+        if (nv > 1) {
+            _tile_loadd(5, b + 16, NR * 4);
+            _tile_dpbf16ps(1, 3, 5);
+        }
+        if (nv > 2) {
+            _tile_loadd(6, b + 32, NR * 4);
+            _tile_dpbf16ps(2, 3, 6);
+        }
+    }
+    _tile_stored(0, c, NR * 4);
+    if (nv > 1) _tile_stored(1, c + 16, NR * 4);
+    if (nv > 2) _tile_stored(2, c + 32, NR * 4);
+}
+
+/* C rows [mr, ncols] = alpha * sums + beta * C, as the register tile ends. */
+BF16_TARGET static void amx_store(const float *sums, int64_t mr, int64_t ncols, float alpha,
+                                  float beta, float *c, int64_t ldc) {
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int v = 0; v < NRV; v++) {
+        const __mmask16 m = mask_first(ncols - 16 * v);
+        if (!m) break;
+        for (int64_t r = 0; r < mr; r++) {
+            float *cp = c + r * ldc + 16 * v;
+            __m512 out = _mm512_mul_ps(va, _mm512_load_ps(sums + r * NR + 16 * v));
+            if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cp), out);
+            _mm512_mask_storeu_ps(cp, m, out);
+        }
+    }
+}
+
+AMX_TARGET static void amx_block_panel(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
+                                       int64_t i0, int64_t jp, int64_t kp, AmxScratch *s,
+                                       float alpha, float beta, float *C, int64_t ldc) {
+    const int64_t pairs = pa->pairs, ncols = pb->rows - jp * NR;
+    const uint32_t *panel = pb->words + jp * pairs * NR;
+    const int64_t mr = min64(AMX_ROWS, pa->rows - i0);
+    const int copies = pa->pair_major || pairs % AMX_PAIRS;
+    if (copies && !s->a) { /* no scratch: this block on the VDPBF16PS tiles */
+        for (int64_t i = i0; i < min64(i0 + AMX_ROWS, pa->rows); i += MR)
+            tile_any((int)min64(MR, pa->rows - i), pa->pair_major, pa->rows, pairs,
+                     pa->words + (pa->pair_major ? i : i * pairs), panel, C + i * ldc + jp * NR,
+                     ldc, ncols, alpha, beta);
+        return;
+    }
+    if (s->rows != mr) amx_configure(mr), s->rows = mr;
+    int64_t lda;
+    const uint32_t *a = amx_a_block(pa, i0, kp, s, &lda);
+    if (pairs % AMX_PAIRS) amx_b_tail(panel, pairs, s->btail);
+    const int nv = ncols <= 16 ? 1 : ncols <= 32 ? 2 : 3;
+    if (nv == 1)
+        amx_block(1, a, lda, panel, pairs, s->btail, s->c);
+    else if (nv == 2)
+        amx_block(2, a, lda, panel, pairs, s->btail, s->c);
+    else
+        amx_block(3, a, lda, panel, pairs, s->btail, s->c);
+    amx_store(s->c, mr, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
+}
+
+/* As multiply_avx512, in 16-row blocks. A thread that cannot allocate its
+ * copy of A multiplies the blocks that need one on the VDPBF16PS tiles
+ * (other bits, as exact), with the same division of the work. */
+AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
+                                   float alpha, float beta, float *C, int64_t ldc) {
+    const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
+    const int64_t kp = (pairs + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
+    const int64_t mb = (M + AMX_ROWS - 1) / AMX_ROWS, panels = (N + NR - 1) / NR;
+    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+    AmxScratch s __attribute__((aligned(64)));
+    s.a = NULL, s.a_block = -1, s.rows = 0;
+    const int copies = pa->pair_major || pairs != kp;
+    if (copies && posix_memalign((void **)&s.a, 64, (size_t)(AMX_ROWS * kp) * sizeof(uint32_t)))
+        s.a = NULL;
+    if (mb >= 2 * nt) {
+        /* a contiguous share of row blocks, each against every panel */
+        const int64_t b0 = mb * me / nt, b1 = mb * (me + 1) / nt;
+        for (int64_t b = b0; b < b1; b++)
+            for (int64_t jp = 0; jp < panels; jp++)
+                amx_block_panel(pa, pb, b * AMX_ROWS, jp, kp, &s, alpha, beta, C, ldc);
+    } else {
+#pragma omp for schedule(static) nowait
+        for (int64_t t = 0; t < mb * panels; t++)
+            amx_block_panel(pa, pb, (t % mb) * AMX_ROWS, t / mb, kp, &s, alpha, beta, C, ldc);
+    }
+    if (s.rows) _tile_release();
+    free(s.a);
+}
+
+/* Inside or outside a parallel region, as multiply_avx512. */
+static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
+                     float *C, int64_t ldc, int amx) {
+    if (amx)
+        multiply_amx(pa, pb, alpha, beta, C, ldc);
+    else
+        multiply_avx512(pa, pb, alpha, beta, C, ldc);
+}
+
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
                       float *C, int64_t ldc) {
     if (pa->rows == 0 || pb->rows == 0) return;
+    const int amx = gemm_bf16_amx();
 #pragma omp parallel if (pa->rows * pb->rows * pa->pairs > MULTIPLY_PAR_MIN)
-    multiply(pa, pb, alpha, beta, C, ldc);
+    multiply(pa, pb, alpha, beta, C, ldc, amx);
 }
 
 int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int trans_a,
@@ -399,12 +627,13 @@ int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int
         if (pro) pro->run(pro->ctx);
         return 0;
     }
+    const int amx = gemm_bf16_amx();
 #pragma omp parallel if (M * pb->rows * pa->pairs > MULTIPLY_PAR_MIN)
     {
         if (pro) pro->run(pro->ctx);
         pack_a_any(pa, trans_a, K, A, lda);
 #pragma omp barrier
-        multiply(pa, pb, alpha, beta, C, ldc);
+        multiply(pa, pb, alpha, beta, C, ldc, amx);
     }
     return 0;
 }
@@ -423,6 +652,7 @@ static int linear_backward_any(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_col
     /* two rows of dy per thread when they are formed here */
     float *bufs = src ? malloc((size_t)(omp_get_max_threads() * 2 * OC) * sizeof(float)) : NULL;
     if (src && !bufs) return -1;
+    const int amx = gemm_bf16_amx();
 #pragma omp parallel if (N * C * dy_rows->pairs > MULTIPLY_PAR_MIN)
     {
         float *buf = bufs ? bufs + omp_get_thread_num() * 2 * OC : NULL;
@@ -430,8 +660,8 @@ static int linear_backward_any(GemmBf16Operand *dy_rows, GemmBf16Operand *dy_col
         pack_b_rows(x_op->words, N, C, x_op->pairs, x, C);
         if (!w_packed) pack_b_rows(w_op->words, OC, C, w_op->pairs, w, C);
 #pragma omp barrier
-        multiply(dy_rows, wb, 1.0f, beta, dx, C);
-        multiply(dy_cols, x_op, 1.0f, 1.0f, dw, C);
+        multiply(dy_rows, wb, 1.0f, beta, dx, C, amx);
+        multiply(dy_cols, x_op, 1.0f, 1.0f, dw, C, amx);
     }
     free(bufs);
     return 0;
@@ -469,13 +699,14 @@ int gemm_bf16_after(const GemmBf16Prologue *pro, GemmBf16 *g, int trans_a, int t
         if (pro) pro->run(pro->ctx);
         return 0;
     }
+    const int amx = gemm_bf16_amx();
 #pragma omp parallel if (M * N * g->a.pairs > MULTIPLY_PAR_MIN)
     {
         if (pro) pro->run(pro->ctx);
         pack_a_any(&g->a, trans_a, K, A, lda);
         pack_b_any(&g->b, trans_b, K, B, ldb);
 #pragma omp barrier
-        multiply(&g->a, &g->b, alpha, beta, C, ldc);
+        multiply(&g->a, &g->b, alpha, beta, C, ldc, amx);
     }
     return 0;
 }

@@ -41,6 +41,12 @@ typedef struct GemmBf16 {
  * them (used to test that path, which this project's machines lack). */
 int gemm_bf16_supported(void);
 
+/* 1 when the products run on AMX tiles (TDPBF16PS: Sapphire Rapids and
+ * later, with the kernel's permission, asked once per process) instead of
+ * VDPBF16PS registers. The two give different bits, each the same at any
+ * thread count; PONDER_CPU_AMX=0 in the environment makes it 0. */
+int gemm_bf16_amx(void);
+
 /* Round to bf16 (nearest even) and back, as the packing does; denormals
  * become signed zero, as VCVTNEPS2BF16 makes them. */
 float gemm_bf16_round(float x);
