@@ -501,10 +501,11 @@ static void amx_b_tail(const uint32_t *panel, int64_t pairs, uint32_t *btail) {
     memset(btail + rem * NR, 0, (size_t)((AMX_PAIRS - rem) * NR) * sizeof(uint32_t));
 }
 
-/* One 16-row block times one panel's first nv column tiles, into s->c. */
+/* One 16-row block times one panel's first nv column tiles, stored to c
+ * with a row stride of ldc floats. */
 static inline __attribute__((always_inline)) AMX_TARGET void
 amx_block(int nv, const uint32_t *a, int64_t lda, const uint32_t *panel, int64_t pairs,
-          const uint32_t *btail, float *c) {
+          const uint32_t *btail, float *c, int64_t ldc) {
     const int64_t full = pairs / AMX_PAIRS, steps = (pairs + AMX_PAIRS - 1) / AMX_PAIRS;
     _tile_zero(0);
     if (nv > 1) _tile_zero(1);
@@ -523,9 +524,9 @@ amx_block(int nv, const uint32_t *a, int64_t lda, const uint32_t *panel, int64_t
             _tile_dpbf16ps(2, 3, 6);
         }
     }
-    _tile_stored(0, c, NR * 4);
-    if (nv > 1) _tile_stored(1, c + 16, NR * 4);
-    if (nv > 2) _tile_stored(2, c + 32, NR * 4);
+    _tile_stored(0, c, ldc * 4);
+    if (nv > 1) _tile_stored(1, c + 16, ldc * 4);
+    if (nv > 2) _tile_stored(2, c + 32, ldc * 4);
 }
 
 /* C rows [mr, ncols] = alpha * sums + beta * C, as the register tile ends. */
@@ -563,13 +564,18 @@ AMX_TARGET static void amx_block_panel(const GemmBf16Operand *pa, const GemmBf16
     const uint32_t *a = amx_a_block(pa, i0, kp, s, &lda);
     if (pairs % AMX_PAIRS) amx_b_tail(panel, pairs, s->btail);
     const int nv = ncols <= 16 ? 1 : ncols <= 32 ? 2 : 3;
+    /* C = the sums (alpha 1, beta 0, whole column tiles): the tiles are
+     * stored straight into C, the same bits as the pass through s->c */
+    const int direct = alpha == 1.0f && beta == 0.0f && ncols >= 16 * nv;
+    float *out = direct ? C + i0 * ldc + jp * NR : s->c;
+    const int64_t ldo = direct ? ldc : NR;
     if (nv == 1)
-        amx_block(1, a, lda, panel, pairs, s->btail, s->c);
+        amx_block(1, a, lda, panel, pairs, s->btail, out, ldo);
     else if (nv == 2)
-        amx_block(2, a, lda, panel, pairs, s->btail, s->c);
+        amx_block(2, a, lda, panel, pairs, s->btail, out, ldo);
     else
-        amx_block(3, a, lda, panel, pairs, s->btail, s->c);
-    amx_store(s->c, mr, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
+        amx_block(3, a, lda, panel, pairs, s->btail, out, ldo);
+    if (!direct) amx_store(s->c, mr, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
 }
 
 /* As multiply_avx512, in 16-row blocks. A thread that cannot allocate its
