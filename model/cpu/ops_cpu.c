@@ -923,13 +923,15 @@ static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
         V16 d[16];
-        /* the next block's keys, one line each in a bf16 cache: a row's keys
-         * are a short stream in another slot's memory, and on the Intel
-         * host the batch-64 decode ran 17-25% faster with this and the
-         * values' prefetch (bench/RESULTS.md, "Twelfth session") */
-        if (bf16 && j + 32 <= n)
+        /* the next block's keys (one line each in a bf16 cache at head size
+         * 32, two in fp32): a row's keys are a short stream in another
+         * slot's memory, and on the Intel host the batch-64 decode ran
+         * 17-25% faster with this and the values' prefetch (bench/RESULTS.md,
+         * "Twelfth session") */
+        if (j + 32 <= n)
             for (int t = 0; t < 16; t++)
-                __builtin_prefetch((const uint16_t *)y + (j + 16 + t) * ys, 0, 3);
+                for (int64_t b = 0; b < HD * (bf16 ? 2 : 4); b += 64)
+                    __builtin_prefetch((const char *)y + (j + 16 + t) * ys * (bf16 ? 2 : 4) + b, 0, 3);
         for (int t = 0; t < 16; t++) {
             d[t] = x[0] * v16_load_any(y, (j + t) * ys, 0, bf16);
             for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys, c, bf16);
@@ -1486,9 +1488,10 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
      * the same either way) */
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     for (int64_t j = 0; j < L; j++) {
-        if (bf16 && j + 16 < L) /* 16 keys ahead, as dots_hd */
+        if (j + 16 < L) /* 16 keys ahead, as dots_hd */
             for (int h = 0; h < NV; h++)
-                __builtin_prefetch((const uint16_t *)v[h] + (j + 16) * HD, 0, 3);
+                for (int64_t b = 0; b < HD * (bf16 ? 2 : 4); b += 64)
+                    __builtin_prefetch((const char *)v[h] + (j + 16) * HD * (bf16 ? 2 : 4) + b, 0, 3);
         s0 += r[0][j];
         __asm__("" : "+x"(s0));
         if (NV > 1) {
