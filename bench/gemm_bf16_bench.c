@@ -113,22 +113,19 @@ static double time_calls(int which, const Shape *s, const float *A, const float 
                          GemmBf16 *g) {
     const int64_t lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
     int calls = 0;
+    if (which == 3) setenv("PONDER_CPU_AMX", "0", 1); /* the VDPBF16PS kernel */
     double t0 = bench_now(), t;
     do {
         if (which == 0)
             blas_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
         else if (which == 1)
             gemm_bf16(g, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-        else if (which == 2)
+        else /* 2, and 3 on the VDPBF16PS kernel: the same packed operands */
             gemm_bf16_packed(&g->a, &g->b, 1.0f, 0.0f, C, s->N);
-        else { /* the VDPBF16PS kernel on the same packed operands */
-            setenv("PONDER_CPU_AMX", "0", 1);
-            gemm_bf16_packed(&g->a, &g->b, 1.0f, 0.0f, C, s->N);
-            unsetenv("PONDER_CPU_AMX");
-        }
         calls++;
         t = bench_now() - t0;
     } while (t < 0.2);
+    if (which == 3) unsetenv("PONDER_CPU_AMX");
     return t / calls;
 }
 

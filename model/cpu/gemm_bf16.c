@@ -420,9 +420,10 @@ BF16_TARGET static void multiply_avx512(const GemmBf16Operand *pa, const GemmBf1
  * of 16 rows by one panel keeps its three 16 x 16 sums in tiles 0-2, the A
  * tile in 3 and the panel's three B tiles in 4-6. Every element of C is
  * still summed by one thread over the whole k range in a fixed order, so
- * the bits do not depend on the thread count; nor on M: rows past M are
- * zeros in a copied block, so a row's sums are the same whatever rows share
- * its tile (decoding one row or 64 gives each row the same logits). */
+ * the bits do not depend on the thread count; nor on M: a block of fewer
+ * than 16 rows runs on shorter tiles, and a row's sums are the same
+ * whatever rows share its block (decoding one row or 64 gives each row the
+ * same logits). */
 #define AMX_TARGET                                                                                 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 #define AMX_ROWS 16
@@ -435,8 +436,9 @@ typedef struct AmxTileConfig {
 } AmxTileConfig;
 
 /* Tiles 0-3 (sums, A) get `rows` rows: a block of fewer than 16 rows (a
- * decode step's few rows, the last block of a product) costs TDPBF16PS
- * fewer cycles, and its A tile is read in place, not copied with zeros. */
+ * decode step's few rows, the last block of a product) reads its A tile in
+ * place instead of from a zero-padded copy. (TDPBF16PS takes as long for
+ * one row as for 16: bench/RESULTS.md, "Twelfth session".) */
 AMX_TARGET static void amx_configure(int64_t rows) {
     AmxTileConfig cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -458,14 +460,20 @@ typedef struct AmxScratch {
     float c[AMX_ROWS * NR] __attribute__((aligned(64)));
 } AmxScratch;
 
-/* Rows i0..i0+15 (or to M) of op(A) as tile rows: in place when the packed
- * rows are whole (row-major, pairs a multiple of 16); otherwise copied into
+/* Packed A rows are A tiles as they are when row-major with whole k steps;
+ * otherwise each block is copied (amx_a_block). */
+static int amx_a_in_place(const GemmBf16Operand *pa) {
+    return !pa->pair_major && pa->pairs % AMX_PAIRS == 0;
+}
+
+/* Rows i0..i0+15 (or to M) of op(A) as tile rows: in place when
+ * amx_a_in_place; otherwise copied into
  * s->a, zero past M and past pairs, and transposed from the pair-major form.
  * *ld gets the row stride in words. */
 AMX_TARGET static const uint32_t *amx_a_block(const GemmBf16Operand *pa, int64_t i0, int64_t kp,
                                               AmxScratch *s, int64_t *ld) {
     const int64_t M = pa->rows, pairs = pa->pairs, mr = min64(AMX_ROWS, M - i0);
-    if (!pa->pair_major && pairs == kp) {
+    if (amx_a_in_place(pa)) {
         *ld = pairs;
         return pa->words + i0 * pairs;
     }
@@ -551,8 +559,7 @@ AMX_TARGET static void amx_block_panel(const GemmBf16Operand *pa, const GemmBf16
     const int64_t pairs = pa->pairs, ncols = pb->rows - jp * NR;
     const uint32_t *panel = pb->words + jp * pairs * NR;
     const int64_t mr = min64(AMX_ROWS, pa->rows - i0);
-    const int copies = pa->pair_major || pairs % AMX_PAIRS;
-    if (copies && !s->a) { /* no scratch: this block on the VDPBF16PS tiles */
+    if (!amx_a_in_place(pa) && !s->a) { /* no scratch: this block on the VDPBF16PS tiles */
         for (int64_t i = i0; i < min64(i0 + AMX_ROWS, pa->rows); i += MR)
             tile_any((int)min64(MR, pa->rows - i), pa->pair_major, pa->rows, pairs,
                      pa->words + (pa->pair_major ? i : i * pairs), panel, C + i * ldc + jp * NR,
@@ -589,8 +596,8 @@ AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Ope
     const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
     AmxScratch s __attribute__((aligned(64)));
     s.a = NULL, s.a_block = -1, s.rows = 0;
-    const int copies = pa->pair_major || pairs != kp;
-    if (copies && posix_memalign((void **)&s.a, 64, (size_t)(AMX_ROWS * kp) * sizeof(uint32_t)))
+    if (!amx_a_in_place(pa) &&
+        posix_memalign((void **)&s.a, 64, (size_t)(AMX_ROWS * kp) * sizeof(uint32_t)))
         s.a = NULL;
     if (mb >= 2 * nt) {
         /* a contiguous share of row blocks, each against every panel */

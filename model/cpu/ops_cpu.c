@@ -920,6 +920,7 @@ static inline void softmax_inplace(float *row, int64_t n) {
 static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 *x, const void *y,
                                                           int64_t ys, int64_t n, const int64_t HD,
                                                           const int bf16) {
+    const int64_t es = bf16 ? 2 : 4; /* bytes per value */
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
         V16 d[16];
@@ -930,8 +931,8 @@ static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 
          * "Twelfth session") */
         if (j + 32 <= n)
             for (int t = 0; t < 16; t++)
-                for (int64_t b = 0; b < HD * (bf16 ? 2 : 4); b += 64)
-                    __builtin_prefetch((const char *)y + (j + 16 + t) * ys * (bf16 ? 2 : 4) + b, 0, 3);
+                for (int64_t b = 0; b < HD * es; b += 64)
+                    __builtin_prefetch((const char *)y + (j + 16 + t) * ys * es + b, 0, 3);
         for (int t = 0; t < 16; t++) {
             d[t] = x[0] * v16_load_any(y, (j + t) * ys, 0, bf16);
             for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys, c, bf16);
@@ -1487,11 +1488,12 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
      * packed in one vector on the stack, a wait on every key (the bits are
      * the same either way) */
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    const int64_t es = bf16 ? 2 : 4; /* bytes per value */
     for (int64_t j = 0; j < L; j++) {
         if (j + 16 < L) /* 16 keys ahead, as dots_hd */
             for (int h = 0; h < NV; h++)
-                for (int64_t b = 0; b < HD * (bf16 ? 2 : 4); b += 64)
-                    __builtin_prefetch((const char *)v[h] + (j + 16) * HD * (bf16 ? 2 : 4) + b, 0, 3);
+                for (int64_t b = 0; b < HD * es; b += 64)
+                    __builtin_prefetch((const char *)v[h] + (j + 16) * HD * es + b, 0, 3);
         s0 += r[0][j];
         __asm__("" : "+x"(s0));
         if (NV > 1) {
