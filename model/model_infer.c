@@ -225,6 +225,44 @@ static void write_cache_rows(ModelKVCache *kv, const Model *m, int64_t l, const 
     }
 }
 
+/* Points the step's row i at its slot's caches in layer l (for an op that
+ * stores into them itself, attention_decode). */
+static void point_cache_rows(ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        char *kb = cache_block(kv, 0, l, slots[i]), *vb = cache_block(kv, 1, l, slots[i]);
+        if (kv->k16)
+            kv->kptr16[i] = (uint16_t *)kb, kv->vptr16[i] = (uint16_t *)vb;
+        else
+            kv->kptr[i] = (float *)kb, kv->vptr[i] = (float *)vb;
+        kv->row_len[i] = kv->pos[i] + 1;
+    }
+}
+
+/* A host decode step's RoPE, cache stores and attention as one op. */
+static void decode_attention(Model *m, ModelKVCache *kv, int64_t l, const int64_t *slots,
+                             int64_t n) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    const int64_t NH = c->n_head, KV = c->n_kv_head, hd = m->head_dim;
+    const int64_t QKV = m->qkv_dim, AD = m->attn_dim;
+    const OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV}, v = {kv->qkv + AD + KV * hd, QKV};
+    const float *cos_sin = c->arch == MODEL_ARCH_LLAMA ? m->rope : NULL;
+    point_cache_rows(kv, l, slots, n);
+    if (kv->k16)
+        o->attention_decode_bf16(kv->atty, q, k, v, cos_sin, kv->kptr16, kv->vptr16, kv->row_len,
+                                 n, NH, KV, hd, kv->max_len);
+    else
+        o->attention_decode(kv->atty, q, k, v, cos_sin, kv->kptr, kv->vptr, kv->row_len, n, NH,
+                            KV, hd, kv->max_len);
+}
+
+/* Whether this step's attention goes through attention_decode: a host
+ * backend that has it for the cache's format, rows of distinct slots. */
+static int decode_attention_fused(const ModelOps *o, const ModelKVCache *kv) {
+    if (o->device || !kv->distinct_slots) return 0;
+    return kv->k16 ? o->attention_decode_bf16 != NULL : o->attention_decode != NULL;
+}
+
 static void infer_norm(const Model *m, ModelKVCache *kv, float *out, const float *inp,
                        const float *w, const float *b, int64_t n) {
     const ModelConfig *c = &m->cfg;
@@ -270,11 +308,14 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     infer_linear(m, kv, kv->qkv, kv->x, p.ln1_w, p.ln1_b, p.qkv_w, p.qkv_b, 0, 0, n, C, QKV);
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
     const int32_t *pos = o->device ? kv->d_pos : kv->pos;
-    if (llama) {
+    const int fused = decode_attention_fused(o, kv);
+    if (llama && !fused) {
         /* k's heads follow q's in each row: one rotation over both */
         o->rope(q, pos, m->rope, n, NH + KV, hd, 0);
     }
-    if (o->device) {
+    if (fused) {
+        decode_attention(m, kv, l, slots, n);
+    } else if (o->device) {
         float *const *kp = kv->d_kptr + l * kv->max_rows, *const *vp = kv->d_vptr + l * kv->max_rows;
         OpsHeads v = {kv->qkv + AD + KV * hd, QKV};
         if (o->attention_cached_write && kv->distinct_slots) {
@@ -429,6 +470,7 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
         kv->pos[i] = (int32_t)p;
     }
     const ModelOps *o = m->ops;
+    kv->distinct_slots = distinct_slots;
     if (o->device) {
         upload_step(kv, slots, tokens, n);
         device_rows(m, kv, n, out_rows, n_out, logits, distinct_slots);

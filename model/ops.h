@@ -196,6 +196,23 @@ typedef struct ModelOps {
                                    const int32_t *pos, int64_t N, int64_t NH, int64_t KV,
                                    int64_t hd, int64_t max_len);
 
+    /* Optional, host backends (NULL: rope, the cache stores, then
+     * attention_cached or attention_cached_bf16). A decode step's attention
+     * in one op, for rows whose caches are pairwise different (one token per
+     * slot): row i's q and k heads rotated by RoPE at position len[i] - 1
+     * (cos_sin as for rope; NULL: no rotation), its KV heads of k and v
+     * stored at that position of k_cache[i] and v_cache[i], then attention
+     * over positions [0, len[i]) as attention_cached. Same bits as those ops
+     * in turn; q and k are rotated in place. attention_decode_bf16 is the
+     * same over bf16 caches (kv_store_bf16's format). */
+    void (*attention_decode)(float *out, OpsHeads q, OpsHeads k, OpsHeads v, const float *cos_sin,
+                             float *const *k_cache, float *const *v_cache, const int64_t *len,
+                             int64_t N, int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
+    void (*attention_decode_bf16)(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                  const float *cos_sin, uint16_t *const *k_cache,
+                                  uint16_t *const *v_cache, const int64_t *len, int64_t N,
+                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
+
     /* ---- activations ---- */
     /* gate_up is [N, 2F] (gate in the first F columns, up in the next F);
      * out[N,F] = silu(gate) * up. */

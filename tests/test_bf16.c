@@ -636,6 +636,115 @@ Test(ops_bf16, cached_attention_reads_a_bf16_cache) {
     check_cached_attention(48, 1e-5);
 }
 
+/* attention_decode (fp32 caches) and attention_decode_bf16 against rope,
+ * the cache stores and attention_cached(_bf16) in turn: the same outputs,
+ * caches and rotated q and k rows, bit for bit. 40 rows of 1 to 40
+ * positions (enough work for a parallel region), each its own cache whose
+ * new position holds NaNs until stored. Head shapes where one work item
+ * holds all of a row's heads (hd 32 x 4, hd 128 x 2: stores inside the
+ * item) and where it does not (hd 64 x 12, the generic hd 8 with 4 query
+ * heads on 2 kv heads: stores in a loop before); with RoPE and without. */
+static void check_attention_decode(const ModelOps *o, int bf16, int64_t hd, int64_t NH,
+                                   int64_t KV, int rope) {
+    enum { N = 40, MAXL = 41 };
+    const int64_t W = (NH + 2 * KV) * hd, block = KV * MAXL * hd, vb = bf16 ? 2 : 4;
+    Rng r = rng_from_seed(300 + (uint64_t)(hd * 16 + NH + rope));
+    float *qkv[2] = {random_floats(&r, N * W), malloc((size_t)(N * W) * sizeof(float))};
+    memcpy(qkv[1], qkv[0], (size_t)(N * W) * sizeof(float));
+    float *cs = malloc((size_t)(MAXL * hd) * sizeof(float));
+    for (int64_t p = 0; p < MAXL; p++)
+        for (int64_t i = 0; i < hd / 2; i++) {
+            const double a = (double)p * pow(10000.0, -2.0 * (double)i / (double)hd);
+            cs[(p * hd / 2 + i) * 2] = (float)cos(a), cs[(p * hd / 2 + i) * 2 + 1] = (float)sin(a);
+        }
+    int64_t len[N];
+    int32_t pos[N];
+    void *kc[2][N], *vc[2][N];
+    for (int n = 0; n < N; n++) {
+        len[n] = 1 + (n * 7) % MAXL, pos[n] = (int32_t)(len[n] - 1);
+        float *kf = random_floats(&r, block), *vf = random_floats(&r, block);
+        for (int64_t h = 0; h < KV; h++)
+            for (int64_t i = 0; i < hd; i++) /* the new position: NaN until stored */
+                kf[(h * MAXL + pos[n]) * hd + i] = vf[(h * MAXL + pos[n]) * hd + i] = NAN;
+        for (int side = 0; side < 2; side++) {
+            kc[side][n] = malloc((size_t)(block * vb)), vc[side][n] = malloc((size_t)(block * vb));
+            for (int64_t i = 0; i < block; i += hd) {
+                if (bf16) {
+                    o->kv_store_bf16((uint16_t *)kc[side][n] + i, kf + i, hd);
+                    o->kv_store_bf16((uint16_t *)vc[side][n] + i, vf + i, hd);
+                } else {
+                    memcpy((float *)kc[side][n] + i, kf + i, (size_t)hd * sizeof(float));
+                    memcpy((float *)vc[side][n] + i, vf + i, (size_t)hd * sizeof(float));
+                }
+            }
+        }
+        free(kf), free(vf);
+    }
+    float *out[2] = {calloc((size_t)(N * NH * hd), sizeof(float)), calloc((size_t)(N * NH * hd), sizeof(float))};
+    /* side 0: the separate ops */
+    OpsHeads q0 = {qkv[0], W};
+    if (rope) o->rope(q0, pos, cs, N, NH + KV, hd, 0);
+    for (int n = 0; n < N; n++)
+        for (int64_t h = 0; h < KV; h++) {
+            const float *k = qkv[0] + n * W + (NH + h) * hd, *v = qkv[0] + n * W + (NH + KV + h) * hd;
+            const int64_t at = (h * MAXL + pos[n]) * hd;
+            if (bf16) {
+                o->kv_store_bf16((uint16_t *)kc[0][n] + at, k, hd);
+                o->kv_store_bf16((uint16_t *)vc[0][n] + at, v, hd);
+            } else {
+                memcpy((float *)kc[0][n] + at, k, (size_t)hd * sizeof(float));
+                memcpy((float *)vc[0][n] + at, v, (size_t)hd * sizeof(float));
+            }
+        }
+    if (bf16)
+        o->attention_cached_bf16(out[0], q0, (const uint16_t *const *)kc[0],
+                                 (const uint16_t *const *)vc[0], len, N, NH, KV, hd, MAXL);
+    else
+        o->attention_cached(out[0], q0, (float *const *)kc[0], (float *const *)vc[0], len, N, NH,
+                            KV, hd, MAXL);
+    /* side 1: the one op */
+    OpsHeads q1 = {qkv[1], W}, k1 = {qkv[1] + NH * hd, W}, v1 = {qkv[1] + (NH + KV) * hd, W};
+    if (bf16)
+        o->attention_decode_bf16(out[1], q1, k1, v1, rope ? cs : NULL, (uint16_t *const *)kc[1],
+                                 (uint16_t *const *)vc[1], len, N, NH, KV, hd, MAXL);
+    else
+        o->attention_decode(out[1], q1, k1, v1, rope ? cs : NULL, (float *const *)kc[1],
+                            (float *const *)vc[1], len, N, NH, KV, hd, MAXL);
+    const char *what = bf16 ? "attention_decode_bf16" : "attention_decode";
+    cr_expect_eq(memcmp(out[0], out[1], (size_t)(N * NH * hd) * sizeof(float)), 0,
+                 "%s hd %lld NH %lld KV %lld rope %d: outputs differ", what, (long long)hd,
+                 (long long)NH, (long long)KV, rope);
+    cr_expect_eq(memcmp(qkv[0], qkv[1], (size_t)(N * W) * sizeof(float)), 0,
+                 "%s hd %lld: rotated q/k rows differ", what, (long long)hd);
+    int caches_same = 1;
+    for (int n = 0; n < N; n++)
+        caches_same &= memcmp(kc[0][n], kc[1][n], (size_t)(block * vb)) == 0 &&
+                       memcmp(vc[0][n], vc[1][n], (size_t)(block * vb)) == 0;
+    cr_expect(caches_same, "%s hd %lld: caches differ", what, (long long)hd);
+    for (int side = 0; side < 2; side++) {
+        for (int n = 0; n < N; n++) free(kc[side][n]), free(vc[side][n]);
+        free(qkv[side]), free(out[side]);
+    }
+    free(cs);
+}
+
+static void check_attention_decode_shapes(const ModelOps *o, int bf16) {
+    for (int rope = 0; rope < 2; rope++) {
+        check_attention_decode(o, bf16, 32, 4, 4, rope);
+        check_attention_decode(o, bf16, 128, 2, 1, rope);
+        check_attention_decode(o, bf16, 64, 12, 12, rope);
+        check_attention_decode(o, bf16, 8, 4, 2, rope);
+    }
+}
+
+Test(ops_bf16, attention_decode_equals_rope_store_and_cached_attention) {
+    cr_assert(ops_cpu()->attention_decode != NULL);
+    check_attention_decode_shapes(ops_cpu(), 0);
+    need_bf16();
+    cr_assert(ops_cpu_bf16()->attention_decode_bf16 != NULL);
+    check_attention_decode_shapes(ops_cpu_bf16(), 1);
+}
+
 /* kv_store_bf16 rounds as bf16_from_float does, read back through the
  * cached attention at one position (whose output is then that position's
  * value: weight exp(0) = 1, divided by a sum of 1). The values include ties

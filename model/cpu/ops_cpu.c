@@ -1584,15 +1584,53 @@ static void attention_cached_one(float *o, float *row, const float *qi, const vo
         attention_cached_row_any(o, row, qi, kc, vc, L, hd, scale);
 }
 
+PONDER_HOT static void cpu_kv_store_bf16(uint16_t *dst, const float *src, int64_t hd);
+
+/* What attention_decode does before a row attends: RoPE on the row's q and
+ * k heads (cos_sin NULL: none), then its k and v heads stored at position
+ * len - 1 of its caches, which hold bf16 when bf16 is set. */
+typedef struct DecodeStore {
+    OpsHeads k, v;
+    const float *cos_sin;
+    void *const *k_cache, *const *v_cache;
+    int bf16;
+} DecodeStore;
+
+static void decode_store_row(const DecodeStore *st, OpsHeads q, int64_t n, int64_t pos, int64_t NH,
+                             int64_t KV, int64_t hd, int64_t max_len) {
+    float *qr = q.base + n * q.row_stride, *kr = st->k.base + n * st->k.row_stride;
+    const float *vr = st->v.base + n * st->v.row_stride;
+    if (st->cos_sin) {
+        /* per head as cpu_rope, so the same bits whatever heads go together */
+        const float *cs = st->cos_sin + pos * hd;
+        rope_position(qr, cs, NH, hd, 1.0f);
+        rope_position(kr, cs, KV, hd, 1.0f);
+    }
+    for (int64_t h = 0; h < KV; h++) {
+        const int64_t at = (h * max_len + pos) * hd;
+        if (st->bf16) {
+            cpu_kv_store_bf16((uint16_t *)st->k_cache[n] + at, kr + h * hd, hd);
+            cpu_kv_store_bf16((uint16_t *)st->v_cache[n] + at, vr + h * hd, hd);
+        } else {
+            memcpy((float *)st->k_cache[n] + at, kr + h * hd, (size_t)hd * sizeof(float));
+            memcpy((float *)st->v_cache[n] + at, vr + h * hd, (size_t)hd * sizeof(float));
+        }
+    }
+}
+
 /* Cached attention over fp32 caches (kf, vf) or bf16 ones (kh, vh; the
  * others NULL): parallel over (row, group of heads), rows of different
  * lengths. At head sizes 32 and 64 a group is up to 4 consecutive heads,
  * at 128 up to 2, sharing one value pass (attention_cached_heads); other
- * sizes go one head at a time. */
+ * sizes go one head at a time. With st (a decode step: every row its own
+ * caches) each row is rotated and stored first, in the same region: by
+ * the item that attends for it when one item holds all of a row's heads
+ * (its stores then overlap other rows' reads), else in a loop over rows
+ * before them. */
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
-                                 int64_t hd, int64_t max_len) {
+                                 int64_t hd, int64_t max_len, const DecodeStore *st) {
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
@@ -1602,12 +1640,17 @@ static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float
     for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
 #pragma omp parallel if (work > PAR_MIN_WORK)
     {
+        if (st && groups > 1) {
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < N; n++) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
+        }
         float *scratch = malloc((size_t)(4 * max_len) * sizeof(float));
         float *r[4] = {scratch, scratch + max_len, scratch + 2 * max_len, scratch + 3 * max_len};
         int64_t lo, hi;
         attention_share(NULL, len, 0, N, groups, &lo, &hi);
         for (int64_t it = lo; it < hi; it++) {
             const int64_t n = it / groups, h = per * (it % groups);
+            if (st && groups == 1) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
             const int nv = (int)(NH - h < per ? NH - h : per);
             const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
             const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
@@ -1630,7 +1673,15 @@ static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float
 static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  float *const *v_cache, const int64_t *len, int64_t N,
                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
-    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len);
+    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, NULL);
+}
+
+static void cpu_attention_decode(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                 const float *cos_sin, float *const *k_cache,
+                                 float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
+                                 int64_t KV, int64_t hd, int64_t max_len) {
+    const DecodeStore st = {k, v, cos_sin, (void *const *)k_cache, (void *const *)v_cache, 0};
+    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, &st);
 }
 
 /* bf16_from_float (util/bf16.h) on 16 lanes, each result in the upper half
@@ -1658,7 +1709,16 @@ static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *co
                                       const uint16_t *const *v_cache, const int64_t *len,
                                       int64_t N, int64_t NH, int64_t KV, int64_t hd,
                                       int64_t max_len) {
-    attention_cached_any(out, q, NULL, NULL, k_cache, v_cache, len, N, NH, KV, hd, max_len);
+    attention_cached_any(out, q, NULL, NULL, k_cache, v_cache, len, N, NH, KV, hd, max_len, NULL);
+}
+
+static void cpu_attention_decode_bf16(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
+                                      const float *cos_sin, uint16_t *const *k_cache,
+                                      uint16_t *const *v_cache, const int64_t *len, int64_t N,
+                                      int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
+    const DecodeStore st = {k, v, cos_sin, (void *const *)k_cache, (void *const *)v_cache, 1};
+    attention_cached_any(out, q, NULL, NULL, (const uint16_t *const *)k_cache,
+                         (const uint16_t *const *)v_cache, len, N, NH, KV, hd, max_len, &st);
 }
 
 /* -------------------------------------------------------- activations ---- */
@@ -2130,6 +2190,7 @@ static void bf16_linear_fused(float *out, const float *inp, const float *resid, 
     .layernorm_forward = cpu_layernorm_forward, .layernorm_backward = cpu_layernorm_backward,      \
     .rope = cpu_rope, .attention_forward = cpu_attention_forward,                                  \
     .attention_backward = cpu_attention_backward, .attention_cached = cpu_attention_cached,        \
+    .attention_decode = cpu_attention_decode,                                                      \
     .attention_backward_set = cpu_attention_backward_set,                                          \
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,                  \
     .swiglu_backward_set = cpu_swiglu_backward_set,                                                \
@@ -2162,6 +2223,7 @@ static const ModelOps CPU_BF16_OPS = {
     .lm_head_backward_kept = bf16_lm_head_backward_kept,
     .weights_frozen = bf16_weights_frozen,
     .attention_cached_bf16 = cpu_attention_cached_bf16,
+    .attention_decode_bf16 = cpu_attention_decode_bf16,
     .kv_store_bf16 = cpu_kv_store_bf16,
     .linear_fused = bf16_linear_fused,
 };
