@@ -745,6 +745,67 @@ Test(ops_bf16, attention_decode_equals_rope_store_and_cached_attention) {
     check_attention_decode_shapes(ops_cpu_bf16(), 1);
 }
 
+/* A decode row's cached attention has the same bits alone (on 2 threads
+ * its heads are then split between them) as in a batch of 6 rows (each
+ * row's heads together): 300 positions, fp32 and bf16 caches, head sizes
+ * 32, 64 and 128 (the last with 2 heads, split one each). */
+static void check_row_alone_as_in_batch(const ModelOps *o, int bf16, int64_t hd, int64_t NH) {
+    enum { N = 6, L = 300 };
+    const int64_t KV = NH, block = KV * L * hd, vb = bf16 ? 2 : 4;
+    Rng r = rng_from_seed(500 + (uint64_t)hd);
+    float *q = random_floats(&r, N * NH * hd);
+    void *kc[N], *vc[N];
+    int64_t len[N];
+    for (int n = 0; n < N; n++) {
+        float *kf = random_floats(&r, block), *vf = random_floats(&r, block);
+        kc[n] = malloc((size_t)(block * vb)), vc[n] = malloc((size_t)(block * vb));
+        for (int64_t i = 0; i < block; i += hd) {
+            if (bf16) {
+                o->kv_store_bf16((uint16_t *)kc[n] + i, kf + i, hd);
+                o->kv_store_bf16((uint16_t *)vc[n] + i, vf + i, hd);
+            } else {
+                memcpy((float *)kc[n] + i, kf + i, (size_t)hd * sizeof(float));
+                memcpy((float *)vc[n] + i, vf + i, (size_t)hd * sizeof(float));
+            }
+        }
+        len[n] = L - 7 * n;
+        free(kf), free(vf);
+    }
+    float *batch = calloc((size_t)(N * NH * hd), sizeof(float)), *alone = calloc((size_t)(NH * hd), sizeof(float));
+    omp_set_num_threads(2);
+    OpsHeads qh = {q, NH * hd};
+    if (bf16)
+        o->attention_cached_bf16(batch, qh, (const uint16_t *const *)kc, (const uint16_t *const *)vc,
+                                 len, N, NH, KV, hd, L);
+    else
+        o->attention_cached(batch, qh, (float *const *)kc, (float *const *)vc, len, N, NH, KV, hd, L);
+    int64_t differ = 0;
+    for (int n = 0; n < N; n++) {
+        OpsHeads qn = {q + n * NH * hd, NH * hd};
+        if (bf16)
+            o->attention_cached_bf16(alone, qn, (const uint16_t *const *)&kc[n],
+                                     (const uint16_t *const *)&vc[n], &len[n], 1, NH, KV, hd, L);
+        else
+            o->attention_cached(alone, qn, (float *const *)&kc[n], (float *const *)&vc[n], &len[n], 1,
+                                NH, KV, hd, L);
+        differ += memcmp(alone, batch + n * NH * hd, (size_t)(NH * hd) * sizeof(float)) != 0;
+    }
+    cr_expect_eq(differ, 0, "%s cache, hd %lld: %lld of %d rows differ alone from in a batch",
+                 bf16 ? "bf16" : "fp32", (long long)hd, (long long)differ, N);
+    for (int n = 0; n < N; n++) free(kc[n]), free(vc[n]);
+    free(q), free(batch), free(alone);
+}
+
+Test(ops_bf16, cached_attention_row_alone_has_its_batch_bits) {
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        if (bf16) need_bf16();
+        const ModelOps *o = bf16 ? ops_cpu_bf16() : ops_cpu();
+        check_row_alone_as_in_batch(o, bf16, 32, 4);
+        check_row_alone_as_in_batch(o, bf16, 64, 4);
+        check_row_alone_as_in_batch(o, bf16, 128, 2);
+    }
+}
+
 /* kv_store_bf16 rounds as bf16_from_float does, read back through the
  * cached attention at one position (whose output is then that position's
  * value: weight exp(0) = 1, divided by a sum of 1). The values include ties

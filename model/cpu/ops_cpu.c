@@ -1618,11 +1618,19 @@ static void decode_store_row(const DecodeStore *st, OpsHeads q, int64_t n, int64
     }
 }
 
+/* A cached attention's threads from 128 positions of 4 heads of 32: with
+ * its heads split between threads, a batch-1 fp32 decode over 508
+ * positions ran 8.4-9.8k against 7.1-8.3k tokens/s at 2 threads, and at
+ * 16-144 positions this threshold was level where a quarter of it lost up
+ * to 28% in bf16 (bench/RESULTS.md, "Thirteenth session"). */
+#define CACHED_PAR_MIN_WORK (PAR_MIN_WORK / 4)
+
 /* Cached attention over fp32 caches (kf, vf) or bf16 ones (kh, vh; the
  * others NULL): parallel over (row, group of heads), rows of different
  * lengths. At head sizes 32 and 64 a group is up to 4 consecutive heads,
- * at 128 up to 2, sharing one value pass (attention_cached_heads); other
- * sizes go one head at a time. With st (a decode step: every row its own
+ * at 128 up to 2 (fewer when there are fewer rows than threads), sharing
+ * one value pass (attention_cached_heads); other sizes go one head at a
+ * time. With st (a decode step: every row its own
  * caches) each row is rotated and stored first, in the same region: by
  * the item that attends for it when one item holds all of a row's heads
  * (its stores then overlap other rows' reads), else in a loop over rows
@@ -1634,11 +1642,16 @@ static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
-    const int64_t per = !fixed ? 1 : hd == 128 ? 2 : 4, groups = (NH + per - 1) / per;
+    int64_t per = !fixed ? 1 : hd == 128 ? 2 : 4;
+    /* fewer rows than threads (batch-1 decode): fewer heads per item, so
+     * each thread takes some; a head's sums keep their order, so the bits
+     * do not change */
+    while (per > 1 && N * ((NH + per - 1) / per) < omp_get_max_threads()) per /= 2;
+    const int64_t groups = (NH + per - 1) / per;
     const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
     int64_t work = 0;
     for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
-#pragma omp parallel if (work > PAR_MIN_WORK)
+#pragma omp parallel if (work > CACHED_PAR_MIN_WORK)
     {
         if (st && groups > 1) {
 #pragma omp for schedule(static)
