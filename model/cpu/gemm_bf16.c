@@ -450,14 +450,30 @@ AMX_TARGET static void amx_configure(int64_t rows) {
     __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
+/* Two row blocks at once (amx_pair_panel): sums 0-1 (block 0, rows0)
+ * and 2-3 (block 1, rows1), A tiles 4 (rows0) and 5 (rows1), B tiles 6-7. */
+AMX_TARGET static void amx_configure_pair(int64_t rows0, int64_t rows1) {
+    AmxTileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    const uint8_t rows[8] = {(uint8_t)rows0, (uint8_t)rows0, (uint8_t)rows1, (uint8_t)rows1,
+                             (uint8_t)rows0, (uint8_t)rows1, AMX_ROWS, AMX_ROWS};
+    for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = rows[t];
+    /* not _tile_loadconfig: GCC 12's form names only the first 8 bytes as
+     * read, so the stores to the rest may be dropped (a bench that used it
+     * loaded a garbage configuration and faulted) */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
 /* Per-thread scratch of one product: a copied A block (16 rows of kp pairs)
  * and the last, partial k step of one panel, zero past `pairs`. */
 typedef struct AmxScratch {
     uint32_t *a;      /* 16 * kp words, or NULL when A is read in place */
     int64_t a_block;  /* the row block held in a, -1 for none */
-    int64_t rows;     /* rows of the sum and A tiles as configured, 0: none */
+    int64_t rows;     /* the configuration loaded: rows (amx_configure), 100 * rows0 +
+                         rows1 + 10000 (amx_configure_pair), 0: none */
     uint32_t btail[AMX_PAIRS * NR] __attribute__((aligned(64)));
-    float c[AMX_ROWS * NR] __attribute__((aligned(64)));
+    float c[2 * AMX_ROWS * NR] __attribute__((aligned(64)));
 } AmxScratch;
 
 /* Packed A rows are A tiles as they are when row-major with whole k steps;
@@ -585,6 +601,77 @@ AMX_TARGET static void amx_block_panel(const GemmBf16Operand *pa, const GemmBf16
     if (!direct) amx_store(s->c, mr, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
 }
 
+/* Two row blocks (A in place: rows a0 and a1, lda words apart) times
+ * column tiles j0 and j0 + 1 of a panel (two = 0: j0 alone), into c0 and
+ * c1 (the blocks' first rows, row stride ldc). Per k step two A and two B
+ * tiles feed four sums, so each B tile load serves both row blocks (the
+ * one-block kernel loads a B tile per product, from L2 once the panels
+ * outgrow L1). Each sum runs the same k steps as amx_block's, so the bits
+ * are the same. */
+static inline __attribute__((always_inline)) AMX_TARGET void
+amx_pair(int two, const uint32_t *a0, const uint32_t *a1, int64_t lda, const uint32_t *b,
+         int64_t pairs, const uint32_t *btail, float *c0, float *c1, int64_t ldc) {
+    const int64_t full = pairs / AMX_PAIRS, steps = (pairs + AMX_PAIRS - 1) / AMX_PAIRS;
+    _tile_zero(0);
+    _tile_zero(2);
+    if (two) {
+        _tile_zero(1);
+        _tile_zero(3);
+    }
+    for (int64_t q = 0; q < steps; q++) {
+        const uint32_t *bq = q < full ? b + q * AMX_PAIRS * NR : btail;
+        _tile_loadd(4, a0 + q * AMX_PAIRS, lda * 4);
+        _tile_loadd(6, bq, NR * 4);
+        _tile_loadd(5, a1 + q * AMX_PAIRS, lda * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (two) {
+            _tile_loadd(7, bq + 16, NR * 4);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c0, ldc * 4);
+    _tile_stored(2, c1, ldc * 4);
+    if (two) {
+        _tile_stored(1, c0 + 16, ldc * 4);
+        _tile_stored(3, c1 + 16, ldc * 4);
+    }
+}
+
+/* Row blocks i0 and i0 + 16 (A in place) times panel jp: column tiles 0-1
+ * in one pass over k, tile 2 in a second. */
+AMX_TARGET static void amx_pair_panel(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
+                                      int64_t i0, int64_t jp, AmxScratch *s, float alpha,
+                                      float beta, float *C, int64_t ldc) {
+    const int64_t pairs = pa->pairs, ncols = pb->rows - jp * NR;
+    const uint32_t *panel = pb->words + jp * pairs * NR;
+    const int64_t mr0 = AMX_ROWS, mr1 = min64(AMX_ROWS, pa->rows - i0 - AMX_ROWS);
+    if (s->rows != 10000 + 100 * mr0 + mr1) {
+        amx_configure_pair(mr0, mr1);
+        s->rows = 10000 + 100 * mr0 + mr1;
+    }
+    if (pairs % AMX_PAIRS) amx_b_tail(panel, pairs, s->btail);
+    const int nv = ncols <= 16 ? 1 : ncols <= 32 ? 2 : 3;
+    const int direct = alpha == 1.0f && beta == 0.0f && ncols >= 16 * nv;
+    float *out = direct ? C + i0 * ldc + jp * NR : s->c;
+    const int64_t ldo = direct ? ldc : NR;
+    const uint32_t *a0 = pa->words + i0 * pairs, *a1 = a0 + AMX_ROWS * pairs;
+    float *o1 = out + AMX_ROWS * ldo;
+    if (nv == 1) {
+        amx_pair(0, a0, a1, pairs, panel, pairs, s->btail, out, o1, ldo);
+    } else {
+        amx_pair(1, a0, a1, pairs, panel, pairs, s->btail, out, o1, ldo);
+        if (nv == 3) {
+            /* the third tile's B rows: the panel's words 32..47 of each pair
+             * row (the tail copy holds them at the same offset) */
+            uint32_t *bt = s->btail;
+            amx_pair(0, a0, a1, pairs, panel + 32, pairs, bt + 32, out + 32, o1 + 32, ldo);
+        }
+    }
+    if (!direct) amx_store(s->c, AMX_ROWS + mr1, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
+}
+
 /* As multiply_avx512, in 16-row blocks. A thread that cannot allocate its
  * copy of A multiplies the blocks that need one on the VDPBF16PS tiles
  * (other bits, as exact), with the same division of the work. */
@@ -602,7 +689,12 @@ AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Ope
     if (mb >= 2 * nt) {
         /* a contiguous share of row blocks, each against every panel */
         const int64_t b0 = mb * me / nt, b1 = mb * (me + 1) / nt;
-        for (int64_t b = b0; b < b1; b++)
+        int64_t b = b0;
+        if (amx_a_in_place(pa)) /* two blocks at a time, then an odd last one */
+            for (; b + 1 < b1; b += 2)
+                for (int64_t jp = 0; jp < panels; jp++)
+                    amx_pair_panel(pa, pb, b * AMX_ROWS, jp, &s, alpha, beta, C, ldc);
+        for (; b < b1; b++)
             for (int64_t jp = 0; jp < panels; jp++)
                 amx_block_panel(pa, pb, b * AMX_ROWS, jp, kp, &s, alpha, beta, C, ldc);
     } else {
