@@ -235,6 +235,34 @@ Test(gemm_bf16, rows_do_not_depend_on_the_rows_multiplied_with_them) {
         }
 }
 
+/* Where the panels are many and deep (K 768: 73 KiB each), AMX walks a
+ * thread's row blocks over chunks of panels that fit in L2: the rows of a
+ * 64-row product keep the bits they get computed alone (one block, every
+ * panel in turn), on 1 and 2 threads, N not a multiple of 48. */
+Test(gemm_bf16, rows_keep_their_bits_when_panels_go_in_chunks) {
+    need_bf16();
+    enum { M = 64, N = 500, K = 768 };
+    const int64_t Ms[] = {1, 16, 20};
+    Rng r = rng_from_seed(60);
+    float *A = random_floats(&r, M * K), *B = random_floats(&r, N * K);
+    float *all = calloc((size_t)(M * N), sizeof(float)), *few = calloc((size_t)(M * N), sizeof(float));
+    const int saved = omp_get_max_threads();
+    for (int threads = 1; threads <= 2; threads++) {
+        omp_set_num_threads(threads);
+        GemmBf16 g = {0};
+        cr_assert_eq(gemm_bf16(&g, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, all, N), 0);
+        for (size_t m = 0; m < sizeof Ms / sizeof Ms[0]; m++) {
+            cr_assert_eq(gemm_bf16(&g, 0, 1, Ms[m], N, K, 1.0f, A, K, B, K, 0.0f, few, N), 0);
+            cr_expect_eq(memcmp(all, few, (size_t)(Ms[m] * N) * sizeof(float)), 0,
+                         "%d threads: the first %lld rows differ from the same rows of %d", threads,
+                         (long long)Ms[m], M);
+        }
+        gemm_bf16_free(&g);
+    }
+    omp_set_num_threads(saved);
+    free(A), free(B), free(all), free(few);
+}
+
 /* A packed B multiplied by two different A gives what packing both does. */
 Test(gemm_bf16, a_packed_b_can_be_reused) {
     need_bf16();

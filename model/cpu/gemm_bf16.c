@@ -672,6 +672,13 @@ AMX_TARGET static void amx_pair_panel(const GemmBf16Operand *pa, const GemmBf16O
     if (!direct) amx_store(s->c, AMX_ROWS + mr1, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
 }
 
+/* B bytes per chunk of panels in multiply_amx: 256 KiB ran GPT-2's forward
+ * shapes at 2.0-2.1 TFLOP/s, 1 MiB at 1.8-2.0, one chunk of all panels at
+ * 1.3-1.5 (bench/RESULTS.md, "Thirteenth session"). */
+#define AMX_B_CHUNK_BYTES ((int64_t)256 << 10)
+
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
 /* As multiply_avx512, in 16-row blocks. A thread that cannot allocate its
  * copy of A multiplies the blocks that need one on the VDPBF16PS tiles
  * (other bits, as exact), with the same division of the work. */
@@ -689,14 +696,23 @@ AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Ope
     if (mb >= 2 * nt) {
         /* a contiguous share of row blocks, each against every panel */
         const int64_t b0 = mb * me / nt, b1 = mb * (me + 1) / nt;
-        int64_t b = b0;
-        if (amx_a_in_place(pa)) /* two blocks at a time, then an odd last one */
-            for (; b + 1 < b1; b += 2)
-                for (int64_t jp = 0; jp < panels; jp++)
-                    amx_pair_panel(pa, pb, b * AMX_ROWS, jp, &s, alpha, beta, C, ldc);
-        for (; b < b1; b++)
-            for (int64_t jp = 0; jp < panels; jp++)
-                amx_block_panel(pa, pb, b * AMX_ROWS, jp, kp, &s, alpha, beta, C, ldc);
+        /* panels in chunks that stay in L2 while every block of the share
+         * passes over them, so B streams from L3 once, not once per block
+         * pair; where A is copied per block (amx_a_block) that copy would be
+         * redone per chunk, so then one chunk */
+        const int64_t panel_bytes = pairs * NR * (int64_t)sizeof(uint32_t);
+        const int64_t chunk = amx_a_in_place(pa) ? max64(1, AMX_B_CHUNK_BYTES / panel_bytes) : panels;
+        for (int64_t j0 = 0; j0 < panels; j0 += chunk) {
+            const int64_t j1 = min64(panels, j0 + chunk);
+            int64_t b = b0;
+            if (amx_a_in_place(pa)) /* two blocks at a time, then an odd last one */
+                for (; b + 1 < b1; b += 2)
+                    for (int64_t jp = j0; jp < j1; jp++)
+                        amx_pair_panel(pa, pb, b * AMX_ROWS, jp, &s, alpha, beta, C, ldc);
+            for (; b < b1; b++)
+                for (int64_t jp = j0; jp < j1; jp++)
+                    amx_block_panel(pa, pb, b * AMX_ROWS, jp, kp, &s, alpha, beta, C, ldc);
+        }
     } else {
 #pragma omp for schedule(static) nowait
         for (int64_t t = 0; t < mb * panels; t++)
