@@ -1630,11 +1630,10 @@ static void decode_store_row(const DecodeStore *st, OpsHeads q, int64_t n, int64
  * lengths. At head sizes 32 and 64 a group is up to 4 consecutive heads,
  * at 128 up to 2 (fewer when there are fewer rows than threads), sharing
  * one value pass (attention_cached_heads); other sizes go one head at a
- * time. With st (a decode step: every row its own
- * caches) each row is rotated and stored first, in the same region: by
- * the item that attends for it when one item holds all of a row's heads
- * (its stores then overlap other rows' reads), else in a loop over rows
- * before them. */
+ * time. With st (a decode step: every row its own caches) each row is
+ * rotated and stored first, in the same region: by the item that attends
+ * for it when one item holds all of a row's heads (its stores then overlap
+ * other rows' reads), else in a loop over rows before them. */
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
