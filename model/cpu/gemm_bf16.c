@@ -450,6 +450,9 @@ AMX_TARGET static void amx_configure(int64_t rows) {
     __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
+/* AmxScratch.rows after amx_configure_pair(16, rows1): apart from 1..16 */
+#define AMX_PAIR_CONFIG(rows1) (AMX_ROWS + (rows1))
+
 /* Two row blocks at once (amx_pair_panel): sums 0-1 (block 0, rows0)
  * and 2-3 (block 1, rows1), A tiles 4 (rows0) and 5 (rows1), B tiles 6-7. */
 AMX_TARGET static void amx_configure_pair(int64_t rows0, int64_t rows1) {
@@ -470,8 +473,8 @@ AMX_TARGET static void amx_configure_pair(int64_t rows0, int64_t rows1) {
 typedef struct AmxScratch {
     uint32_t *a;      /* 16 * kp words, or NULL when A is read in place */
     int64_t a_block;  /* the row block held in a, -1 for none */
-    int64_t rows;     /* the configuration loaded: rows (amx_configure), 100 * rows0 +
-                         rows1 + 10000 (amx_configure_pair), 0: none */
+    int64_t rows;     /* the configuration loaded: rows (amx_configure), AMX_PAIR_CONFIG
+                         (amx_configure_pair), 0: none */
     uint32_t btail[AMX_PAIRS * NR] __attribute__((aligned(64)));
     float c[2 * AMX_ROWS * NR] __attribute__((aligned(64)));
 } AmxScratch;
@@ -601,17 +604,18 @@ AMX_TARGET static void amx_block_panel(const GemmBf16Operand *pa, const GemmBf16
     if (!direct) amx_store(s->c, mr, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
 }
 
-/* Two row blocks (A in place: rows a0 and a1, lda words apart) times
- * column tiles j0 and j0 + 1 of a panel (two = 0: j0 alone), into c0 and
- * c1 (the blocks' first rows, row stride ldc). Per k step two A and two B
+/* Two row blocks (A in place: rows a0 and a1, lda words apart; whole k
+ * steps only, as amx_a_in_place promises) times column tiles j0 and j0 + 1
+ * of a panel (two = 0: j0 alone), into c0 and c1 (the blocks' first rows,
+ * row stride ldc). Per k step two A and two B
  * tiles feed four sums, so each B tile load serves both row blocks (the
  * one-block kernel loads a B tile per product, from L2 once the panels
  * outgrow L1). Each sum runs the same k steps as amx_block's, so the bits
  * are the same. */
 static inline __attribute__((always_inline)) AMX_TARGET void
 amx_pair(int two, const uint32_t *a0, const uint32_t *a1, int64_t lda, const uint32_t *b,
-         int64_t pairs, const uint32_t *btail, float *c0, float *c1, int64_t ldc) {
-    const int64_t full = pairs / AMX_PAIRS, steps = (pairs + AMX_PAIRS - 1) / AMX_PAIRS;
+         int64_t pairs, float *c0, float *c1, int64_t ldc) {
+    const int64_t steps = pairs / AMX_PAIRS;
     _tile_zero(0);
     _tile_zero(2);
     if (two) {
@@ -619,7 +623,7 @@ amx_pair(int two, const uint32_t *a0, const uint32_t *a1, int64_t lda, const uin
         _tile_zero(3);
     }
     for (int64_t q = 0; q < steps; q++) {
-        const uint32_t *bq = q < full ? b + q * AMX_PAIRS * NR : btail;
+        const uint32_t *bq = b + q * AMX_PAIRS * NR;
         _tile_loadd(4, a0 + q * AMX_PAIRS, lda * 4);
         _tile_loadd(6, bq, NR * 4);
         _tile_loadd(5, a1 + q * AMX_PAIRS, lda * 4);
@@ -647,11 +651,10 @@ AMX_TARGET static void amx_pair_panel(const GemmBf16Operand *pa, const GemmBf16O
     const int64_t pairs = pa->pairs, ncols = pb->rows - jp * NR;
     const uint32_t *panel = pb->words + jp * pairs * NR;
     const int64_t mr0 = AMX_ROWS, mr1 = min64(AMX_ROWS, pa->rows - i0 - AMX_ROWS);
-    if (s->rows != 10000 + 100 * mr0 + mr1) {
+    if (s->rows != AMX_PAIR_CONFIG(mr1)) {
         amx_configure_pair(mr0, mr1);
-        s->rows = 10000 + 100 * mr0 + mr1;
+        s->rows = AMX_PAIR_CONFIG(mr1);
     }
-    if (pairs % AMX_PAIRS) amx_b_tail(panel, pairs, s->btail);
     const int nv = ncols <= 16 ? 1 : ncols <= 32 ? 2 : 3;
     const int direct = alpha == 1.0f && beta == 0.0f && ncols >= 16 * nv;
     float *out = direct ? C + i0 * ldc + jp * NR : s->c;
@@ -659,15 +662,11 @@ AMX_TARGET static void amx_pair_panel(const GemmBf16Operand *pa, const GemmBf16O
     const uint32_t *a0 = pa->words + i0 * pairs, *a1 = a0 + AMX_ROWS * pairs;
     float *o1 = out + AMX_ROWS * ldo;
     if (nv == 1) {
-        amx_pair(0, a0, a1, pairs, panel, pairs, s->btail, out, o1, ldo);
+        amx_pair(0, a0, a1, pairs, panel, pairs, out, o1, ldo);
     } else {
-        amx_pair(1, a0, a1, pairs, panel, pairs, s->btail, out, o1, ldo);
-        if (nv == 3) {
-            /* the third tile's B rows: the panel's words 32..47 of each pair
-             * row (the tail copy holds them at the same offset) */
-            uint32_t *bt = s->btail;
-            amx_pair(0, a0, a1, pairs, panel + 32, pairs, bt + 32, out + 32, o1 + 32, ldo);
-        }
+        amx_pair(1, a0, a1, pairs, panel, pairs, out, o1, ldo);
+        if (nv == 3) /* the third tile's B: words 32..47 of each pair row */
+            amx_pair(0, a0, a1, pairs, panel + 32, pairs, out + 32, o1 + 32, ldo);
     }
     if (!direct) amx_store(s->c, AMX_ROWS + mr1, ncols, alpha, beta, C + i0 * ldc + jp * NR, ldc);
 }
