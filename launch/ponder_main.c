@@ -53,17 +53,21 @@ static int cmd_config(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- train -----*/
 
-/* Set by SIGINT/SIGTERM, and by SIGUSR1, the signal launch/ponder-mpi has
- * mpirun forward to every rank on Ctrl-C (mpirun's own SIGINT handling kills
- * the ranks two seconds later, before a real model's step and checkpoint are
- * done); the trainer polls it between steps, writes a checkpoint and
- * returns. A signal handler can only talk through a global. */
+/* The number of the signal that asked for a stop: SIGINT/SIGTERM, or
+ * SIGUSR1, the signal launch/ponder-mpi has mpirun forward to every rank on
+ * Ctrl-C (mpirun's own SIGINT handling kills the ranks two seconds later,
+ * before a real model's step and checkpoint are done); the trainer polls it
+ * between steps, writes a checkpoint and returns. A signal handler can only
+ * talk through a global. */
 static volatile sig_atomic_t g_stop_request = 0;
 
-static void on_stop_signal(int sig) {
-    (void)sig;
-    g_stop_request = 1;
-}
+static void on_stop_signal(int sig) { g_stop_request = sig; }
+
+/* The exit status of a run that stopped before its last step: 130, as a
+ * program ended by Ctrl-C, except when SIGUSR1 asked: then the launcher
+ * forwarded the stop, and a non-zero status would make mpirun report the
+ * ranks as failed; the launcher exits 130 itself. */
+static int stopped_exit_status(void) { return g_stop_request == SIGUSR1 ? 0 : 130; }
 
 static void install_stop_handlers(void) {
     struct sigaction sa;
@@ -121,15 +125,16 @@ static int cmd_train(int argc, char **argv) {
         return code;
     }
     const int rank = dist.rank;
-    /* before MPI_Finalize: once a rank exits with 130, mpirun may end the
-     * others, and rank 0's line would be lost in its stdout buffer */
+    /* before MPI_Finalize: once a rank exits with 130 (--stop-at under
+     * mpirun), mpirun may end the others, and rank 0's line would be lost in
+     * its stdout buffer */
     if (rank == 0 && sum.stopped_early) {
         printf("stopped at step %lld; resume with: ponder train %s --resume\n",
                (long long)sum.steps_done, path);
         fflush(stdout);
     }
     dist_finalize(&dist);
-    if (rank != 0 || sum.stopped_early) return sum.stopped_early ? 130 : 0;
+    if (rank != 0 || sum.stopped_early) return sum.stopped_early ? stopped_exit_status() : 0;
     printf("done: %lld steps in %.1fs", (long long)sum.steps_done, sum.seconds);
     if (sum.final_accuracy >= 0)
         printf(", final accuracy %.4f, think_ratio %.3f", sum.final_accuracy, sum.final_think_ratio);

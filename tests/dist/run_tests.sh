@@ -3,7 +3,7 @@
 # mpirun (launch/ponder-mpi) with 1, 2 and 3 ranks, compared checkpoint by
 # checkpoint with `ponder compare`. CTest runs each case as its own test:
 #
-#   run_tests.sh BUILD_DIR CASE
+#   [KEEP=1] run_tests.sh BUILD_DIR CASE   (KEEP=1: leave the work directory in /tmp)
 #   CASE: colocated | resume | interrupted | killed | stalled | stalled_rollout | disaggregated
 #
 # Tolerance. Ranks sum gradients in another order than one rank does, so
@@ -22,7 +22,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 PONDER=$BUILD/ponder
 CFG=$SRC/tests/dist/dist_tiny.yaml
 WORK=$(mktemp -d /tmp/ponder-dist-XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 TOL=1e-6
 COMMON=(optim.eps=1e-3)
 export OMP_NUM_THREADS=1
@@ -181,6 +181,9 @@ interrupted)
         [ $rc -eq 130 ] || { tail -20 "$WORK/int$how.log"; fail "SIG$how: the launcher exited $rc, not 130"; }
         grep -q "stopped at step [0-9]*; resume with: ponder train" "$WORK/int$how.log" ||
             { tail -20 "$WORK/int$how.log"; fail "SIG$how: no resume line"; }
+        # the ranks exit 0 after a forwarded stop: mpirun reports no failure
+        ! grep -q "non-zero" "$WORK/int$how.log" ||
+            { tail -20 "$WORK/int$how.log"; fail "SIG$how: mpirun reported a rank's exit status"; }
         stopped=$(grep -o "stopped at step [0-9]*" "$WORK/int$how.log" | grep -o "[0-9]*$")
         ckpt="$WORK/int$how/checkpoints/$(printf 'step_%08d.h5' "$stopped")"
         "$PONDER" inspect "$ckpt" >/dev/null || fail "SIG$how: the checkpoint of step $stopped does not load"
