@@ -2,13 +2,17 @@
  * batch size, against a naive generator that reruns the full forward over the
  * whole sequence for every new token (what generation costs without a cache).
  *
- *   decode_bench [tiny|gpt2|llama768] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive]
- * prints one JSON line; with `naive` it also times the no-cache generator.
+ *   decode_bench [tiny|gpt2|llama768] BATCH NEW_TOKENS [PROMPT_LEN] [threads] [naive|groupG]
+ * prints one JSON line; with `naive` it also times the no-cache generator;
+ * with groupG (G dividing BATCH) the rows are BATCH/G groups of G samples
+ * of one prompt each, as a rollout generates them: each group's prompt is
+ * prefilled once into a slot of its own that its rows read
+ * (model_kv_share_prefix), instead of every row holding a copy.
  * PONDER_BENCH_PRECISION=bf16 decodes with bf16 products. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
 #include <stdlib.h> /* atoi, malloc */
-#include <string.h> /* strcmp */
+#include <string.h> /* strcmp, strncmp */
 
 #include "bench/bench_util.h" /* bench_now */
 #include "model/cpu/blas.h"   /* blas_set_threads */
@@ -23,18 +27,25 @@ static int32_t argmax(const float *x, int64_t n) {
     return b;
 }
 
-/* KV cache: prefill each slot, then decode NEW tokens for all slots at once. */
-static double kv_decode_seconds(Model *m, int64_t B, int64_t P, int64_t NEW, const int32_t *prompt,
-                                PonderError *err) {
-    const int64_t V = model_config(m)->vocab_size;
+/* KV cache: prefill each slot (or, in groups of G > 0, each group's prompt
+ * slot, shared by its rows), then decode NEW tokens for all slots at once. */
+static double kv_decode_seconds(Model *m, int64_t B, int64_t P, int64_t NEW, int64_t G,
+                                const int32_t *prompt, PonderError *err) {
+    const int64_t V = model_config(m)->vocab_size, groups = G > 0 ? B / G : 0;
     ModelKVCache *kv = NULL;
-    if (model_kv_create(&kv, m, B, P + NEW + 1, err)) return -1;
+    if (model_kv_create(&kv, m, B + groups, P + NEW + 1, err)) return -1;
     float *logits = malloc((size_t)(B * V) * sizeof(float));
     int64_t *slots = malloc((size_t)B * sizeof(int64_t));
     int32_t *tok = malloc((size_t)B * sizeof(int32_t));
+    for (int64_t g = 0; g < groups; g++)
+        if (model_prefill(m, kv, B + g, prompt, P, logits, err)) return -1;
     for (int64_t b = 0; b < B; b++) {
         slots[b] = b;
-        if (model_prefill(m, kv, b, prompt, P, logits, err)) return -1;
+        if (groups && !model_kv_share_prefix(kv, b, B + b / G)) {
+            ponder_error(err, PONDER_ERR_CONFIG, "this backend cannot share prompts");
+            return -1;
+        }
+        if (!groups && model_prefill(m, kv, b, prompt, P, logits, err)) return -1;
         tok[b] = argmax(logits, V);
     }
     double t0 = bench_now();
@@ -75,6 +86,11 @@ int main(int argc, char **argv) {
     int64_t P = argc > 4 ? atoi(argv[4]) : 16;
     int threads = argc > 5 ? atoi(argv[5]) : 2;
     int naive = argc > 6 && strcmp(argv[6], "naive") == 0;
+    int64_t G = argc > 6 && strncmp(argv[6], "group", 5) == 0 ? atoi(argv[6] + 5) : 0;
+    if (G < 0 || (G > 0 && B % G != 0))
+        return fprintf(stderr, "decode_bench: groupG needs G > 0 dividing BATCH (%lld)\n",
+                       (long long)B),
+               2;
     PonderError err = {0};
     if (blas_load(NULL, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     omp_set_num_threads(threads);
@@ -87,16 +103,17 @@ int main(int argc, char **argv) {
     Rng r = rng_from_seed(2);
     for (int64_t i = 0; i < P; i++) prompt[i] = (int32_t)rng_below(&r, (uint64_t)cfg.vocab_size);
     model_weights_frozen(m, 1); /* as rollout_generate does */
-    double kv_s = kv_decode_seconds(m, B, P, NEW, prompt, &err);
+    double kv_s = kv_decode_seconds(m, B, P, NEW, G, prompt, &err);
     model_weights_frozen(m, 0);
     if (kv_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
     double naive_s = naive ? naive_decode_seconds(m, B, P, NEW, prompt, &err) : 0.0;
     if (naive_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
     double weight_gb = (double)model_num_params(m) * 4.0 / 1e9;
-    printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"prompt\":%lld,\"new_tokens\":%lld,"
-           "\"threads\":%d,\"precision\":\"%s\",\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
+    printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"group\":%lld,\"prompt\":%lld,"
+           "\"new_tokens\":%lld,\"threads\":%d,\"precision\":\"%s\",\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
            "\"weights_gb\":%.3f,\"kv_weight_read_gb_per_s\":%.2f}\n",
-           shape, (long long)B, (long long)P, (long long)NEW, threads, bench_precision(),
+           shape, (long long)B, (long long)G, (long long)P, (long long)NEW, threads,
+           bench_precision(),
            (double)(B * NEW) / kv_s, naive ? (double)(B * NEW) / naive_s : 0.0, weight_gb,
            weight_gb * (double)NEW / kv_s);
     free(prompt);

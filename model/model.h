@@ -189,7 +189,20 @@ int64_t model_kv_max_len(const ModelKVCache *kv);
  * CPU). */
 int64_t model_kv_value_bytes(const ModelKVCache *kv);
 void model_kv_reset(ModelKVCache *kv, int64_t slot);
+/* dst holds what src holds (its own copy); src unchanged. */
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src);
+/* Whether this model's caches can share prefixes (model_kv_share_prefix):
+ * a host backend whose decode reads them (ModelOps.attention_decode for the
+ * cache's format). */
+int model_kv_shares_prefixes(const Model *m);
+/* dst continues the sequence in src without a copy: a decode step reads
+ * dst's first model_kv_length(src) positions from src, with the bits a copy
+ * would give (the samples of a group read their prompt from one place).
+ * src must hold its own positions (no prefix of its own) and must not be
+ * reset or refilled while dst refers to it; appending to either is safe.
+ * A prefill into dst first copies the prefix into it. Returns 1 when
+ * shared, 0 when the backend cannot (nothing changes; copy instead). */
+int model_kv_share_prefix(ModelKVCache *kv, int64_t dst, int64_t src);
 
 /* Runs tokens[0..n) through slot `slot` (appending to what it holds) and writes
  * the logits [V] after the last token. */

@@ -34,6 +34,12 @@ struct ModelKVCache {
     uint16_t *k16, *v16;
     uint16_t **kptr16, **vptr16; /* [max_rows] */
     int64_t *len;   /* [n_slots] */
+    /* [n_slots]: the slot whose positions [0, pre_len) this one reads
+     * (model_kv_share_prefix), -1: none */
+    int64_t *pre_slot, *pre_len;
+    /* the step's rows' prefixes (attention_decode's OpsPrefix), host only */
+    const void **kpre, **vpre;
+    int64_t *row_pre;
     /* scratch for up to max_rows rows */
     float *x, *ln, *qkv, *atty, *tmp, *fc, *act, *mean, *rstd;
     int32_t *pos;
@@ -95,6 +101,10 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
         kv->v = o->alloc(cache * f);
     }
     kv->len = calloc((size_t)n_slots, sizeof(int64_t));
+    kv->pre_slot = malloc((size_t)n_slots * sizeof(int64_t));
+    kv->pre_len = calloc((size_t)n_slots, sizeof(int64_t));
+    if (kv->pre_slot)
+        for (int64_t s = 0; s < n_slots; s++) kv->pre_slot[s] = -1;
     kv->x = o->alloc((size_t)(R * C) * f);
     kv->ln = o->alloc((size_t)(R * C) * f);
     kv->qkv = o->alloc((size_t)(R * m->qkv_dim) * f);
@@ -134,10 +144,13 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
         kv->vptr = calloc((size_t)R, sizeof(float *));
         kv->kptr16 = calloc((size_t)R, sizeof(uint16_t *));
         kv->vptr16 = calloc((size_t)R, sizeof(uint16_t *));
-        dev_ok = kv->kptr16 && kv->vptr16;
+        kv->kpre = calloc((size_t)R, sizeof(void *));
+        kv->vpre = calloc((size_t)R, sizeof(void *));
+        kv->row_pre = calloc((size_t)R, sizeof(int64_t));
+        dev_ok = kv->kptr16 && kv->vptr16 && kv->kpre && kv->vpre && kv->row_pre;
     }
     const int cache_ok = bf16 ? kv->k16 && kv->v16 : kv->k && kv->v;
-    if (!dev_ok || !cache_ok || !kv->len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
+    if (!dev_ok || !cache_ok || !kv->len || !kv->pre_slot || !kv->pre_len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
         !kv->tmp || !kv->fc || !kv->act || !kv->mean || !kv->rstd || !kv->pos ||
         !kv->row_len || !kv->kptr || !kv->vptr) {
         model_kv_free(kv);
@@ -160,6 +173,8 @@ void model_kv_free(ModelKVCache *kv) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) o->free(dev[i]);
     free(kv->len);
+    free(kv->pre_slot);
+    free(kv->pre_len);
     if (o->device) {
         o->free(kv->step_dev);
         o->free(kv->d_logits);
@@ -171,6 +186,9 @@ void model_kv_free(ModelKVCache *kv) {
         free(kv->vptr);
         free(kv->kptr16);
         free(kv->vptr16);
+        free(kv->kpre);
+        free(kv->vpre);
+        free(kv->row_pre);
     }
     free(kv);
 }
@@ -179,18 +197,59 @@ int64_t model_kv_length(const ModelKVCache *kv, int64_t slot) { return kv->len[s
 int64_t model_kv_slots(const ModelKVCache *kv) { return kv->n_slots; }
 int64_t model_kv_max_len(const ModelKVCache *kv) { return kv->max_len; }
 int64_t model_kv_value_bytes(const ModelKVCache *kv) { return (int64_t)value_bytes(kv); }
-void model_kv_reset(ModelKVCache *kv, int64_t slot) { kv->len[slot] = 0; }
+void model_kv_reset(ModelKVCache *kv, int64_t slot) {
+    kv->len[slot] = 0;
+    kv->pre_slot[slot] = -1, kv->pre_len[slot] = 0;
+}
+
+/* Positions [from, to) of every layer's keys and values, slot src to dst. */
+static void copy_positions(ModelKVCache *kv, int64_t dst, int64_t src, int64_t from, int64_t to) {
+    const size_t es = value_bytes(kv), at = (size_t)(from * kv->hd) * es;
+    const size_t bytes = (size_t)((to - from) * kv->hd) * es;
+    if (bytes == 0) return;
+    for (int64_t l = 0; l < kv->L; l++)
+        for (int64_t h = 0; h < kv->KV; h++) {
+            const size_t head = (size_t)(h * kv->max_len * kv->hd) * es + at;
+            for (int v = 0; v < 2; v++)
+                kv->ops->copy(cache_block(kv, v, l, dst) + head, cache_block(kv, v, l, src) + head,
+                              bytes);
+        }
+}
 
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src) {
     if (dst == src) return;
-    const size_t es = value_bytes(kv), used = (size_t)(kv->len[src] * kv->hd) * es;
-    for (int64_t l = 0; l < kv->L; l++)
-        for (int64_t h = 0; h < kv->KV; h++) {
-            const size_t head = (size_t)(h * kv->max_len * kv->hd) * es;
-            for (int v = 0; v < 2; v++)
-                kv->ops->copy(cache_block(kv, v, l, dst) + head, cache_block(kv, v, l, src) + head, used);
-        }
+    const int64_t pre = kv->pre_slot[src] >= 0 ? kv->pre_len[src] : 0;
+    if (pre) copy_positions(kv, dst, kv->pre_slot[src], 0, pre);
+    copy_positions(kv, dst, src, pre, kv->len[src]);
     kv->len[dst] = kv->len[src];
+    kv->pre_slot[dst] = -1, kv->pre_len[dst] = 0;
+}
+
+/* Whether a decode step over this model's caches can read shared prefixes:
+ * a host backend with attention_decode for the cache's format (as
+ * model_kv_create picks it). */
+static int ops_share_prefixes(const ModelOps *o) {
+    if (o->device) return 0;
+    const int bf16 = o->attention_cached_bf16 && o->kv_store_bf16;
+    return bf16 ? o->attention_decode_bf16 != NULL : o->attention_decode != NULL;
+}
+
+int model_kv_shares_prefixes(const Model *m) { return ops_share_prefixes(m->ops); }
+
+int model_kv_share_prefix(ModelKVCache *kv, int64_t dst, int64_t src) {
+    if (!ops_share_prefixes(kv->ops) || dst == src || kv->pre_slot[src] >= 0 || kv->len[src] == 0)
+        return 0;
+    kv->pre_slot[dst] = src, kv->pre_len[dst] = kv->len[src];
+    kv->len[dst] = kv->len[src];
+    return 1;
+}
+
+/* Gives slot its prefix's positions as copies of its own (a step that
+ * cannot read prefixes: prefill, or several rows of one slot). */
+static void own_prefix(ModelKVCache *kv, int64_t slot) {
+    if (kv->pre_slot[slot] < 0) return;
+    copy_positions(kv, slot, kv->pre_slot[slot], 0, kv->pre_len[slot]);
+    kv->pre_slot[slot] = -1, kv->pre_len[slot] = 0;
 }
 
 /* hd values of a k or v row into a cache slot: copied, or rounded to bf16. */
@@ -226,8 +285,10 @@ static void write_cache_rows(ModelKVCache *kv, const Model *m, int64_t l, const 
 }
 
 /* Points the step's row i at its slot's caches in layer l (for an op that
- * stores into them itself, attention_decode). */
-static void point_cache_rows(ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
+ * stores into them itself, attention_decode), and at its prefix's; returns
+ * whether any row has a prefix. */
+static int point_cache_rows(ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
+    int any = 0;
     for (int64_t i = 0; i < n; i++) {
         char *kb = cache_block(kv, 0, l, slots[i]), *vb = cache_block(kv, 1, l, slots[i]);
         if (kv->k16)
@@ -235,7 +296,13 @@ static void point_cache_rows(ModelKVCache *kv, int64_t l, const int64_t *slots, 
         else
             kv->kptr[i] = (float *)kb, kv->vptr[i] = (float *)vb;
         kv->row_len[i] = kv->pos[i] + 1;
+        const int64_t ps = kv->pre_slot[slots[i]];
+        kv->row_pre[i] = ps >= 0 ? kv->pre_len[slots[i]] : 0;
+        kv->kpre[i] = ps >= 0 ? cache_block(kv, 0, l, ps) : NULL;
+        kv->vpre[i] = ps >= 0 ? cache_block(kv, 1, l, ps) : NULL;
+        any |= ps >= 0;
     }
+    return any;
 }
 
 /* A host decode step's RoPE, cache stores and attention as one op. */
@@ -247,13 +314,14 @@ static void decode_attention(Model *m, ModelKVCache *kv, int64_t l, const int64_
     const int64_t QKV = m->qkv_dim, AD = m->attn_dim;
     const OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV}, v = {kv->qkv + AD + KV * hd, QKV};
     const float *cos_sin = c->arch == MODEL_ARCH_LLAMA ? m->rope : NULL;
-    point_cache_rows(kv, l, slots, n);
+    const OpsPrefix prefix = {kv->kpre, kv->vpre, kv->row_pre};
+    const OpsPrefix *pre = point_cache_rows(kv, l, slots, n) ? &prefix : NULL;
     if (kv->k16)
         o->attention_decode_bf16(kv->atty, q, k, v, cos_sin, kv->kptr16, kv->vptr16, kv->row_len,
-                                 n, NH, KV, hd, kv->max_len);
+                                 n, NH, KV, hd, kv->max_len, pre);
     else
         o->attention_decode(kv->atty, q, k, v, cos_sin, kv->kptr, kv->vptr, kv->row_len, n, NH,
-                            KV, hd, kv->max_len);
+                            KV, hd, kv->max_len, pre);
 }
 
 /* Whether this step's attention goes through attention_decode: a host
@@ -471,6 +539,8 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
     }
     const ModelOps *o = m->ops;
     kv->distinct_slots = distinct_slots;
+    if (!decode_attention_fused(o, kv))
+        for (int64_t i = 0; i < n; i++) own_prefix(kv, slots[i]);
     if (o->device) {
         upload_step(kv, slots, tokens, n);
         device_rows(m, kv, n, out_rows, n_out, logits, distinct_slots);

@@ -21,6 +21,18 @@ typedef struct OpsHeads {
     int64_t row_stride;
 } OpsHeads;
 
+/* The positions that the rows of a decode step read from a cache other than
+ * their own: row n's positions [0, len[n]) come from k[n] and v[n], blocks
+ * laid out as the row's own cache ([KV, max_len, hd], the same max_len and
+ * format), the rest from its own cache at their own positions. len[n] == 0:
+ * none (k[n] and v[n] unused). This lets the samples of a group share one
+ * copy of their prompt: read once per step from one place, not once per
+ * sample from copies of it. */
+typedef struct OpsPrefix {
+    const void *const *k, *const *v;
+    const int64_t *len;
+} OpsPrefix;
+
 /* linear_fused's prologue (norm) and activation (act). */
 enum { OPS_NORM_NONE = 0, OPS_NORM_RMS = 1, OPS_NORM_LAYER = 2 };
 enum { OPS_ACT_NONE = 0, OPS_ACT_GELU = 1 };
@@ -204,14 +216,19 @@ typedef struct ModelOps {
      * stored at that position of k_cache[i] and v_cache[i], then attention
      * over positions [0, len[i]) as attention_cached. Same bits as those ops
      * in turn; q and k are rotated in place. attention_decode_bf16 is the
-     * same over bf16 caches (kv_store_bf16's format). */
+     * same over bf16 caches (kv_store_bf16's format). With prefix (NULL:
+     * none), row i reads its first prefix->len[i] positions from the prefix's
+     * blocks, with the bits it would get from those values in its own cache;
+     * its new position must come after them. */
     void (*attention_decode)(float *out, OpsHeads q, OpsHeads k, OpsHeads v, const float *cos_sin,
                              float *const *k_cache, float *const *v_cache, const int64_t *len,
-                             int64_t N, int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
+                             int64_t N, int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
+                             const OpsPrefix *prefix);
     void (*attention_decode_bf16)(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
                                   const float *cos_sin, uint16_t *const *k_cache,
                                   uint16_t *const *v_cache, const int64_t *len, int64_t N,
-                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len);
+                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
+                                  const OpsPrefix *prefix);
 
     /* ---- activations ---- */
     /* gate_up is [N, 2F] (gate in the first F columns, up in the next F);

@@ -1,10 +1,12 @@
 /* rollout/generate.c — continuous-batching generation over a shared-prompt KV
  * cache (see generate.h).
  *
- * Slots 0..max_batch-1 hold running samples; slot max_batch is the staging
- * slot where the current prompt is prefilled once, then copied into the slot
- * of each of its samples. Requests are ordered prompt-major, so the staging
- * slot is refilled once per prompt. */
+ * Slots 0..n_slots-1 hold running samples; the n_prompt slots after them
+ * hold prompts, each prefilled once and read by the samples of its group
+ * (or copied into their slots where the backend cannot share). Requests are
+ * ordered prompt-major, so a group's samples are admitted one after another
+ * and a prompt slot is filled once per group; it is free again when no
+ * running sample reads it. */
 #include "rollout/generate.h"
 
 #include <omp.h>    /* omp_get_max_threads, omp_get_thread_num */
@@ -33,7 +35,8 @@ void gen_samples_free(GenSample *s, int64_t n) {
 #define SAMPLE_PAR_MIN ((int64_t)1 << 12)
 
 typedef struct Running {
-    int64_t request; /* index into out[], -1 when the slot is free */
+    int64_t request;     /* index into out[], -1 when the slot is free */
+    int64_t prompt_slot; /* the prompt slot it reads, -1: none (its own copy) */
     int64_t cap;
     Rng rng;
     int32_t last;
@@ -49,8 +52,14 @@ typedef struct Engine {
     Sampler *samplers; /* one per OpenMP thread: a decode step's rows sample in parallel */
     int64_t n_samplers;
     Running *slots;
-    int64_t n_slots, staging, staged_prompt, V, max_len;
+    int64_t n_slots, V, max_len;
+    /* prompt slots n_slots .. n_slots + n_prompt - 1, readers[i] running
+     * samples reading slot n_slots + i; the staged prompt (the group being
+     * admitted) is in staged_slot, -1: none */
+    int64_t n_prompt, *readers, staged_prompt, staged_slot;
+    int share; /* the cache shares prompts (else copies them) */
     float *prompt_logits; /* [V] logits after the staged prompt */
+    float *own_logits;    /* [V] logits after a prompt prefilled in a sample's slot */
     float *logits;        /* [n_slots, V] */
     int64_t *active;      /* slot ids decoded this step */
     int32_t *feed;
@@ -112,20 +121,73 @@ static int take_token(Engine *e, int64_t slot, int32_t tok, float lp, int *done)
     return PONDER_OK;
 }
 
-static int stage_prompt(Engine *e, int64_t p, PonderError *err) {
-    if (e->staged_prompt == p) return PONDER_OK;
+/* A prompt slot that no running sample reads (any, when prompts are
+ * copied), or -1. */
+static int64_t free_prompt_slot(const Engine *e) {
+    for (int64_t i = 0; i < e->n_prompt; i++)
+        if (!e->share || e->readers[i] == 0) return e->n_slots + i;
+    return -1;
+}
+
+/* Prefills prompt p into a free prompt slot unless it is there already:
+ * *ps its slot, or -1 when every prompt slot is being read. */
+static int stage_prompt(Engine *e, int64_t p, int64_t *ps, PonderError *err) {
+    *ps = -1;
     const GenPrompt *gp = &e->prompts[p];
     if (gp->n <= 0 || gp->n >= e->max_len)
         return ponder_error(err, PONDER_ERR_SHAPE,
                             "generate: prompt %lld has %lld tokens; need 1..%lld (the model's "
                             "context)",
                             (long long)p, (long long)gp->n, (long long)(e->max_len - 1));
-    model_kv_reset(e->kv, e->staging);
-    int rc = model_prefill(e->m, e->kv, e->staging, gp->tokens, gp->n, e->prompt_logits, err);
+    if (e->staged_prompt == p && e->staged_slot >= 0) {
+        *ps = e->staged_slot;
+        return PONDER_OK;
+    }
+    const int64_t slot = free_prompt_slot(e);
+    if (slot < 0) return PONDER_OK;
+    e->staged_prompt = -1, e->staged_slot = -1;
+    model_kv_reset(e->kv, slot);
+    int rc = model_prefill(e->m, e->kv, slot, gp->tokens, gp->n, e->prompt_logits, err);
     if (rc) return rc;
     e->stats.prefill_tokens += gp->n;
-    e->staged_prompt = p;
+    e->staged_prompt = p, e->staged_slot = slot, *ps = slot;
     return PONDER_OK;
+}
+
+/* Gives sample slot `slot` prompt p: read from (or copied from) its prompt
+ * slot, else prefilled in the slot itself; *logits: those after the prompt. */
+static int give_prompt(Engine *e, int64_t slot, int64_t p, const float **logits,
+                       PonderError *err) {
+    int64_t ps;
+    int rc = stage_prompt(e, p, &ps, err);
+    if (rc) return rc;
+    Running *r = &e->slots[slot];
+    model_kv_reset(e->kv, slot);
+    r->prompt_slot = -1;
+    if (ps < 0) {
+        const GenPrompt *gp = &e->prompts[p];
+        rc = model_prefill(e->m, e->kv, slot, gp->tokens, gp->n, e->own_logits, err);
+        e->stats.prefill_tokens += gp->n;
+        *logits = e->own_logits;
+        return rc;
+    }
+    if (e->share && model_kv_share_prefix(e->kv, slot, ps)) {
+        r->prompt_slot = ps;
+        e->readers[ps - e->n_slots]++;
+        e->stats.shared_prompts++;
+    } else {
+        model_kv_copy_slot(e->kv, slot, ps);
+    }
+    *logits = e->prompt_logits;
+    return PONDER_OK;
+}
+
+/* The sample in slot is done: the slot and its prompt slot are free for others. */
+static void release_slot(Engine *e, int64_t slot) {
+    Running *r = &e->slots[slot];
+    if (r->prompt_slot >= 0) e->readers[r->prompt_slot - e->n_slots]--;
+    r->prompt_slot = -1;
+    r->request = -1;
 }
 
 /* Puts request `req` into free slot `slot` and samples its first token from
@@ -133,10 +195,9 @@ static int stage_prompt(Engine *e, int64_t p, PonderError *err) {
 static int admit(Engine *e, int64_t slot, int64_t req, int *done, PonderError *err) {
     const GenConfig *gc = e->gc;
     const int64_t G = gc->num_generations, p = req / G, g = req % G;
-    int rc = stage_prompt(e, p, err);
+    const float *prompt_logits = NULL;
+    int rc = give_prompt(e, slot, p, &prompt_logits, err);
     if (rc) return rc;
-    model_kv_reset(e->kv, slot);
-    model_kv_copy_slot(e->kv, slot, e->staging);
     Running *r = &e->slots[slot];
     r->request = req;
     r->cap = 0;
@@ -144,7 +205,7 @@ static int admit(Engine *e, int64_t slot, int64_t req, int *done, PonderError *e
     GenSample *s = &e->out[req];
     s->prompt = p, s->sample = g, s->group = p, s->policy_version = gc->policy_version;
     float lp;
-    int32_t tok = sampler_pick(&e->samplers[0], e->prompt_logits, &gc->sampling, &r->rng, &lp);
+    int32_t tok = sampler_pick(&e->samplers[0], prompt_logits, &gc->sampling, &r->rng, &lp);
     if (take_token(e, slot, tok, lp, done))
         return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
     return PONDER_OK;
@@ -157,7 +218,7 @@ static int fill_slots(Engine *e, int64_t *next_req, int64_t total, PonderError *
             int done = 0;
             int rc = admit(e, s, (*next_req)++, &done, err);
             if (rc) return rc;
-            if (done) e->slots[s].request = -1;
+            if (done) release_slot(e, s);
         }
     }
     return PONDER_OK;
@@ -188,7 +249,7 @@ static int decode_step(Engine *e, PonderError *err) {
         int done = 0;
         if (take_token(e, e->active[i], e->picked[i], e->picked_logp[i], &done))
             return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
-        if (done) e->slots[e->active[i]].request = -1;
+        if (done) release_slot(e, e->active[i]);
     }
     return PONDER_OK;
 }
@@ -206,10 +267,41 @@ static void engine_free(Engine *e) {
     free(e->picked);
     free(e->picked_logp);
     free(e->slots);
+    free(e->readers);
     free(e->prompt_logits);
+    free(e->own_logits);
     free(e->logits);
     free(e->active);
     free(e->feed);
+}
+
+/* Whether the call's samples share their group's prompt slot: not for
+ * groups of one, whose rows would read two blocks for nothing (a batch-64
+ * decode of rows that each read a prompt of their own from a second block
+ * ran 4-19% slower than over copies; groups of 2 were level, of 8 4-8%
+ * faster, bench/RESULTS.md "Fourteenth session"). */
+static int shares_prompts(const Model *m, const GenConfig *gc) {
+    return model_kv_shares_prefixes(m) && !gc->copy_prompts && gc->num_generations > 1;
+}
+
+/* Sample slots and prompt slots of a call over `total` samples. Prompt
+ * slots where samples share them: gc->prompt_slots, by default one per
+ * group that fits in the sample slots plus two, for the groups whose last
+ * samples are still running when the next ones start; a group that finds
+ * none prefills its samples' own slots. Where prompts are copied, one. */
+static void slot_counts(const Model *m, const GenConfig *gc, int64_t total, int64_t *n_slots,
+                        int64_t *n_prompt) {
+    const int64_t G = gc->num_generations;
+    *n_slots = gc->max_batch < total ? gc->max_batch : total;
+    *n_prompt = !shares_prompts(m, gc) ? 1
+                : gc->prompt_slots > 0 ? gc->prompt_slots
+                                       : (*n_slots + G - 1) / G + 2;
+}
+
+int64_t rollout_kv_slots(const Model *m, const GenConfig *gc, int64_t P) {
+    int64_t n_slots, n_prompt;
+    slot_counts(m, gc, P * gc->num_generations, &n_slots, &n_prompt);
+    return n_slots + n_prompt;
 }
 
 static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t total,
@@ -219,15 +311,16 @@ static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t to
     const ModelConfig *c = model_config(m);
     e->V = c->vocab_size;
     e->max_len = c->max_seq_len;
-    e->n_slots = gc->max_batch < total ? gc->max_batch : total;
-    e->staging = e->n_slots;
-    e->staged_prompt = -1;
+    slot_counts(m, gc, total, &e->n_slots, &e->n_prompt);
+    e->share = shares_prompts(m, gc);
+    e->staged_prompt = -1, e->staged_slot = -1;
+    const int64_t need = e->n_slots + e->n_prompt;
     int rc = PONDER_OK;
-    if (gc->kv && model_kv_slots(gc->kv) >= e->n_slots + 1 && model_kv_max_len(gc->kv) == e->max_len) {
+    if (gc->kv && model_kv_slots(gc->kv) >= need && model_kv_max_len(gc->kv) == e->max_len) {
         e->kv = gc->kv;
-        for (int64_t s = 0; s <= e->n_slots; s++) model_kv_reset(e->kv, s);
+        for (int64_t s = 0; s < need; s++) model_kv_reset(e->kv, s);
     } else {
-        rc = model_kv_create(&e->kv, m, e->n_slots + 1, e->max_len, err);
+        rc = model_kv_create(&e->kv, m, need, e->max_len, err);
         e->own_kv = 1;
     }
     if (rc) return rc;
@@ -239,16 +332,18 @@ static int engine_init(Engine *e, Model *m, const GenPrompt *prompts, int64_t to
         if (rc) return rc;
     }
     e->slots = calloc((size_t)e->n_slots, sizeof(Running));
+    e->readers = calloc((size_t)e->n_prompt, sizeof(int64_t));
     e->prompt_logits = calloc((size_t)e->V, sizeof(float));
+    e->own_logits = calloc((size_t)e->V, sizeof(float));
     e->logits = calloc((size_t)(e->n_slots * e->V), sizeof(float));
     e->active = calloc((size_t)e->n_slots, sizeof(int64_t));
     e->feed = calloc((size_t)e->n_slots, sizeof(int32_t));
     e->picked = calloc((size_t)e->n_slots, sizeof(int32_t));
     e->picked_logp = calloc((size_t)e->n_slots, sizeof(float));
-    if (!e->slots || !e->prompt_logits || !e->logits || !e->active || !e->feed || !e->picked ||
-        !e->picked_logp)
+    if (!e->slots || !e->readers || !e->prompt_logits || !e->own_logits || !e->logits ||
+        !e->active || !e->feed || !e->picked || !e->picked_logp)
         return ponder_error(err, PONDER_ERR_NOMEM, "generate: out of memory");
-    for (int64_t s = 0; s < e->n_slots; s++) e->slots[s].request = -1;
+    for (int64_t s = 0; s < e->n_slots; s++) e->slots[s].request = -1, e->slots[s].prompt_slot = -1;
     return PONDER_OK;
 }
 
@@ -256,9 +351,10 @@ int rollout_generate_stats(Model *m, const GenPrompt *prompts, int64_t P, const 
                            GenSample *out, GenStats *stats, PonderError *err) {
     int rc = sampling_validate(&gc->sampling, err);
     if (rc) return rc;
-    if (gc->num_generations <= 0 || gc->max_batch <= 0 || P <= 0)
+    if (gc->num_generations <= 0 || gc->max_batch <= 0 || P <= 0 || gc->prompt_slots < 0)
         return ponder_error(err, PONDER_ERR_CONFIG,
-                            "generate: need prompts > 0, num_generations > 0 and max_batch > 0");
+                            "generate: need prompts > 0, num_generations > 0, max_batch > 0 and "
+                            "prompt_slots >= 0");
     const int64_t total = P * gc->num_generations;
     memset(out, 0, (size_t)total * sizeof(GenSample));
     Engine e;

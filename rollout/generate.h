@@ -1,7 +1,11 @@
 /* rollout/generate.h — batched generation with a KV cache.
  *
- * P prompts x G samples. Each prompt is prefilled once and its cache copied
- * into the slots of its samples (a group shares its prompt). Samples run in
+ * P prompts x G samples. Each prompt is prefilled once into a prompt slot,
+ * which its samples read their prompt from (model_kv_share_prefix: one copy
+ * per group, read once per decode step), or, on a backend that cannot and
+ * for groups of one, is copied into each sample's slot. A group whose prompt finds no free prompt
+ * slot (older groups' samples still running) prefills it in the sample's own
+ * slot: the same tokens either way. Samples run in
  * at most max_batch slots; a finished sample leaves its slot at once and the
  * next pending sample takes it (continuous batching), so no compute goes to
  * finished sequences. Sample (p, g) draws from its own random stream derived
@@ -46,11 +50,22 @@ typedef struct GenConfig {
     /* Optional: a KV cache to generate in, kept by the caller across calls
      * (an RL stage generates every step; creating the cache each time cost
      * zeroing tens of MB of fresh pages per step). It needs at least
-     * min(max_batch, P*G) + 1 slots of model.max_seq_len positions, else the
-     * call makes its own. Made for the same model; its slots are reset.
+     * rollout_kv_slots(m, gc, P) slots of model.max_seq_len positions, else
+     * the call makes its own. Made for the same model; its slots are reset.
      * NULL: one is made per call. */
     ModelKVCache *kv;
+    /* Prompt slots to keep (0: one per group that fits in max_batch, plus
+     * two). Fewer save memory; a group that finds none free prefills its
+     * samples' own slots (the same tokens, more prefill). */
+    int64_t prompt_slots;
+    /* 1: copy each prompt into its samples' slots instead of sharing it, as
+     * on backends that cannot share (for comparisons). */
+    int copy_prompts;
 } GenConfig;
+
+/* The KV cache slots a call over P prompts uses: a slot per running sample
+ * (min(max_batch, P*G)) and its prompt slots. */
+int64_t rollout_kv_slots(const Model *m, const GenConfig *gc, int64_t P);
 
 typedef struct GenSample {
     int64_t prompt;   /* position in the prompts array */
@@ -71,6 +86,7 @@ void gen_samples_free(GenSample *s, int64_t n);
 /* Generation statistics of the last call, for benchmarks and logs. */
 typedef struct GenStats {
     int64_t prefill_tokens, decode_tokens, decode_steps;
+    int64_t shared_prompts; /* samples that read their prompt from their group's prompt slot */
 } GenStats;
 int rollout_generate_stats(Model *m, const GenPrompt *prompts, int64_t P, const GenConfig *gc,
                            GenSample *out, GenStats *stats, PonderError *err);

@@ -671,44 +671,60 @@ Test(ops_bf16, cached_attention_reads_a_bf16_cache) {
  * new position holds NaNs until stored. Head shapes where one work item
  * holds all of a row's heads (hd 32 x 4, hd 128 x 2: stores inside the
  * item) and where it does not (hd 64 x 12, the generic hd 8 with 4 query
- * heads on 2 kv heads: stores in a loop before); with RoPE and without. */
+ * heads on 2 kv heads: stores in a loop before); with RoPE and without.
+ * A third side runs the one op with a prefix: row n's first pre[n]
+ * positions (0 to len - 1) come from a block of their own, and hold NaNs
+ * in the row's cache, so reading them there (or the prefix's other
+ * positions) would show. */
 static void check_attention_decode(const ModelOps *o, int bf16, int64_t hd, int64_t NH,
                                    int64_t KV, int rope) {
     enum { N = 40, MAXL = 41 };
     const int64_t W = (NH + 2 * KV) * hd, block = KV * MAXL * hd, vb = bf16 ? 2 : 4;
     Rng r = rng_from_seed(300 + (uint64_t)(hd * 16 + NH + rope));
-    float *qkv[2] = {random_floats(&r, N * W), malloc((size_t)(N * W) * sizeof(float))};
+    float *qkv[3] = {random_floats(&r, N * W), malloc((size_t)(N * W) * sizeof(float)),
+                     malloc((size_t)(N * W) * sizeof(float))};
     memcpy(qkv[1], qkv[0], (size_t)(N * W) * sizeof(float));
+    memcpy(qkv[2], qkv[0], (size_t)(N * W) * sizeof(float));
     float *cs = malloc((size_t)(MAXL * hd) * sizeof(float));
     for (int64_t p = 0; p < MAXL; p++)
         for (int64_t i = 0; i < hd / 2; i++) {
             const double a = (double)p * pow(10000.0, -2.0 * (double)i / (double)hd);
             cs[(p * hd / 2 + i) * 2] = (float)cos(a), cs[(p * hd / 2 + i) * 2 + 1] = (float)sin(a);
         }
-    int64_t len[N];
+    int64_t len[N], pre[N];
     int32_t pos[N];
-    void *kc[2][N], *vc[2][N];
+    void *kc[3][N], *vc[3][N], *kp[N], *vp[N];
     for (int n = 0; n < N; n++) {
         len[n] = 1 + (n * 7) % MAXL, pos[n] = (int32_t)(len[n] - 1);
+        pre[n] = pos[n] * (n % 3) / 2; /* none, about half, all but the new position */
         float *kf = random_floats(&r, block), *vf = random_floats(&r, block);
         for (int64_t h = 0; h < KV; h++)
             for (int64_t i = 0; i < hd; i++) /* the new position: NaN until stored */
                 kf[(h * MAXL + pos[n]) * hd + i] = vf[(h * MAXL + pos[n]) * hd + i] = NAN;
-        for (int side = 0; side < 2; side++) {
-            kc[side][n] = malloc((size_t)(block * vb)), vc[side][n] = malloc((size_t)(block * vb));
+        kp[n] = malloc((size_t)(block * vb)), vp[n] = malloc((size_t)(block * vb));
+        for (int side = 0; side < 4; side++) { /* side 3: the prefix */
+            void *kd = side < 3 ? kc[side][n] = malloc((size_t)(block * vb)) : kp[n];
+            void *vd = side < 3 ? vc[side][n] = malloc((size_t)(block * vb)) : vp[n];
             for (int64_t i = 0; i < block; i += hd) {
+                /* side 2 lacks the prefix's positions, the prefix has only them */
+                const int64_t at = i / hd % MAXL;
+                const int nan = (side == 2 && at < pre[n]) || (side == 3 && at >= pre[n]);
+                float kx[128], vx[128];
+                for (int64_t d = 0; d < hd; d++)
+                    kx[d] = nan ? NAN : kf[i + d], vx[d] = nan ? NAN : vf[i + d];
                 if (bf16) {
-                    o->kv_store_bf16((uint16_t *)kc[side][n] + i, kf + i, hd);
-                    o->kv_store_bf16((uint16_t *)vc[side][n] + i, vf + i, hd);
+                    o->kv_store_bf16((uint16_t *)kd + i, kx, hd);
+                    o->kv_store_bf16((uint16_t *)vd + i, vx, hd);
                 } else {
-                    memcpy((float *)kc[side][n] + i, kf + i, (size_t)hd * sizeof(float));
-                    memcpy((float *)vc[side][n] + i, vf + i, (size_t)hd * sizeof(float));
+                    memcpy((float *)kd + i, kx, (size_t)hd * sizeof(float));
+                    memcpy((float *)vd + i, vx, (size_t)hd * sizeof(float));
                 }
             }
         }
         free(kf), free(vf);
     }
-    float *out[2] = {calloc((size_t)(N * NH * hd), sizeof(float)), calloc((size_t)(N * NH * hd), sizeof(float))};
+    float *out[3];
+    for (int side = 0; side < 3; side++) out[side] = calloc((size_t)(N * NH * hd), sizeof(float));
     /* side 0: the separate ops */
     OpsHeads q0 = {qkv[0], W};
     if (rope) o->rope(q0, pos, cs, N, NH + KV, hd, 0);
@@ -734,10 +750,19 @@ static void check_attention_decode(const ModelOps *o, int bf16, int64_t hd, int6
     OpsHeads q1 = {qkv[1], W}, k1 = {qkv[1] + NH * hd, W}, v1 = {qkv[1] + (NH + KV) * hd, W};
     if (bf16)
         o->attention_decode_bf16(out[1], q1, k1, v1, rope ? cs : NULL, (uint16_t *const *)kc[1],
-                                 (uint16_t *const *)vc[1], len, N, NH, KV, hd, MAXL);
+                                 (uint16_t *const *)vc[1], len, N, NH, KV, hd, MAXL, NULL);
     else
         o->attention_decode(out[1], q1, k1, v1, rope ? cs : NULL, (float *const *)kc[1],
-                            (float *const *)vc[1], len, N, NH, KV, hd, MAXL);
+                            (float *const *)vc[1], len, N, NH, KV, hd, MAXL, NULL);
+    /* side 2: the one op, the prefix positions from their own blocks */
+    OpsHeads q2 = {qkv[2], W}, k2 = {qkv[2] + NH * hd, W}, v2 = {qkv[2] + (NH + KV) * hd, W};
+    const OpsPrefix prefix = {(const void *const *)kp, (const void *const *)vp, pre};
+    if (bf16)
+        o->attention_decode_bf16(out[2], q2, k2, v2, rope ? cs : NULL, (uint16_t *const *)kc[2],
+                                 (uint16_t *const *)vc[2], len, N, NH, KV, hd, MAXL, &prefix);
+    else
+        o->attention_decode(out[2], q2, k2, v2, rope ? cs : NULL, (float *const *)kc[2],
+                            (float *const *)vc[2], len, N, NH, KV, hd, MAXL, &prefix);
     const char *what = bf16 ? "attention_decode_bf16" : "attention_decode";
     cr_expect_eq(memcmp(out[0], out[1], (size_t)(N * NH * hd) * sizeof(float)), 0,
                  "%s hd %lld NH %lld KV %lld rope %d: outputs differ", what, (long long)hd,
@@ -749,10 +774,24 @@ static void check_attention_decode(const ModelOps *o, int bf16, int64_t hd, int6
         caches_same &= memcmp(kc[0][n], kc[1][n], (size_t)(block * vb)) == 0 &&
                        memcmp(vc[0][n], vc[1][n], (size_t)(block * vb)) == 0;
     cr_expect(caches_same, "%s hd %lld: caches differ", what, (long long)hd);
-    for (int side = 0; side < 2; side++) {
+    cr_expect_eq(memcmp(out[0], out[2], (size_t)(N * NH * hd) * sizeof(float)), 0,
+                 "%s hd %lld NH %lld KV %lld rope %d: outputs with a prefix differ", what,
+                 (long long)hd, (long long)NH, (long long)KV, rope);
+    cr_expect_eq(memcmp(qkv[0], qkv[2], (size_t)(N * W) * sizeof(float)), 0,
+                 "%s hd %lld: rotated q/k rows differ with a prefix", what, (long long)hd);
+    int stores_same = 1; /* the new position, in the row's own cache */
+    for (int n = 0; n < N; n++)
+        for (int64_t h = 0; h < KV; h++) {
+            const size_t at = (size_t)((h * MAXL + pos[n]) * hd * vb);
+            stores_same &= memcmp((char *)kc[0][n] + at, (char *)kc[2][n] + at, (size_t)(hd * vb)) == 0 &&
+                           memcmp((char *)vc[0][n] + at, (char *)vc[2][n] + at, (size_t)(hd * vb)) == 0;
+        }
+    cr_expect(stores_same, "%s hd %lld: stores differ with a prefix", what, (long long)hd);
+    for (int side = 0; side < 3; side++) {
         for (int n = 0; n < N; n++) free(kc[side][n]), free(vc[side][n]);
         free(qkv[side]), free(out[side]);
     }
+    for (int n = 0; n < N; n++) free(kp[n]), free(vp[n]);
     free(cs);
 }
 

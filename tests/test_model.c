@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "model/model.h"
+#include "model/ops.h"
 #include "trainer/optim.h"
 #include "util/rng.h"
 
@@ -401,6 +402,74 @@ Test(model_kv, gpt2) {
     ModelConfig c = small_config(MODEL_ARCH_GPT2, true, false, 4);
     c.init_std = 0.1f;
     check_kv_cache(c);
+}
+
+/* A slot that reads its prompt from another (model_kv_share_prefix)
+ * decodes with the bits of a slot holding a copy of it: next to a copy, and
+ * next to a copy taken from the sharing slot (copy_slot then copies the
+ * prefix too); after its source grows (appends leave the shared positions
+ * alone); and after a prefill into it (which first copies the prefix in). */
+static void check_shared_prefix(const ModelConfig *c, const ModelOps *ops, const char *what) {
+    Model *m = NULL;
+    PonderError err = {0};
+    cr_assert_eq(model_create_on(&m, c, ops, &err), 0, "%s", err.msg);
+    model_init_weights(m, 7);
+    cr_assert(model_kv_shares_prefixes(m), "%s: the CPU tables read shared prefixes", what);
+    enum { T = 12, P = 5 };
+    const int64_t V = c->vocab_size;
+    int32_t tok[T];
+    Rng r = rng_from_seed(17);
+    for (int i = 0; i < T; i++) tok[i] = (int32_t)rng_below(&r, (uint64_t)V);
+    ModelKVCache *kv = NULL;
+    cr_assert_eq(model_kv_create(&kv, m, 4, T + 2, &err), 0, "%s", err.msg);
+    float *lg = malloc((size_t)(3 * V) * sizeof(float));
+    cr_assert_eq(model_prefill(m, kv, 0, tok, P, lg, &err), 0, "%s", err.msg);
+    model_kv_copy_slot(kv, 1, 0);
+    cr_assert_eq(model_kv_share_prefix(kv, 2, 0), 1, "%s", what);
+    cr_expect_eq(model_kv_length(kv, 2), P);
+    cr_expect_eq(model_kv_share_prefix(kv, 3, 2), 0, "%s: a slot with a prefix became a source", what);
+    cr_expect_eq(model_kv_share_prefix(kv, 2, 2), 0);
+    model_kv_copy_slot(kv, 3, 2);
+    const int64_t rows[3] = {1, 2, 3}, src = 0;
+    int diffs = 0;
+    for (int64_t t = P; t <= T; t++) {
+        if (t == T) /* the source grows; what slot 2 reads stays */
+            cr_assert_eq(model_decode(m, kv, &src, &tok[1], 1, lg, &err), 0, "%s", err.msg);
+        const int32_t same[3] = {tok[t % T], tok[t % T], tok[t % T]};
+        cr_assert_eq(model_decode(m, kv, rows, same, 3, lg, &err), 0, "%s", err.msg);
+        diffs += memcmp(lg, lg + V, (size_t)V * sizeof(float)) != 0;
+        diffs += memcmp(lg, lg + 2 * V, (size_t)V * sizeof(float)) != 0;
+    }
+    cr_expect_eq(diffs, 0, "%s: a shared prefix decoded otherwise than a copy (%d steps)", what,
+                 diffs);
+    model_kv_reset(kv, 1), model_kv_reset(kv, 2);
+    model_kv_copy_slot(kv, 1, 0);
+    cr_assert_eq(model_kv_share_prefix(kv, 2, 0), 1);
+    cr_assert_eq(model_prefill(m, kv, 1, tok + 2, 3, lg, &err), 0, "%s", err.msg);
+    cr_assert_eq(model_prefill(m, kv, 2, tok + 2, 3, lg + V, &err), 0, "%s", err.msg);
+    cr_expect_eq(memcmp(lg, lg + V, (size_t)V * sizeof(float)), 0, "%s: prefill after a prefix", what);
+    const int32_t next[2] = {tok[7], tok[7]};
+    cr_assert_eq(model_decode(m, kv, rows, next, 2, lg, &err), 0, "%s", err.msg);
+    cr_expect_eq(memcmp(lg, lg + V, (size_t)V * sizeof(float)), 0, "%s: decode after that prefill",
+                 what);
+    free(lg);
+    model_kv_free(kv);
+    model_free(m);
+}
+
+Test(model_kv, shared_prefix_decodes_as_a_copy) {
+    /* head size 4 (the generic kernel) and 32 (the register form); GQA */
+    ModelConfig llama = small_config(MODEL_ARCH_LLAMA, false, false, 2);
+    ModelConfig gpt2 = small_config(MODEL_ARCH_GPT2, true, false, 4);
+    ModelConfig wide = small_config(MODEL_ARCH_LLAMA, true, false, 2);
+    wide.d_model = 128, wide.d_ff = 64;
+    check_shared_prefix(&llama, ops_cpu(), "llama hd 4");
+    check_shared_prefix(&gpt2, ops_cpu(), "gpt2 hd 4");
+    check_shared_prefix(&wide, ops_cpu(), "llama hd 32");
+    if (ops_cpu_bf16()) {
+        check_shared_prefix(&llama, ops_cpu_bf16(), "llama hd 4 bf16");
+        check_shared_prefix(&wide, ops_cpu_bf16(), "llama hd 32 bf16");
+    }
 }
 
 /* ------------------------------------------------------------- errors ---- */

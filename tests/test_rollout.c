@@ -194,8 +194,11 @@ Test(generate, reused_cache_gives_the_same_samples) {
     GenConfig gc = sampled_config(G, 5);
     cr_assert_eq(rollout_generate(m, ps.p, 4, &gc, fresh, &err), 0, "%s", err.msg);
     ModelKVCache *kv = NULL, *tiny = NULL;
-    cr_assert_eq(model_kv_create(&kv, m, 6, model_config(m)->max_seq_len, &err), 0, "%s", err.msg);
+    cr_assert_eq(model_kv_create(&kv, m, rollout_kv_slots(m, &gc, 4), model_config(m)->max_seq_len,
+                                 &err),
+                 0, "%s", err.msg);
     cr_assert_eq(model_kv_create(&tiny, m, 2, model_config(m)->max_seq_len, &err), 0, "%s", err.msg);
+    cr_expect_eq(rollout_kv_slots(m, &gc, 4), 5 + 2 + 2, "5 sample slots, 2 groups' prompts + 2");
     GenConfig reuse = gc, too_small = gc;
     reuse.kv = kv, too_small.kv = tiny;
     cr_assert_eq(rollout_generate(m, ps.p, 4, &reuse, first, &err), 0, "%s", err.msg);
@@ -208,6 +211,49 @@ Test(generate, reused_cache_gives_the_same_samples) {
     gen_samples_free(fresh, n), gen_samples_free(first, n), gen_samples_free(again, n);
     gen_samples_free(small, n);
     model_kv_free(kv), model_kv_free(tiny);
+    model_free(m);
+}
+
+/* Prompts read from their group's prompt slot, copied into each sample's
+ * slot, or, with one prompt slot for groups that overlap (3 samples per
+ * group in 4 slots), prefilled in the samples' own slots while the slot is
+ * read: the same samples, and each path taken as intended (groups of one
+ * copy). */
+Test(generate, shared_copied_and_own_prompts_give_the_same_samples) {
+    Model *m = random_model(MODEL_ARCH_LLAMA);
+    cr_assert(model_kv_shares_prefixes(m));
+    Prompts ps;
+    make_prompts(&ps);
+    const int64_t G = 3, n = 4 * G;
+    GenSample shared[12], copied[12], own[12];
+    GenStats st[3];
+    PonderError err = {0};
+    GenConfig gs = sampled_config(G, 4), gcopy = gs, gone = gs;
+    gcopy.copy_prompts = 1, gone.prompt_slots = 1;
+    cr_assert_eq(rollout_generate_stats(m, ps.p, 4, &gs, shared, &st[0], &err), 0, "%s", err.msg);
+    cr_assert_eq(rollout_generate_stats(m, ps.p, 4, &gcopy, copied, &st[1], &err), 0, "%s", err.msg);
+    cr_assert_eq(rollout_generate_stats(m, ps.p, 4, &gone, own, &st[2], &err), 0, "%s", err.msg);
+    expect_same_samples(shared, copied, n);
+    expect_same_samples(shared, own, n);
+    const int64_t prompt_tokens = 3 + 5 + 2 + 7;
+    cr_expect_eq(st[0].shared_prompts, n, "every sample reads its group's prompt slot");
+    cr_expect_eq(st[0].prefill_tokens, prompt_tokens, "each prompt prefilled once");
+    cr_expect_eq(st[1].shared_prompts, 0);
+    cr_expect_eq(st[1].prefill_tokens, prompt_tokens);
+    cr_log_info("one prompt slot: %lld of %lld samples shared, %lld prompt tokens prefilled",
+                (long long)st[2].shared_prompts, (long long)n, (long long)st[2].prefill_tokens);
+    cr_expect(st[2].shared_prompts > 0 && st[2].shared_prompts < n);
+    cr_expect(st[2].prefill_tokens > prompt_tokens, "no sample prefilled its own prompt");
+    GenConfig single = sampled_config(1, 4); /* groups of one copy: nothing to share */
+    GenSample one[4];
+    cr_assert_eq(rollout_generate_stats(m, ps.p, 4, &single, one, &st[0], &err), 0, "%s", err.msg);
+    cr_expect_eq(st[0].shared_prompts, 0);
+    gen_samples_free(one, 4);
+    GenConfig bad = gs;
+    bad.prompt_slots = -1;
+    cr_expect_neq(rollout_generate(m, ps.p, 4, &bad, own + 0, &err), 0);
+    cr_expect(strstr(err.msg, "prompt_slots") != NULL, "%s", err.msg);
+    gen_samples_free(shared, n), gen_samples_free(copied, n), gen_samples_free(own, n);
     model_free(m);
 }
 

@@ -304,7 +304,7 @@ static int generate_round(RlStage *s, int64_t step, int64_t *cursor, int64_t P, 
                         .eos_id = tokenizer_special(s->tok, TOK_EOS),
                         .policy_version = step};
         if (!s->gen_kv)
-            rc = model_kv_create(&s->gen_kv, s->policy, gc.max_batch + 1,
+            rc = model_kv_create(&s->gen_kv, s->policy, rollout_kv_slots(s->policy, &gc, P),
                                  model_config(s->policy)->max_seq_len, err);
         gc.kv = s->gen_kv;
         if (rc == PONDER_OK) rc = rollout_generate(s->policy, gp, P, &gc, rd->samples, err);

@@ -964,14 +964,29 @@ static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 
 }
 
 /* row[0..L) = exp(q k_j * scale - max_j): one query row's unnormalised
- * attention weights over L keys (rows ks values apart). */
+ * attention weights over L keys (rows ks values apart), keys j < P from kp,
+ * the others from kc (both indexed by position; P = 0: all from kc). Each
+ * key's dot has the same bits from either (dots_hd), so a prefix read from
+ * elsewhere changes nothing. */
 static inline __attribute__((always_inline)) void attention_exps_hd(float *row, const float *qi,
+                                                                    const void *kp, int64_t P,
                                                                     const void *kc, int64_t ks,
                                                                     int64_t L, const int64_t HD,
                                                                     float scale, const int bf16) {
     V16 q[8];
     for (int64_t c = 0; c < HD / 16; c++) q[c] = v16_load(qi + 16 * c);
-    dots_hd(row, q, kc, ks, L, HD, bf16);
+    const int64_t es = bf16 ? 2 : 4; /* bytes per value */
+    if (P > 0) {
+        /* dots_hd prefetches only within its keys: the first block after
+         * the prefix is fetched while the prefix's are summed (without it a
+         * batch-64 decode reading each row's prompt from another block ran
+         * 7% slower than over copies) */
+        for (int64_t t = P; t < L && t < P + 16; t++)
+            for (int64_t b = 0; b < HD * es; b += 64)
+                __builtin_prefetch((const char *)kc + t * ks * es + b, 0, 3);
+        dots_hd(row, q, kp, ks, P, HD, bf16);
+    }
+    dots_hd(row + P, q, (const char *)kc + P * ks * es, ks, L - P, HD, bf16);
     float mx = -INFINITY;
     int64_t j = 0;
     if (L >= 16) {
@@ -1442,41 +1457,48 @@ static void cpu_attention_backward_set(OpsHeads dq, OpsHeads dk, OpsHeads dv, co
     attention_backward_any(dq, dk, dv, dout, att, q, k, v, start, B, T, NH, KV, hd, 1);
 }
 
-/* One query row against L cached keys of one head: the generic form. */
-static inline void attention_cached_row_any(float *o, float *row, const float *qi, const float *kc,
+/* One query row against L cached keys of one head: the generic form
+ * (positions j < P from kp and vp). */
+static inline void attention_cached_row_any(float *o, float *row, const float *qi, const float *kp,
+                                            const float *vp, int64_t P, const float *kc,
                                             const float *vc, int64_t L, int64_t hd, float scale) {
-    for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, kc + j * hd, hd) * scale;
+    for (int64_t j = 0; j < L; j++) row[j] = dot_hd(qi, (j < P ? kp : kc) + j * hd, hd) * scale;
     memset(o, 0, (size_t)hd * sizeof(float));
     if (L == 0) return;
     softmax_inplace(row, L);
-    for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], vc + j * hd, hd);
+    for (int64_t j = 0; j < L; j++) axpy_hd(o, row[j], (j < P ? vp : vc) + j * hd, hd);
 }
 
 /* attention_cached_row_any over a bf16 cache (values in bf16_cache_index's
  * order). */
 static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
+                                          const uint16_t *kp, const uint16_t *vp, int64_t P,
                                           const uint16_t *kc, const uint16_t *vc, int64_t L,
                                           int64_t hd, float scale) {
     for (int64_t j = 0; j < L; j++) {
+        const uint16_t *kj = (j < P ? kp : kc) + j * hd;
         float d = 0.0f;
-        for (int64_t c = 0; c < hd; c++) d += qi[c] * bf16_to_float(kc[j * hd + bf16_cache_index(c, hd)]);
+        for (int64_t c = 0; c < hd; c++) d += qi[c] * bf16_to_float(kj[bf16_cache_index(c, hd)]);
         row[j] = d * scale;
     }
     memset(o, 0, (size_t)hd * sizeof(float));
     if (L == 0) return;
     softmax_inplace(row, L);
-    for (int64_t j = 0; j < L; j++)
-        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vc[j * hd + bf16_cache_index(c, hd)]);
+    for (int64_t j = 0; j < L; j++) {
+        const uint16_t *vj = (j < P ? vp : vc) + j * hd;
+        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vj[bf16_cache_index(c, hd)]);
+    }
 }
 
 /* attention_values_hd for NV heads of one decode row over the same L
- * cached values (v[h] head h's, rows HD apart; r[h] its unnormalised
- * weights; outputs at o + h * HD). Each head's sums keep their order (so
- * their bits); the shared loop gives NV times the independent add chains,
- * which one head's pass waited on (FMA latency). NV * HD <= 256. */
+ * cached values (v[h] head h's, rows HD apart, indexed by position; values
+ * j < P from vp[h] instead; r[h] its unnormalised weights; outputs at
+ * o + h * HD). Each head's sums keep their order (so their bits, wherever
+ * the values come from); the shared loop gives NV times the independent add
+ * chains, which one head's pass waited on (FMA latency). NV * HD <= 256. */
 static inline __attribute__((always_inline)) void attention_values_heads_hd(
-    float *o, float *const *r, const void *const *v, int64_t L, const int64_t HD, const int NV,
-    const int bf16) {
+    float *o, float *const *r, const void *const *vp, int64_t P, const void *const *v, int64_t L,
+    const int64_t HD, const int NV, const int bf16) {
     /* the loops over h and c must unroll fully, or a[][] lives on the stack */
     V16 a[4][8];
 #pragma GCC unroll 4
@@ -1489,29 +1511,34 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
      * the same either way) */
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     const int64_t es = bf16 ? 2 : 4; /* bytes per value */
-    for (int64_t j = 0; j < L; j++) {
-        if (j + 16 < L) /* 16 keys ahead, as dots_hd */
-            for (int h = 0; h < NV; h++)
-                for (int64_t b = 0; b < HD * es; b += 64)
-                    __builtin_prefetch((const char *)v[h] + (j + 16) * HD * es + b, 0, 3);
-        s0 += r[0][j];
-        __asm__("" : "+x"(s0));
-        if (NV > 1) {
-            s1 += r[1][j];
-            __asm__("" : "+x"(s1));
-        }
-        if (NV > 2) {
-            s2 += r[2][j];
-            __asm__("" : "+x"(s2));
-        }
-        if (NV > 3) {
-            s3 += r[3][j];
-            __asm__("" : "+x"(s3));
-        }
+    for (int seg = P > 0 ? 0 : 1; seg < 2; seg++) { /* the prefix, then the rest */
+        const void *const *vs = seg ? v : vp;
+        const int64_t end = seg ? L : P;
+        for (int64_t j = seg ? P : 0; j < end; j++) {
+            if (j + 16 < L) /* 16 keys ahead, as dots_hd, across the prefix's end */
+                for (int h = 0; h < NV; h++)
+                    for (int64_t b = 0; b < HD * es; b += 64)
+                        __builtin_prefetch((const char *)(j + 16 < P ? vp : v)[h] + (j + 16) * HD * es + b, 0, 3);
+            s0 += r[0][j];
+            __asm__("" : "+x"(s0));
+            if (NV > 1) {
+                s1 += r[1][j];
+                __asm__("" : "+x"(s1));
+            }
+            if (NV > 2) {
+                s2 += r[2][j];
+                __asm__("" : "+x"(s2));
+            }
+            if (NV > 3) {
+                s3 += r[3][j];
+                __asm__("" : "+x"(s3));
+            }
 #pragma GCC unroll 4
-        for (int h = 0; h < NV; h++)
+            for (int h = 0; h < NV; h++)
 #pragma GCC unroll 8
-            for (int64_t c = 0; c < HD / 16; c++) a[h][c] += r[h][j] * v16_load_any(v[h], j * HD, c, bf16);
+                for (int64_t c = 0; c < HD / 16; c++)
+                    a[h][c] += r[h][j] * v16_load_any(vs[h], j * HD, c, bf16);
+        }
     }
     const float sum[4] = {s0, s1, s2, s3};
 #pragma GCC unroll 4
@@ -1525,7 +1552,8 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
 }
 
 /* NV consecutive heads of one decode row (q their queries, k[h] and v[h]
- * their caches, fp32 or bf16, r[h] L floats of scratch each): exponentials
+ * their caches, fp32 or bf16, positions j < P from kp[h] and vp[h]
+ * instead, r[h] L floats of scratch each): exponentials
  * per head, then one value pass for all. The decode forms take a
  * compile-time HD and GCC vector types so that queries and outputs stay in
  * registers (plain loops sent the lane sums and the accumulation through
@@ -1533,18 +1561,20 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
  * lane sums are pairwise in a fixed order, so results do not depend on the
  * CPU. */
 static inline __attribute__((always_inline)) void attention_cached_heads_hd(
-    float *o, float *const *r, const float *q, const void *const *k, const void *const *v,
-    int64_t L, const int64_t HD, const int NV, float scale, const int bf16) {
-    for (int h = 0; h < NV; h++) attention_exps_hd(r[h], q + h * HD, k[h], HD, L, HD, scale, bf16);
-    attention_values_heads_hd(o, r, v, L, HD, NV, bf16);
+    float *o, float *const *r, const float *q, const void *const *kp, const void *const *vp,
+    int64_t P, const void *const *k, const void *const *v, int64_t L, const int64_t HD,
+    const int NV, float scale, const int bf16) {
+    for (int h = 0; h < NV; h++)
+        attention_exps_hd(r[h], q + h * HD, kp[h], P, k[h], HD, L, HD, scale, bf16);
+    attention_values_heads_hd(o, r, vp, P, v, L, HD, NV, bf16);
 }
 
 #define CACHED_HEADS(HD, NV)                                                                       \
     do {                                                                                           \
         if (bf16)                                                                                  \
-            attention_cached_heads_hd(o, r, q, k, v, L, HD, NV, scale, 1);                         \
+            attention_cached_heads_hd(o, r, q, kp, vp, P, k, v, L, HD, NV, scale, 1);              \
         else                                                                                       \
-            attention_cached_heads_hd(o, r, q, k, v, L, HD, NV, scale, 0);                         \
+            attention_cached_heads_hd(o, r, q, kp, vp, P, k, v, L, HD, NV, scale, 0);              \
     } while (0)
 #define CACHED_HEADS_NV(HD)                                                                        \
     do {                                                                                           \
@@ -1557,9 +1587,10 @@ static inline __attribute__((always_inline)) void attention_cached_heads_hd(
     } while (0)
 /* attention_cached_heads_hd for hd 32 or 64 (nv 1 to 4) and 128 (nv 1 or 2). */
 PONDER_HOT static void attention_cached_heads(float *o, float *const *r, const float *q,
-                                              const void *const *k, const void *const *v,
-                                              int64_t L, int64_t hd, int nv, float scale,
-                                              int bf16) {
+                                              const void *const *kp, const void *const *vp,
+                                              int64_t P, const void *const *k,
+                                              const void *const *v, int64_t L, int64_t hd, int nv,
+                                              float scale, int bf16) {
     switch (hd) {
     case 32: CACHED_HEADS_NV(32); break;
     case 64: CACHED_HEADS_NV(64); break;
@@ -1576,12 +1607,13 @@ PONDER_HOT static void attention_cached_heads(float *o, float *const *r, const f
 
 /* One (row, head) item of attention_cached_any at a head size without a
  * register form. */
-static void attention_cached_one(float *o, float *row, const float *qi, const void *kc,
-                                 const void *vc, int64_t L, int64_t hd, float scale, int bf16) {
+static void attention_cached_one(float *o, float *row, const float *qi, const void *kp,
+                                 const void *vp, int64_t P, const void *kc, const void *vc,
+                                 int64_t L, int64_t hd, float scale, int bf16) {
     if (bf16)
-        attention_cached_row_bf16_any(o, row, qi, kc, vc, L, hd, scale);
+        attention_cached_row_bf16_any(o, row, qi, kp, vp, P, kc, vc, L, hd, scale);
     else
-        attention_cached_row_any(o, row, qi, kc, vc, L, hd, scale);
+        attention_cached_row_any(o, row, qi, kp, vp, P, kc, vc, L, hd, scale);
 }
 
 PONDER_HOT static void cpu_kv_store_bf16(uint16_t *dst, const float *src, int64_t hd);
@@ -1633,11 +1665,13 @@ static void decode_store_row(const DecodeStore *st, OpsHeads q, int64_t n, int64
  * time. With st (a decode step: every row its own caches) each row is
  * rotated and stored first, in the same region: by the item that attends
  * for it when one item holds all of a row's heads (its stores then overlap
- * other rows' reads), else in a loop over rows before them. */
+ * other rows' reads), else in a loop over rows before them. With pre, a
+ * row's first pre->len[n] positions are read from the prefix's blocks. */
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
-                                 int64_t hd, int64_t max_len, const DecodeStore *st) {
+                                 int64_t hd, int64_t max_len, const DecodeStore *st,
+                                 const OpsPrefix *pre) {
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
@@ -1666,17 +1700,22 @@ static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float
             const int nv = (int)(NH - h < per ? NH - h : per);
             const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
             const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
-            const void *k[4], *v[4];
+            const int64_t P = pre ? pre->len[n] : 0;
+            const char *kpc = P ? (const char *)pre->k[n] : NULL;
+            const char *vpc = P ? (const char *)pre->v[n] : NULL;
+            const void *k[4], *v[4], *kp[4] = {NULL}, *vp[4] = {NULL};
             for (int g = 0; g < nv; g++) {
                 const size_t at = (size_t)((h + g) / group * max_len * hd) * es;
                 k[g] = kc + at, v[g] = vc + at;
+                if (P) kp[g] = kpc + at, vp[g] = vpc + at;
             }
             float *o = out + n * NH * hd + h * hd;
             const float *qi = q.base + n * q.row_stride + h * hd;
             if (fixed)
-                attention_cached_heads(o, r, qi, k, v, len[n], hd, nv, scale, bf16);
+                attention_cached_heads(o, r, qi, kp, vp, P, k, v, len[n], hd, nv, scale, bf16);
             else
-                attention_cached_one(o, r[0], qi, k[0], v[0], len[n], hd, scale, bf16);
+                attention_cached_one(o, r[0], qi, kp[0], vp[0], P, k[0], v[0], len[n], hd, scale,
+                                     bf16);
         }
         free(scratch);
     }
@@ -1685,15 +1724,17 @@ static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float
 static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
                                  float *const *v_cache, const int64_t *len, int64_t N,
                                  int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
-    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, NULL);
+    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, NULL,
+                         NULL);
 }
 
 static void cpu_attention_decode(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
                                  const float *cos_sin, float *const *k_cache,
                                  float *const *v_cache, const int64_t *len, int64_t N, int64_t NH,
-                                 int64_t KV, int64_t hd, int64_t max_len) {
+                                 int64_t KV, int64_t hd, int64_t max_len, const OpsPrefix *prefix) {
     const DecodeStore st = {k, v, cos_sin, (void *const *)k_cache, (void *const *)v_cache, 0};
-    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, &st);
+    attention_cached_any(out, q, k_cache, v_cache, NULL, NULL, len, N, NH, KV, hd, max_len, &st,
+                         prefix);
 }
 
 /* bf16_from_float (util/bf16.h) on 16 lanes, each result in the upper half
@@ -1721,16 +1762,19 @@ static void cpu_attention_cached_bf16(float *out, OpsHeads q, const uint16_t *co
                                       const uint16_t *const *v_cache, const int64_t *len,
                                       int64_t N, int64_t NH, int64_t KV, int64_t hd,
                                       int64_t max_len) {
-    attention_cached_any(out, q, NULL, NULL, k_cache, v_cache, len, N, NH, KV, hd, max_len, NULL);
+    attention_cached_any(out, q, NULL, NULL, k_cache, v_cache, len, N, NH, KV, hd, max_len, NULL,
+                         NULL);
 }
 
 static void cpu_attention_decode_bf16(float *out, OpsHeads q, OpsHeads k, OpsHeads v,
                                       const float *cos_sin, uint16_t *const *k_cache,
                                       uint16_t *const *v_cache, const int64_t *len, int64_t N,
-                                      int64_t NH, int64_t KV, int64_t hd, int64_t max_len) {
+                                      int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
+                                      const OpsPrefix *prefix) {
     const DecodeStore st = {k, v, cos_sin, (void *const *)k_cache, (void *const *)v_cache, 1};
     attention_cached_any(out, q, NULL, NULL, (const uint16_t *const *)k_cache,
-                         (const uint16_t *const *)v_cache, len, N, NH, KV, hd, max_len, &st);
+                         (const uint16_t *const *)v_cache, len, N, NH, KV, hd, max_len, &st,
+                         prefix);
 }
 
 /* -------------------------------------------------------- activations ---- */
