@@ -406,6 +406,10 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     infer_linear(m, kv, kv->x, kv->atty, NULL, NULL, p.o_w, p.o_b, 0, 1, n, AD, C);
     if (llama) {
         infer_linear(m, kv, kv->fc, kv->x, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, 0, 0, n, C, FC);
+        if (o->linear_swiglu && !p.proj_b) {
+            o->linear_swiglu(kv->x, kv->fc, kv->x, p.proj_w, n, F, C);
+            return;
+        }
         o->swiglu_forward(kv->act, kv->fc, n, F);
     } else {
         infer_linear(m, kv, kv->act, kv->x, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, 1, 0, n, C, FC);

@@ -284,6 +284,12 @@ typedef struct ModelOps {
     void (*linear_fused)(float *out, const float *inp, const float *resid, const float *w,
                          const float *bias, const float *norm_w, const float *norm_b,
                          int64_t N, int64_t C, int64_t OC, int norm, float eps, int act);
+    /* Optional: out = (resid +) swiglu(gate_up) w^T, the bits of swiglu_forward
+     * then linear_fused with no norm, bias or activation (a llama block's
+     * down projection in one region). gate_up [N, 2F] (must not overlap
+     * out), w [OC, F], out and resid [N, OC] (resid may be out or NULL). */
+    void (*linear_swiglu)(float *out, const float *gate_up, const float *resid, const float *w,
+                          int64_t N, int64_t F, int64_t OC);
 
     /* ---- language-model head ---- */
     /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and

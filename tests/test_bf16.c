@@ -1031,6 +1031,45 @@ Test(ops_bf16, linear_fused_equals_the_separate_ops) {
     free(inp), free(w), free(bias), free(nw), free(nb), free(res);
 }
 
+/* linear_swiglu against swiglu_forward then linear_fused (no norm, bias or
+ * activation), bit for bit: no residual, one in place and a separate one,
+ * frozen weights and not, 13 and 64 rows (one row block, and enough work
+ * for a parallel region). */
+Test(ops_bf16, linear_swiglu_equals_swiglu_then_linear) {
+    const ModelOps *o = ops_cpu_bf16();
+    if (!o) cr_skip_test("this CPU has no AVX512-BF16");
+    cr_assert(o->linear_swiglu != NULL);
+    enum { NMAX = 64, F = 88, OC = 48 };
+    Rng r = rng_from_seed(81);
+    float *gu = random_floats(&r, NMAX * 2 * F), *w = random_floats(&r, OC * F);
+    float *res = random_floats(&r, NMAX * OC);
+    float *act = malloc(sizeof(float) * NMAX * F), *want = malloc(sizeof(float) * NMAX * OC);
+    float *got = malloc(sizeof(float) * NMAX * OC);
+    int64_t cases = 0, differ = 0;
+    const int64_t Ns[2] = {13, NMAX};
+    for (int frozen = 0; frozen < 2; frozen++) {
+        o->weights_frozen(frozen);
+        for (int k = 0; k < 2; k++)
+            for (int rmode = 0; rmode < 3; rmode++) { /* none, in place, separate */
+                const int64_t N = Ns[k];
+                const size_t bytes = (size_t)(N * OC) * sizeof(float);
+                o->swiglu_forward(act, gu, N, F);
+                if (rmode) memcpy(want, res, bytes);
+                o->linear_fused(want, act, rmode ? want : NULL, w, NULL, NULL, NULL, N, F, OC,
+                                OPS_NORM_NONE, 0.0f, OPS_ACT_NONE);
+                if (rmode == 1) memcpy(got, res, bytes);
+                else memset(got, 0, bytes);
+                o->linear_swiglu(got, gu, rmode == 0 ? NULL : rmode == 1 ? got : res, w, N, F, OC);
+                cases++;
+                differ += memcmp(got, want, bytes) != 0;
+            }
+        o->weights_frozen(0);
+    }
+    cr_expect(differ == 0, "%lld of %lld forms differ from the separate ops", (long long)differ,
+              (long long)cases);
+    free(gu), free(w), free(res), free(act), free(want), free(got);
+}
+
 /* matmul_backward_set against zeroing dinp and calling matmul_backward, bit
  * for bit, in both CPU tables; dw and dbias still accumulate onto what was
  * there. */

@@ -2239,6 +2239,31 @@ static void bf16_linear_fused(float *out, const float *inp, const float *resid, 
     else if (resid) cpu_add(out, resid, y, N * OC);
 }
 
+typedef struct SwigluPrologue {
+    float *out;
+    const float *gate_up;
+    int64_t N, F;
+} SwigluPrologue;
+
+static void swiglu_rows_in_region(void *ctx) {
+    const SwigluPrologue *t = ctx;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < t->N; n++) swiglu_row(t->out + n * t->F, t->gate_up + n * 2 * t->F, t->F);
+}
+
+/* The SwiGLU of a llama block's MLP inside its down projection's region
+ * (one region fewer per layer and decode step): the same swiglu_row, and
+ * the residual added by the product as linear_fused adds it. */
+static void bf16_linear_swiglu(float *out, const float *gate_up, const float *resid,
+                               const float *w, int64_t N, int64_t F, int64_t OC) {
+    Bf16Scratch *s = bf16_scratch();
+    float *h = fused_scratch(s, N * F);
+    SwigluPrologue sp = {h, gate_up, N, F};
+    GemmBf16Prologue pro = {swiglu_rows_in_region, &sp};
+    if (resid && resid != out) memcpy(out, resid, (size_t)(N * OC) * sizeof(float));
+    bf16_product_after(s, &pro, out, h, w, N, F, OC, resid ? 1.0f : 0.0f);
+}
+
 #define CPU_OPS_COMMON                                                                             \
     .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero, .copy = cpu_copy,                      \
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,      \
@@ -2282,6 +2307,7 @@ static const ModelOps CPU_BF16_OPS = {
     .attention_decode_bf16 = cpu_attention_decode_bf16,
     .kv_store_bf16 = cpu_kv_store_bf16,
     .linear_fused = bf16_linear_fused,
+    .linear_swiglu = bf16_linear_swiglu,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
