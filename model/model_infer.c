@@ -366,6 +366,35 @@ static void infer_linear(const Model *m, ModelKVCache *kv, float *out, const flo
     if (residual) o->accumulate(out, y, n * OC);
 }
 
+/* Rows from which a decode step's llama block runs as one op
+ * (ModelOps.decode_block): on the Intel host, batch 4 ran 1.04x as fast
+ * through it and batch 1 0.91x (bench/RESULTS.md, "Fourteenth session"). */
+#ifndef DECODE_BLOCK_MIN_ROWS
+#define DECODE_BLOCK_MIN_ROWS 4
+#endif
+
+/* A llama block of a host decode step as one op, where the backend has it
+ * and the block has no biases but QKV's; returns whether it ran. */
+static int decode_block(Model *m, ModelKVCache *kv, const LayerView *p, int64_t l,
+                        const int64_t *slots, int64_t n) {
+    const ModelConfig *c = &m->cfg;
+    const ModelOps *o = m->ops;
+    if (!o->decode_block || c->arch != MODEL_ARCH_LLAMA || !kv->k16 || n < DECODE_BLOCK_MIN_ROWS ||
+        !decode_attention_fused(o, kv) || p->o_b || p->fc_b || p->proj_b)
+        return 0;
+    const OpsPrefix prefix = {kv->kpre, kv->vpre, kv->row_pre};
+    const int any_prefix = point_cache_rows(kv, l, slots, n);
+    const OpsDecodeBlock b = {.ln1_w = p->ln1_w, .qkv_w = p->qkv_w, .qkv_b = p->qkv_b,
+                              .o_w = p->o_w, .ln2_w = p->ln2_w, .fc_w = p->fc_w,
+                              .proj_w = p->proj_w, .C = c->d_model, .F = c->d_ff,
+                              .NH = c->n_head, .KV = c->n_kv_head, .hd = m->head_dim,
+                              .eps = c->norm_eps, .cos_sin = m->rope, .k_cache = kv->kptr16,
+                              .v_cache = kv->vptr16, .len = kv->row_len, .max_len = kv->max_len,
+                              .prefix = any_prefix ? &prefix : NULL, .qkv = kv->qkv,
+                              .atty = kv->atty, .fc = kv->fc};
+    return o->decode_block(kv->x, n, &b);
+}
+
 static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
     const ModelConfig *c = &m->cfg;
     const ModelOps *o = m->ops;
@@ -373,6 +402,7 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     const int64_t hd = m->head_dim, QKV = m->qkv_dim, AD = m->attn_dim, FC = m->fc_dim;
     const int llama = c->arch == MODEL_ARCH_LLAMA;
     LayerView p = model_layer_view(m, m->params, l);
+    if (decode_block(m, kv, &p, l, slots, n)) return;
     infer_linear(m, kv, kv->qkv, kv->x, p.ln1_w, p.ln1_b, p.qkv_w, p.qkv_b, 0, 0, n, C, QKV);
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
     const int32_t *pos = o->device ? kv->d_pos : kv->pos;

@@ -33,6 +33,20 @@ typedef struct OpsPrefix {
     const int64_t *len;
 } OpsPrefix;
 
+/* A llama block of a decode step (ModelOps.decode_block): its weights, the
+ * attention's caches as attention_decode_bf16 takes them, and scratch. */
+typedef struct OpsDecodeBlock {
+    const float *ln1_w, *qkv_w, *qkv_b, *o_w, *ln2_w, *fc_w, *proj_w; /* qkv_b may be NULL */
+    int64_t C, F, NH, KV, hd;
+    float eps;
+    const float *cos_sin; /* RoPE table as for rope */
+    uint16_t *const *k_cache, *const *v_cache;
+    const int64_t *len;
+    int64_t max_len;
+    const OpsPrefix *prefix; /* NULL: none */
+    float *qkv, *atty, *fc;  /* [N, (NH + 2 KV) hd], [N, NH hd], [N, 2F] */
+} OpsDecodeBlock;
+
 /* linear_fused's prologue (norm) and activation (act). */
 enum { OPS_NORM_NONE = 0, OPS_NORM_RMS = 1, OPS_NORM_LAYER = 2 };
 enum { OPS_ACT_NONE = 0, OPS_ACT_GELU = 1 };
@@ -290,6 +304,14 @@ typedef struct ModelOps {
      * out), w [OC, F], out and resid [N, OC] (resid may be out or NULL). */
     void (*linear_swiglu)(float *out, const float *gate_up, const float *resid, const float *w,
                           int64_t N, int64_t F, int64_t OC);
+    /* Optional, host backends with bf16 caches: a llama block (no biases but
+     * qkv_b) of a decode step of N rows of pairwise different slots, x [N, C]
+     * updated in place, in one parallel region, with the bits of the ops one
+     * by one: linear_fused (RMSNorm, QKV), attention_decode_bf16, linear_fused
+     * (O, residual), linear_fused (RMSNorm, gate/up), linear_swiglu (down,
+     * residual). Returns 0, having done nothing, where it does not apply
+     * (weights not frozen): the model then calls those ops. */
+    int (*decode_block)(float *x, int64_t N, const OpsDecodeBlock *b);
 
     /* ---- language-model head ---- */
     /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and

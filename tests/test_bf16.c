@@ -1070,6 +1070,102 @@ Test(ops_bf16, linear_swiglu_equals_swiglu_then_linear) {
     free(gu), free(w), free(res), free(act), free(want), free(got);
 }
 
+/* decode_block against the ops it stands for, called one by one, bit for
+ * bit: the residual stream and both caches after a llama block of N decode
+ * rows (GQA, head size 32, contexts of 1 to 24 positions), with and without
+ * a QKV bias and a prefix read from other blocks. Outside a weights_frozen
+ * window it declines and changes nothing. */
+static void check_decode_block(const ModelOps *o, int64_t N, int bias, int prefixed) {
+    enum { C = 128, NH = 4, KV = 2, HD = 32, F = 96, MAXL = 24 };
+    const int64_t QKV = (NH + 2 * KV) * HD, AD = NH * HD, block = KV * MAXL * HD;
+    const float eps = 1e-5f;
+    Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed));
+    float *ln1 = random_floats(&r, C), *qkv_w = random_floats(&r, QKV * C);
+    float *qkv_b = random_floats(&r, QKV), *o_w = random_floats(&r, C * AD);
+    float *ln2 = random_floats(&r, C), *fc_w = random_floats(&r, 2 * F * C);
+    float *proj_w = random_floats(&r, C * F), *x0 = random_floats(&r, N * C);
+    float *cs = malloc((size_t)(MAXL * HD) * sizeof(float));
+    for (int64_t i = 0; i < MAXL * HD; i++) cs[i] = (float)cos(0.1 * (double)i);
+    float *xs[2], *qkv[2], *atty[2], *fc[2];
+    uint16_t **kc[2], **vc[2];
+    const void **kp = malloc((size_t)N * sizeof(void *)), **vp = malloc((size_t)N * sizeof(void *));
+    int64_t *len = malloc((size_t)N * sizeof(int64_t)), *pre = malloc((size_t)N * sizeof(int64_t));
+    float *vals = random_floats(&r, 2 * N * block);
+    for (int side = 0; side < 2; side++) {
+        xs[side] = malloc((size_t)(N * C) * sizeof(float));
+        memcpy(xs[side], x0, (size_t)(N * C) * sizeof(float));
+        qkv[side] = malloc((size_t)(N * QKV) * sizeof(float));
+        atty[side] = malloc((size_t)(N * AD) * sizeof(float));
+        fc[side] = malloc((size_t)(N * 2 * F) * sizeof(float));
+        kc[side] = malloc((size_t)N * sizeof(uint16_t *)), vc[side] = malloc((size_t)N * sizeof(uint16_t *));
+        for (int64_t n = 0; n < N; n++) {
+            kc[side][n] = malloc((size_t)block * 2), vc[side][n] = malloc((size_t)block * 2);
+            for (int64_t i = 0; i < block; i += HD) {
+                o->kv_store_bf16(kc[side][n] + i, vals + 2 * n * block + i, HD);
+                o->kv_store_bf16(vc[side][n] + i, vals + (2 * n + 1) * block + i, HD);
+            }
+        }
+    }
+    uint16_t *pk = malloc((size_t)(N * block) * 2), *pv = malloc((size_t)(N * block) * 2);
+    for (int64_t i = 0; i < N * block; i += HD) { /* the prefixes' blocks: read only */
+        o->kv_store_bf16(pk + i, vals + 2 * N * block - i - HD, HD);
+        o->kv_store_bf16(pv + i, vals + i, HD);
+    }
+    for (int64_t n = 0; n < N; n++) {
+        len[n] = 1 + (n * 5) % MAXL, pre[n] = prefixed ? (len[n] - 1) / 2 : 0;
+        kp[n] = pk + n * block, vp[n] = pv + n * block;
+    }
+    const OpsPrefix prefix = {kp, vp, pre};
+    const OpsPrefix *px = prefixed ? &prefix : NULL;
+    const float *bq = bias ? qkv_b : NULL;
+    OpsDecodeBlock b = {.ln1_w = ln1, .qkv_w = qkv_w, .qkv_b = bq, .o_w = o_w, .ln2_w = ln2,
+                        .fc_w = fc_w, .proj_w = proj_w, .C = C, .F = F, .NH = NH, .KV = KV,
+                        .hd = HD, .eps = eps, .cos_sin = cs, .k_cache = kc[1], .v_cache = vc[1],
+                        .len = len, .max_len = MAXL, .prefix = px, .qkv = qkv[1], .atty = atty[1],
+                        .fc = fc[1]};
+    cr_expect_eq(o->decode_block(xs[1], N, &b), 0, "decode_block ran outside a frozen window");
+    cr_expect_eq(memcmp(xs[1], x0, (size_t)(N * C) * sizeof(float)), 0);
+    o->weights_frozen(1);
+    /* side 0: the ops one by one */
+    o->linear_fused(qkv[0], xs[0], NULL, qkv_w, bq, ln1, NULL, N, C, QKV, OPS_NORM_RMS, eps,
+                    OPS_ACT_NONE);
+    OpsHeads q = {qkv[0], QKV}, k = {qkv[0] + AD, QKV}, v = {qkv[0] + AD + KV * HD, QKV};
+    o->attention_decode_bf16(atty[0], q, k, v, cs, kc[0], vc[0], len, N, NH, KV, HD, MAXL, px);
+    o->linear_fused(xs[0], atty[0], xs[0], o_w, NULL, NULL, NULL, N, AD, C, OPS_NORM_NONE, eps,
+                    OPS_ACT_NONE);
+    o->linear_fused(fc[0], xs[0], NULL, fc_w, NULL, ln2, NULL, N, C, 2 * F, OPS_NORM_RMS, eps,
+                    OPS_ACT_NONE);
+    o->linear_swiglu(xs[0], fc[0], xs[0], proj_w, N, F, C);
+    /* side 1: one op */
+    cr_assert_eq(o->decode_block(xs[1], N, &b), 1);
+    o->weights_frozen(0);
+    cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * C) * sizeof(float)), 0,
+                 "N %lld bias %d prefix %d: the residual stream differs", (long long)N, bias,
+                 prefixed);
+    int caches_same = 1;
+    for (int64_t n = 0; n < N; n++)
+        caches_same &= memcmp(kc[0][n], kc[1][n], (size_t)block * 2) == 0 &&
+                       memcmp(vc[0][n], vc[1][n], (size_t)block * 2) == 0;
+    cr_expect(caches_same, "N %lld bias %d prefix %d: caches differ", (long long)N, bias, prefixed);
+    for (int side = 0; side < 2; side++) {
+        for (int64_t n = 0; n < N; n++) free(kc[side][n]), free(vc[side][n]);
+        free(kc[side]), free(vc[side]), free(xs[side]), free(qkv[side]), free(atty[side]);
+        free(fc[side]);
+    }
+    free(ln1), free(qkv_w), free(qkv_b), free(o_w), free(ln2), free(fc_w), free(proj_w), free(x0);
+    free(cs), free(kp), free(vp), free(len), free(pre), free(vals), free(pk), free(pv);
+}
+
+Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
+    const ModelOps *o = ops_cpu_bf16();
+    if (!o) cr_skip_test("this CPU has no AVX512-BF16");
+    cr_assert(o->decode_block != NULL);
+    const int64_t Ns[] = {1, 13, 64};
+    for (size_t i = 0; i < sizeof Ns / sizeof Ns[0]; i++)
+        for (int bias = 0; bias < 2; bias++)
+            for (int prefixed = 0; prefixed < 2; prefixed++) check_decode_block(o, Ns[i], bias, prefixed);
+}
+
 /* matmul_backward_set against zeroing dinp and calling matmul_backward, bit
  * for bit, in both CPU tables; dw and dbias still accumulate onto what was
  * there. */

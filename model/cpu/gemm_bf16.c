@@ -738,6 +738,18 @@ void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, floa
     multiply(pa, pb, alpha, beta, C, ldc, amx);
 }
 
+int gemm_bf16_reserve_a(GemmBf16Operand *pa, int64_t M, int64_t K) { return reserve_a(pa, M, K); }
+
+void gemm_bf16_with_b_in_region(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K,
+                                const float *A, int64_t lda, const GemmBf16Operand *pb,
+                                float alpha, float beta, float *C, int64_t ldc) {
+    if (M == 0 || pb->rows == 0) return;
+    pack_a_any(pa, trans_a, K, A, lda);
+#pragma omp barrier
+    multiply(pa, pb, alpha, beta, C, ldc, gemm_bf16_amx());
+#pragma omp barrier
+}
+
 int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int trans_a,
                            int64_t M, int64_t K, const float *A, int64_t lda,
                            const GemmBf16Operand *pb, float alpha, float beta, float *C,

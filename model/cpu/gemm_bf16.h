@@ -84,6 +84,16 @@ int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int
                            const GemmBf16Operand *pb, float alpha, float beta, float *C,
                            int64_t ldc);
 
+/* gemm_bf16_with_b by the threads of a parallel region the caller opened,
+ * every one of them calling it (or one thread outside any region): op(A)
+ * packed, a barrier, the product, a barrier (C complete on return). pa must
+ * have room for these sizes first (gemm_bf16_reserve_a, outside the region).
+ * The same bits as gemm_bf16_with_b. */
+int gemm_bf16_reserve_a(GemmBf16Operand *pa, int64_t M, int64_t K);
+void gemm_bf16_with_b_in_region(GemmBf16Operand *pa, int trans_a, int64_t M, int64_t K,
+                                const float *A, int64_t lda, const GemmBf16Operand *pb,
+                                float alpha, float beta, float *C, int64_t ldc);
+
 /* The products of a linear layer's backward, y = x w^T with x [N,C] and w
  * [OC,C], in one region: dx = dy w + beta * dx and dw += dy^T x. dy [N,OC]
  * is read once for both of its packed forms (dy_rows, dy_cols). w comes

@@ -1667,58 +1667,73 @@ static void decode_store_row(const DecodeStore *st, OpsHeads q, int64_t n, int64
  * for it when one item holds all of a row's heads (its stores then overlap
  * other rows' reads), else in a loop over rows before them. With pre, a
  * row's first pre->len[n] positions are read from the prefix's blocks. */
+/* Heads per work item of attention_cached_any: up to 4 at head sizes 32
+ * and 64, 2 at 128, 1 at others; fewer when there are fewer rows than
+ * threads (batch-1 decode), so each thread takes some (a head's sums keep
+ * their order, so the bits do not change). */
+static int64_t cached_heads_per_item(int64_t N, int64_t NH, int64_t hd, int64_t threads) {
+    const int fixed = hd == 32 || hd == 64 || hd == 128;
+    int64_t per = !fixed ? 1 : hd == 128 ? 2 : 4;
+    while (per > 1 && N * ((NH + per - 1) / per) < threads) per /= 2;
+    return per;
+}
+
+/* attention_cached_any's work, run by every thread of a region (or by one
+ * thread alone), `per` heads per item; the caller's barrier ends it. */
+static void attention_cached_in_region(float *out, OpsHeads q, float *const *kf,
+                                       float *const *vf, const uint16_t *const *kh,
+                                       const uint16_t *const *vh, const int64_t *len, int64_t N,
+                                       int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
+                                       const DecodeStore *st, const OpsPrefix *pre, int64_t per) {
+    const int64_t group = NH / KV;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
+    const int64_t groups = (NH + per - 1) / per;
+    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
+    if (st && groups > 1) {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
+    }
+    float *scratch = malloc((size_t)(4 * max_len) * sizeof(float));
+    float *r[4] = {scratch, scratch + max_len, scratch + 2 * max_len, scratch + 3 * max_len};
+    int64_t lo, hi;
+    attention_share(NULL, len, 0, N, groups, &lo, &hi);
+    for (int64_t it = lo; it < hi; it++) {
+        const int64_t n = it / groups, h = per * (it % groups);
+        if (st && groups == 1) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
+        const int nv = (int)(NH - h < per ? NH - h : per);
+        const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
+        const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
+        const int64_t P = pre ? pre->len[n] : 0;
+        const char *kpc = P ? (const char *)pre->k[n] : NULL;
+        const char *vpc = P ? (const char *)pre->v[n] : NULL;
+        const void *k[4], *v[4], *kp[4] = {NULL}, *vp[4] = {NULL};
+        for (int g = 0; g < nv; g++) {
+            const size_t at = (size_t)((h + g) / group * max_len * hd) * es;
+            k[g] = kc + at, v[g] = vc + at;
+            if (P) kp[g] = kpc + at, vp[g] = vpc + at;
+        }
+        float *o = out + n * NH * hd + h * hd;
+        const float *qi = q.base + n * q.row_stride + h * hd;
+        if (fixed)
+            attention_cached_heads(o, r, qi, kp, vp, P, k, v, len[n], hd, nv, scale, bf16);
+        else
+            attention_cached_one(o, r[0], qi, kp[0], vp[0], P, k[0], v[0], len[n], hd, scale,
+                                 bf16);
+    }
+    free(scratch);
+}
+
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
                                  const uint16_t *const *kh, const uint16_t *const *vh,
                                  const int64_t *len, int64_t N, int64_t NH, int64_t KV,
                                  int64_t hd, int64_t max_len, const DecodeStore *st,
                                  const OpsPrefix *pre) {
-    const int64_t group = NH / KV;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
-    int64_t per = !fixed ? 1 : hd == 128 ? 2 : 4;
-    /* fewer rows than threads (batch-1 decode): fewer heads per item, so
-     * each thread takes some; a head's sums keep their order, so the bits
-     * do not change */
-    while (per > 1 && N * ((NH + per - 1) / per) < omp_get_max_threads()) per /= 2;
-    const int64_t groups = (NH + per - 1) / per;
-    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
+    const int64_t per = cached_heads_per_item(N, NH, hd, omp_get_max_threads());
     int64_t work = 0;
     for (int64_t n = 0; n < N; n++) work += len[n] * NH * hd;
 #pragma omp parallel if (work > CACHED_PAR_MIN_WORK)
-    {
-        if (st && groups > 1) {
-#pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; n++) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
-        }
-        float *scratch = malloc((size_t)(4 * max_len) * sizeof(float));
-        float *r[4] = {scratch, scratch + max_len, scratch + 2 * max_len, scratch + 3 * max_len};
-        int64_t lo, hi;
-        attention_share(NULL, len, 0, N, groups, &lo, &hi);
-        for (int64_t it = lo; it < hi; it++) {
-            const int64_t n = it / groups, h = per * (it % groups);
-            if (st && groups == 1) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
-            const int nv = (int)(NH - h < per ? NH - h : per);
-            const char *kc = bf16 ? (const char *)kh[n] : (const char *)kf[n];
-            const char *vc = bf16 ? (const char *)vh[n] : (const char *)vf[n];
-            const int64_t P = pre ? pre->len[n] : 0;
-            const char *kpc = P ? (const char *)pre->k[n] : NULL;
-            const char *vpc = P ? (const char *)pre->v[n] : NULL;
-            const void *k[4], *v[4], *kp[4] = {NULL}, *vp[4] = {NULL};
-            for (int g = 0; g < nv; g++) {
-                const size_t at = (size_t)((h + g) / group * max_len * hd) * es;
-                k[g] = kc + at, v[g] = vc + at;
-                if (P) kp[g] = kpc + at, vp[g] = vpc + at;
-            }
-            float *o = out + n * NH * hd + h * hd;
-            const float *qi = q.base + n * q.row_stride + h * hd;
-            if (fixed)
-                attention_cached_heads(o, r, qi, kp, vp, P, k, v, len[n], hd, nv, scale, bf16);
-            else
-                attention_cached_one(o, r[0], qi, kp[0], vp[0], P, k[0], v[0], len[n], hd, scale,
-                                     bf16);
-        }
-        free(scratch);
-    }
+    attention_cached_in_region(out, q, kf, vf, kh, vh, len, N, NH, KV, hd, max_len, st, pre, per);
 }
 
 static void cpu_attention_cached(float *out, OpsHeads q, float *const *k_cache,
@@ -2264,6 +2279,56 @@ static void bf16_linear_swiglu(float *out, const float *gate_up, const float *re
     bf16_product_after(s, &pro, out, h, w, N, F, OC, resid ? 1.0f : 0.0f);
 }
 
+/* A frozen weight's packed form and room for its product's A (N rows),
+ * before a region: packing a weight may grow the table, which moves the
+ * others, so every weight is packed first (bf16_block_weights) and then
+ * looked up. */
+static void bf16_block_weights(Bf16Scratch *s, const OpsDecodeBlock *b, int64_t N,
+                               const GemmBf16Operand *w[4], GemmBf16Operand *a[4]) {
+    const int64_t QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
+    const float *ws[4] = {b->qkv_w, b->o_w, b->fc_w, b->proj_w};
+    const int64_t out[4] = {QKV, b->C, 2 * b->F, b->C}, in[4] = {b->C, AD, b->C, b->F};
+    for (int i = 0; i < 4; i++) frozen_weight(s, ws[i], out[i], in[i], 1);
+    for (int i = 0; i < 4; i++) {
+        w[i] = frozen_weight(s, ws[i], out[i], in[i], 1);
+        a[i] = &bf16_slot(s, 0, in[i], out[i])->a;
+        if (gemm_bf16_reserve_a(a[i], N, in[i])) bf16_out_of_memory("matmul rows", N * in[i]);
+    }
+}
+
+static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b) {
+    Bf16Scratch *s = bf16_scratch();
+    if (!s->frozen) return 0;
+    const int64_t C = b->C, F = b->F, QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
+    const GemmBf16Operand *w[4];
+    GemmBf16Operand *a[4];
+    bf16_block_weights(s, b, N, w, a);
+    float *h = fused_scratch(s, N * C + N + N * F), *rstd = h + N * C, *act = rstd + N;
+    const OpsHeads q = {b->qkv, QKV}, k = {b->qkv + AD, QKV}, v = {b->qkv + AD + b->KV * b->hd, QKV};
+    const DecodeStore st = {k, v, b->cos_sin, (void *const *)b->k_cache, (void *const *)b->v_cache, 1};
+#pragma omp parallel
+    {
+        const int64_t per = cached_heads_per_item(N, b->NH, b->hd, omp_get_num_threads());
+        rmsnorm_blocks(h, rstd, x, b->ln1_w, N, C, b->eps);
+        if (b->qkv_b) {
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < N; n++) memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
+        }
+        gemm_bf16_with_b_in_region(a[0], 0, N, C, h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f, b->qkv, QKV);
+        attention_cached_in_region(b->atty, q, NULL, NULL, (const uint16_t *const *)b->k_cache,
+                                   (const uint16_t *const *)b->v_cache, b->len, N, b->NH, b->KV,
+                                   b->hd, b->max_len, &st, b->prefix, per);
+#pragma omp barrier
+        gemm_bf16_with_b_in_region(a[1], 0, N, AD, b->atty, AD, w[1], 1.0f, 1.0f, x, C);
+        rmsnorm_blocks(h, rstd, x, b->ln2_w, N, C, b->eps);
+        gemm_bf16_with_b_in_region(a[2], 0, N, C, h, C, w[2], 1.0f, 0.0f, b->fc, 2 * F);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) swiglu_row(act + n * F, b->fc + n * 2 * F, F);
+        gemm_bf16_with_b_in_region(a[3], 0, N, F, act, F, w[3], 1.0f, 1.0f, x, C);
+    }
+    return 1;
+}
+
 #define CPU_OPS_COMMON                                                                             \
     .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero, .copy = cpu_copy,                      \
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,      \
@@ -2307,7 +2372,7 @@ static const ModelOps CPU_BF16_OPS = {
     .attention_decode_bf16 = cpu_attention_decode_bf16,
     .kv_store_bf16 = cpu_kv_store_bf16,
     .linear_fused = bf16_linear_fused,
-    .linear_swiglu = bf16_linear_swiglu,
+    .linear_swiglu = bf16_linear_swiglu, .decode_block = bf16_decode_block,
 };
 
 const ModelOps *ops_cpu(void) { return &CPU_OPS; }
