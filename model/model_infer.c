@@ -150,9 +150,9 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
         dev_ok = kv->kptr16 && kv->vptr16 && kv->kpre && kv->vpre && kv->row_pre;
     }
     const int cache_ok = bf16 ? kv->k16 && kv->v16 : kv->k && kv->v;
-    if (!dev_ok || !cache_ok || !kv->len || !kv->pre_slot || !kv->pre_len || !kv->x || !kv->ln || !kv->qkv || !kv->atty ||
-        !kv->tmp || !kv->fc || !kv->act || !kv->mean || !kv->rstd || !kv->pos ||
-        !kv->row_len || !kv->kptr || !kv->vptr) {
+    if (!dev_ok || !cache_ok || !kv->len || !kv->pre_slot || !kv->pre_len || !kv->x || !kv->ln ||
+        !kv->qkv || !kv->atty || !kv->tmp || !kv->fc || !kv->act || !kv->mean || !kv->rstd ||
+        !kv->pos || !kv->row_len || !kv->kptr || !kv->vptr) {
         model_kv_free(kv);
         return ponder_error(err, PONDER_ERR_NOMEM, "out of memory for a KV cache of %zu MiB",
                             cache * 2 * (bf16 ? sizeof(uint16_t) : f) / (1024 * 1024));
@@ -219,7 +219,7 @@ static void copy_positions(ModelKVCache *kv, int64_t dst, int64_t src, int64_t f
 void model_kv_copy_slot(ModelKVCache *kv, int64_t dst, int64_t src) {
     if (dst == src) return;
     const int64_t pre = kv->pre_slot[src] >= 0 ? kv->pre_len[src] : 0;
-    if (pre) copy_positions(kv, dst, kv->pre_slot[src], 0, pre);
+    if (pre && kv->pre_slot[src] != dst) copy_positions(kv, dst, kv->pre_slot[src], 0, pre);
     copy_positions(kv, dst, src, pre, kv->len[src]);
     kv->len[dst] = kv->len[src];
     kv->pre_slot[dst] = -1, kv->pre_len[dst] = 0;
