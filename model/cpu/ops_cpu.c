@@ -1486,7 +1486,8 @@ static void attention_cached_row_bf16_any(float *o, float *row, const float *qi,
     softmax_inplace(row, L);
     for (int64_t j = 0; j < L; j++) {
         const uint16_t *vj = (j < P ? vp : vc) + j * hd;
-        for (int64_t c = 0; c < hd; c++) o[c] += row[j] * bf16_to_float(vj[bf16_cache_index(c, hd)]);
+        for (int64_t c = 0; c < hd; c++)
+            o[c] += row[j] * bf16_to_float(vj[bf16_cache_index(c, hd)]);
     }
 }
 
@@ -1515,10 +1516,12 @@ static inline __attribute__((always_inline)) void attention_values_heads_hd(
         const void *const *vs = seg ? v : vp;
         const int64_t end = seg ? L : P;
         for (int64_t j = seg ? P : 0; j < end; j++) {
-            if (j + 16 < L) /* 16 keys ahead, as dots_hd, across the prefix's end */
+            if (j + 16 < L) { /* 16 keys ahead, as dots_hd, across the prefix's end */
+                const void *const *ahead = j + 16 < P ? vp : v;
                 for (int h = 0; h < NV; h++)
                     for (int64_t b = 0; b < HD * es; b += 64)
-                        __builtin_prefetch((const char *)(j + 16 < P ? vp : v)[h] + (j + 16) * HD * es + b, 0, 3);
+                        __builtin_prefetch((const char *)ahead[h] + (j + 16) * HD * es + b, 0, 3);
+            }
             s0 += r[0][j];
             __asm__("" : "+x"(s0));
             if (NV > 1) {
@@ -2263,7 +2266,8 @@ typedef struct SwigluPrologue {
 static void swiglu_rows_in_region(void *ctx) {
     const SwigluPrologue *t = ctx;
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < t->N; n++) swiglu_row(t->out + n * t->F, t->gate_up + n * 2 * t->F, t->F);
+    for (int64_t n = 0; n < t->N; n++)
+        swiglu_row(t->out + n * t->F, t->gate_up + n * 2 * t->F, t->F);
 }
 
 /* The SwiGLU of a llama block's MLP inside its down projection's region
@@ -2296,6 +2300,10 @@ static void bf16_block_weights(Bf16Scratch *s, const OpsDecodeBlock *b, int64_t 
     }
 }
 
+/* ModelOps.decode_block: each phase is the code of the op it stands for,
+ * run by the region's threads and ended by a barrier (the products' own,
+ * an `omp for`'s, or an explicit one after the attention), so the region
+ * is opened once per layer instead of five times. */
 static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b) {
     Bf16Scratch *s = bf16_scratch();
     if (!s->frozen) return 0;
@@ -2304,17 +2312,21 @@ static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b) {
     GemmBf16Operand *a[4];
     bf16_block_weights(s, b, N, w, a);
     float *h = fused_scratch(s, N * C + N + N * F), *rstd = h + N * C, *act = rstd + N;
-    const OpsHeads q = {b->qkv, QKV}, k = {b->qkv + AD, QKV}, v = {b->qkv + AD + b->KV * b->hd, QKV};
-    const DecodeStore st = {k, v, b->cos_sin, (void *const *)b->k_cache, (void *const *)b->v_cache, 1};
+    const OpsHeads q = {b->qkv, QKV}, k = {b->qkv + AD, QKV};
+    const OpsHeads v = {b->qkv + AD + b->KV * b->hd, QKV};
+    const DecodeStore st = {k, v, b->cos_sin, (void *const *)b->k_cache,
+                            (void *const *)b->v_cache, 1};
 #pragma omp parallel
     {
         const int64_t per = cached_heads_per_item(N, b->NH, b->hd, omp_get_num_threads());
         rmsnorm_blocks(h, rstd, x, b->ln1_w, N, C, b->eps);
         if (b->qkv_b) {
 #pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; n++) memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
+            for (int64_t n = 0; n < N; n++)
+                memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
         }
-        gemm_bf16_with_b_in_region(a[0], 0, N, C, h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f, b->qkv, QKV);
+        gemm_bf16_with_b_in_region(a[0], 0, N, C, h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f,
+                                   b->qkv, QKV);
         attention_cached_in_region(b->atty, q, NULL, NULL, (const uint16_t *const *)b->k_cache,
                                    (const uint16_t *const *)b->v_cache, b->len, N, b->NH, b->KV,
                                    b->hd, b->max_len, &st, b->prefix, per);
