@@ -1072,14 +1072,14 @@ Test(ops_bf16, linear_swiglu_equals_swiglu_then_linear) {
 
 /* decode_block against the ops it stands for, called one by one, bit for
  * bit: the residual stream and both caches after a llama block of N decode
- * rows (GQA, head size 32, contexts of 1 to 24 positions), with and without
- * a QKV bias and a prefix read from other blocks. Outside a weights_frozen
- * window it declines and changes nothing. */
-static void check_decode_block(const ModelOps *o, int64_t N, int bias, int prefixed) {
-    enum { C = 128, NH = 4, KV = 2, HD = 32, F = 96, MAXL = 24 };
+ * rows (NH heads of 32 on 2 kv heads, contexts of 1 to 24 positions), with
+ * and without a QKV bias and a prefix read from other blocks. Outside a
+ * weights_frozen window it declines and changes nothing. */
+static void check_decode_block(const ModelOps *o, int64_t N, int64_t NH, int bias, int prefixed) {
+    enum { C = 128, KV = 2, HD = 32, F = 96, MAXL = 24 };
     const int64_t QKV = (NH + 2 * KV) * HD, AD = NH * HD, block = KV * MAXL * HD;
     const float eps = 1e-5f;
-    Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed));
+    Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed) + 1000 * (uint64_t)NH);
     float *ln1 = random_floats(&r, C), *qkv_w = random_floats(&r, QKV * C);
     float *qkv_b = random_floats(&r, QKV), *o_w = random_floats(&r, C * AD);
     float *ln2 = random_floats(&r, C), *fc_w = random_floats(&r, 2 * F * C);
@@ -1140,13 +1140,14 @@ static void check_decode_block(const ModelOps *o, int64_t N, int bias, int prefi
     cr_assert_eq(o->decode_block(xs[1], N, &b), 1);
     o->weights_frozen(0);
     cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * C) * sizeof(float)), 0,
-                 "N %lld bias %d prefix %d: the residual stream differs", (long long)N, bias,
-                 prefixed);
+                 "N %lld NH %lld bias %d prefix %d: the residual stream differs", (long long)N,
+                 (long long)NH, bias, prefixed);
     int caches_same = 1;
     for (int64_t n = 0; n < N; n++)
         caches_same &= memcmp(kc[0][n], kc[1][n], (size_t)block * 2) == 0 &&
                        memcmp(vc[0][n], vc[1][n], (size_t)block * 2) == 0;
-    cr_expect(caches_same, "N %lld bias %d prefix %d: caches differ", (long long)N, bias, prefixed);
+    cr_expect(caches_same, "N %lld NH %lld bias %d prefix %d: caches differ", (long long)N,
+              (long long)NH, bias, prefixed);
     for (int side = 0; side < 2; side++) {
         for (int64_t n = 0; n < N; n++) free(kc[side][n]), free(vc[side][n]);
         free(kc[side]), free(vc[side]), free(xs[side]), free(qkv[side]), free(atty[side]);
@@ -1160,10 +1161,18 @@ Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
     const ModelOps *o = ops_cpu_bf16();
     if (!o) cr_skip_test("this CPU has no AVX512-BF16");
     cr_assert(o->decode_block != NULL);
-    const int64_t Ns[] = {1, 13, 64};
+    /* at 2 threads, from 64 rows each thread takes its own rows through the
+     * whole block (77: the second thread's last 16-row block is partial); 8
+     * heads of 32 are two attention items per row */
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    const int64_t Ns[] = {1, 13, 64, 77};
     for (size_t i = 0; i < sizeof Ns / sizeof Ns[0]; i++)
-        for (int bias = 0; bias < 2; bias++)
-            for (int prefixed = 0; prefixed < 2; prefixed++) check_decode_block(o, Ns[i], bias, prefixed);
+        for (int64_t NH = 4; NH <= 8; NH += 4)
+            for (int bias = 0; bias < 2; bias++)
+                for (int prefixed = 0; prefixed < 2; prefixed++)
+                    check_decode_block(o, Ns[i], NH, bias, prefixed);
+    omp_set_num_threads(threads);
 }
 
 /* matmul_backward_set against zeroing dinp and calling matmul_backward, bit

@@ -139,16 +139,15 @@ BF16_INLINE void transpose16(__m512i r[16]) {
 /* ---------------------------------------------------------------- A --- */
 
 /* op(A) = A [M,K] row-major: each row's k pairs are already adjacent. */
+BF16_TARGET static void pack_a_row(uint32_t *row, int64_t K, int64_t pairs, const float *src) {
+    for (int64_t p0 = 0; p0 < pairs; p0 += 16)
+        _mm512_mask_storeu_epi32(row + p0, mask_first(pairs - p0), run_words(src + 2 * p0, K - 2 * p0));
+}
+
 BF16_TARGET static void pack_a_rows(uint32_t *dst, int64_t M, int64_t K, int64_t pairs,
                                     const float *A, int64_t lda) {
 #pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < M; i++) {
-        const float *src = A + i * lda;
-        uint32_t *row = dst + i * pairs;
-        for (int64_t p0 = 0; p0 < pairs; p0 += 16)
-            _mm512_mask_storeu_epi32(row + p0, mask_first(pairs - p0),
-                                     run_words(src + 2 * p0, K - 2 * p0));
-    }
+    for (int64_t i = 0; i < M; i++) pack_a_row(dst + i * pairs, K, pairs, A + i * lda);
 }
 
 /* op(A) = A^T with A [K,M]: rows 2p and 2p + 1 of A give pair p of 16
@@ -388,10 +387,10 @@ BF16_TARGET static void tile_any(int mr, int pm, int64_t lda, int64_t pairs, con
  * with N = 96 ran at 0.6 of N = 48's rate.) Few row tiles (decode) split
  * the (panel, row tile) pairs instead. */
 BF16_TARGET static void multiply_avx512(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
-                                        float alpha, float beta, float *C, int64_t ldc) {
+                                        float alpha, float beta, float *C, int64_t ldc,
+                                        int64_t nt, int64_t me) {
     const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
     const int64_t mt = (M + MR - 1) / MR, panels = (N + NR - 1) / NR;
-    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
 #define TILE_AT(jp, it)                                                                            \
     tile_any((int)min64(MR, M - (it) * MR), pa->pair_major, M, pairs,                              \
              pa->words + (pa->pair_major ? (it) * MR : (it) * MR * pairs),                         \
@@ -404,8 +403,8 @@ BF16_TARGET static void multiply_avx512(const GemmBf16Operand *pa, const GemmBf1
         return;
     }
     /* panel-major order: a thread's consecutive tiles share one B panel */
-#pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < mt * panels; t++) TILE_AT(t / mt, t % mt);
+    const int64_t tiles = mt * panels;
+    for (int64_t t = tiles * me / nt; t < tiles * (me + 1) / nt; t++) TILE_AT(t / mt, t % mt);
 #undef TILE_AT
 }
 
@@ -682,11 +681,11 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
  * copy of A multiplies the blocks that need one on the VDPBF16PS tiles
  * (other bits, as exact), with the same division of the work. */
 AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Operand *pb,
-                                   float alpha, float beta, float *C, int64_t ldc) {
+                                   float alpha, float beta, float *C, int64_t ldc, int64_t nt,
+                                   int64_t me) {
     const int64_t M = pa->rows, N = pb->rows, pairs = pa->pairs;
     const int64_t kp = (pairs + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
     const int64_t mb = (M + AMX_ROWS - 1) / AMX_ROWS, panels = (N + NR - 1) / NR;
-    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
     AmxScratch s __attribute__((aligned(64)));
     s.a = NULL, s.a_block = -1, s.rows = 0;
     if (!amx_a_in_place(pa) &&
@@ -713,21 +712,29 @@ AMX_TARGET static void multiply_amx(const GemmBf16Operand *pa, const GemmBf16Ope
                     amx_block_panel(pa, pb, b * AMX_ROWS, jp, kp, &s, alpha, beta, C, ldc);
         }
     } else {
-#pragma omp for schedule(static) nowait
-        for (int64_t t = 0; t < mb * panels; t++)
+        const int64_t blocks = mb * panels;
+        for (int64_t t = blocks * me / nt; t < blocks * (me + 1) / nt; t++)
             amx_block_panel(pa, pb, (t % mb) * AMX_ROWS, t / mb, kp, &s, alpha, beta, C, ldc);
     }
     if (s.rows) _tile_release();
     free(s.a);
 }
 
-/* Inside or outside a parallel region, as multiply_avx512. */
+/* This thread's share of the product when it is one of nt (me its
+ * number); nt = 1: all of it. */
+static void multiply_share(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha,
+                           float beta, float *C, int64_t ldc, int amx, int64_t nt, int64_t me) {
+    if (amx)
+        multiply_amx(pa, pb, alpha, beta, C, ldc, nt, me);
+    else
+        multiply_avx512(pa, pb, alpha, beta, C, ldc, nt, me);
+}
+
+/* Inside or outside a parallel region: the calling thread's share of the
+ * region's (all of it outside one). */
 static void multiply(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
                      float *C, int64_t ldc, int amx) {
-    if (amx)
-        multiply_amx(pa, pb, alpha, beta, C, ldc);
-    else
-        multiply_avx512(pa, pb, alpha, beta, C, ldc);
+    multiply_share(pa, pb, alpha, beta, C, ldc, amx, omp_get_num_threads(), omp_get_thread_num());
 }
 
 void gemm_bf16_packed(const GemmBf16Operand *pa, const GemmBf16Operand *pb, float alpha, float beta,
@@ -748,6 +755,17 @@ void gemm_bf16_with_b_in_region(GemmBf16Operand *pa, int trans_a, int64_t M, int
 #pragma omp barrier
     multiply(pa, pb, alpha, beta, C, ldc, gemm_bf16_amx());
 #pragma omp barrier
+}
+
+void gemm_bf16_rows_with_b(GemmBf16Operand *pa, int64_t r0, int64_t r1, int64_t K,
+                           const float *A, int64_t lda, const GemmBf16Operand *pb, float alpha,
+                           float beta, float *C, int64_t ldc) {
+    if (r1 <= r0 || pb->rows == 0) return;
+    GemmBf16Operand rows = *pa;
+    rows.words = pa->words + r0 * pa->pairs, rows.rows = r1 - r0, rows.pair_major = 0;
+    for (int64_t i = 0; i < rows.rows; i++)
+        pack_a_row(rows.words + i * rows.pairs, K, rows.pairs, A + (r0 + i) * lda);
+    multiply_share(&rows, pb, alpha, beta, C + r0 * ldc, ldc, gemm_bf16_amx(), 1, 0);
 }
 
 int gemm_bf16_with_b_after(const GemmBf16Prologue *pro, GemmBf16Operand *pa, int trans_a,

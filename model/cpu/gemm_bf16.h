@@ -94,6 +94,16 @@ void gemm_bf16_with_b_in_region(GemmBf16Operand *pa, int trans_a, int64_t M, int
                                 const float *A, int64_t lda, const GemmBf16Operand *pb,
                                 float alpha, float beta, float *C, int64_t ldc);
 
+/* Rows r0..r1 of the same product by the calling thread alone, with no
+ * barrier (A row-major, trans_a 0): those rows of op(A) packed into pa
+ * (reserved for at least r1 rows) and multiplied into C's rows r0..r1. A
+ * row's sums do not depend on the rows multiplied with it, so the bits are
+ * gemm_bf16_with_b's; threads that own disjoint rows of a product run it
+ * with no barrier between them. */
+void gemm_bf16_rows_with_b(GemmBf16Operand *pa, int64_t r0, int64_t r1, int64_t K,
+                           const float *A, int64_t lda, const GemmBf16Operand *pb, float alpha,
+                           float beta, float *C, int64_t ldc);
+
 /* The products of a linear layer's backward, y = x w^T with x [N,C] and w
  * [OC,C], in one region: dx = dy w + beta * dx and dw += dy^T x. dy [N,OC]
  * is read once for both of its packed forms (dy_rows, dy_cols). w comes

@@ -1681,26 +1681,21 @@ static int64_t cached_heads_per_item(int64_t N, int64_t NH, int64_t hd, int64_t 
     return per;
 }
 
-/* attention_cached_any's work, run by every thread of a region (or by one
- * thread alone), `per` heads per item; the caller's barrier ends it. */
-static void attention_cached_in_region(float *out, OpsHeads q, float *const *kf,
-                                       float *const *vf, const uint16_t *const *kh,
-                                       const uint16_t *const *vh, const int64_t *len, int64_t N,
-                                       int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
-                                       const DecodeStore *st, const OpsPrefix *pre, int64_t per) {
+/* Items lo..hi of attention_cached_any (item it: row it / groups, its
+ * (it % groups)-th group of `per` heads) by the calling thread; with st
+ * and more than one group per row, the rows' stores are done already. */
+static void attention_cached_items(float *out, OpsHeads q, float *const *kf, float *const *vf,
+                                   const uint16_t *const *kh, const uint16_t *const *vh,
+                                   const int64_t *len, int64_t NH, int64_t KV, int64_t hd,
+                                   int64_t max_len, const DecodeStore *st, const OpsPrefix *pre,
+                                   int64_t per, int64_t lo, int64_t hi) {
     const int64_t group = NH / KV;
     const float scale = 1.0f / sqrtf((float)hd);
     const int bf16 = kh != NULL, fixed = hd == 32 || hd == 64 || hd == 128;
     const int64_t groups = (NH + per - 1) / per;
     const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
-    if (st && groups > 1) {
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
-    }
     float *scratch = malloc((size_t)(4 * max_len) * sizeof(float));
     float *r[4] = {scratch, scratch + max_len, scratch + 2 * max_len, scratch + 3 * max_len};
-    int64_t lo, hi;
-    attention_share(NULL, len, 0, N, groups, &lo, &hi);
     for (int64_t it = lo; it < hi; it++) {
         const int64_t n = it / groups, h = per * (it % groups);
         if (st && groups == 1) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
@@ -1725,6 +1720,23 @@ static void attention_cached_in_region(float *out, OpsHeads q, float *const *kf,
                                  bf16);
     }
     free(scratch);
+}
+
+/* attention_cached_any's work, run by every thread of a region (or by one
+ * thread alone), `per` heads per item; the caller's barrier ends it. */
+static void attention_cached_in_region(float *out, OpsHeads q, float *const *kf,
+                                       float *const *vf, const uint16_t *const *kh,
+                                       const uint16_t *const *vh, const int64_t *len, int64_t N,
+                                       int64_t NH, int64_t KV, int64_t hd, int64_t max_len,
+                                       const DecodeStore *st, const OpsPrefix *pre, int64_t per) {
+    const int64_t groups = (NH + per - 1) / per;
+    if (st && groups > 1) {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) decode_store_row(st, q, n, len[n] - 1, NH, KV, hd, max_len);
+    }
+    int64_t lo, hi;
+    attention_share(NULL, len, 0, N, groups, &lo, &hi);
+    attention_cached_items(out, q, kf, vf, kh, vh, len, NH, KV, hd, max_len, st, pre, per, lo, hi);
 }
 
 static void attention_cached_any(float *out, OpsHeads q, float *const *kf, float *const *vf,
@@ -2300,6 +2312,65 @@ static void bf16_block_weights(Bf16Scratch *s, const OpsDecodeBlock *b, int64_t 
     }
 }
 
+/* rmsnorm_rows over rows r0..r1 in blocks of NORM_ROWS, by the calling
+ * thread (a row's bits do not depend on its block). */
+static void rmsnorm_row_range(float *out, float *rstd, const float *inp, const float *w,
+                              int64_t r0, int64_t r1, int64_t C, float eps) {
+    for (int64_t n = r0; n < r1; n += NORM_ROWS) {
+        const int64_t R = r1 - n < NORM_ROWS ? r1 - n : NORM_ROWS;
+        rmsnorm_rows(out + n * C, rstd + n, inp + n * C, w, R, C, eps);
+    }
+}
+
+/* What every thread of a decode block needs: the block, its packed weights
+ * and A operands, scratch (h [N,C], rstd [N], act [N,F]), the cache store
+ * and heads per attention item. */
+typedef struct DecodeBlockRun {
+    const OpsDecodeBlock *b;
+    const GemmBf16Operand *const *w;
+    GemmBf16Operand *const *a;
+    float *h, *rstd, *act;
+    const DecodeStore *st;
+    int64_t per;
+} DecodeBlockRun;
+
+/* Rows r0..r1 of a decode block through all of its phases on the calling
+ * thread, with no barrier: each phase reads only these rows' outputs of the
+ * one before (and the frozen weights, the rows' own caches and the shared
+ * prefixes, which nothing writes during the step). The ops' code, so the
+ * ops' bits. */
+static void decode_block_rows(float *x, int64_t r0, int64_t r1, const DecodeBlockRun *run) {
+    const OpsDecodeBlock *b = run->b;
+    const GemmBf16Operand *const *w = run->w;
+    GemmBf16Operand *const *a = run->a;
+    const int64_t C = b->C, F = b->F, QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
+    const int64_t groups = (b->NH + run->per - 1) / run->per;
+    const OpsHeads q = {b->qkv, QKV};
+    rmsnorm_row_range(run->h, run->rstd, x, b->ln1_w, r0, r1, C, b->eps);
+    if (b->qkv_b)
+        for (int64_t n = r0; n < r1; n++)
+            memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
+    gemm_bf16_rows_with_b(a[0], r0, r1, C, run->h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f, b->qkv,
+                          QKV);
+    if (groups > 1)
+        for (int64_t n = r0; n < r1; n++)
+            decode_store_row(run->st, q, n, b->len[n] - 1, b->NH, b->KV, b->hd, b->max_len);
+    attention_cached_items(b->atty, q, NULL, NULL, (const uint16_t *const *)b->k_cache,
+                           (const uint16_t *const *)b->v_cache, b->len, b->NH, b->KV, b->hd,
+                           b->max_len, run->st, b->prefix, run->per, r0 * groups, r1 * groups);
+    gemm_bf16_rows_with_b(a[1], r0, r1, AD, b->atty, AD, w[1], 1.0f, 1.0f, x, C);
+    rmsnorm_row_range(run->h, run->rstd, x, b->ln2_w, r0, r1, C, b->eps);
+    gemm_bf16_rows_with_b(a[2], r0, r1, C, run->h, C, w[2], 1.0f, 0.0f, b->fc, 2 * F);
+    for (int64_t n = r0; n < r1; n++) swiglu_row(run->act + n * F, b->fc + n * 2 * F, F);
+    gemm_bf16_rows_with_b(a[3], r0, r1, F, run->act, F, w[3], 1.0f, 1.0f, x, C);
+}
+
+/* Rows from which each thread of a decode block takes rows of its own
+ * through every phase (decode_block_rows) instead of a share of each phase
+ * between barriers: two 16-row blocks per thread, where the products split
+ * rows between threads either way. */
+#define DECODE_ROWS_PER_THREAD 32
+
 /* ModelOps.decode_block: each phase is the code of the op it stands for,
  * run by the region's threads and ended by a barrier (the products' own,
  * an `omp for`'s, or an explicit one after the attention), so the region
@@ -2316,6 +2387,18 @@ static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b) {
     const OpsHeads v = {b->qkv + AD + b->KV * b->hd, QKV};
     const DecodeStore st = {k, v, b->cos_sin, (void *const *)b->k_cache,
                             (void *const *)b->v_cache, 1};
+    if (N >= DECODE_ROWS_PER_THREAD * omp_get_max_threads()) {
+        const DecodeBlockRun run = {
+            b, w, a, h, rstd, act, &st, cached_heads_per_item(N, b->NH, b->hd, omp_get_max_threads())};
+        const int64_t blocks = (N + 15) / 16;
+#pragma omp parallel
+        {
+            const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+            const int64_t r0 = 16 * (blocks * me / nt), r1 = 16 * (blocks * (me + 1) / nt);
+            decode_block_rows(x, r0, r1 < N ? r1 : N, &run);
+        }
+        return 1;
+    }
 #pragma omp parallel
     {
         const int64_t per = cached_heads_per_item(N, b->NH, b->hd, omp_get_num_threads());
