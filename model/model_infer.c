@@ -32,19 +32,20 @@ struct ModelKVCache {
      * when the backend has attention_cached_bf16: half the bytes a decode
      * step reads, which at batch 64 and beyond is what bounds it. */
     uint16_t *k16, *v16;
-    uint16_t **kptr16, **vptr16; /* [max_rows] */
+    uint16_t **kptr16, **vptr16; /* [L, max_rows]: each layer's set of the step's rows */
     int64_t *len;   /* [n_slots] */
     /* [n_slots]: the slot whose positions [0, pre_len) this one reads
      * (model_kv_share_prefix), -1: none */
     int64_t *pre_slot, *pre_len;
-    /* the step's rows' prefixes (attention_decode's OpsPrefix), host only */
+    /* the step's rows' prefixes (attention_decode's OpsPrefix), host only,
+     * [L, max_rows] */
     const void **kpre, **vpre;
     int64_t *row_pre;
     /* scratch for up to max_rows rows */
     float *x, *ln, *qkv, *atty, *tmp, *fc, *act, *mean, *rstd;
     int32_t *pos;
     int64_t *row_len;
-    float **kptr, **vptr; /* [max_rows]; on a device backend [L, max_rows], one set per layer */
+    float **kptr, **vptr; /* [L, max_rows], one set per layer */
     const ModelOps *ops;
     /* Device backends only: the step's row data (row_len, kptr, vptr, pos,
      * tokens) packed in one host buffer and uploaded once per step, and the
@@ -140,12 +141,13 @@ int model_kv_create(ModelKVCache **out, const Model *m, int64_t n_slots, int64_t
     } else {
         kv->pos = calloc((size_t)R, sizeof(int32_t));
         kv->row_len = calloc((size_t)R, sizeof(int64_t));
-        kv->kptr = calloc((size_t)R, sizeof(float *));
-        kv->vptr = calloc((size_t)R, sizeof(float *));
-        kv->kptr16 = calloc((size_t)R, sizeof(uint16_t *));
-        kv->vptr16 = calloc((size_t)R, sizeof(uint16_t *));
-        kv->kpre = calloc((size_t)R, sizeof(void *));
-        kv->vpre = calloc((size_t)R, sizeof(void *));
+        const size_t LR = (size_t)(kv->L * R);
+        kv->kptr = calloc(LR, sizeof(float *));
+        kv->vptr = calloc(LR, sizeof(float *));
+        kv->kptr16 = calloc(LR, sizeof(uint16_t *));
+        kv->vptr16 = calloc(LR, sizeof(uint16_t *));
+        kv->kpre = calloc(LR, sizeof(void *));
+        kv->vpre = calloc(LR, sizeof(void *));
         kv->row_pre = calloc((size_t)R, sizeof(int64_t));
         dev_ok = kv->kptr16 && kv->vptr16 && kv->kpre && kv->vpre && kv->row_pre;
     }
@@ -276,30 +278,32 @@ static void write_cache_rows(ModelKVCache *kv, const Model *m, int64_t l, const 
             store_values(kv, kb + at, row + AD + h * hd);
             store_values(kv, vb + at, row + AD + (kv->KV + h) * hd);
         }
+        const int64_t at = l * kv->max_rows + i;
         if (kv->k16)
-            kv->kptr16[i] = (uint16_t *)kb, kv->vptr16[i] = (uint16_t *)vb;
+            kv->kptr16[at] = (uint16_t *)kb, kv->vptr16[at] = (uint16_t *)vb;
         else
-            kv->kptr[i] = (float *)kb, kv->vptr[i] = (float *)vb;
+            kv->kptr[at] = (float *)kb, kv->vptr[at] = (float *)vb;
         kv->row_len[i] = kv->pos[i] + 1;
     }
 }
 
 /* Points the step's row i at its slot's caches in layer l (for an op that
- * stores into them itself, attention_decode), and at its prefix's; returns
- * whether any row has a prefix. */
+ * stores into them itself, attention_decode), and at its prefix's, in the
+ * layer's set of the pointer arrays; returns whether any row has a prefix. */
 static int point_cache_rows(ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
     int any = 0;
     for (int64_t i = 0; i < n; i++) {
+        const int64_t at = l * kv->max_rows + i;
         char *kb = cache_block(kv, 0, l, slots[i]), *vb = cache_block(kv, 1, l, slots[i]);
         if (kv->k16)
-            kv->kptr16[i] = (uint16_t *)kb, kv->vptr16[i] = (uint16_t *)vb;
+            kv->kptr16[at] = (uint16_t *)kb, kv->vptr16[at] = (uint16_t *)vb;
         else
-            kv->kptr[i] = (float *)kb, kv->vptr[i] = (float *)vb;
+            kv->kptr[at] = (float *)kb, kv->vptr[at] = (float *)vb;
         kv->row_len[i] = kv->pos[i] + 1;
         const int64_t ps = kv->pre_slot[slots[i]];
         kv->row_pre[i] = ps >= 0 ? kv->pre_len[slots[i]] : 0;
-        kv->kpre[i] = ps >= 0 ? cache_block(kv, 0, l, ps) : NULL;
-        kv->vpre[i] = ps >= 0 ? cache_block(kv, 1, l, ps) : NULL;
+        kv->kpre[at] = ps >= 0 ? cache_block(kv, 0, l, ps) : NULL;
+        kv->vpre[at] = ps >= 0 ? cache_block(kv, 1, l, ps) : NULL;
         any |= ps >= 0;
     }
     return any;
@@ -314,14 +318,15 @@ static void decode_attention(Model *m, ModelKVCache *kv, int64_t l, const int64_
     const int64_t QKV = m->qkv_dim, AD = m->attn_dim;
     const OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV}, v = {kv->qkv + AD + KV * hd, QKV};
     const float *cos_sin = c->arch == MODEL_ARCH_LLAMA ? m->rope : NULL;
-    const OpsPrefix prefix = {kv->kpre, kv->vpre, kv->row_pre};
+    const int64_t at = l * kv->max_rows;
+    const OpsPrefix prefix = {kv->kpre + at, kv->vpre + at, kv->row_pre};
     const OpsPrefix *pre = point_cache_rows(kv, l, slots, n) ? &prefix : NULL;
     if (kv->k16)
-        o->attention_decode_bf16(kv->atty, q, k, v, cos_sin, kv->kptr16, kv->vptr16, kv->row_len,
-                                 n, NH, KV, hd, kv->max_len, pre);
+        o->attention_decode_bf16(kv->atty, q, k, v, cos_sin, kv->kptr16 + at, kv->vptr16 + at,
+                                 kv->row_len, n, NH, KV, hd, kv->max_len, pre);
     else
-        o->attention_decode(kv->atty, q, k, v, cos_sin, kv->kptr, kv->vptr, kv->row_len, n, NH,
-                            KV, hd, kv->max_len, pre);
+        o->attention_decode(kv->atty, q, k, v, cos_sin, kv->kptr + at, kv->vptr + at, kv->row_len,
+                            n, NH, KV, hd, kv->max_len, pre);
 }
 
 /* Whether this step's attention goes through attention_decode: a host
@@ -366,33 +371,56 @@ static void infer_linear(const Model *m, ModelKVCache *kv, float *out, const flo
     if (residual) o->accumulate(out, y, n * OC);
 }
 
-/* Rows from which a decode step's llama block runs as one op
+/* Rows from which a decode step's llama blocks run as one op
  * (ModelOps.decode_block): on the Intel host, batch 4 ran 1.04x as fast
  * through it and batch 1 0.91x (bench/RESULTS.md, "Fourteenth session"). */
 #ifndef DECODE_BLOCK_MIN_ROWS
 #define DECODE_BLOCK_MIN_ROWS 4
 #endif
 
-/* A llama block of a host decode step as one op, where the backend has it
- * and the block has no biases but QKV's; returns whether it ran. */
-static int decode_block(Model *m, ModelKVCache *kv, const LayerView *p, int64_t l,
-                        const int64_t *slots, int64_t n) {
-    const ModelConfig *c = &m->cfg;
+/* Whether layer l of a host decode step of n rows can go through
+ * decode_block: a llama block with no biases but QKV's, bf16 caches, rows
+ * of distinct slots. */
+static int decode_block_applies(const Model *m, const ModelKVCache *kv, const LayerView *p,
+                                int64_t n) {
     const ModelOps *o = m->ops;
-    if (!o->decode_block || c->arch != MODEL_ARCH_LLAMA || !kv->k16 || n < DECODE_BLOCK_MIN_ROWS ||
-        !decode_attention_fused(o, kv) || p->o_b || p->fc_b || p->proj_b)
-        return 0;
-    const OpsPrefix prefix = {kv->kpre, kv->vpre, kv->row_pre};
-    const int any_prefix = point_cache_rows(kv, l, slots, n);
-    const OpsDecodeBlock b = {.ln1_w = p->ln1_w, .qkv_w = p->qkv_w, .qkv_b = p->qkv_b,
-                              .o_w = p->o_w, .ln2_w = p->ln2_w, .fc_w = p->fc_w,
-                              .proj_w = p->proj_w, .C = c->d_model, .F = c->d_ff,
-                              .NH = c->n_head, .KV = c->n_kv_head, .hd = m->head_dim,
-                              .eps = c->norm_eps, .cos_sin = m->rope, .k_cache = kv->kptr16,
-                              .v_cache = kv->vptr16, .len = kv->row_len, .max_len = kv->max_len,
-                              .prefix = any_prefix ? &prefix : NULL, .qkv = kv->qkv,
-                              .atty = kv->atty, .fc = kv->fc};
-    return o->decode_block(kv->x, n, &b);
+    return o->decode_block && m->cfg.arch == MODEL_ARCH_LLAMA && kv->k16 &&
+           n >= DECODE_BLOCK_MIN_ROWS && decode_attention_fused(o, kv) && !p->o_b && !p->fc_b &&
+           !p->proj_b;
+}
+
+/* Every layer of a host decode step as one decode_block call, where every
+ * layer can go through it; returns whether it ran. */
+static int decode_blocks(Model *m, ModelKVCache *kv, const int64_t *slots, int64_t n) {
+    const ModelConfig *c = &m->cfg;
+    const int64_t L = c->n_layer, R = kv->max_rows;
+    for (int64_t l = 0; l < L; l++) {
+        const LayerView p = model_layer_view(m, m->params, l);
+        if (!decode_block_applies(m, kv, &p, n)) return 0;
+    }
+    OpsDecodeBlock *b = malloc((size_t)L * sizeof *b);
+    OpsPrefix *prefix = malloc((size_t)L * sizeof *prefix);
+    if (!b || !prefix) {
+        free(b), free(prefix);
+        return 0; /* the ops one by one need no memory */
+    }
+    for (int64_t l = 0; l < L; l++) {
+        const LayerView p = model_layer_view(m, m->params, l);
+        const int any_prefix = point_cache_rows(kv, l, slots, n);
+        prefix[l] = (OpsPrefix){kv->kpre + l * R, kv->vpre + l * R, kv->row_pre};
+        b[l] = (OpsDecodeBlock){.ln1_w = p.ln1_w, .qkv_w = p.qkv_w, .qkv_b = p.qkv_b,
+                                .o_w = p.o_w, .ln2_w = p.ln2_w, .fc_w = p.fc_w,
+                                .proj_w = p.proj_w, .C = c->d_model, .F = c->d_ff,
+                                .NH = c->n_head, .KV = c->n_kv_head, .hd = m->head_dim,
+                                .eps = c->norm_eps, .cos_sin = m->rope,
+                                .k_cache = kv->kptr16 + l * R, .v_cache = kv->vptr16 + l * R,
+                                .len = kv->row_len, .max_len = kv->max_len,
+                                .prefix = any_prefix ? &prefix[l] : NULL, .qkv = kv->qkv,
+                                .atty = kv->atty, .fc = kv->fc};
+    }
+    const int ran = m->ops->decode_block(kv->x, n, b, L);
+    free(b), free(prefix);
+    return ran;
 }
 
 static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *slots, int64_t n) {
@@ -402,7 +430,6 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
     const int64_t hd = m->head_dim, QKV = m->qkv_dim, AD = m->attn_dim, FC = m->fc_dim;
     const int llama = c->arch == MODEL_ARCH_LLAMA;
     LayerView p = model_layer_view(m, m->params, l);
-    if (decode_block(m, kv, &p, l, slots, n)) return;
     infer_linear(m, kv, kv->qkv, kv->x, p.ln1_w, p.ln1_b, p.qkv_w, p.qkv_b, 0, 0, n, C, QKV);
     OpsHeads q = {kv->qkv, QKV}, k = {kv->qkv + AD, QKV};
     const int32_t *pos = o->device ? kv->d_pos : kv->pos;
@@ -425,13 +452,14 @@ static void infer_layer(Model *m, ModelKVCache *kv, int64_t l, const int64_t *sl
         }
     } else {
         write_cache_rows(kv, m, l, slots, n);
+        const int64_t at = l * kv->max_rows;
         if (kv->k16)
-            o->attention_cached_bf16(kv->atty, q, (const uint16_t *const *)kv->kptr16,
-                                     (const uint16_t *const *)kv->vptr16, kv->row_len, n, NH, KV,
-                                     hd, kv->max_len);
+            o->attention_cached_bf16(kv->atty, q, (const uint16_t *const *)kv->kptr16 + at,
+                                     (const uint16_t *const *)kv->vptr16 + at, kv->row_len, n, NH,
+                                     KV, hd, kv->max_len);
         else
-            o->attention_cached(kv->atty, q, kv->kptr, kv->vptr, kv->row_len, n, NH, KV, hd,
-                                kv->max_len);
+            o->attention_cached(kv->atty, q, kv->kptr + at, kv->vptr + at, kv->row_len, n, NH, KV,
+                                hd, kv->max_len);
     }
     infer_linear(m, kv, kv->x, kv->atty, NULL, NULL, p.o_w, p.o_b, 0, 1, n, AD, C);
     if (llama) {
@@ -581,7 +609,8 @@ static int infer_rows(Model *m, ModelKVCache *kv, const int64_t *slots, const in
     } else {
         const float *wpe = c->arch == MODEL_ARCH_GPT2 ? m->params + m->lay.wpe : NULL;
         o->embedding_forward(kv->x, tokens, kv->pos, m->params + m->lay.wte, wpe, n, C);
-        for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, slots, n);
+        if (!decode_blocks(m, kv, slots, n))
+            for (int64_t l = 0; l < c->n_layer; l++) infer_layer(m, kv, l, slots, n);
         /* final norm and vocabulary projection only for the rows asked for */
         for (int64_t r = 0; r < n_out; r++)
             memcpy(kv->tmp + r * C, kv->x + out_rows[r] * C, (size_t)C * sizeof(float));

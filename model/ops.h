@@ -304,14 +304,15 @@ typedef struct ModelOps {
      * out), w [OC, F], out and resid [N, OC] (resid may be out or NULL). */
     void (*linear_swiglu)(float *out, const float *gate_up, const float *resid, const float *w,
                           int64_t N, int64_t F, int64_t OC);
-    /* Optional, host backends with bf16 caches: a llama block (no biases but
-     * qkv_b) of a decode step of N rows of pairwise different slots, x [N, C]
-     * updated in place, in one parallel region, with the bits of the ops one
-     * by one: linear_fused (RMSNorm, QKV), attention_decode_bf16, linear_fused
-     * (O, residual), linear_fused (RMSNorm, gate/up), linear_swiglu (down,
-     * residual). Returns 0, having done nothing, where it does not apply
-     * (weights not frozen): the model then calls those ops. */
-    int (*decode_block)(float *x, int64_t N, const OpsDecodeBlock *b);
+    /* Optional, host backends with bf16 caches: n_blocks llama blocks (no
+     * biases but qkv_b), b[0] first, of a decode step of N rows of pairwise
+     * different slots, x [N, C] updated in place, in one parallel region,
+     * with the bits of the ops one by one for each block: linear_fused
+     * (RMSNorm, QKV), attention_decode_bf16, linear_fused (O, residual),
+     * linear_fused (RMSNorm, gate/up), linear_swiglu (down, residual).
+     * Returns 0, having done nothing, where it does not apply (weights not
+     * frozen): the model then calls those ops. */
+    int (*decode_block)(float *x, int64_t N, const OpsDecodeBlock *b, int64_t n_blocks);
 
     /* ---- language-model head ---- */
     /* For rows with mask != 0: logp[n] = log softmax(h[n] w^T)[targets[n]] and

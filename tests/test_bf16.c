@@ -1070,91 +1070,130 @@ Test(ops_bf16, linear_swiglu_equals_swiglu_then_linear) {
     free(gu), free(w), free(res), free(act), free(want), free(got);
 }
 
-/* decode_block against the ops it stands for, called one by one, bit for
- * bit: the residual stream and both caches after a llama block of N decode
- * rows (NH heads of 32 on 2 kv heads, contexts of 1 to 24 positions), with
- * and without a QKV bias and a prefix read from other blocks. Outside a
- * weights_frozen window it declines and changes nothing. */
-static void check_decode_block(const ModelOps *o, int64_t N, int64_t NH, int bias, int prefixed) {
-    enum { C = 128, KV = 2, HD = 32, F = 96, MAXL = 24 };
-    const int64_t QKV = (NH + 2 * KV) * HD, AD = NH * HD, block = KV * MAXL * HD;
-    const float eps = 1e-5f;
-    Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed) + 1000 * (uint64_t)NH);
-    float *ln1 = random_floats(&r, C), *qkv_w = random_floats(&r, QKV * C);
-    float *qkv_b = random_floats(&r, QKV), *o_w = random_floats(&r, C * AD);
-    float *ln2 = random_floats(&r, C), *fc_w = random_floats(&r, 2 * F * C);
-    float *proj_w = random_floats(&r, C * F), *x0 = random_floats(&r, N * C);
-    float *cs = malloc((size_t)(MAXL * HD) * sizeof(float));
-    for (int64_t i = 0; i < MAXL * HD; i++) cs[i] = (float)cos(0.1 * (double)i);
-    float *xs[2], *qkv[2], *atty[2], *fc[2];
-    uint16_t **kc[2], **vc[2];
-    const void **kp = malloc((size_t)N * sizeof(void *)), **vp = malloc((size_t)N * sizeof(void *));
-    int64_t *len = malloc((size_t)N * sizeof(int64_t)), *pre = malloc((size_t)N * sizeof(int64_t));
-    float *vals = random_floats(&r, 2 * N * block);
+/* One llama block's weights, caches (per row, both sides of the check)
+ * and read-only prefix blocks for check_decode_block. */
+enum { DB_C = 128, DB_KV = 2, DB_HD = 32, DB_F = 96, DB_MAXL = 24 };
+typedef struct DecodeBlockCase {
+    float *ln1, *qkv_w, *qkv_b, *o_w, *ln2, *fc_w, *proj_w;
+    uint16_t **kc[2], **vc[2]; /* [side][row] */
+    uint16_t *pk, *pv;         /* N prefix blocks */
+    const void **kp, **vp;     /* [row] */
+} DecodeBlockCase;
+
+static void decode_block_case(DecodeBlockCase *d, const ModelOps *o, Rng *r, int64_t N,
+                              int64_t NH) {
+    const int64_t QKV = (NH + 2 * DB_KV) * DB_HD, AD = NH * DB_HD, block = DB_KV * DB_MAXL * DB_HD;
+    d->ln1 = random_floats(r, DB_C), d->qkv_w = random_floats(r, QKV * DB_C);
+    d->qkv_b = random_floats(r, QKV), d->o_w = random_floats(r, DB_C * AD);
+    d->ln2 = random_floats(r, DB_C), d->fc_w = random_floats(r, 2 * DB_F * DB_C);
+    d->proj_w = random_floats(r, DB_C * DB_F);
+    float *vals = random_floats(r, 2 * N * block);
     for (int side = 0; side < 2; side++) {
-        xs[side] = malloc((size_t)(N * C) * sizeof(float));
-        memcpy(xs[side], x0, (size_t)(N * C) * sizeof(float));
-        qkv[side] = malloc((size_t)(N * QKV) * sizeof(float));
-        atty[side] = malloc((size_t)(N * AD) * sizeof(float));
-        fc[side] = malloc((size_t)(N * 2 * F) * sizeof(float));
-        kc[side] = malloc((size_t)N * sizeof(uint16_t *)), vc[side] = malloc((size_t)N * sizeof(uint16_t *));
+        d->kc[side] = malloc((size_t)N * sizeof(uint16_t *));
+        d->vc[side] = malloc((size_t)N * sizeof(uint16_t *));
         for (int64_t n = 0; n < N; n++) {
-            kc[side][n] = malloc((size_t)block * 2), vc[side][n] = malloc((size_t)block * 2);
-            for (int64_t i = 0; i < block; i += HD) {
-                o->kv_store_bf16(kc[side][n] + i, vals + 2 * n * block + i, HD);
-                o->kv_store_bf16(vc[side][n] + i, vals + (2 * n + 1) * block + i, HD);
+            d->kc[side][n] = malloc((size_t)block * 2), d->vc[side][n] = malloc((size_t)block * 2);
+            for (int64_t i = 0; i < block; i += DB_HD) {
+                o->kv_store_bf16(d->kc[side][n] + i, vals + 2 * n * block + i, DB_HD);
+                o->kv_store_bf16(d->vc[side][n] + i, vals + (2 * n + 1) * block + i, DB_HD);
             }
         }
     }
-    uint16_t *pk = malloc((size_t)(N * block) * 2), *pv = malloc((size_t)(N * block) * 2);
-    for (int64_t i = 0; i < N * block; i += HD) { /* the prefixes' blocks: read only */
-        o->kv_store_bf16(pk + i, vals + 2 * N * block - i - HD, HD);
-        o->kv_store_bf16(pv + i, vals + i, HD);
+    d->pk = malloc((size_t)(N * block) * 2), d->pv = malloc((size_t)(N * block) * 2);
+    for (int64_t i = 0; i < N * block; i += DB_HD) {
+        o->kv_store_bf16(d->pk + i, vals + 2 * N * block - i - DB_HD, DB_HD);
+        o->kv_store_bf16(d->pv + i, vals + i, DB_HD);
     }
-    for (int64_t n = 0; n < N; n++) {
-        len[n] = 1 + (n * 5) % MAXL, pre[n] = prefixed ? (len[n] - 1) / 2 : 0;
-        kp[n] = pk + n * block, vp[n] = pv + n * block;
-    }
-    const OpsPrefix prefix = {kp, vp, pre};
-    const OpsPrefix *px = prefixed ? &prefix : NULL;
-    const float *bq = bias ? qkv_b : NULL;
-    OpsDecodeBlock b = {.ln1_w = ln1, .qkv_w = qkv_w, .qkv_b = bq, .o_w = o_w, .ln2_w = ln2,
-                        .fc_w = fc_w, .proj_w = proj_w, .C = C, .F = F, .NH = NH, .KV = KV,
-                        .hd = HD, .eps = eps, .cos_sin = cs, .k_cache = kc[1], .v_cache = vc[1],
-                        .len = len, .max_len = MAXL, .prefix = px, .qkv = qkv[1], .atty = atty[1],
-                        .fc = fc[1]};
-    cr_expect_eq(o->decode_block(xs[1], N, &b), 0, "decode_block ran outside a frozen window");
-    cr_expect_eq(memcmp(xs[1], x0, (size_t)(N * C) * sizeof(float)), 0);
-    o->weights_frozen(1);
-    /* side 0: the ops one by one */
-    o->linear_fused(qkv[0], xs[0], NULL, qkv_w, bq, ln1, NULL, N, C, QKV, OPS_NORM_RMS, eps,
-                    OPS_ACT_NONE);
-    OpsHeads q = {qkv[0], QKV}, k = {qkv[0] + AD, QKV}, v = {qkv[0] + AD + KV * HD, QKV};
-    o->attention_decode_bf16(atty[0], q, k, v, cs, kc[0], vc[0], len, N, NH, KV, HD, MAXL, px);
-    o->linear_fused(xs[0], atty[0], xs[0], o_w, NULL, NULL, NULL, N, AD, C, OPS_NORM_NONE, eps,
-                    OPS_ACT_NONE);
-    o->linear_fused(fc[0], xs[0], NULL, fc_w, NULL, ln2, NULL, N, C, 2 * F, OPS_NORM_RMS, eps,
-                    OPS_ACT_NONE);
-    o->linear_swiglu(xs[0], fc[0], xs[0], proj_w, N, F, C);
-    /* side 1: one op */
-    cr_assert_eq(o->decode_block(xs[1], N, &b), 1);
-    o->weights_frozen(0);
-    cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * C) * sizeof(float)), 0,
-                 "N %lld NH %lld bias %d prefix %d: the residual stream differs", (long long)N,
-                 (long long)NH, bias, prefixed);
-    int caches_same = 1;
+    d->kp = malloc((size_t)N * sizeof(void *)), d->vp = malloc((size_t)N * sizeof(void *));
+    for (int64_t n = 0; n < N; n++) d->kp[n] = d->pk + n * block, d->vp[n] = d->pv + n * block;
+    free(vals);
+}
+
+static int decode_block_caches_same(const DecodeBlockCase *d, int64_t N) {
+    const size_t bytes = (size_t)(DB_KV * DB_MAXL * DB_HD) * 2;
+    int same = 1;
     for (int64_t n = 0; n < N; n++)
-        caches_same &= memcmp(kc[0][n], kc[1][n], (size_t)block * 2) == 0 &&
-                       memcmp(vc[0][n], vc[1][n], (size_t)block * 2) == 0;
-    cr_expect(caches_same, "N %lld NH %lld bias %d prefix %d: caches differ", (long long)N,
-              (long long)NH, bias, prefixed);
+        same &= memcmp(d->kc[0][n], d->kc[1][n], bytes) == 0 &&
+                memcmp(d->vc[0][n], d->vc[1][n], bytes) == 0;
+    return same;
+}
+
+static void decode_block_case_free(DecodeBlockCase *d, int64_t N) {
     for (int side = 0; side < 2; side++) {
-        for (int64_t n = 0; n < N; n++) free(kc[side][n]), free(vc[side][n]);
-        free(kc[side]), free(vc[side]), free(xs[side]), free(qkv[side]), free(atty[side]);
-        free(fc[side]);
+        for (int64_t n = 0; n < N; n++) free(d->kc[side][n]), free(d->vc[side][n]);
+        free(d->kc[side]), free(d->vc[side]);
     }
-    free(ln1), free(qkv_w), free(qkv_b), free(o_w), free(ln2), free(fc_w), free(proj_w), free(x0);
-    free(cs), free(kp), free(vp), free(len), free(pre), free(vals), free(pk), free(pv);
+    free(d->ln1), free(d->qkv_w), free(d->qkv_b), free(d->o_w), free(d->ln2), free(d->fc_w);
+    free(d->proj_w), free(d->pk), free(d->pv), free(d->kp), free(d->vp);
+}
+
+/* decode_block against the ops it stands for, called one by one, bit for
+ * bit: the residual stream and every cache after NB llama blocks (each its
+ * own weights and caches) of N decode rows (NH heads of 32 on 2 kv heads,
+ * contexts of 1 to 24 positions), with and without a QKV bias and a prefix
+ * read from other blocks. Outside a weights_frozen window it declines and
+ * changes nothing. */
+static void check_decode_block(const ModelOps *o, int64_t N, int64_t NH, int64_t NB, int bias,
+                               int prefixed) {
+    const int64_t QKV = (NH + 2 * DB_KV) * DB_HD, AD = NH * DB_HD;
+    const float eps = 1e-5f;
+    Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed) + 1000 * (uint64_t)NH);
+    DecodeBlockCase d[2];
+    for (int64_t l = 0; l < NB; l++) decode_block_case(&d[l], o, &r, N, NH);
+    float *x0 = random_floats(&r, N * DB_C);
+    float *cs = malloc((size_t)(DB_MAXL * DB_HD) * sizeof(float));
+    for (int64_t i = 0; i < DB_MAXL * DB_HD; i++) cs[i] = (float)cos(0.1 * (double)i);
+    float *xs[2], *qkv[2], *atty[2], *fc[2];
+    for (int side = 0; side < 2; side++) {
+        xs[side] = malloc((size_t)(N * DB_C) * sizeof(float));
+        memcpy(xs[side], x0, (size_t)(N * DB_C) * sizeof(float));
+        qkv[side] = malloc((size_t)(N * QKV) * sizeof(float));
+        atty[side] = malloc((size_t)(N * AD) * sizeof(float));
+        fc[side] = malloc((size_t)(N * 2 * DB_F) * sizeof(float));
+    }
+    int64_t *len = malloc((size_t)N * sizeof(int64_t)), *pre = malloc((size_t)N * sizeof(int64_t));
+    for (int64_t n = 0; n < N; n++)
+        len[n] = 1 + (n * 5) % DB_MAXL, pre[n] = prefixed ? (len[n] - 1) / 2 : 0;
+    OpsPrefix prefix[2];
+    OpsDecodeBlock b[2];
+    for (int64_t l = 0; l < NB; l++) {
+        prefix[l] = (OpsPrefix){d[l].kp, d[l].vp, pre};
+        b[l] = (OpsDecodeBlock){.ln1_w = d[l].ln1, .qkv_w = d[l].qkv_w,
+                                .qkv_b = bias ? d[l].qkv_b : NULL, .o_w = d[l].o_w,
+                                .ln2_w = d[l].ln2, .fc_w = d[l].fc_w, .proj_w = d[l].proj_w,
+                                .C = DB_C, .F = DB_F, .NH = NH, .KV = DB_KV, .hd = DB_HD,
+                                .eps = eps, .cos_sin = cs, .k_cache = d[l].kc[1],
+                                .v_cache = d[l].vc[1], .len = len, .max_len = DB_MAXL,
+                                .prefix = prefixed ? &prefix[l] : NULL, .qkv = qkv[1],
+                                .atty = atty[1], .fc = fc[1]};
+    }
+    cr_expect_eq(o->decode_block(xs[1], N, b, NB), 0, "decode_block ran outside a frozen window");
+    cr_expect_eq(memcmp(xs[1], x0, (size_t)(N * DB_C) * sizeof(float)), 0);
+    o->weights_frozen(1);
+    for (int64_t l = 0; l < NB; l++) { /* side 0: the ops one by one */
+        o->linear_fused(qkv[0], xs[0], NULL, d[l].qkv_w, b[l].qkv_b, d[l].ln1, NULL, N, DB_C, QKV,
+                        OPS_NORM_RMS, eps, OPS_ACT_NONE);
+        OpsHeads q = {qkv[0], QKV}, k = {qkv[0] + AD, QKV}, v = {qkv[0] + AD + DB_KV * DB_HD, QKV};
+        o->attention_decode_bf16(atty[0], q, k, v, cs, d[l].kc[0], d[l].vc[0], len, N, NH, DB_KV,
+                                 DB_HD, DB_MAXL, b[l].prefix);
+        o->linear_fused(xs[0], atty[0], xs[0], d[l].o_w, NULL, NULL, NULL, N, AD, DB_C,
+                        OPS_NORM_NONE, eps, OPS_ACT_NONE);
+        o->linear_fused(fc[0], xs[0], NULL, d[l].fc_w, NULL, d[l].ln2, NULL, N, DB_C, 2 * DB_F,
+                        OPS_NORM_RMS, eps, OPS_ACT_NONE);
+        o->linear_swiglu(xs[0], fc[0], xs[0], d[l].proj_w, N, DB_F, DB_C);
+    }
+    cr_assert_eq(o->decode_block(xs[1], N, b, NB), 1); /* side 1: one op */
+    o->weights_frozen(0);
+    cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * DB_C) * sizeof(float)), 0,
+                 "N %lld NH %lld blocks %lld bias %d prefix %d: the residual stream differs",
+                 (long long)N, (long long)NH, (long long)NB, bias, prefixed);
+    for (int64_t l = 0; l < NB; l++)
+        cr_expect(decode_block_caches_same(&d[l], N),
+                  "N %lld NH %lld bias %d prefix %d: block %lld's caches differ", (long long)N,
+                  (long long)NH, bias, prefixed, (long long)l);
+    for (int side = 0; side < 2; side++) free(xs[side]), free(qkv[side]), free(atty[side]), free(fc[side]);
+    for (int64_t l = 0; l < NB; l++) decode_block_case_free(&d[l], N);
+    free(x0), free(cs), free(len), free(pre);
 }
 
 Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
@@ -1163,15 +1202,16 @@ Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
     cr_assert(o->decode_block != NULL);
     /* at 2 threads, from 64 rows each thread takes its own rows through the
      * whole block (77: the second thread's last 16-row block is partial); 8
-     * heads of 32 are two attention items per row */
+     * heads of 32 are two attention items per row; two blocks in one call */
     const int threads = omp_get_max_threads();
     omp_set_num_threads(2);
     const int64_t Ns[] = {1, 13, 64, 77};
     for (size_t i = 0; i < sizeof Ns / sizeof Ns[0]; i++)
         for (int64_t NH = 4; NH <= 8; NH += 4)
-            for (int bias = 0; bias < 2; bias++)
-                for (int prefixed = 0; prefixed < 2; prefixed++)
-                    check_decode_block(o, Ns[i], NH, bias, prefixed);
+            for (int64_t NB = 1; NB <= 2; NB++)
+                for (int bias = 0; bias < 2; bias++)
+                    for (int prefixed = 0; prefixed < 2; prefixed++)
+                        check_decode_block(o, Ns[i], NH, NB, bias, prefixed);
     omp_set_num_threads(threads);
 }
 

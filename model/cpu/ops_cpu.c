@@ -2295,21 +2295,44 @@ static void bf16_linear_swiglu(float *out, const float *gate_up, const float *re
     bf16_product_after(s, &pro, out, h, w, N, F, OC, resid ? 1.0f : 0.0f);
 }
 
-/* A frozen weight's packed form and room for its product's A (N rows),
- * before a region: packing a weight may grow the table, which moves the
- * others, so every weight is packed first (bf16_block_weights) and then
- * looked up. */
-static void bf16_block_weights(Bf16Scratch *s, const OpsDecodeBlock *b, int64_t N,
-                               const GemmBf16Operand *w[4], GemmBf16Operand *a[4]) {
+/* A decode block's four products: weights (QKV, O, gate/up, down) and the
+ * widths of their inputs and outputs. */
+static void block_products(const OpsDecodeBlock *b, const float *ws[4], int64_t in[4],
+                           int64_t out[4]) {
     const int64_t QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
-    const float *ws[4] = {b->qkv_w, b->o_w, b->fc_w, b->proj_w};
-    const int64_t out[4] = {QKV, b->C, 2 * b->F, b->C}, in[4] = {b->C, AD, b->C, b->F};
-    for (int i = 0; i < 4; i++) frozen_weight(s, ws[i], out[i], in[i], 1);
-    for (int i = 0; i < 4; i++) {
-        w[i] = frozen_weight(s, ws[i], out[i], in[i], 1);
-        a[i] = &bf16_slot(s, 0, in[i], out[i])->a;
-        if (gemm_bf16_reserve_a(a[i], N, in[i])) bf16_out_of_memory("matmul rows", N * in[i]);
+    ws[0] = b->qkv_w, ws[1] = b->o_w, ws[2] = b->fc_w, ws[3] = b->proj_w;
+    in[0] = b->C, in[1] = AD, in[2] = b->C, in[3] = b->F;
+    out[0] = QKV, out[1] = b->C, out[2] = 2 * b->F, out[3] = b->C;
+}
+
+/* The blocks' frozen weights packed (w[4 l + i]) and room for each product's
+ * A (N rows; a[i], shared by the blocks, whose widths must agree), before a
+ * region: packing a weight may grow the table, which moves the others, so
+ * every weight is packed first and then looked up. Returns 0 where the
+ * products cannot have an A of their own each (widths that differ between
+ * blocks, or kinds past the slots, which share one). */
+static int bf16_block_weights(Bf16Scratch *s, const OpsDecodeBlock *b, int64_t n_blocks,
+                              int64_t N, const GemmBf16Operand **w, GemmBf16Operand *a[4]) {
+    const float *ws[4];
+    int64_t in[4], out[4], in0[4], out0[4];
+    block_products(&b[0], ws, in0, out0);
+    for (int64_t l = 0; l < n_blocks; l++) {
+        block_products(&b[l], ws, in, out);
+        if (memcmp(in, in0, sizeof in) != 0 || memcmp(out, out0, sizeof out) != 0) return 0;
+        for (int i = 0; i < 4; i++) frozen_weight(s, ws[i], out[i], in[i], 1);
     }
+    for (int64_t l = 0; l < n_blocks; l++) {
+        block_products(&b[l], ws, in, out);
+        for (int i = 0; i < 4; i++) w[4 * l + i] = frozen_weight(s, ws[i], out[i], in[i], 1);
+    }
+    for (int i = 0; i < 4; i++) {
+        a[i] = &bf16_slot(s, 0, in0[i], out0[i])->a;
+        for (int j = 0; j < i; j++)
+            if (a[j] == a[i]) return 0;
+    }
+    for (int i = 0; i < 4; i++)
+        if (gemm_bf16_reserve_a(a[i], N, in0[i])) bf16_out_of_memory("matmul rows", N * in0[i]);
+    return 1;
 }
 
 /* rmsnorm_rows over rows r0..r1 in blocks of NORM_ROWS, by the calling
@@ -2371,56 +2394,87 @@ static void decode_block_rows(float *x, int64_t r0, int64_t r1, const DecodeBloc
  * rows between threads either way. */
 #define DECODE_ROWS_PER_THREAD 32
 
-/* ModelOps.decode_block: each phase is the code of the op it stands for,
- * run by the region's threads and ended by a barrier (the products' own,
- * an `omp for`'s, or an explicit one after the attention), so the region
- * is opened once per layer instead of five times. */
-static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b) {
-    Bf16Scratch *s = bf16_scratch();
-    if (!s->frozen) return 0;
+/* The cache store of a decode block's attention (RoPE, then k and v into
+ * the rows' bf16 caches). */
+static DecodeStore block_store(const OpsDecodeBlock *b) {
+    const int64_t QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
+    const OpsHeads k = {b->qkv + AD, QKV}, v = {b->qkv + AD + b->KV * b->hd, QKV};
+    return (DecodeStore){k, v, b->cos_sin, (void *const *)b->k_cache, (void *const *)b->v_cache, 1};
+}
+
+/* One decode block's phases, by every thread of a region, each phase the
+ * code of the op it stands for, shared between the threads and ended by a
+ * barrier (the products' own, an `omp for`'s, or an explicit one after the
+ * attention). */
+static void decode_block_phases(float *x, int64_t N, const DecodeBlockRun *run) {
+    const OpsDecodeBlock *b = run->b;
+    const GemmBf16Operand *const *w = run->w;
+    GemmBf16Operand *const *a = run->a;
     const int64_t C = b->C, F = b->F, QKV = (b->NH + 2 * b->KV) * b->hd, AD = b->NH * b->hd;
-    const GemmBf16Operand *w[4];
+    const OpsHeads q = {b->qkv, QKV};
+    rmsnorm_blocks(run->h, run->rstd, x, b->ln1_w, N, C, b->eps);
+    if (b->qkv_b) {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
+    }
+    gemm_bf16_with_b_in_region(a[0], 0, N, C, run->h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f,
+                               b->qkv, QKV);
+    attention_cached_in_region(b->atty, q, NULL, NULL, (const uint16_t *const *)b->k_cache,
+                               (const uint16_t *const *)b->v_cache, b->len, N, b->NH, b->KV,
+                               b->hd, b->max_len, run->st, b->prefix, run->per);
+#pragma omp barrier
+    gemm_bf16_with_b_in_region(a[1], 0, N, AD, b->atty, AD, w[1], 1.0f, 1.0f, x, C);
+    rmsnorm_blocks(run->h, run->rstd, x, b->ln2_w, N, C, b->eps);
+    gemm_bf16_with_b_in_region(a[2], 0, N, C, run->h, C, w[2], 1.0f, 0.0f, b->fc, 2 * F);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++) swiglu_row(run->act + n * F, b->fc + n * 2 * F, F);
+    gemm_bf16_with_b_in_region(a[3], 0, N, F, run->act, F, w[3], 1.0f, 1.0f, x, C);
+}
+
+/* ModelOps.decode_block: every block in one parallel region. From
+ * DECODE_ROWS_PER_THREAD rows per thread each thread takes rows of its own
+ * (whole 16-row blocks, as the products split rows anyway) through every
+ * block with no barrier at all; below that the threads share each phase of
+ * each block (decode_block_phases). */
+static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64_t n_blocks) {
+    Bf16Scratch *s = bf16_scratch();
+    if (!s->frozen || n_blocks < 1) return 0;
+    const GemmBf16Operand **w = malloc((size_t)(4 * n_blocks) * sizeof *w);
+    DecodeBlockRun *run = malloc((size_t)n_blocks * sizeof *run);
+    DecodeStore *st = malloc((size_t)n_blocks * sizeof *st);
     GemmBf16Operand *a[4];
-    bf16_block_weights(s, b, N, w, a);
+    if (!w || !run || !st || !bf16_block_weights(s, b, n_blocks, N, w, a)) {
+        free(w), free(run), free(st);
+        return 0;
+    }
+    const int64_t C = b->C, F = b->F, threads = omp_get_max_threads();
     float *h = fused_scratch(s, N * C + N + N * F), *rstd = h + N * C, *act = rstd + N;
-    const OpsHeads q = {b->qkv, QKV}, k = {b->qkv + AD, QKV};
-    const OpsHeads v = {b->qkv + AD + b->KV * b->hd, QKV};
-    const DecodeStore st = {k, v, b->cos_sin, (void *const *)b->k_cache,
-                            (void *const *)b->v_cache, 1};
-    if (N >= DECODE_ROWS_PER_THREAD * omp_get_max_threads()) {
-        const DecodeBlockRun run = {
-            b, w, a, h, rstd, act, &st, cached_heads_per_item(N, b->NH, b->hd, omp_get_max_threads())};
-        const int64_t blocks = (N + 15) / 16;
-#pragma omp parallel
-        {
-            const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-            const int64_t r0 = 16 * (blocks * me / nt), r1 = 16 * (blocks * (me + 1) / nt);
-            decode_block_rows(x, r0, r1 < N ? r1 : N, &run);
-        }
-        return 1;
+    const int own_rows = N >= DECODE_ROWS_PER_THREAD * threads;
+    for (int64_t l = 0; l < n_blocks; l++) {
+        st[l] = block_store(&b[l]);
+        run[l] = (DecodeBlockRun){&b[l], w + 4 * l, a, h, rstd, act, &st[l], 0};
     }
 #pragma omp parallel
     {
-        const int64_t per = cached_heads_per_item(N, b->NH, b->hd, omp_get_num_threads());
-        rmsnorm_blocks(h, rstd, x, b->ln1_w, N, C, b->eps);
-        if (b->qkv_b) {
-#pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; n++)
-                memcpy(b->qkv + n * QKV, b->qkv_b, (size_t)QKV * sizeof(float));
+        const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t per = cached_heads_per_item(N, b->NH, b->hd, nt);
+        if (own_rows) {
+            const int64_t blocks = (N + 15) / 16, r0 = 16 * (blocks * me / nt);
+            const int64_t r1 = 16 * (blocks * (me + 1) / nt);
+            for (int64_t l = 0; l < n_blocks; l++) {
+                DecodeBlockRun mine = run[l];
+                mine.per = per;
+                decode_block_rows(x, r0, r1 < N ? r1 : N, &mine);
+            }
+        } else {
+            for (int64_t l = 0; l < n_blocks; l++) {
+                DecodeBlockRun mine = run[l];
+                mine.per = per;
+                decode_block_phases(x, N, &mine);
+            }
         }
-        gemm_bf16_with_b_in_region(a[0], 0, N, C, h, C, w[0], 1.0f, b->qkv_b ? 1.0f : 0.0f,
-                                   b->qkv, QKV);
-        attention_cached_in_region(b->atty, q, NULL, NULL, (const uint16_t *const *)b->k_cache,
-                                   (const uint16_t *const *)b->v_cache, b->len, N, b->NH, b->KV,
-                                   b->hd, b->max_len, &st, b->prefix, per);
-#pragma omp barrier
-        gemm_bf16_with_b_in_region(a[1], 0, N, AD, b->atty, AD, w[1], 1.0f, 1.0f, x, C);
-        rmsnorm_blocks(h, rstd, x, b->ln2_w, N, C, b->eps);
-        gemm_bf16_with_b_in_region(a[2], 0, N, C, h, C, w[2], 1.0f, 0.0f, b->fc, 2 * F);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++) swiglu_row(act + n * F, b->fc + n * 2 * F, F);
-        gemm_bf16_with_b_in_region(a[3], 0, N, F, act, F, w[3], 1.0f, 1.0f, x, C);
     }
+    free(w), free(run), free(st);
     return 1;
 }
 
