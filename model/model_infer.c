@@ -371,22 +371,15 @@ static void infer_linear(const Model *m, ModelKVCache *kv, float *out, const flo
     if (residual) o->accumulate(out, y, n * OC);
 }
 
-/* Rows from which a decode step's llama blocks run as one op
- * (ModelOps.decode_block): on the Intel host, batch 4 ran 1.04x as fast
- * through it and batch 1 0.91x (bench/RESULTS.md, "Fourteenth session"). */
-#ifndef DECODE_BLOCK_MIN_ROWS
-#define DECODE_BLOCK_MIN_ROWS 4
-#endif
-
-/* Whether layer l of a host decode step of n rows can go through
- * decode_block: a llama block with no biases but QKV's, bf16 caches, rows
- * of distinct slots. */
-static int decode_block_applies(const Model *m, const ModelKVCache *kv, const LayerView *p,
-                                int64_t n) {
+/* Whether a layer of a host decode step can go through decode_block: a
+ * llama block with no biases but QKV's, bf16 caches, rows of distinct
+ * slots. (At any batch: with every layer in one region, batch 1 ran 1.17x
+ * as fast as through the ops one by one on the Intel host; bench/RESULTS.md,
+ * "Fifteenth session".) */
+static int decode_block_applies(const Model *m, const ModelKVCache *kv, const LayerView *p) {
     const ModelOps *o = m->ops;
     return o->decode_block && m->cfg.arch == MODEL_ARCH_LLAMA && kv->k16 &&
-           n >= DECODE_BLOCK_MIN_ROWS && decode_attention_fused(o, kv) && !p->o_b && !p->fc_b &&
-           !p->proj_b;
+           decode_attention_fused(o, kv) && !p->o_b && !p->fc_b && !p->proj_b;
 }
 
 /* Every layer of a host decode step as one decode_block call, where every
@@ -396,7 +389,7 @@ static int decode_blocks(Model *m, ModelKVCache *kv, const int64_t *slots, int64
     const int64_t L = c->n_layer, R = kv->max_rows;
     for (int64_t l = 0; l < L; l++) {
         const LayerView p = model_layer_view(m, m->params, l);
-        if (!decode_block_applies(m, kv, &p, n)) return 0;
+        if (!decode_block_applies(m, kv, &p)) return 0;
     }
     OpsDecodeBlock *b = malloc((size_t)L * sizeof *b);
     OpsPrefix *prefix = malloc((size_t)L * sizeof *prefix);

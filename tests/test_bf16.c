@@ -1200,12 +1200,13 @@ Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
     const ModelOps *o = ops_cpu_bf16();
     if (!o) cr_skip_test("this CPU has no AVX512-BF16");
     cr_assert(o->decode_block != NULL);
-    /* at 2 threads, from 64 rows each thread takes its own rows through the
-     * whole block (77: the second thread's last 16-row block is partial); 8
-     * heads of 32 are two attention items per row; two blocks in one call */
+    /* at 2 threads, from 4 rows each thread takes its own rows through the
+     * whole block (13 and 77: odd shares, blocks of 16 cut short); 1 and 3
+     * share each phase; 8 heads of 32 are two attention items per row; two
+     * blocks in one call */
     const int threads = omp_get_max_threads();
     omp_set_num_threads(2);
-    const int64_t Ns[] = {1, 13, 64, 77};
+    const int64_t Ns[] = {1, 3, 13, 64, 77};
     for (size_t i = 0; i < sizeof Ns / sizeof Ns[0]; i++)
         for (int64_t NH = 4; NH <= 8; NH += 4)
             for (int64_t NB = 1; NB <= 2; NB++)

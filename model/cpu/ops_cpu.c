@@ -2388,11 +2388,13 @@ static void decode_block_rows(float *x, int64_t r0, int64_t r1, const DecodeBloc
     gemm_bf16_rows_with_b(a[3], r0, r1, F, run->act, F, w[3], 1.0f, 1.0f, x, C);
 }
 
-/* Rows from which each thread of a decode block takes rows of its own
- * through every phase (decode_block_rows) instead of a share of each phase
- * between barriers: two 16-row blocks per thread, where the products split
- * rows between threads either way. */
-#define DECODE_ROWS_PER_THREAD 32
+/* Rows per thread from which each thread of a decode block takes rows of
+ * its own through every phase (decode_block_rows) instead of a share of each
+ * phase between barriers. On the Intel host (tiny model, 2 threads, bf16)
+ * the rows ran 1.2-1.4x as fast from 4 rows to 48, and level at 2 and 3
+ * (bench/RESULTS.md, "Fifteenth session"). Each thread then reads all of
+ * the weights, where a shared product splits them at few rows. */
+#define DECODE_ROWS_PER_THREAD 2
 
 /* The cache store of a decode block's attention (RoPE, then k and v into
  * the rows' bf16 caches). */
@@ -2432,10 +2434,11 @@ static void decode_block_phases(float *x, int64_t N, const DecodeBlockRun *run) 
 }
 
 /* ModelOps.decode_block: every block in one parallel region. From
- * DECODE_ROWS_PER_THREAD rows per thread each thread takes rows of its own
- * (whole 16-row blocks, as the products split rows anyway) through every
- * block with no barrier at all; below that the threads share each phase of
- * each block (decode_block_phases). */
+ * DECODE_ROWS_PER_THREAD rows per thread each thread takes an equal share
+ * of the rows through every block with no barrier at all (a row's bits do
+ * not depend on the rows beside it in a product's block, so any split
+ * gives the same bits); below that the threads share each phase of each
+ * block (decode_block_phases). */
 static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64_t n_blocks) {
     Bf16Scratch *s = bf16_scratch();
     if (!s->frozen || n_blocks < 1) return 0;
@@ -2459,12 +2462,11 @@ static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64
         const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
         const int64_t per = cached_heads_per_item(N, b->NH, b->hd, nt);
         if (own_rows) {
-            const int64_t blocks = (N + 15) / 16, r0 = 16 * (blocks * me / nt);
-            const int64_t r1 = 16 * (blocks * (me + 1) / nt);
+            const int64_t r0 = N * me / nt, r1 = N * (me + 1) / nt;
             for (int64_t l = 0; l < n_blocks; l++) {
                 DecodeBlockRun mine = run[l];
                 mine.per = per;
-                decode_block_rows(x, r0, r1 < N ? r1 : N, &mine);
+                decode_block_rows(x, r0, r1, &mine);
             }
         } else {
             for (int64_t l = 0; l < n_blocks; l++) {
