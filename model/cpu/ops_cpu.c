@@ -2453,27 +2453,20 @@ static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64
     const int64_t C = b->C, F = b->F, threads = omp_get_max_threads();
     float *h = fused_scratch(s, N * C + N + N * F), *rstd = h + N * C, *act = rstd + N;
     const int own_rows = N >= DECODE_ROWS_PER_THREAD * threads;
+    const int64_t per = cached_heads_per_item(N, b->NH, b->hd, threads);
     for (int64_t l = 0; l < n_blocks; l++) {
         st[l] = block_store(&b[l]);
-        run[l] = (DecodeBlockRun){&b[l], w + 4 * l, a, h, rstd, act, &st[l], 0};
+        run[l] = (DecodeBlockRun){&b[l], w + 4 * l, a, h, rstd, act, &st[l], per};
     }
 #pragma omp parallel
     {
         const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-        const int64_t per = cached_heads_per_item(N, b->NH, b->hd, nt);
-        if (own_rows) {
-            const int64_t r0 = N * me / nt, r1 = N * (me + 1) / nt;
-            for (int64_t l = 0; l < n_blocks; l++) {
-                DecodeBlockRun mine = run[l];
-                mine.per = per;
-                decode_block_rows(x, r0, r1, &mine);
-            }
-        } else {
-            for (int64_t l = 0; l < n_blocks; l++) {
-                DecodeBlockRun mine = run[l];
-                mine.per = per;
-                decode_block_phases(x, N, &mine);
-            }
+        const int64_t r0 = N * me / nt, r1 = N * (me + 1) / nt;
+        for (int64_t l = 0; l < n_blocks; l++) {
+            if (own_rows)
+                decode_block_rows(x, r0, r1, &run[l]);
+            else
+                decode_block_phases(x, N, &run[l]);
         }
     }
     free(w), free(run), free(st);
