@@ -205,11 +205,13 @@ static int bench_train(const ModelOps *g, const Ceilings *k, int precision, int 
     return rc;
 }
 
-/* Decode at `slots` rows per step; graphs and gemv select the CUDA backend's
- * paths (cuda_set_graphs / cuda_set_gemv) for this run only. */
-static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int quick,
-                        int graphs, int gemv, int fused) {
-    ModelConfig cfg = bench_shape_config("gpt2");
+/* Decode at `slots` rows per step of a bench_shape_config shape; graphs and
+ * gemv select the CUDA backend's paths (cuda_set_graphs / cuda_set_gemv) for
+ * this run only. *tps gets the tokens/s (0 when the run failed). */
+static int bench_decode(const ModelOps *g, const Ceilings *k, const char *shape, int64_t slots,
+                        int quick, int graphs, int gemv, int fused, double *tps) {
+    ModelConfig cfg = bench_shape_config(shape);
+    *tps = 0.0;
     Model *m = NULL;
     ModelKVCache *kv = NULL;
     PonderError err = {0};
@@ -252,19 +254,19 @@ static int bench_decode(const ModelOps *g, const Ceilings *k, int64_t slots, int
     double dt = bench_now() - t0;
     cuda_graph_stats(&cap1, &launch1, &ref1);
     if (!rc) {
-        double tps = (double)(slots * steps) / dt;
-        char name[96];
-        snprintf(name, sizeof name, "decode batch %lld graphs %s%s%s", (long long)slots,
+        *tps = (double)(slots * steps) / dt;
+        char name[112];
+        snprintf(name, sizeof name, "decode %s batch %lld graphs %s%s%s", shape, (long long)slots,
                  graphs ? "on" : "off", gemv ? "" : " cublas", fused ? " fused" : "");
         double bytes = (double)model_num_params(m) * 4.0;
         double bound = k->copy_gbps * 1e9 / bytes; /* steps/s when reading fp32 weights once */
-        result(name, tps, "tok/s",
+        result(name, *tps, "tok/s",
                "%.3f ms/step; %.0f%% of the weight-read bound (%.0f steps/s); graphs captured "
                "%lld, replayed %lld, refused %lld; logits[0] %.6g",
                1e3 * dt / (double)steps, 100.0 * ((double)steps / dt) / bound, bound,
                cap1 - cap0, launch1 - launch0, ref1 - ref0, (double)logits[0]);
     } else {
-        printf("decode batch %lld failed: %s\n", (long long)slots, err.msg);
+        printf("decode %s batch %lld failed: %s\n", shape, (long long)slots, err.msg);
     }
     free(logits), free(tok), free(sl);
     model_kv_free(kv);
@@ -379,13 +381,22 @@ static int bench_decode_all(const ModelOps *g, const Ceilings *k, int quick) {
     bench_decode_ops(g);
     cuda_set_fused(fused_before);
     /* graphs, gemv, fused */
-    failed |= bench_decode(g, k, 1, quick, 0, 0, 0); /* cuBLAS, op by op: the oldest path */
-    failed |= bench_decode(g, k, 1, quick, 0, 1, 0);
-    failed |= bench_decode(g, k, 1, quick, 1, 1, 0); /* the 0.905 ms/step row of 6b62e85 */
-    failed |= bench_decode(g, k, 1, quick, 0, 1, 1);
-    failed |= bench_decode(g, k, 1, quick, 1, 1, 1);
-    failed |= bench_decode(g, k, 64, quick, 0, 1, 1);
-    failed |= bench_decode(g, k, 64, quick, 1, 1, 1);
+    double tps;
+    failed |= bench_decode(g, k, "gpt2", 1, quick, 0, 0, 0, &tps); /* cuBLAS, op by op: the oldest path */
+    failed |= bench_decode(g, k, "gpt2", 1, quick, 0, 1, 0, &tps);
+    failed |= bench_decode(g, k, "gpt2", 1, quick, 1, 1, 0, &tps); /* the 0.905 ms/step row of 6b62e85 */
+    failed |= bench_decode(g, k, "gpt2", 1, quick, 0, 1, 1, &tps);
+    failed |= bench_decode(g, k, "gpt2", 1, quick, 1, 1, 1, &tps);
+    failed |= bench_decode(g, k, "gpt2", 64, quick, 0, 1, 1, &tps);
+    failed |= bench_decode(g, k, "gpt2", 64, quick, 1, 1, 1, &tps);
+    /* issue 4's target on this device: batch 64 at least 10x batch 1, tiny config */
+    double tiny1 = 0.0, tiny64 = 0.0;
+    failed |= bench_decode(g, k, "tiny", 1, quick, 1, 1, 1, &tiny1);
+    failed |= bench_decode(g, k, "tiny", 64, quick, 1, 1, 1, &tiny64);
+    if (tiny1 > 0.0 && tiny64 > 0.0)
+        result("decode tiny batch 64 over batch 1", tiny64 / tiny1, "x",
+               "issue 4's target is >= 10x; graphs on, fused, 16-token prompt, %d new tokens",
+               quick ? 32 : 128);
     return failed;
 }
 
