@@ -132,7 +132,8 @@ static double floor_seconds(const ModelConfig *c, int64_t params, int64_t B, int
 #pragma omp parallel num_threads(threads) reduction(+ : sum)
         {
             const FloorVec *v = (const FloorVec *)(buf + per * omp_get_thread_num());
-            for (int64_t s = 0; s < NEW; s++) sum += floor_read(v, floor_step_bytes(c, params, B, P, G, s, es) / T / 64);
+            for (int64_t s = 0; s < NEW; s++)
+                sum += floor_read(v, floor_step_bytes(c, params, B, P, G, s, es) / T / 64);
         }
         double dt = bench_now() - t0;
         best = best < 0 || dt < best ? dt : best;
@@ -198,7 +199,8 @@ int main(int argc, char **argv) {
     if (kv_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
     double naive_s = naive ? naive_decode_seconds(m, B, P, NEW, prompt, &err) : 0.0;
     if (naive_s < 0) return fprintf(stderr, "%s\n", err.msg), 1;
-    double floor_s = want_floor ? floor_seconds(&cfg, (int64_t)model_num_params(m), B, P, NEW, G, threads) : 0.0;
+    const int64_t params = (int64_t)model_num_params(m);
+    double floor_s = want_floor ? floor_seconds(&cfg, params, B, P, NEW, G, threads) : 0.0;
     if (floor_s < 0) return fprintf(stderr, "decode_bench: out of memory for the floor's buffer\n"), 1;
     double weight_gb = (double)model_num_params(m) * 4.0 / 1e9;
     printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"group\":%lld,\"cold\":%d,\"prompt\":%lld,"
