@@ -3,7 +3,7 @@
  * whole sequence for every new token (what generation costs without a cache).
  *
  *   decode_bench [tiny|gpt2|llama768] BATCH NEW_TOKENS [PROMPT_LEN] [threads]
- *                [naive] [groupG] [cold] [floor]
+ *                [naive] [groupG] [kvK] [cold] [floor]
  * prints one JSON line; with `naive` it also times the no-cache generator;
  * with groupG (G dividing BATCH) the rows are BATCH/G groups of G samples
  * of one prompt each, as a rollout generates them: each group's prompt is
@@ -14,7 +14,10 @@
  * cache is from its second step on; `cold` times the first pass instead,
  * which pays the first touch of every cache page the prefills did not
  * write. `floor` also times the decode's memory floor (floor_seconds) in the
- * same process. PONDER_BENCH_PRECISION=bf16 decodes with bf16 products. */
+ * same process. kvK gives the shape K key/value heads (grouped-query
+ * attention; K divides the query heads): a cache of K/n_head the bytes with
+ * the same attention arithmetic per query head. PONDER_BENCH_PRECISION=bf16
+ * decodes with bf16 products. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
 #include <stdlib.h> /* atoi, malloc */
@@ -170,13 +173,14 @@ int main(int argc, char **argv) {
     int64_t P = argc > 4 ? atoi(argv[4]) : 16;
     int threads = argc > 5 ? atoi(argv[5]) : 2;
     int naive = 0, cold = 0, want_floor = 0;
-    int64_t G = 0;
+    int64_t G = 0, KV = 0;
     for (int i = 6; i < argc; i++) {
         if (strcmp(argv[i], "naive") == 0) naive = 1;
         else if (strcmp(argv[i], "cold") == 0) cold = 1;
         else if (strcmp(argv[i], "floor") == 0) want_floor = 1;
         else if (strncmp(argv[i], "group", 5) == 0) G = atoi(argv[i] + 5);
-        else return fprintf(stderr, "decode_bench: unknown option '%s' (naive, groupG, cold, floor)\n", argv[i]), 2;
+        else if (strncmp(argv[i], "kv", 2) == 0) KV = atoi(argv[i] + 2);
+        else return fprintf(stderr, "decode_bench: unknown option '%s' (naive, groupG, kvK, cold, floor)\n", argv[i]), 2;
     }
     if (G < 0 || (G > 0 && B % G != 0))
         return fprintf(stderr, "decode_bench: groupG needs G > 0 dividing BATCH (%lld)\n",
@@ -187,6 +191,11 @@ int main(int argc, char **argv) {
     omp_set_num_threads(threads);
     blas_set_threads(threads);
     ModelConfig cfg = bench_shape_config(shape);
+    if (KV != 0 && (KV < 0 || cfg.n_head % KV != 0))
+        return fprintf(stderr, "decode_bench: kvK needs K > 0 dividing the shape's %lld heads\n",
+                       (long long)cfg.n_head),
+               2;
+    if (KV) cfg.n_kv_head = KV;
     Model *m = NULL;
     if (bench_model_create(&m, &cfg, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     model_init_weights(m, 1);
@@ -203,10 +212,10 @@ int main(int argc, char **argv) {
     double floor_s = want_floor ? floor_seconds(&cfg, params, B, P, NEW, G, threads) : 0.0;
     if (floor_s < 0) return fprintf(stderr, "decode_bench: out of memory for the floor's buffer\n"), 1;
     double weight_gb = (double)model_num_params(m) * 4.0 / 1e9;
-    printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"batch\":%lld,\"group\":%lld,\"cold\":%d,\"prompt\":%lld,"
+    printf("{\"bench\":\"decode\",\"shape\":\"%s\",\"kv_heads\":%lld,\"batch\":%lld,\"group\":%lld,\"cold\":%d,\"prompt\":%lld,"
            "\"new_tokens\":%lld,\"threads\":%d,\"precision\":\"%s\",\"kv_tokens_per_s\":%.1f,\"naive_tokens_per_s\":%.1f,"
            "\"floor_tokens_per_s\":%.1f,\"weights_gb\":%.3f,\"kv_weight_read_gb_per_s\":%.2f}\n",
-           shape, (long long)B, (long long)G, cold, (long long)P, (long long)NEW, threads,
+           shape, (long long)cfg.n_kv_head, (long long)B, (long long)G, cold, (long long)P, (long long)NEW, threads,
            bench_precision(),
            (double)(B * NEW) / kv_s, naive ? (double)(B * NEW) / naive_s : 0.0,
            want_floor ? (double)(B * NEW) / floor_s : 0.0, weight_gb,
