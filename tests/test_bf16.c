@@ -1072,7 +1072,7 @@ Test(ops_bf16, linear_swiglu_equals_swiglu_then_linear) {
 
 /* One llama block's weights, caches (per row, both sides of the check)
  * and read-only prefix blocks for check_decode_block. */
-enum { DB_C = 128, DB_KV = 2, DB_HD = 32, DB_F = 96, DB_MAXL = 24 };
+enum { DB_KV = 2, DB_HD = 32, DB_MAXL = 24 };
 typedef struct DecodeBlockCase {
     float *ln1, *qkv_w, *qkv_b, *o_w, *ln2, *fc_w, *proj_w;
     uint16_t **kc[2], **vc[2]; /* [side][row] */
@@ -1081,12 +1081,12 @@ typedef struct DecodeBlockCase {
 } DecodeBlockCase;
 
 static void decode_block_case(DecodeBlockCase *d, const ModelOps *o, Rng *r, int64_t N,
-                              int64_t NH) {
+                              int64_t NH, int64_t C, int64_t F) {
     const int64_t QKV = (NH + 2 * DB_KV) * DB_HD, AD = NH * DB_HD, block = DB_KV * DB_MAXL * DB_HD;
-    d->ln1 = random_floats(r, DB_C), d->qkv_w = random_floats(r, QKV * DB_C);
-    d->qkv_b = random_floats(r, QKV), d->o_w = random_floats(r, DB_C * AD);
-    d->ln2 = random_floats(r, DB_C), d->fc_w = random_floats(r, 2 * DB_F * DB_C);
-    d->proj_w = random_floats(r, DB_C * DB_F);
+    d->ln1 = random_floats(r, C), d->qkv_w = random_floats(r, QKV * C);
+    d->qkv_b = random_floats(r, QKV), d->o_w = random_floats(r, C * AD);
+    d->ln2 = random_floats(r, C), d->fc_w = random_floats(r, 2 * F * C);
+    d->proj_w = random_floats(r, C * F);
     float *vals = random_floats(r, 2 * N * block);
     for (int side = 0; side < 2; side++) {
         d->kc[side] = malloc((size_t)N * sizeof(uint16_t *));
@@ -1134,22 +1134,22 @@ static void decode_block_case_free(DecodeBlockCase *d, int64_t N) {
  * read from other blocks. Outside a weights_frozen window it declines and
  * changes nothing. */
 static void check_decode_block(const ModelOps *o, int64_t N, int64_t NH, int64_t NB, int bias,
-                               int prefixed) {
+                               int prefixed, int64_t C, int64_t F) {
     const int64_t QKV = (NH + 2 * DB_KV) * DB_HD, AD = NH * DB_HD;
     const float eps = 1e-5f;
     Rng r = rng_from_seed(500 + (uint64_t)(N * 4 + bias * 2 + prefixed) + 1000 * (uint64_t)NH);
     DecodeBlockCase d[2];
-    for (int64_t l = 0; l < NB; l++) decode_block_case(&d[l], o, &r, N, NH);
-    float *x0 = random_floats(&r, N * DB_C);
+    for (int64_t l = 0; l < NB; l++) decode_block_case(&d[l], o, &r, N, NH, C, F);
+    float *x0 = random_floats(&r, N * C);
     float *cs = malloc((size_t)(DB_MAXL * DB_HD) * sizeof(float));
     for (int64_t i = 0; i < DB_MAXL * DB_HD; i++) cs[i] = (float)cos(0.1 * (double)i);
     float *xs[2], *qkv[2], *atty[2], *fc[2];
     for (int side = 0; side < 2; side++) {
-        xs[side] = malloc((size_t)(N * DB_C) * sizeof(float));
-        memcpy(xs[side], x0, (size_t)(N * DB_C) * sizeof(float));
+        xs[side] = malloc((size_t)(N * C) * sizeof(float));
+        memcpy(xs[side], x0, (size_t)(N * C) * sizeof(float));
         qkv[side] = malloc((size_t)(N * QKV) * sizeof(float));
         atty[side] = malloc((size_t)(N * AD) * sizeof(float));
-        fc[side] = malloc((size_t)(N * 2 * DB_F) * sizeof(float));
+        fc[side] = malloc((size_t)(N * 2 * F) * sizeof(float));
     }
     int64_t *len = malloc((size_t)N * sizeof(int64_t)), *pre = malloc((size_t)N * sizeof(int64_t));
     for (int64_t n = 0; n < N; n++)
@@ -1161,30 +1161,30 @@ static void check_decode_block(const ModelOps *o, int64_t N, int64_t NH, int64_t
         b[l] = (OpsDecodeBlock){.ln1_w = d[l].ln1, .qkv_w = d[l].qkv_w,
                                 .qkv_b = bias ? d[l].qkv_b : NULL, .o_w = d[l].o_w,
                                 .ln2_w = d[l].ln2, .fc_w = d[l].fc_w, .proj_w = d[l].proj_w,
-                                .C = DB_C, .F = DB_F, .NH = NH, .KV = DB_KV, .hd = DB_HD,
+                                .C = C, .F = F, .NH = NH, .KV = DB_KV, .hd = DB_HD,
                                 .eps = eps, .cos_sin = cs, .k_cache = d[l].kc[1],
                                 .v_cache = d[l].vc[1], .len = len, .max_len = DB_MAXL,
                                 .prefix = prefixed ? &prefix[l] : NULL, .qkv = qkv[1],
                                 .atty = atty[1], .fc = fc[1]};
     }
     cr_expect_eq(o->decode_block(xs[1], N, b, NB), 0, "decode_block ran outside a frozen window");
-    cr_expect_eq(memcmp(xs[1], x0, (size_t)(N * DB_C) * sizeof(float)), 0);
+    cr_expect_eq(memcmp(xs[1], x0, (size_t)(N * C) * sizeof(float)), 0);
     o->weights_frozen(1);
     for (int64_t l = 0; l < NB; l++) { /* side 0: the ops one by one */
-        o->linear_fused(qkv[0], xs[0], NULL, d[l].qkv_w, b[l].qkv_b, d[l].ln1, NULL, N, DB_C, QKV,
+        o->linear_fused(qkv[0], xs[0], NULL, d[l].qkv_w, b[l].qkv_b, d[l].ln1, NULL, N, C, QKV,
                         OPS_NORM_RMS, eps, OPS_ACT_NONE);
         OpsHeads q = {qkv[0], QKV}, k = {qkv[0] + AD, QKV}, v = {qkv[0] + AD + DB_KV * DB_HD, QKV};
         o->attention_decode_bf16(atty[0], q, k, v, cs, d[l].kc[0], d[l].vc[0], len, N, NH, DB_KV,
                                  DB_HD, DB_MAXL, b[l].prefix);
-        o->linear_fused(xs[0], atty[0], xs[0], d[l].o_w, NULL, NULL, NULL, N, AD, DB_C,
+        o->linear_fused(xs[0], atty[0], xs[0], d[l].o_w, NULL, NULL, NULL, N, AD, C,
                         OPS_NORM_NONE, eps, OPS_ACT_NONE);
-        o->linear_fused(fc[0], xs[0], NULL, d[l].fc_w, NULL, d[l].ln2, NULL, N, DB_C, 2 * DB_F,
+        o->linear_fused(fc[0], xs[0], NULL, d[l].fc_w, NULL, d[l].ln2, NULL, N, C, 2 * F,
                         OPS_NORM_RMS, eps, OPS_ACT_NONE);
-        o->linear_swiglu(xs[0], fc[0], xs[0], d[l].proj_w, N, DB_F, DB_C);
+        o->linear_swiglu(xs[0], fc[0], xs[0], d[l].proj_w, N, F, C);
     }
     cr_assert_eq(o->decode_block(xs[1], N, b, NB), 1); /* side 1: one op */
     o->weights_frozen(0);
-    cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * DB_C) * sizeof(float)), 0,
+    cr_expect_eq(memcmp(xs[0], xs[1], (size_t)(N * C) * sizeof(float)), 0,
                  "N %lld NH %lld blocks %lld bias %d prefix %d: the residual stream differs",
                  (long long)N, (long long)NH, (long long)NB, bias, prefixed);
     for (int64_t l = 0; l < NB; l++)
@@ -1200,10 +1200,10 @@ Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
     const ModelOps *o = ops_cpu_bf16();
     if (!o) cr_skip_test("this CPU has no AVX512-BF16");
     cr_assert(o->decode_block != NULL);
-    /* at 2 threads, from 4 rows each thread takes its own rows through the
-     * whole block (13 and 77: odd shares, blocks of 16 cut short); 1 and 3
-     * share each phase; 8 heads of 32 are two attention items per row; two
-     * blocks in one call */
+    /* at 2 threads, from 2 rows each thread takes its own rows through the
+     * whole block (3, 13 and 77: odd shares, blocks of 16 cut short); 1 row
+     * of these narrow blocks fits an L2, so one thread runs it; 8 heads of 32
+     * are two attention items per row; two blocks in one call */
     const int threads = omp_get_max_threads();
     omp_set_num_threads(2);
     const int64_t Ns[] = {1, 3, 13, 64, 77};
@@ -1212,7 +1212,12 @@ Test(ops_bf16, decode_block_equals_the_ops_one_by_one) {
             for (int64_t NB = 1; NB <= 2; NB++)
                 for (int bias = 0; bias < 2; bias++)
                     for (int prefixed = 0; prefixed < 2; prefixed++)
-                        check_decode_block(o, Ns[i], NH, NB, bias, prefixed);
+                        check_decode_block(o, Ns[i], NH, NB, bias, prefixed, 128, 96);
+    /* fewer rows than threads on a block of 14 MB of bf16 weights, more than
+     * an L2 holds: the threads share each phase between barriers */
+    check_decode_block(o, 1, 8, 1, 1, 1, 1024, 2048);
+    omp_set_num_threads(4);
+    check_decode_block(o, 3, 8, 1, 0, 1, 1024, 2048);
     omp_set_num_threads(threads);
 }
 

@@ -14,6 +14,7 @@
 #include <stdlib.h> /* calloc, free, malloc */
 #include <string.h> /* memset, memcpy */
 #include <sys/mman.h> /* madvise */
+#include <unistd.h>   /* sysconf (L2 size) */
 
 #include "model/cpu/blas.h"    /* blas_sgemm */
 #include "model/cpu/gemm_bf16.h" /* gemm_bf16 (the cpu-bf16 table) */
@@ -367,6 +368,7 @@ typedef struct Bf16Scratch {
     int64_t n_weights, cap_weights;
     float *fused;         /* bf16_linear_fused: normed rows, then a branch output */
     int64_t fused_cap;    /* floats */
+    int64_t l2_bytes;     /* one core's L2 (decode_threads), read once: cpuid traps in a VM */
 } Bf16Scratch;
 
 static pthread_key_t bf16_scratch_key;
@@ -400,6 +402,8 @@ static Bf16Scratch *bf16_scratch(void) {
     if (s) return s;
     s = calloc(1, sizeof *s);
     if (!s || pthread_setspecific(bf16_scratch_key, s)) bf16_out_of_memory("the scratch table", 1);
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    s->l2_bytes = l2 > 0 ? (int64_t)l2 : (int64_t)1 << 20;
     return s;
 }
 
@@ -2388,14 +2392,6 @@ static void decode_block_rows(float *x, int64_t r0, int64_t r1, const DecodeBloc
     gemm_bf16_rows_with_b(a[3], r0, r1, F, run->act, F, w[3], 1.0f, 1.0f, x, C);
 }
 
-/* Rows per thread from which each thread of a decode block takes rows of
- * its own through every phase (decode_block_rows) instead of a share of each
- * phase between barriers. On the Intel host (tiny model, 2 threads, bf16)
- * the rows ran 1.2-1.4x as fast from 4 rows to 48, and level at 2 and 3
- * (bench/RESULTS.md, "Fifteenth session"). Each thread then reads all of
- * the weights, where a shared product splits them at few rows. */
-#define DECODE_ROWS_PER_THREAD 2
-
 /* The cache store of a decode block's attention (RoPE, then k and v into
  * the rows' bf16 caches). */
 static DecodeStore block_store(const OpsDecodeBlock *b) {
@@ -2433,12 +2429,40 @@ static void decode_block_phases(float *x, int64_t N, const DecodeBlockRun *run) 
     gemm_bf16_with_b_in_region(a[3], 0, N, F, run->act, F, w[3], 1.0f, 1.0f, x, C);
 }
 
-/* ModelOps.decode_block: every block in one parallel region. From
- * DECODE_ROWS_PER_THREAD rows per thread each thread takes an equal share
- * of the rows through every block with no barrier at all (a row's bits do
- * not depend on the rows beside it in a product's block, so any split
- * gives the same bits); below that the threads share each phase of each
- * block (decode_block_phases). */
+/* Bytes a decode step of the blocks reads: the weights (bf16) and the rows'
+ * cached keys and values. */
+static int64_t decode_step_bytes(const OpsDecodeBlock *b, int64_t n_blocks, int64_t N) {
+    const float *ws[4];
+    int64_t in[4], out[4], weights = 0, positions = 0;
+    block_products(b, ws, in, out);
+    for (int i = 0; i < 4; i++) weights += in[i] * out[i];
+    for (int64_t n = 0; n < N; n++) positions += b->len[n];
+    return n_blocks * (int64_t)sizeof(uint16_t) * (weights + positions * 2 * b->KV * b->hd);
+}
+
+/* Threads for a decode step of N rows. With a row or more per thread, all:
+ * each takes rows of its own through every phase (decode_block_rows); on
+ * the Intel host (tiny model, 2 threads, bf16) that ran 1.2-1.4x as fast as
+ * sharing each phase between barriers from 4 rows to 48 (bench/RESULTS.md,
+ * "Fifteenth session") and 1.3-1.5x at 2 and 3 rows ("Seventeenth
+ * session"). With fewer rows the threads would share each phase; one thread
+ * instead where all the step reads fits one core's L2, so that core keeps
+ * it and a second only adds the barriers (batch 1 there: 21-24k tokens/s
+ * on one thread against 19-21k on two at 48 and 128 new tokens, level at
+ * 256, where the step reads 1.9 MB, two ahead at 480). */
+static int64_t decode_threads(const OpsDecodeBlock *b, int64_t n_blocks, int64_t N,
+                              int64_t l2_bytes) {
+    const int64_t threads = omp_get_max_threads();
+    if (N >= threads) return threads;
+    return decode_step_bytes(b, n_blocks, N) <= l2_bytes ? 1 : threads;
+}
+
+/* ModelOps.decode_block: every block in one parallel region of
+ * decode_threads threads. With a row or more per thread each takes an equal
+ * share of the rows through every block with no barrier at all (a row's
+ * bits do not depend on the rows beside it in a product's block, nor on
+ * the threads, so any split gives the same bits); with fewer the threads
+ * share each phase of each block (decode_block_phases). */
 static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64_t n_blocks) {
     Bf16Scratch *s = bf16_scratch();
     if (!s->frozen || n_blocks < 1) return 0;
@@ -2450,15 +2474,15 @@ static int bf16_decode_block(float *x, int64_t N, const OpsDecodeBlock *b, int64
         free(w), free(run), free(st);
         return 0;
     }
-    const int64_t C = b->C, F = b->F, threads = omp_get_max_threads();
+    const int64_t C = b->C, F = b->F, threads = decode_threads(b, n_blocks, N, s->l2_bytes);
     float *h = fused_scratch(s, N * C + N + N * F), *rstd = h + N * C, *act = rstd + N;
-    const int own_rows = N >= DECODE_ROWS_PER_THREAD * threads;
+    const int own_rows = N >= threads;
     const int64_t per = cached_heads_per_item(N, b->NH, b->hd, threads);
     for (int64_t l = 0; l < n_blocks; l++) {
         st[l] = block_store(&b[l]);
         run[l] = (DecodeBlockRun){&b[l], w + 4 * l, a, h, rstd, act, &st[l], per};
     }
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
     {
         const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
         const int64_t r0 = N * me / nt, r1 = N * (me + 1) / nt;
