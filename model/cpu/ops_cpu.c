@@ -153,6 +153,20 @@ static inline __attribute__((always_inline)) V16 v16_sum16(const V16 *d) {
     return __builtin_shufflevector(h, h, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
 }
 
+/* dst[0..n) = v's first n < 16 lanes, in copies of fixed size: GCC turned the
+ * plain loop into a call to memcpy, which also cleared every vector register
+ * (the decode attention's partial key blocks made one such call per row and
+ * head). */
+static inline __attribute__((always_inline)) void v16_store_first(float *dst, V16 v, int64_t n) {
+    float lanes[16];
+    memcpy(lanes, &v, sizeof v);
+    int64_t t = 0;
+    if (n & 8) memcpy(dst + t, lanes + t, 8 * sizeof(float)), t += 8;
+    if (n & 4) memcpy(dst + t, lanes + t, 4 * sizeof(float)), t += 4;
+    if (n & 2) memcpy(dst + t, lanes + t, 2 * sizeof(float)), t += 2;
+    if (n & 1) dst[t] = lanes[t];
+}
+
 
 /* ------------------------------------------------------------- memory ---- */
 
@@ -957,7 +971,7 @@ static inline __attribute__((always_inline)) void dots_hd(float *out, const V16 
             for (int64_t c = 1; c < HD / 16; c++) d[t] += x[c] * v16_load_any(y, (j + t) * ys, c, bf16);
         }
         V16 r = v16_sum16(d);
-        for (int64_t t = 0; t < rem; t++) out[j + t] = r[t];
+        v16_store_first(out + j, r, rem);
         return;
     }
     for (; j < n; j++) {
