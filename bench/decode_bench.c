@@ -16,7 +16,7 @@
  * write. `floor` also times the decode's memory floor (floor_seconds) in the
  * same process. kvK gives the shape K key/value heads (grouped-query
  * attention; K divides the query heads): a cache of K/n_head the bytes with
- * the same attention arithmetic per query head. PONDER_BENCH_PRECISION=bf16
+ * the same attention arithmetic per query head (and a narrower QKV product). PONDER_BENCH_PRECISION=bf16
  * decodes with bf16 products. */
 #include <omp.h>    /* omp_set_num_threads */
 #include <stdio.h>  /* printf */
