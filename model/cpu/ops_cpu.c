@@ -154,9 +154,9 @@ static inline __attribute__((always_inline)) V16 v16_sum16(const V16 *d) {
 }
 
 /* dst[0..n) = v's first n < 16 lanes, in copies of fixed size: GCC turned the
- * plain loop into a call to memcpy, which also cleared every vector register
- * (the decode attention's partial key blocks made one such call per row and
- * head). */
+ * plain loop into a call to memcpy, after which the caller reloaded its
+ * vector constants (a call may clobber every vector register); the decode
+ * attention's partial key blocks made one such call per row and head. */
 static inline __attribute__((always_inline)) void v16_store_first(float *dst, V16 v, int64_t n) {
     float lanes[16];
     memcpy(lanes, &v, sizeof v);
